@@ -1,0 +1,59 @@
+# berth: make help lists the targets.
+GO       ?= go
+VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS  := -X main.version=$(VERSION)
+BIN      := bin/berth
+DATA     ?= $(CURDIR)/.berth/data
+SOCKET   ?= $(CURDIR)/.berth/berth.sock
+BENCHTIME ?= 1x
+FUZZTIME ?= 60s
+
+.DEFAULT_GOAL := help
+.PHONY: help build example run test bench lint fuzz e2e e2e-systemd e2e-load clean
+
+help: ## show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+build: ## build bin/berth (version from git via -ldflags -X)
+	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/berth
+
+example: ## pack examples/hello into bin/hello.tar.gz (a release tarball)
+	rm -rf bin/hello-build && mkdir -p bin/hello-build
+	CGO_ENABLED=0 $(GO) build -o bin/hello-build/hello ./examples/hello
+	cp examples/hello/Procfile examples/hello/berth.json bin/hello-build/
+	tar -C bin/hello-build --owner=0 --group=0 -czf bin/hello.tar.gz .
+
+run: build example ## run the agent in the foreground under ./.berth, with the example app deployed
+	@mkdir -p $(DATA)/inbox
+	@if [ ! -e $(DATA)/apps/hello ]; then cp bin/hello.tar.gz $(DATA)/inbox/hello.tar.gz; fi
+	@echo "agent: data $(DATA), socket $(SOCKET)"
+	@echo "try:   export BERTH_SOCKET=$(SOCKET); $(BIN) ps -a hello"
+	BERTH_BASE_PORT=$${BERTH_BASE_PORT:-5000} $(BIN) agent --data-dir $(DATA) --socket $(SOCKET)
+
+test: ## gofmt check, go vet, go test -race ./... (fuzz targets run their seed corpus)
+	@fmt=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$fmt" ]; then echo "gofmt needed:"; echo "$$fmt"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) test -race -timeout 15m ./...
+
+bench: ## run the benchmarks once each and print their figures (BENCHTIME=1x)
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -timeout 60m ./...
+
+lint: ## gofmt and go vet
+	@fmt=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$fmt" ]; then echo "gofmt needed:"; echo "$$fmt"; exit 1; fi
+	$(GO) vet ./...
+
+fuzz: ## fuzz each parser of untrusted input for FUZZTIME (default 60s)
+	$(GO) test ./state/build -run '^$$' -fuzz '^FuzzExtract$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./state/build -run '^$$' -fuzz '^FuzzProcfile$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./state/build -run '^$$' -fuzz '^FuzzManifest$$' -fuzztime $(FUZZTIME)
+
+e2e: e2e-systemd e2e-load ## all slow end-to-end suites
+
+e2e-systemd: build example ## boot systemd in systemd-nspawn and test install, reboot, kill -9, watchdog, stop, power cut
+	$(GO) test -tags e2e_systemd -run . -v -count=1 -timeout 20m ./systemd/e2e/
+
+e2e-load: build example ## 60 s of requests during 10 deploys + 10 config changes, socket vs bind switching
+	$(GO) test -tags e2e_load -run . -v -count=1 -timeout 20m ./agent/e2e/load/
+
+clean: ## remove bin/ and the local state under .berth/
+	rm -rf bin .berth
