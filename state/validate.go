@@ -1,0 +1,124 @@
+package state
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+)
+
+// Limits on stored values. They keep one bad request from bloating the
+// database or asking for absurd resources.
+const (
+	// MaxProcessCount is the largest count SetFormation accepts per type.
+	MaxProcessCount = 1000
+	// MaxOutputBytes is the most release-phase output MarkFailed keeps;
+	// longer output keeps its tail behind a truncation notice.
+	MaxOutputBytes = 64 << 10
+	// MaxConfigVars is the most env vars a config may hold.
+	MaxConfigVars = 1000
+)
+
+var (
+	appNameRE  = regexp.MustCompile(`^[a-z][a-z0-9-]{0,62}$`)
+	envNameRE  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	procTypeRE = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+	instanceRE = regexp.MustCompile(`^[A-Za-z0-9_-]+\.[1-9][0-9]{0,5}$`)
+	userRE     = regexp.MustCompile(`^([A-Za-z_][A-Za-z0-9_.-]{0,31}|[0-9]{1,10})$`)
+	digestRE   = regexp.MustCompile(`^[0-9a-f]{64}$`)
+)
+
+const (
+	appNameRule  = "must match ^[a-z][a-z0-9-]{0,62}$ (a lowercase letter, then up to 62 lowercase letters, digits or dashes)"
+	envNameRule  = "must match ^[A-Za-z_][A-Za-z0-9_]*$ (a letter or underscore, then letters, digits or underscores)"
+	procTypeRule = "must match ^[A-Za-z0-9_-]+$ (letters, digits, underscores or dashes, like a Procfile type) and be at most 63 characters"
+	instanceRule = "must be <type>.<n> with a process type and a number from 1 (like web.1)"
+	userRule     = "must be a user name (a letter or underscore, then up to 31 letters, digits, '_', '.', '-') or a numeric uid"
+	digestRule   = "must be a sha256 digest: 64 lowercase hex characters"
+)
+
+// ValidateAppName reports whether name is a valid app name:
+// ^[a-z][a-z0-9-]{0,62}$. The error is a *ValidationError naming the value
+// and the rule.
+func ValidateAppName(name string) error {
+	if !appNameRE.MatchString(name) {
+		return invalidName("app name", name, appNameRule)
+	}
+	return nil
+}
+
+// ValidateEnvName reports whether name is a valid env var name:
+// ^[A-Za-z_][A-Za-z0-9_]*$.
+func ValidateEnvName(name string) error {
+	if !envNameRE.MatchString(name) {
+		return invalidName("env var name", name, envNameRule)
+	}
+	return nil
+}
+
+// ValidateProcessType reports whether name is a valid process type (a
+// Procfile type such as web or worker): ^[A-Za-z0-9_-]+$, at most 63
+// characters.
+func ValidateProcessType(name string) error {
+	if len(name) > 63 || !procTypeRE.MatchString(name) {
+		return invalidName("process type", name, procTypeRule)
+	}
+	return nil
+}
+
+// ValidateInstance reports whether name is a valid instance name:
+// <type>.<n> such as web.1.
+func ValidateInstance(name string) error {
+	typ, _, _ := strings.Cut(name, ".")
+	if !instanceRE.MatchString(name) || len(typ) > 63 {
+		return invalidName("instance name", name, instanceRule)
+	}
+	return nil
+}
+
+// ValidateUser reports whether user is a valid run-as user: empty (the
+// agent's default), a user name, or a numeric uid.
+func ValidateUser(user string) error {
+	if user != "" && !userRE.MatchString(user) {
+		return invalidName("user", user, userRule)
+	}
+	return nil
+}
+
+// ValidateDigest reports whether digest is a sha256 hex digest.
+func ValidateDigest(digest string) error {
+	if !digestRE.MatchString(digest) {
+		return invalidValue("build digest", digest, digestRule)
+	}
+	return nil
+}
+
+// validateConfig checks every name of cfg and that no value holds a NUL
+// byte (an environment cannot carry one). Values are never quoted in
+// errors: they may be secrets.
+func validateConfig(cfg map[string]string) error {
+	if len(cfg) > MaxConfigVars {
+		return invalidValue("config", fmt.Sprintf("%d vars", len(cfg)), fmt.Sprintf("must hold at most %d vars", MaxConfigVars))
+	}
+	for k, v := range cfg {
+		if err := ValidateEnvName(k); err != nil {
+			return err
+		}
+		if strings.IndexByte(v, 0) >= 0 {
+			return invalidValue("value of env var", k, "must not contain a NUL byte")
+		}
+	}
+	return nil
+}
+
+// validateFormation checks every type name and count of f.
+func validateFormation(f map[string]int) error {
+	for typ, n := range f {
+		if err := ValidateProcessType(typ); err != nil {
+			return err
+		}
+		if n < 0 || n > MaxProcessCount {
+			return invalidValue("process count", fmt.Sprintf("%s=%d", typ, n), fmt.Sprintf("must be from 0 to %d", MaxProcessCount))
+		}
+	}
+	return nil
+}
