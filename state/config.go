@@ -218,4 +218,3 @@ func portBytes(p int) []byte {
 	binary.BigEndian.PutUint16(b, uint16(p))
 	return b
 }
-
