@@ -1,0 +1,190 @@
+package build
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"time"
+)
+
+// ManifestName is the optional manifest's file name at the build root.
+const ManifestName = "berth.json"
+
+// ProcfileName is the Procfile's file name at the build root.
+const ProcfileName = "Procfile"
+
+// maxManifestSize bounds how much of berth.json is read.
+const maxManifestSize = 1 << 20
+
+// Duration is a time.Duration written in JSON as a Go duration string such
+// as "2s" or "1m30s".
+type Duration time.Duration
+
+// MarshalJSON writes d as a duration string.
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return json.Marshal(time.Duration(d).String())
+}
+
+// UnmarshalJSON reads a duration string; numbers and negative durations are
+// refused.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration must be a string such as \"2s\", got %s", b)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("invalid duration %q", s)
+	}
+	if v < 0 {
+		return fmt.Errorf("negative duration %q", s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// Manifest is the parsed berth.json: settings a Procfile cannot express.
+type Manifest struct {
+	// Processes maps a process type to its settings. Types not listed get
+	// the agent's defaults.
+	Processes map[string]ProcessManifest `json:"processes,omitempty"`
+}
+
+// ProcessManifest holds one process type's settings. Zero values mean "use
+// the agent's default".
+type ProcessManifest struct {
+	// Healthcheck, when set, says how to tell that an instance is healthy.
+	Healthcheck *Healthcheck `json:"healthcheck,omitempty"`
+	// SocketActivation says the process accepts its listening socket as
+	// fd 3 (LISTEN_FDS=1, LISTEN_PID).
+	SocketActivation bool `json:"socket_activation,omitempty"`
+	// StopSignal is the signal sent to stop the process group: one of
+	// SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGKILL; empty
+	// means SIGTERM.
+	StopSignal string `json:"stop_signal,omitempty"`
+	// StopTimeout is how long to wait after StopSignal before SIGKILL;
+	// zero means the agent's default.
+	StopTimeout Duration `json:"stop_timeout,omitempty"`
+}
+
+// Healthcheck says how to probe an instance, following Docker's
+// HEALTHCHECK. Exactly one of HTTP, TCP and Exec is set.
+type Healthcheck struct {
+	// HTTP is a path (starting with '/') for a GET on the instance's port;
+	// a 2xx or 3xx answer is healthy.
+	HTTP string `json:"http,omitempty"`
+	// TCP says a successful TCP connect to the instance's port is healthy.
+	TCP bool `json:"tcp,omitempty"`
+	// Exec is a shell command run in the build dir; exit status 0 is healthy.
+	Exec string `json:"exec,omitempty"`
+	// Interval is the time between probes; zero means the agent's default.
+	Interval Duration `json:"interval,omitempty"`
+	// Timeout bounds one probe; zero means the agent's default.
+	Timeout Duration `json:"timeout,omitempty"`
+	// StartPeriod is the grace time after start during which failures do
+	// not count; zero means none.
+	StartPeriod Duration `json:"start_period,omitempty"`
+	// Retries is how many consecutive failures make an instance unhealthy;
+	// zero means the agent's default.
+	Retries int `json:"retries,omitempty"`
+}
+
+// stopSignals are the signals a manifest may name as stop_signal.
+var stopSignals = map[string]bool{
+	"SIGTERM": true, "SIGINT": true, "SIGQUIT": true, "SIGHUP": true,
+	"SIGUSR1": true, "SIGUSR2": true, "SIGKILL": true,
+}
+
+// ParseManifest parses berth.json strictly: unknown keys, trailing data,
+// invalid process type names, invalid signals, negative durations and
+// health checks that do not set exactly one of http, tcp and exec are errors
+// wrapping ErrManifest. It does not know the Procfile; Import checks that
+// every process type named here is declared there.
+func ParseManifest(data []byte) (Manifest, error) {
+	if len(data) > maxManifestSize {
+		return Manifest{}, fmt.Errorf("%w: larger than %d bytes", ErrManifest, maxManifestSize)
+	}
+	trimmed := bytes.TrimSpace(data)
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		return Manifest{}, fmt.Errorf("%w: want a JSON object", ErrManifest)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	var m Manifest
+	if err := dec.Decode(&m); err != nil {
+		return Manifest{}, fmt.Errorf("%w: %v", ErrManifest, err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return Manifest{}, fmt.Errorf("%w: unexpected data after the JSON object", ErrManifest)
+	}
+	if err := m.validate(); err != nil {
+		return Manifest{}, err
+	}
+	return m, nil
+}
+
+// validate checks the values the JSON decoder cannot.
+func (m Manifest) validate() error {
+	types := make([]string, 0, len(m.Processes))
+	for t := range m.Processes {
+		types = append(types, t)
+	}
+	sort.Strings(types) // report the first error deterministically
+	for _, t := range types {
+		p := m.Processes[t]
+		if !ValidProcessType(t) {
+			return fmt.Errorf("%w: invalid process type %q", ErrManifest, t)
+		}
+		if p.StopSignal != "" && !stopSignals[p.StopSignal] {
+			return fmt.Errorf("%w: process %q: stop_signal %q is not one of SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGKILL", ErrManifest, t, p.StopSignal)
+		}
+		if t == "release" && (p.Healthcheck != nil || p.SocketActivation) {
+			return fmt.Errorf("%w: process %q is the release phase and cannot have a healthcheck or socket_activation", ErrManifest, t)
+		}
+		if h := p.Healthcheck; h != nil {
+			n := 0
+			if h.HTTP != "" {
+				n++
+				if !strings.HasPrefix(h.HTTP, "/") || strings.ContainsAny(h.HTTP, " \t\r\n") {
+					return fmt.Errorf("%w: process %q: healthcheck http %q must be a path starting with '/' without blanks", ErrManifest, t, h.HTTP)
+				}
+			}
+			if h.TCP {
+				n++
+			}
+			if h.Exec != "" {
+				n++
+				if strings.IndexByte(h.Exec, 0) >= 0 {
+					return fmt.Errorf("%w: process %q: healthcheck exec contains a NUL byte", ErrManifest, t)
+				}
+			}
+			if n != 1 {
+				return fmt.Errorf("%w: process %q: healthcheck must set exactly one of http, tcp and exec", ErrManifest, t)
+			}
+			if h.Retries < 0 {
+				return fmt.Errorf("%w: process %q: healthcheck retries %d is negative", ErrManifest, t, h.Retries)
+			}
+		}
+	}
+	return nil
+}
+
+// checkTypes returns an error wrapping ErrManifest if the manifest names a
+// process type that the Procfile does not declare.
+func (m Manifest) checkTypes(p Procfile) error {
+	types := make([]string, 0, len(m.Processes))
+	for t := range m.Processes {
+		types = append(types, t)
+	}
+	sort.Strings(types)
+	for _, t := range types {
+		if _, ok := p.Command(t); !ok {
+			return fmt.Errorf("%w: process type %q is not declared in the Procfile (declared: %s)", ErrManifest, t, strings.Join(p.Types(), ", "))
+		}
+	}
+	return nil
+}
