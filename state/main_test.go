@@ -182,3 +182,17 @@ func wantErr(t testing.TB, err, target error, fragments ...string) {
 		}
 	}
 }
+
+func mustActivate(t testing.TB, s *Store, app string, version int) {
+	t.Helper()
+	if _, err := s.Activate(app, version); err != nil {
+		t.Fatalf("Activate(%s, %d): %v", app, version, err)
+	}
+}
+
+func mustFail(t testing.TB, s *Store, app string, version int, reason, output string) {
+	t.Helper()
+	if err := s.MarkFailed(app, version, reason, output); err != nil {
+		t.Fatalf("MarkFailed(%s, %d): %v", app, version, err)
+	}
+}

@@ -92,7 +92,7 @@ func Open(cfg Config, log hclog.Logger) (*Store, error) {
 	}
 	db, err := bolt.Open(cfg.Path, 0o600, &bolt.Options{Timeout: cfg.LockTimeout})
 	if errors.Is(err, berrors.ErrTimeout) {
-		return nil, fmt.Errorf("open store %s: %w: another agent is using the data directory %s (waited %s for its lock)",
+		return nil, fmt.Errorf("open store %s: %w: another agent is using the data directory %s (gave up after the %s lock timeout)",
 			cfg.Path, ErrLocked, dir, cfg.LockTimeout)
 	}
 	if err != nil {
