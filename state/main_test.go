@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"sort"
 	"strings"
 	"testing"
@@ -95,6 +96,16 @@ func crashWriter(path string) int {
 			fmt.Printf("event %d\n", e.Seq)
 		}
 	}
+}
+
+// helperCommand re-executes the test binary in a helper mode on the
+// database at path. A race-enabled child would sleep a second at exit
+// (the race detector's atexit_sleep_ms); the tests do not need that.
+func helperCommand(mode, path string) *exec.Cmd {
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), helperEnv+"="+mode, helperDBEnv+"="+path,
+		"GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
+	return cmd
 }
 
 // testDigest returns a valid, distinct build digest for i.

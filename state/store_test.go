@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"maps"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -192,8 +191,7 @@ func TestOpen_LockTimeoutSameProcess(t *testing.T) {
 func TestOpen_LockTimeoutOtherProcess(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "berth.db")
-	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), helperEnv+"=lock-holder", helperDBEnv+"="+path)
+	cmd := helperCommand("lock-holder", path)
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
