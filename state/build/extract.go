@@ -43,6 +43,7 @@ type extractor struct {
 	// meter reports compressed and decompressed byte counts for the ratio
 	// check while a file's content is copied.
 	meter *meter
+	src   *eofReader
 
 	entries map[string]kind   // cleaned relative path -> what it is
 	links   map[string]string // symlink path -> target, for resolution
@@ -65,15 +66,38 @@ func newExtractor(root *os.Root, limits Limits, m *meter) *extractor {
 	}
 }
 
-// run extracts every entry of tr, then re-checks every symlink against the
+// eofReader notes whether its source reached its end. The tar reader reads
+// whole blocks and stops after the end-of-archive marker, so if it saw the
+// end of the stream the marker was missing.
+type eofReader struct {
+	r   io.Reader
+	eof bool
+}
+
+func (e *eofReader) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if errors.Is(err, io.EOF) {
+		e.eof = true
+	}
+	return n, err
+}
+
+// run extracts every entry of the tar stream src, then re-checks every symlink against the
 // final tree (a later entry may change where an earlier link resolves).
-func (x *extractor) run(ctx context.Context, tr *tar.Reader) error {
+func (x *extractor) run(ctx context.Context, src io.Reader) error {
+	x.src = &eofReader{r: src}
+	tr := tar.NewReader(x.src)
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		hdr, err := tr.Next()
 		if errors.Is(err, io.EOF) {
+			if x.src.eof {
+				// archive/tar accepts an archive that stops at an entry
+				// boundary; a complete one ends with two zero blocks.
+				return fmt.Errorf("%w: truncated: no end-of-archive marker", ErrCorrupt)
+			}
 			break
 		}
 		if err != nil && !errors.Is(err, tar.ErrInsecurePath) {

@@ -1,7 +1,6 @@
 package build
 
 import (
-	"archive/tar"
 	"context"
 	"errors"
 	"fmt"
@@ -111,6 +110,14 @@ type Store struct {
 	// cache holds builds already parsed; builds never change, so entries
 	// only go when GC removes the build.
 	cache map[string]*Build
+	// gcEpoch counts GC runs; returned records, per digest, the epoch in
+	// which Import last returned that build, so a GC never removes a build
+	// that Import handed out while the GC was running.
+	gcEpoch  uint64
+	returned map[string]uint64
+
+	// gcMu serializes GC runs.
+	gcMu sync.Mutex
 }
 
 // Open creates the builds directory if needed and removes extractions left
@@ -128,6 +135,7 @@ func Open(cfg Config, log hclog.Logger) (*Store, error) {
 		log:       log,
 		importing: make(map[string]int),
 		cache:     make(map[string]*Build),
+		returned:  make(map[string]uint64),
 	}
 	if err := os.MkdirAll(s.dir, 0o755); err != nil {
 		return nil, fmt.Errorf("open build store: %w", err)
@@ -258,12 +266,12 @@ func treeSize(root *os.Root) (int64, int, error) {
 // readMeta reads and checks the Procfile and the optional manifest at the
 // build root.
 func readMeta(root *os.Root) (Procfile, Manifest, error) {
-	f, err := root.Open(ProcfileName)
+	f, err := openRegular(root, ProcfileName)
 	if errors.Is(err, fs.ErrNotExist) {
 		return Procfile{}, Manifest{}, fmt.Errorf("%w: add a file named Procfile at the root of the tarball with lines such as \"web: ./server\"", ErrNoProcfile)
 	}
 	if err != nil {
-		return Procfile{}, Manifest{}, fmt.Errorf("%w: open: %v", ErrProcfile, err)
+		return Procfile{}, Manifest{}, fmt.Errorf("%w: %v", ErrProcfile, err)
 	}
 	pf, err := ParseProcfile(f)
 	f.Close()
@@ -271,12 +279,12 @@ func readMeta(root *os.Root) (Procfile, Manifest, error) {
 		return Procfile{}, Manifest{}, err
 	}
 	var m Manifest
-	mf, err := root.Open(ManifestName)
+	mf, err := openRegular(root, ManifestName)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		return pf, m, nil
 	case err != nil:
-		return Procfile{}, Manifest{}, fmt.Errorf("%w: open %s: %v", ErrManifest, ManifestName, err)
+		return Procfile{}, Manifest{}, fmt.Errorf("%w: %v", ErrManifest, err)
 	}
 	data, err := io.ReadAll(io.LimitReader(mf, maxManifestSize+1))
 	mf.Close()
@@ -290,6 +298,24 @@ func readMeta(root *os.Root) (Procfile, Manifest, error) {
 		return Procfile{}, Manifest{}, err
 	}
 	return pf, m, nil
+}
+
+// openRegular opens name in root (following symlinks inside the root) and
+// checks that it is a regular file.
+func openRegular(root *os.Root, name string) (*os.File, error) {
+	f, err := root.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err == nil && !fi.Mode().IsRegular() {
+		err = fmt.Errorf("%s is not a regular file", name)
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
 }
 
 // Import reads a release tarball (.tar, .tar.gz or .tar.zst, detected from
@@ -320,6 +346,9 @@ func (s *Store) Import(ctx context.Context, r io.Reader, expectedDigest string) 
 			if err != nil {
 				return nil, fmt.Errorf("import build: %w", err)
 			}
+			s.mu.Lock()
+			s.returned[b.Digest] = s.gcEpoch
+			s.mu.Unlock()
 			b.Existed = true
 			return b, nil
 		}
@@ -359,7 +388,7 @@ func (s *Store) unpack(ctx context.Context, r io.Reader, tmp, expectedDigest str
 	defer async.close()
 
 	x := newExtractor(root, s.limits, m)
-	if err := x.run(ctx, tar.NewReader(async)); err != nil {
+	if err := x.run(ctx, async); err != nil {
 		return nil, err
 	}
 	digest, err := st.finish(ctx, async)
@@ -390,6 +419,7 @@ func (s *Store) unpack(ctx context.Context, r io.Reader, tmp, expectedDigest str
 func (s *Store) publish(tmp string, b *Build) (*Build, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.returned[b.Digest] = s.gcEpoch
 	if fi, err := os.Lstat(b.Dir); err == nil && fi.IsDir() {
 		if err := removeTree(tmp); err != nil {
 			s.log.Error("cannot remove duplicate import", "path", tmp, "error", err)
@@ -410,12 +440,19 @@ func (s *Store) publish(tmp string, b *Build) (*Build, error) {
 }
 
 // GC removes every build for which keep returns false, and returns the
-// digests it removed. Builds whose import (with that expected digest) is in
-// progress are kept. Each build is first renamed to a .tmp- name, so a
-// crash mid-removal never leaves a partial build under its digest. keep is
-// called without locks held; the caller must make sure that a build it has
-// just imported but not yet recorded is kept.
+// digests it removed. It never removes a build whose import with that
+// expected digest is in progress, nor one that Import returned after this GC
+// started; a build Import returned earlier must be recorded by the caller
+// (so that keep reports it) before GC runs. Each build is first renamed to a
+// .tmp- name, so a crash mid-removal never leaves a partial build under its
+// digest. keep is called without locks held.
 func (s *Store) GC(keep func(digest string) bool) (removed []string, err error) {
+	s.gcMu.Lock()
+	defer s.gcMu.Unlock()
+	s.mu.Lock()
+	s.gcEpoch++
+	epoch := s.gcEpoch
+	s.mu.Unlock()
 	digests, err := s.List()
 	if err != nil {
 		return nil, err
@@ -424,7 +461,7 @@ func (s *Store) GC(keep func(digest string) bool) (removed []string, err error) 
 		if keep(d) {
 			continue
 		}
-		gone, err := s.remove(d)
+		gone, err := s.remove(d, epoch)
 		if err != nil {
 			return removed, fmt.Errorf("gc build %s: %w", d, err)
 		}
@@ -436,10 +473,10 @@ func (s *Store) GC(keep func(digest string) bool) (removed []string, err error) 
 }
 
 // remove takes build d out of view and deletes it, unless an import of it
-// is in progress.
-func (s *Store) remove(d string) (bool, error) {
+// is in progress or Import returned it during GC run epoch.
+func (s *Store) remove(d string, epoch uint64) (bool, error) {
 	s.mu.Lock()
-	if s.importing[d] > 0 {
+	if e, ok := s.returned[d]; s.importing[d] > 0 || ok && e == epoch {
 		s.mu.Unlock()
 		return false, nil
 	}
@@ -452,6 +489,7 @@ func (s *Store) remove(d string) (bool, error) {
 	err = os.Rename(filepath.Join(s.dir, d), dst)
 	if err == nil {
 		delete(s.cache, d)
+		delete(s.returned, d)
 		err = syncDir(s.dir)
 	}
 	s.mu.Unlock()
