@@ -1,6 +1,65 @@
 // Package supervisor owns process lifecycles: spawn, restart with
 // backoff, stop a process group, reap, capture logs and report state
-// changes. It knows nothing of releases, bbolt or HTTP.
+// changes. It knows nothing of releases, bbolt or HTTP: it gets Specs
+// (what to run, with which environment, as whom) and reports Events.
 //
 // It must not import other berth packages.
+//
+// # Processes
+//
+// Each instance runs as /bin/sh -c Command (a command of plain words is
+// exec'd directly, as sh itself would) in its own process group, with
+// exactly Spec.Env as its environment and stdin from /dev/null. Stop
+// sends the stop signal (and SIGCONT) to the whole group, SIGKILL after
+// the stop timeout, and returns once the leader is reaped and no member
+// of the group is left. When a process exits unexpectedly, whatever is
+// left of its group is killed before the restart, so an old worker never
+// runs beside a new one.
+//
+// Restarts: a process that ran at least Backoff.Settle is restarted at
+// once; quick exits in a row wait Backoff.Initial doubling up to
+// Backoff.Max (minus up to 20% jitter); after Backoff.CrashAfter quick
+// exits in a row the state shows crashed, and retries continue at the
+// cap forever. Only Stop and Restart (on purpose) prevent a restart.
+//
+// # The reaper rule
+//
+// Run owns waiting for children: on SIGCHLD it peeks at zombies with
+// waitid(P_ALL, WEXITED|WNOWAIT) and reaps (wait4 by pid) only
+//
+//   - processes started through this Supervisor (Start, Restart,
+//     RunCommand): their statuses go to their owners;
+//   - unknown children in another process group than the supervisor's
+//     own: orphans reparented to it (Config.Subreaper) and leftovers of
+//     instance groups; they are logged at debug level.
+//
+// An unknown zombie in the supervisor's own process group is left for
+// its owner. So other code in the same process may run children with
+// os/exec (Cmd.Run, Cmd.Wait) as long as they stay in the process's own
+// group (the os/exec default: no Setpgid, no Setsid); their statuses are
+// never stolen. A child started elsewhere in a new process group or
+// session would be reaped as an orphan: run such commands with
+// RunCommand instead, which also kills what they leave behind. Children
+// are a process-wide resource, so only one Supervisor may Run in a
+// process at a time.
+//
+// # Socket activation
+//
+// Spec.ListenFiles are passed as fds 3, 4, ... with LISTEN_FDS=n, and
+// the command runs as /bin/sh -c 'LISTEN_PID=$$; export LISTEN_PID; exec
+// Command', so LISTEN_PID is the pid of the app itself (sd_listen_fds
+// checks it). Command must then be a single simple command.
+//
+// # Logs
+//
+// stdout and stderr go through one pipe each, read by one goroutine per
+// pipe that holds a read buffer only while output flows. Lines are stored
+// whole, each with a timestamp and its stream (see ReadLogFile), in
+// LogConfig.Path, rotated by size to Path.1 ... Path.<MaxFiles-1>; lines
+// longer than MaxLine are split into marked pieces, never dropped; a
+// trailing partial line is stored when the pipe closes. The last
+// LogConfig.Memory lines stay in memory for Tail. Followers (FollowLogs)
+// and event subscribers (Subscribe) get bounded channels: one that falls
+// behind loses lines or events, is told how many in the next one it gets
+// (Missed), and never slows the app, the files or the supervisor.
 package supervisor

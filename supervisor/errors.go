@@ -1,0 +1,60 @@
+package supervisor
+
+import (
+	"errors"
+	"fmt"
+)
+
+// ErrExists is returned by Start when an instance with the same name is
+// already supervised.
+var ErrExists = errors.New("instance already exists")
+
+// ErrNotFound is returned by Stop, Restart, Status and Tail when no
+// instance with that name is supervised.
+var ErrNotFound = errors.New("instance not found")
+
+// ErrInvalidSpec is returned (wrapped in a *SpecError) by Start and
+// RunCommand when a Spec field has a bad value; nothing is started.
+var ErrInvalidSpec = errors.New("invalid spec")
+
+// ErrClosed is returned by Start, Restart and RunCommand once Run has
+// returned: nothing would reap the process any more.
+var ErrClosed = errors.New("supervisor closed")
+
+// ErrStopping is returned by Restart when the instance is being stopped
+// for good by a concurrent Stop.
+var ErrStopping = errors.New("instance is stopping")
+
+// SpecError names the Spec field that has a bad value and why. It wraps
+// ErrInvalidSpec. Value is left empty for fields that may hold secrets
+// (environment values are never echoed).
+type SpecError struct {
+	Name   string // the instance name, as given
+	Field  string // e.g. "Env[3]", "Backoff.Initial"
+	Value  string // the offending value, when it is safe to show
+	Reason string
+}
+
+func (e *SpecError) Error() string {
+	if e.Value != "" {
+		return fmt.Sprintf("spec %q: %s %q: %s", e.Name, e.Field, e.Value, e.Reason)
+	}
+	return fmt.Sprintf("spec %q: %s: %s", e.Name, e.Field, e.Reason)
+}
+
+// Unwrap returns ErrInvalidSpec.
+func (e *SpecError) Unwrap() error { return ErrInvalidSpec }
+
+// SpawnError is returned by Start when the first start of the process
+// failed (fork or exec: a missing working directory, a bad credential,
+// no /bin/sh). The instance stays supervised in state backoff and is
+// retried like a crashed process; Stop it to give up.
+type SpawnError struct {
+	Name string
+	Err  error
+}
+
+func (e *SpawnError) Error() string { return fmt.Sprintf("start %s: %v", e.Name, e.Err) }
+
+// Unwrap returns the underlying fork/exec error.
+func (e *SpawnError) Unwrap() error { return e.Err }

@@ -1,0 +1,357 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"syscall"
+	"sync"
+	"time"
+)
+
+// proc is one process of an instance.
+type proc struct {
+	pid    int
+	exited chan struct{} // closed by the reaper once exit is set
+	exit   Exit
+}
+
+// instance is one supervised instance across its restarts.
+type instance struct {
+	s    *Supervisor
+	spec Spec // with defaults; never changes
+	logs *logSink
+
+	// opMu serializes Stop and Restart of this instance.
+	// Lock order: opMu, then spawnMu, then mu.
+	opMu sync.Mutex
+	// spawnMu is held by a spawn from its decision to start until the
+	// process is recorded (or failed to start); halt takes it to wait
+	// for a spawn in flight.
+	spawnMu sync.Mutex
+
+	mu          sync.Mutex // guards the fields below
+	state       State
+	proc        *proc // the running process, nil if none
+	startedAt   time.Time
+	restarts    int
+	quick       int // exits before settling, in a row
+	lastExit    *Exit
+	lastErr     string
+	nextAttempt time.Time
+	timer       *time.Timer // pending backoff restart
+	halting     bool        // a Stop or Restart is in progress: exits are not restarted
+	gone        bool        // stopped and forgotten
+	pipes       map[*os.File]struct{}
+	idle        chan struct{} // closed while no pipe reader runs
+}
+
+func newInstance(s *Supervisor, sp Spec) *instance {
+	idle := make(chan struct{})
+	close(idle)
+	return &instance{s: s, spec: sp, logs: newLogSink(s, sp.Name, sp.Log), pipes: make(map[*os.File]struct{}), idle: idle}
+}
+
+// setState is the one place where the state changes; every change is
+// published. Called with mu held.
+func (in *instance) setState(st State, pid int, exit *Exit) {
+	in.state = st
+	in.s.publish(Event{Name: in.spec.Name, Time: time.Now(), State: st, PID: pid, Exit: exit})
+}
+
+func (in *instance) isGone() bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.gone
+}
+
+func (in *instance) status() Status {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	st := Status{Name: in.spec.Name, State: in.state, StartedAt: in.startedAt, Restarts: in.restarts, LastError: in.lastErr}
+	if in.proc != nil {
+		st.PID = in.proc.pid
+	}
+	if in.lastExit != nil {
+		e := *in.lastExit
+		st.LastExit = &e
+	}
+	if in.state == StateBackoff || in.state == StateCrashed {
+		st.NextAttempt = in.nextAttempt
+	}
+	return st
+}
+
+// spawn starts a process unless the instance is being halted. On
+// failure it schedules a retry like a quick exit and returns the error.
+func (in *instance) spawn() error {
+	in.spawnMu.Lock()
+	defer in.spawnMu.Unlock()
+	in.mu.Lock()
+	if in.halting || in.gone {
+		in.mu.Unlock()
+		return nil
+	}
+	in.timer = nil
+	if in.state != StateStarting {
+		in.setState(StateStarting, 0, nil)
+	}
+	in.mu.Unlock()
+	err := in.s.startInstance(in)
+	if err != nil {
+		in.mu.Lock()
+		in.lastErr = err.Error()
+		in.quick++
+		in.restarts++
+		in.scheduleRetry(0, nil)
+		in.mu.Unlock()
+		in.s.log.Warn("start failed", "instance", in.spec.Name, "error", err)
+	}
+	return err
+}
+
+// respawn restarts after an unexpected exit, clearing the container
+// first so nothing of the old process runs beside the new one.
+func (in *instance) respawn() {
+	if c := in.s.cfg.Container; c != nil {
+		if err := c.Kill(in.spec.Name); err != nil {
+			in.s.log.Warn("kill container before restart", "instance", in.spec.Name, "error", err)
+		}
+	}
+	in.spawn() // a failure schedules a retry and is logged
+}
+
+// started records a process that has just exec'd. It runs before the
+// reaper may see the pid exit.
+func (in *instance) started(p *proc) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	in.proc = p
+	in.startedAt = time.Now()
+	in.lastErr = ""
+	in.setState(StateRunning, p.pid, nil)
+}
+
+// exited handles the exit of p. It runs on the reaper goroutine.
+func (in *instance) exited(p *proc, ws syscall.WaitStatus, at time.Time) {
+	exit := exitOf(ws, at)
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	p.exit = exit
+	close(p.exited)
+	in.lastExit = &exit
+	if in.proc == p {
+		in.proc = nil
+	}
+	if in.halting || in.gone {
+		return // halt reports the exit
+	}
+	// Leftovers of the group must not run beside the next process.
+	syscall.Kill(-p.pid, syscall.SIGKILL)
+	in.restarts++
+	if at.Sub(in.startedAt) >= in.spec.Backoff.Settle {
+		in.quick = 0
+		in.setState(StateStarting, p.pid, &exit)
+		in.s.wg.Add(1)
+		go func() {
+			defer in.s.wg.Done()
+			in.respawn()
+		}()
+		return
+	}
+	in.quick++
+	in.scheduleRetry(p.pid, &exit)
+	in.s.log.Debug("quick exit", "instance", in.spec.Name, "exit", exit.String(), "in_a_row", in.quick)
+}
+
+// scheduleRetry arms the backoff timer for the in.quick-th quick exit in
+// a row and publishes backoff (or crashed) with the exit of pid, if any.
+// Called with mu held.
+func (in *instance) scheduleRetry(pid int, exit *Exit) {
+	d := in.spec.Backoff.delay(in.quick)
+	in.nextAttempt = time.Now().Add(d)
+	st := StateBackoff
+	if in.quick >= in.spec.Backoff.CrashAfter {
+		st = StateCrashed
+	}
+	in.setState(st, pid, exit)
+	in.s.wg.Add(1)
+	in.timer = time.AfterFunc(d, func() {
+		defer in.s.wg.Done()
+		in.respawn()
+	})
+}
+
+// cancelTimer stops a pending backoff restart. Called with mu held.
+func (in *instance) cancelTimer() {
+	if in.timer != nil && in.timer.Stop() {
+		in.s.wg.Done()
+	}
+	in.timer = nil
+}
+
+// delay returns the wait before the n-th attempt after quick exits:
+// Initial doubling up to Max, minus up to 20% of jitter.
+func (b Backoff) delay(n int) time.Duration {
+	d := b.Initial
+	for i := 1; i < n && d < b.Max; i++ {
+		d *= 2
+	}
+	d = min(d, b.Max)
+	return d - time.Duration(rand.Int64N(int64(d)/5+1))
+}
+
+// halt stops the process group on purpose and waits until it is gone and
+// its output is stored. The instance stays known; Stop forgets it and
+// Restart resumes it.
+func (in *instance) halt(ctx context.Context) (Exit, error) {
+	in.mu.Lock()
+	in.halting = true
+	in.cancelTimer()
+	in.mu.Unlock()
+
+	in.spawnMu.Lock() // a spawn in flight finishes first
+	in.mu.Lock()
+	p := in.proc
+	var exit Exit
+	if in.lastExit != nil {
+		exit = *in.lastExit
+	}
+	pid := 0
+	if p != nil {
+		pid = p.pid
+	}
+	in.setState(StateStopping, pid, nil)
+	in.mu.Unlock()
+	in.spawnMu.Unlock()
+
+	var err error
+	if p != nil {
+		err = killGroup(ctx, p.pid, p.exited, in.spec.StopSignal, in.spec.StopTimeout)
+		select {
+		case <-p.exited:
+			exit = p.exit
+		default:
+		}
+	}
+	if c := in.s.cfg.Container; c != nil {
+		if cerr := c.Kill(in.spec.Name); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("kill container of %s: %w", in.spec.Name, cerr))
+		}
+	}
+	in.drain(ctx)
+	return exit, err
+}
+
+// resume lets a halted instance run again, with its backoff reset.
+func (in *instance) resume() {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	in.halting = false
+	in.quick = 0
+}
+
+// forget marks a halted instance stopped for good and closes its log.
+func (in *instance) forget(exit Exit) {
+	in.mu.Lock()
+	in.gone = true
+	var ep *Exit
+	if !exit.Time.IsZero() {
+		ep = &exit
+	}
+	in.setState(StateStopped, 0, ep)
+	in.mu.Unlock()
+	in.logs.close()
+}
+
+// drain waits for the pipe readers to reach EOF, at most DrainTimeout
+// (a process that left the group may hold a pipe open), then closes the
+// pipes under them and waits for them to finish.
+func (in *instance) drain(ctx context.Context) {
+	in.mu.Lock()
+	idle := in.idle
+	in.mu.Unlock()
+	t := time.NewTimer(in.s.cfg.DrainTimeout)
+	defer t.Stop()
+	select {
+	case <-idle:
+		return
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	in.mu.Lock()
+	for f := range in.pipes {
+		f.Close()
+	}
+	in.mu.Unlock()
+	<-idle
+}
+
+// addReader starts a reader goroutine for the read end of an output pipe.
+func (in *instance) addReader(f *os.File, stream string) {
+	in.mu.Lock()
+	if len(in.pipes) == 0 {
+		in.idle = make(chan struct{})
+	}
+	in.pipes[f] = struct{}{}
+	in.mu.Unlock()
+	pr := &pipeReader{f: f, stream: stream, ls: in.logs, maxLine: in.spec.Log.MaxLine}
+	in.s.wg.Add(1)
+	go func() {
+		defer in.s.wg.Done()
+		pr.run()
+		in.mu.Lock()
+		delete(in.pipes, f)
+		if len(in.pipes) == 0 {
+			close(in.idle)
+		}
+		in.mu.Unlock()
+	}()
+}
+
+// killGroup sends sig (and SIGCONT, so a stopped group can act on it) to
+// the process group pgid, SIGKILL after timeout, and returns once the
+// leader has been reaped (exited is closed) and no member of the group
+// is left. The group is checked with kill(-pgid, 0) at a short, growing
+// interval only while members outlive the leader. If ctx ends first the
+// group is killed and ctx's error returned at once.
+func killGroup(ctx context.Context, pgid int, exited <-chan struct{}, sig syscall.Signal, timeout time.Duration) error {
+	syscall.Kill(-pgid, sig)
+	if sig != syscall.SIGKILL && sig != syscall.SIGCONT {
+		syscall.Kill(-pgid, syscall.SIGCONT)
+	}
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	kill := func() { syscall.Kill(-pgid, syscall.SIGKILL) }
+	for leader := true; leader; {
+		select {
+		case <-exited:
+			leader = false
+		case <-deadline.C:
+			kill()
+		case <-ctx.Done():
+			kill()
+			return ctx.Err()
+		}
+	}
+	interval := time.Millisecond
+	for {
+		if err := syscall.Kill(-pgid, 0); errors.Is(err, syscall.ESRCH) {
+			return nil
+		}
+		t := time.NewTimer(interval)
+		select {
+		case <-t.C:
+		case <-deadline.C:
+			kill()
+		case <-ctx.Done():
+			t.Stop()
+			kill()
+			return ctx.Err()
+		}
+		t.Stop()
+		interval = min(2*interval, 50*time.Millisecond)
+	}
+}

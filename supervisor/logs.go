@@ -1,0 +1,468 @@
+package supervisor
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Stored line format, one per line in the log files:
+//
+//	2026-11-26T13:43:46.123456Z stdout text of the line
+//	2026-11-26T13:43:46.123456Z stderr+ first piece of a long line
+//
+// The time is UTC with microseconds (fixed width), the stream is stdout
+// or stderr, and a "+" after it marks a piece that continues in the next
+// piece of the same stream.
+const (
+	timeLayout   = "2006-01-02T15:04:05.000000Z"
+	timeWidth    = len(timeLayout)
+	lineOverhead = int64(timeWidth + len(" stdout+ ") + 1)
+	readBufSize  = 256 << 10
+	pipeSize     = 1 << 20
+)
+
+// bufPool holds read buffers and output buffers; an idle pipe holds none.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, readBufSize); return &b }}
+
+// batchPool holds the per-chunk scratch of pipe readers.
+var batchPool = sync.Pool{New: func() any { return &batch{} }}
+
+// batch is one chunk of output formatted for the file: out holds the
+// stored lines, ends the end offset of each line in out.
+type batch struct {
+	out  []byte
+	ends []int
+	ts   [timeWidth]byte
+	now  time.Time
+}
+
+func (b *batch) reset(now time.Time) {
+	b.out = b.out[:0]
+	b.ends = b.ends[:0]
+	b.now = now
+	now.UTC().AppendFormat(b.ts[:0], timeLayout)
+}
+
+func (b *batch) add(stream string, text []byte, split bool) {
+	b.out = append(b.out, b.ts[:]...)
+	b.out = append(b.out, ' ')
+	b.out = append(b.out, stream...)
+	if split {
+		b.out = append(b.out, '+')
+	}
+	b.out = append(b.out, ' ')
+	b.out = append(b.out, text...)
+	b.out = append(b.out, '\n')
+	b.ends = append(b.ends, len(b.out))
+}
+
+// line returns the i-th line of the batch.
+func (b *batch) line(name string, i int) LogLine {
+	start := 0
+	if i > 0 {
+		start = b.ends[i-1]
+	}
+	s := b.out[start+timeWidth+1 : b.ends[i]-1] // "stdout[+] text"
+	l := LogLine{Name: name, Time: b.now, Stream: "stdout"}
+	if s[3] == 'e' {
+		l.Stream = "stderr"
+	}
+	s = s[6:]
+	if s[0] == '+' {
+		l.Split = true
+		s = s[1:]
+	}
+	l.Text = string(s[1:])
+	return l
+}
+
+// parseStored parses one stored line (without its newline).
+func parseStored(s []byte) (LogLine, bool) {
+	if len(s) < timeWidth+8 || s[timeWidth] != ' ' {
+		return LogLine{Text: string(s)}, false
+	}
+	rest := s[timeWidth+1:]
+	sp := bytes.IndexByte(rest, ' ')
+	if sp < 0 {
+		return LogLine{Text: string(s)}, false
+	}
+	stream, split := rest[:sp], false
+	if n := len(stream); n > 0 && stream[n-1] == '+' {
+		stream, split = stream[:n-1], true
+	}
+	var l LogLine
+	switch string(stream) {
+	case "stdout":
+		l.Stream = "stdout"
+	case "stderr":
+		l.Stream = "stderr"
+	default:
+		return LogLine{Text: string(s)}, false
+	}
+	t, err := time.Parse(timeLayout, string(s[:timeWidth]))
+	if err != nil {
+		return LogLine{Text: string(s)}, false
+	}
+	l.Time, l.Split, l.Text = t, split, string(rest[sp+1:])
+	return l, true
+}
+
+// logSink is where all output of one instance goes, across restarts: the
+// log file, the in-memory ring, followers and Config.Sink.
+type logSink struct {
+	s    *Supervisor
+	name string
+	cfg  LogConfig
+
+	mu      sync.Mutex // guards the fields below; taken by pipe readers per chunk
+	file    *os.File   // nil until the first line, or after a failed open
+	size    int64
+	failed  bool      // the last open or write failed: logged once
+	ring    []LogLine // grows up to cfg.Memory, then wraps
+	head    int       // index of the oldest line once len(ring) == cfg.Memory
+	closed  bool
+	written int64 // bytes of output stored in files, for tests
+}
+
+func newLogSink(s *Supervisor, name string, cfg LogConfig) *logSink {
+	return &logSink{s: s, name: name, cfg: cfg}
+}
+
+// store writes a formatted batch to the file, the ring, followers and
+// the sink. It never blocks on a reader of the output.
+func (ls *logSink) store(b *batch) {
+	if len(b.ends) == 0 {
+		return
+	}
+	ls.mu.Lock()
+	if ls.closed {
+		ls.mu.Unlock()
+		return
+	}
+	if ls.cfg.Path != "" {
+		ls.writeFile(b)
+	}
+	if m := ls.cfg.Memory; m > 0 {
+		first := max(0, len(b.ends)-m)
+		for i := first; i < len(b.ends); i++ {
+			l := b.line(ls.name, i)
+			if len(ls.ring) < m {
+				ls.ring = append(ls.ring, l)
+			} else {
+				ls.ring[ls.head] = l
+				ls.head = (ls.head + 1) % m
+			}
+		}
+	}
+	ls.mu.Unlock()
+	if ls.s.nfollow.Load() > 0 || ls.s.cfg.Sink != nil {
+		ls.s.deliverLines(ls, b)
+	}
+}
+
+// writeFile appends the batch to the log file, rotating at line
+// boundaries so no file grows past MaxSize. Called with mu held.
+func (ls *logSink) writeFile(b *batch) {
+	start := 0
+	for start < len(b.out) {
+		if ls.file == nil && !ls.open() {
+			return
+		}
+		room := ls.cfg.MaxSize - ls.size
+		end := len(b.out)
+		if int64(end-start) > room {
+			// The last line end that still fits.
+			i := sort.Search(len(b.ends), func(i int) bool { return int64(b.ends[i]-start) > room })
+			end = start
+			if i > 0 && b.ends[i-1] > start {
+				end = b.ends[i-1]
+			}
+		}
+		if end > start {
+			n, err := ls.file.Write(b.out[start:end])
+			ls.size += int64(n)
+			ls.written += int64(n)
+			if err != nil {
+				ls.fail("write log file", err)
+				return
+			}
+			start = end
+		}
+		if start < len(b.out) {
+			ls.rotate()
+		}
+	}
+	ls.failed = false
+}
+
+func (ls *logSink) fail(op string, err error) {
+	if !ls.failed {
+		ls.s.log.Warn("log output lost", "instance", ls.name, "op", op, "error", err)
+	}
+	ls.failed = true
+}
+
+func (ls *logSink) open() bool {
+	if err := os.MkdirAll(filepath.Dir(ls.cfg.Path), 0o750); err != nil {
+		ls.fail("create log directory", err)
+		return false
+	}
+	f, err := os.OpenFile(ls.cfg.Path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	if err != nil {
+		ls.fail("open log file", err)
+		return false
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		ls.fail("stat log file", err)
+		return false
+	}
+	ls.file, ls.size = f, fi.Size()
+	return true
+}
+
+// rotate shifts path.N-2 to path.N-1, ..., path to path.1. The next
+// write opens a fresh path.
+func (ls *logSink) rotate() {
+	if ls.file != nil {
+		ls.file.Close()
+		ls.file = nil
+	}
+	p := ls.cfg.Path
+	if ls.cfg.MaxFiles <= 1 {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			ls.fail("rotate log file", err)
+		}
+		return
+	}
+	for i := ls.cfg.MaxFiles - 1; i >= 2; i-- {
+		if err := os.Rename(fmt.Sprintf("%s.%d", p, i-1), fmt.Sprintf("%s.%d", p, i)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			ls.fail("rotate log file", err)
+		}
+	}
+	if err := os.Rename(p, p+".1"); err != nil && !errors.Is(err, os.ErrNotExist) {
+		ls.fail("rotate log file", err)
+	}
+}
+
+// close closes the file; later batches are dropped. Called once no pipe
+// reader is left.
+func (ls *logSink) close() {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	ls.closed = true
+	if ls.file != nil {
+		ls.file.Close()
+		ls.file = nil
+	}
+}
+
+// tail returns the last n lines kept in memory (all if n <= 0).
+func (ls *logSink) tail(n int) []LogLine {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	total := len(ls.ring)
+	if n <= 0 || n > total {
+		n = total
+	}
+	out := make([]LogLine, 0, n)
+	for i := total - n; i < total; i++ {
+		out = append(out, ls.ring[(ls.head+i)%max(total, 1)])
+	}
+	return out
+}
+
+// pipeReader turns the bytes of one pipe into stored lines.
+type pipeReader struct {
+	f       *os.File // read end, non-blocking, in the runtime poller
+	stream  string   // "stdout" or "stderr"
+	ls      *logSink
+	maxLine int
+	partial []byte // an unfinished line carried to the next chunk; nil when empty
+}
+
+// run reads until EOF or until f is closed under it, then stores the
+// trailing partial line. A read buffer is held only while data flows.
+func (p *pipeReader) run() {
+	rc, err := p.f.SyscallConn()
+	if err != nil {
+		p.f.Close()
+		return
+	}
+	var buf *[]byte
+	for {
+		var n int
+		var rerr error
+		err := rc.Read(func(fd uintptr) bool {
+			if buf == nil {
+				buf = bufPool.Get().(*[]byte)
+			}
+			n, rerr = syscall.Read(int(fd), *buf)
+			if rerr == syscall.EAGAIN {
+				bufPool.Put(buf)
+				buf = nil
+				return false
+			}
+			return true
+		})
+		if rerr == syscall.EINTR {
+			continue
+		}
+		if err != nil || rerr != nil || n <= 0 {
+			break
+		}
+		p.consume((*buf)[:n], time.Now())
+		if n < len(*buf) {
+			bufPool.Put(buf)
+			buf = nil
+		}
+	}
+	if buf != nil {
+		bufPool.Put(buf)
+	}
+	if len(p.partial) > 0 {
+		b := batchPool.Get().(*batch)
+		b.reset(time.Now())
+		b.add(p.stream, p.partial, false)
+		p.ls.store(b)
+		batchPool.Put(b)
+		p.partial = nil
+	}
+	p.f.Close()
+}
+
+// consume splits a chunk into lines and stores them as one batch.
+func (p *pipeReader) consume(data []byte, now time.Time) {
+	b := batchPool.Get().(*batch)
+	b.reset(now)
+	if len(p.partial) > 0 {
+		i := bytes.IndexByte(data, '\n')
+		if i < 0 {
+			p.carry(b, data)
+			p.ls.store(b)
+			batchPool.Put(b)
+			return
+		}
+		p.partial = append(p.partial, data[:i]...)
+		p.emit(b, p.partial)
+		p.partial = nil
+		data = data[i+1:]
+	}
+	for len(data) > 0 {
+		i := bytes.IndexByte(data, '\n')
+		if i < 0 {
+			p.carry(b, data)
+			break
+		}
+		p.emit(b, data[:i])
+		data = data[i+1:]
+	}
+	p.ls.store(b)
+	if cap(b.out) > 4*readBufSize {
+		b.out, b.ends = nil, nil // do not keep a huge buffer in the pool
+	}
+	batchPool.Put(b)
+}
+
+// emit adds a whole line, split into marked pieces if it is too long.
+func (p *pipeReader) emit(b *batch, line []byte) {
+	for len(line) > p.maxLine {
+		b.add(p.stream, line[:p.maxLine], true)
+		line = line[p.maxLine:]
+	}
+	b.add(p.stream, line, false)
+}
+
+// carry keeps an unfinished line for the next chunk; pieces beyond
+// maxLine are stored already, marked split.
+func (p *pipeReader) carry(b *batch, data []byte) {
+	p.partial = append(p.partial, data...)
+	for len(p.partial) > p.maxLine {
+		b.add(p.stream, p.partial[:p.maxLine], true)
+		p.partial = append(p.partial[:0], p.partial[p.maxLine:]...)
+	}
+}
+
+// ReadLogFile returns the last n lines (all if n <= 0) stored in the log
+// file at path and its rotated predecessors path.1, path.2, ..., oldest
+// first. It is meant for instances no longer running. The lines carry no
+// Name. A line that does not parse is returned whole as Text with no
+// Stream.
+func ReadLogFile(path string, n int) ([]LogLine, error) {
+	var files []string
+	if _, err := os.Stat(path); err == nil {
+		files = append(files, path)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("read log %s: %w", path, err)
+	}
+	for i := 1; ; i++ {
+		p := fmt.Sprintf("%s.%d", path, i)
+		if _, err := os.Stat(p); err != nil {
+			break
+		}
+		files = append(files, p)
+	}
+	if len(files) == 0 {
+		return nil, fmt.Errorf("read log %s: %w", path, os.ErrNotExist)
+	}
+	var out []LogLine // newest file first, reversed at the end
+	for _, p := range files {
+		lines, err := readStored(p)
+		if err != nil {
+			return nil, err
+		}
+		for i := len(lines) - 1; i >= 0; i-- {
+			out = append(out, lines[i])
+			if n > 0 && len(out) == n {
+				break
+			}
+		}
+		if n > 0 && len(out) == n {
+			break
+		}
+	}
+	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
+		out[i], out[j] = out[j], out[i]
+	}
+	return out, nil
+}
+
+func readStored(path string) ([]LogLine, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read log %s: %w", path, err)
+	}
+	defer f.Close()
+	var lines []LogLine
+	r := bufio.NewReaderSize(f, 64<<10)
+	for {
+		s, err := r.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			// Longer than any stored line: keep it whole anyway.
+			rest, err2 := r.ReadBytes('\n')
+			s = append(append([]byte(nil), s...), rest...)
+			err = err2
+		}
+		if len(s) > 0 {
+			l, _ := parseStored(bytes.TrimSuffix(s, []byte("\n")))
+			lines = append(lines, l)
+		}
+		if errors.Is(err, io.EOF) {
+			return lines, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read log %s: %w", path, err)
+		}
+	}
+}
+

@@ -1,0 +1,114 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"syscall"
+	"time"
+)
+
+// RunCommand runs a one-off command (a release phase, a health check)
+// to completion through the supervisor's reaper, as other code in this
+// process must: see the package documentation. The spec is used like
+// Start's (command, env, dir, credential, stop signal and timeout; the
+// name only labels it; Backoff and Log are ignored). stdout and stderr
+// are captured together; the last Config.OutputLimit bytes are
+// returned. When the command exits, anything left in its process group
+// is killed. If ctx ends (or Run is shutting down) first, the group is
+// stopped like an instance and ctx's error (or ErrClosed) is returned
+// with the exit. A non-zero exit is not an error: look at Exit.
+func (s *Supervisor) RunCommand(ctx context.Context, spec Spec) (Exit, []byte, error) {
+	sp, err := spec.withDefaults()
+	if err != nil {
+		return Exit{}, nil, err
+	}
+	if !s.enter() {
+		return Exit{}, nil, ErrClosed
+	}
+	defer s.wg.Done()
+	path, argv, env := command(&sp)
+	r, w, err := outputPipe(sp.Name, "output")
+	if err != nil {
+		return Exit{}, nil, fmt.Errorf("run %s: %w", sp.Name, err)
+	}
+	cgroup := -1
+	if c := s.cfg.Container; c != nil {
+		if cgroup, err = c.Prepare(sp.Name); err != nil {
+			r.Close()
+			w.Close()
+			return Exit{}, nil, fmt.Errorf("run %s: prepare container: %w", sp.Name, err)
+		}
+		defer func() {
+			if err := errors.Join(c.Kill(sp.Name), c.Remove(sp.Name)); err != nil {
+				s.log.Warn("clean up container", "command", sp.Name, "error", err)
+			}
+		}()
+	}
+	p := &proc{exited: make(chan struct{})}
+	err = s.fork(&sp, path, argv, env, w, w, cgroup, func(pid int) exitFunc {
+		p.pid = pid
+		return func(ws syscall.WaitStatus, at time.Time) {
+			p.exit = exitOf(ws, at)
+			close(p.exited)
+		}
+	})
+	w.Close()
+	if err != nil {
+		r.Close()
+		return Exit{}, nil, fmt.Errorf("run %s: %w", sp.Name, err)
+	}
+	out := &capture{limit: s.cfg.OutputLimit}
+	done := make(chan struct{})
+	go func() { // owned: waited for below
+		defer close(done)
+		out.readFrom(r)
+	}()
+
+	var runErr error
+	select {
+	case <-p.exited:
+	case <-ctx.Done():
+		runErr = ctx.Err()
+	case <-s.shutdown:
+		runErr = ErrClosed
+	}
+	sig, timeout := sp.StopSignal, sp.StopTimeout
+	if runErr == nil {
+		sig = syscall.SIGKILL // leftovers only: the command itself has exited
+	}
+	if err := killGroup(context.Background(), p.pid, p.exited, sig, timeout); err != nil {
+		runErr = errors.Join(runErr, err)
+	}
+	t := time.NewTimer(s.cfg.DrainTimeout)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C: // a process that left the group holds the pipe
+	}
+	r.Close()
+	<-done
+	return p.exit, out.bytes(), runErr
+}
+
+// capture keeps the last limit bytes read.
+type capture struct {
+	limit int
+	buf   []byte
+}
+
+func (c *capture) readFrom(f interface{ Read([]byte) (int, error) }) {
+	chunk := make([]byte, 32<<10)
+	for {
+		n, err := f.Read(chunk)
+		c.buf = append(c.buf, chunk[:n]...)
+		if over := len(c.buf) - c.limit; over > 0 {
+			c.buf = append(c.buf[:0], c.buf[over:]...)
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (c *capture) bytes() []byte { return c.buf }

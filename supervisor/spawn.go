@@ -1,0 +1,189 @@
+package supervisor
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// startInstance forks and execs the instance's process with its output
+// pipes and records it. Called with in.spawnMu held.
+func (s *Supervisor) startInstance(in *instance) error {
+	sp := &in.spec
+	path, argv, env := command(sp)
+	outR, outW, err := outputPipe(sp.Name, "stdout")
+	if err != nil {
+		return err
+	}
+	errR, errW, err := outputPipe(sp.Name, "stderr")
+	if err != nil {
+		outR.Close()
+		outW.Close()
+		return err
+	}
+	defer outW.Close()
+	defer errW.Close()
+	cgroup := -1
+	if c := s.cfg.Container; c != nil {
+		if cgroup, err = c.Prepare(sp.Name); err != nil {
+			outR.Close()
+			errR.Close()
+			return fmt.Errorf("prepare container: %w", err)
+		}
+	}
+	var p *proc
+	err = s.fork(sp, path, argv, env, outW, errW, cgroup, func(pid int) exitFunc {
+		p = &proc{pid: pid, exited: make(chan struct{})}
+		in.started(p)
+		return func(ws syscall.WaitStatus, at time.Time) { in.exited(p, ws, at) }
+	})
+	if err != nil {
+		outR.Close()
+		errR.Close()
+		return err
+	}
+	in.addReader(outR, "stdout")
+	in.addReader(errR, "stderr")
+	return nil
+}
+
+// fork starts a process in a new process group, with stdin from
+// /dev/null, the given stdout and stderr and sp.ListenFiles from fd 3,
+// and registers its pid with the reaper before the reaper can look at
+// it. onStart runs first, with the new pid, and returns the exit handler.
+func (s *Supervisor) fork(sp *Spec, path string, argv, env []string, stdout, stderr *os.File, cgroup int, onStart func(pid int) exitFunc) error {
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", os.DevNull, err)
+	}
+	defer devnull.Close()
+	files := make([]uintptr, 0, 3+len(sp.ListenFiles))
+	files = append(files, devnull.Fd(), stdout.Fd(), stderr.Fd())
+	for _, f := range sp.ListenFiles {
+		files = append(files, f.Fd())
+	}
+	sys := &syscall.SysProcAttr{Setpgid: true, Credential: sp.Credential}
+	if cgroup >= 0 {
+		sys.UseCgroupFD, sys.CgroupFD = true, cgroup
+	}
+	attr := &syscall.ProcAttr{Dir: sp.Dir, Env: env, Files: files, Sys: sys}
+	s.r.spawnMu.RLock()
+	defer s.r.spawnMu.RUnlock()
+	pid, err := syscall.ForkExec(path, argv, attr)
+	if err != nil {
+		return fmt.Errorf("fork/exec %s: %w", path, err)
+	}
+	s.r.register(pid, onStart(pid))
+	return nil
+}
+
+// outputPipe returns a pipe whose read end is non-blocking and in the
+// runtime poller. The pipe is enlarged so a fast writer rarely waits.
+func outputPipe(name, stream string) (r, w *os.File, err error) {
+	var fds [2]int
+	if err := syscall.Pipe2(fds[:], syscall.O_CLOEXEC); err != nil {
+		return nil, nil, fmt.Errorf("create %s pipe: %w", stream, err)
+	}
+	unix.FcntlInt(uintptr(fds[0]), unix.F_SETPIPE_SZ, pipeSize) // best effort: the default 64 KiB works too
+	if err := syscall.SetNonblock(fds[0], true); err != nil {
+		syscall.Close(fds[0])
+		syscall.Close(fds[1])
+		return nil, nil, fmt.Errorf("create %s pipe: %w", stream, err)
+	}
+	return os.NewFile(uintptr(fds[0]), name+" "+stream), os.NewFile(uintptr(fds[1]), name+" "+stream+" (write)"), nil
+}
+
+// command returns the program, argv and environment for a spec: a
+// simple command is exec'd directly (as sh would exec it), anything else
+// goes through /bin/sh -c. With ListenFiles the shell sets LISTEN_PID to
+// its own pid and execs the command, so the pid is the app's.
+func command(sp *Spec) (path string, argv, env []string) {
+	env = sp.Env
+	if n := len(sp.ListenFiles); n > 0 {
+		env = append(append(make([]string, 0, len(env)+1), env...), "LISTEN_FDS="+strconv.Itoa(n))
+		return "/bin/sh", []string{"/bin/sh", "-c", "LISTEN_PID=$$; export LISTEN_PID; exec " + sp.Command}, env
+	}
+	if words := simpleWords(sp.Command); words != nil {
+		if p := lookPath(words[0], env, sp.Dir); p != "" {
+			return p, words, env
+		}
+	}
+	return "/bin/sh", []string{"/bin/sh", "-c", sp.Command}, env
+}
+
+// shellWords are words sh treats itself (keywords and builtins): a
+// command starting with one always goes through sh.
+var shellWords = map[string]bool{
+	"exec": true, "exit": true, "export": true, "readonly": true, "set": true, "shift": true,
+	"trap": true, "unset": true, "eval": true, ".": true, ":": true, "break": true,
+	"continue": true, "return": true, "times": true, "cd": true, "alias": true, "bg": true,
+	"fg": true, "command": true, "getopts": true, "hash": true, "jobs": true, "kill": true,
+	"read": true, "type": true, "ulimit": true, "umask": true, "unalias": true, "wait": true,
+	"local": true, "printf": true, "echo": true, "test": true, "true": true, "false": true,
+	"pwd": true, "if": true, "then": true, "else": true, "elif": true, "fi": true, "do": true,
+	"done": true, "case": true, "esac": true, "while": true, "until": true, "for": true, "in": true,
+}
+
+// simpleWords splits a command made only of plain words (letters,
+// digits and _ - . / : , + % @ =, separated by blanks) whose first word
+// is no assignment and no shell keyword or builtin. It returns nil for
+// anything sh would interpret.
+func simpleWords(cmd string) []string {
+	for i := 0; i < len(cmd); i++ {
+		c := cmd[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case strings.IndexByte("_-./:,+%@= \t", c) >= 0:
+		default:
+			return nil
+		}
+	}
+	words := strings.Fields(cmd)
+	if len(words) == 0 || strings.IndexByte(words[0], '=') >= 0 || shellWords[words[0]] {
+		return nil
+	}
+	return words
+}
+
+// lookPath finds name as sh would, in the PATH of env (sh's default
+// when unset), relative paths resolved from dir. It returns "" if no
+// executable regular file is found, leaving the error message to sh.
+func lookPath(name string, env []string, dir string) string {
+	executable := func(p string) bool {
+		if !filepath.IsAbs(p) && dir != "" {
+			p = filepath.Join(dir, p)
+		}
+		fi, err := os.Stat(p)
+		return err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0
+	}
+	if strings.IndexByte(name, '/') >= 0 {
+		if executable(name) {
+			return name
+		}
+		return ""
+	}
+	path, found := "", false
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+			path, found = v, true
+		}
+	}
+	if !found {
+		path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	}
+	for _, d := range strings.Split(path, ":") {
+		if d == "" {
+			d = "."
+		}
+		if p := d + "/" + name; executable(p) {
+			return p
+		}
+	}
+	return ""
+}

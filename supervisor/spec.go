@@ -1,0 +1,307 @@
+package supervisor
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// State is the lifecycle state of a supervised instance. It changes in
+// one place (instance.setState) and every change is published as an
+// Event.
+type State int
+
+const (
+	// StateStarting means the process is being forked and exec'd.
+	StateStarting State = iota
+	// StateRunning means the process has exec'd and has not exited.
+	StateRunning
+	// StateBackoff means the process exited before settling and waits for
+	// its next attempt (Status.NextAttempt).
+	StateBackoff
+	// StateStopping means a Stop or Restart is signalling the process group
+	// and waiting for it to be gone.
+	StateStopping
+	// StateStopped means the instance was stopped on purpose; it is the
+	// last state an instance reports before it is forgotten.
+	StateStopped
+	// StateCrashed means the process is crash-looping: it exited before
+	// settling Backoff.CrashAfter times in a row. It is still retried
+	// (at most Backoff.Max apart), forever.
+	StateCrashed
+)
+
+var stateNames = [...]string{"starting", "running", "backoff", "stopping", "stopped", "crashed"}
+
+// String returns the lower-case name of the state, e.g. "running".
+func (s State) String() string {
+	if s < 0 || int(s) >= len(stateNames) {
+		return fmt.Sprintf("state(%d)", int(s))
+	}
+	return stateNames[s]
+}
+
+// Backoff says how restarts of a process that exits quickly are spaced.
+// A process that ran at least Settle is restarted immediately and resets
+// the backoff; the n-th quick exit in a row waits Initial*2^(n-1), capped
+// at Max, with up to 20% random jitter subtracted so instances that
+// crash together do not restart in lock step.
+type Backoff struct {
+	Initial    time.Duration // first delay after a quick exit; 0 means 100ms
+	Max        time.Duration // cap of the delay; 0 means 30s
+	Settle     time.Duration // run time after which a process counts as settled; 0 means 5s
+	CrashAfter int           // quick exits in a row after which the state shows crashed; 0 means 3
+}
+
+// LogConfig says where the output of an instance goes.
+type LogConfig struct {
+	// Path is the per-instance log file; "" keeps no file (memory and
+	// followers only). Rotated files are Path.1 (newest) to
+	// Path.<MaxFiles-1> (oldest).
+	Path string
+	// MaxSize is the size at which the file is rotated; 0 means 10 MiB.
+	MaxSize int64
+	// MaxFiles is how many files are kept, the live one included; 0
+	// means 5.
+	MaxFiles int
+	// MaxLine is the longest line stored as one; longer lines are split
+	// into pieces of MaxLine bytes, each but the last marked Split.
+	// 0 means 16 KiB. It must be smaller than MaxSize.
+	MaxLine int
+	// Memory is how many recent lines are kept in memory for Tail; 0
+	// means 1000, a negative value keeps none.
+	Memory int
+	// Fields are passed as they are to Config.Sink with every line
+	// (e.g. app, process and release for journald).
+	Fields map[string]string
+}
+
+// Spec is what to run, with which environment and as whom.
+type Spec struct {
+	// Name identifies the instance, e.g. "hello/web.1"; unique among
+	// supervised instances. It must not be empty or hold control
+	// characters.
+	Name string
+	// Command is run as /bin/sh -c Command. A command made only of
+	// plain words (no quotes, variables, redirections or other shell
+	// syntax) is exec'd directly, as sh would, saving one exec.
+	Command string
+	// Env is exactly the environment of the process; nothing of the
+	// supervisor's own environment is inherited (not even PATH).
+	Env []string
+	// Dir is the working directory; "" means the supervisor's.
+	Dir string
+	// Credential is the user, group and supplementary groups of the
+	// process; nil runs it as the supervisor's user.
+	Credential *syscall.Credential
+	// StopSignal is sent to the process group on stop; 0 means SIGTERM.
+	StopSignal syscall.Signal
+	// StopTimeout is how long a stop waits before SIGKILL to the group;
+	// 0 means 10s.
+	StopTimeout time.Duration
+	// Backoff spaces the restarts of a process that exits quickly.
+	Backoff Backoff
+	// Log says where stdout and stderr go.
+	Log LogConfig
+	// ListenFiles are passed to the process as fds 3, 4, ... with
+	// LISTEN_FDS=<n> and LISTEN_PID=<pid> in its environment
+	// (systemd's socket activation protocol). The command is then run
+	// as /bin/sh -c 'LISTEN_PID=$$ ... exec Command' so that the pid
+	// is the app's own: Command must be a single simple command. The
+	// files stay owned by the caller.
+	ListenFiles []*os.File
+}
+
+const (
+	defaultInitial    = 100 * time.Millisecond
+	defaultMax        = 30 * time.Second
+	defaultSettle     = 5 * time.Second
+	defaultCrashAfter = 3
+	defaultStopTime   = 10 * time.Second
+	defaultMaxSize    = 10 << 20
+	defaultMaxFiles   = 5
+	defaultMaxLine    = 16 << 10
+	defaultMemory     = 1000
+)
+
+// withDefaults returns the spec with zero fields filled in, or a
+// *SpecError for the first bad value. The caller's slices are copied.
+func (sp Spec) withDefaults() (Spec, error) {
+	bad := func(field, value, reason string) (Spec, error) {
+		return Spec{}, &SpecError{Name: sp.Name, Field: field, Value: value, Reason: reason}
+	}
+	if sp.Name == "" {
+		return bad("Name", "", "must not be empty")
+	}
+	if strings.ContainsFunc(sp.Name, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return bad("Name", "", "must not hold control characters")
+	}
+	if strings.TrimSpace(sp.Command) == "" {
+		return bad("Command", "", "must not be empty")
+	}
+	if strings.IndexByte(sp.Command, 0) >= 0 {
+		return bad("Command", "", "must not hold a NUL byte")
+	}
+	for i, kv := range sp.Env {
+		k, _, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return bad(fmt.Sprintf("Env[%d]", i), "", "must be KEY=value")
+		}
+		if strings.IndexByte(kv, 0) >= 0 {
+			return bad(fmt.Sprintf("Env[%d]", i), k, "must not hold a NUL byte")
+		}
+	}
+	if sp.StopSignal < 0 || sp.StopSignal > 64 {
+		return bad("StopSignal", fmt.Sprint(int(sp.StopSignal)), "not a signal number")
+	}
+	if sp.StopSignal == 0 {
+		sp.StopSignal = syscall.SIGTERM
+	}
+	if sp.StopTimeout < 0 {
+		return bad("StopTimeout", sp.StopTimeout.String(), "must not be negative")
+	}
+	if sp.StopTimeout == 0 {
+		sp.StopTimeout = defaultStopTime
+	}
+	b := &sp.Backoff
+	for _, d := range []struct {
+		field string
+		v     *time.Duration
+		def   time.Duration
+	}{{"Backoff.Initial", &b.Initial, defaultInitial}, {"Backoff.Max", &b.Max, defaultMax}, {"Backoff.Settle", &b.Settle, defaultSettle}} {
+		if *d.v < 0 {
+			return bad(d.field, d.v.String(), "must not be negative")
+		}
+		if *d.v == 0 {
+			*d.v = d.def
+		}
+	}
+	if b.Initial > b.Max {
+		return bad("Backoff.Initial", b.Initial.String(), "must not exceed Backoff.Max "+b.Max.String())
+	}
+	if b.CrashAfter < 0 {
+		return bad("Backoff.CrashAfter", fmt.Sprint(b.CrashAfter), "must not be negative")
+	}
+	if b.CrashAfter == 0 {
+		b.CrashAfter = defaultCrashAfter
+	}
+	l := &sp.Log
+	if l.MaxSize < 0 {
+		return bad("Log.MaxSize", fmt.Sprint(l.MaxSize), "must not be negative")
+	}
+	if l.MaxSize == 0 {
+		l.MaxSize = defaultMaxSize
+	}
+	if l.MaxFiles < 0 {
+		return bad("Log.MaxFiles", fmt.Sprint(l.MaxFiles), "must not be negative")
+	}
+	if l.MaxFiles == 0 {
+		l.MaxFiles = defaultMaxFiles
+	}
+	if l.MaxLine < 0 {
+		return bad("Log.MaxLine", fmt.Sprint(l.MaxLine), "must not be negative")
+	}
+	if l.MaxLine == 0 {
+		l.MaxLine = defaultMaxLine
+	}
+	if int64(l.MaxLine)+lineOverhead >= l.MaxSize {
+		return bad("Log.MaxLine", fmt.Sprint(l.MaxLine), fmt.Sprintf("a stored line must fit in Log.MaxSize %d", l.MaxSize))
+	}
+	if l.Memory == 0 {
+		l.Memory = defaultMemory
+	}
+	if l.Memory < 0 {
+		l.Memory = 0
+	}
+	for i, f := range sp.ListenFiles {
+		if f == nil {
+			return bad(fmt.Sprintf("ListenFiles[%d]", i), "", "must not be nil")
+		}
+	}
+	sp.Env = append([]string(nil), sp.Env...)
+	sp.ListenFiles = append([]*os.File(nil), sp.ListenFiles...)
+	return sp, nil
+}
+
+// Exit is how a process ended.
+type Exit struct {
+	Code   int            // exit code; -1 when killed by a signal
+	Signal syscall.Signal // the signal that killed it, or 0
+	Time   time.Time      // when the supervisor reaped it
+}
+
+// String returns "exit 1" or "signal SIGKILL".
+func (e Exit) String() string {
+	if e.Signal != 0 {
+		return "signal " + signalName(e.Signal)
+	}
+	return fmt.Sprintf("exit %d", e.Code)
+}
+
+func exitOf(ws syscall.WaitStatus, t time.Time) Exit {
+	if ws.Signaled() {
+		return Exit{Code: -1, Signal: ws.Signal(), Time: t}
+	}
+	return Exit{Code: ws.ExitStatus(), Time: t}
+}
+
+var signalNames = map[syscall.Signal]string{
+	syscall.SIGHUP: "SIGHUP", syscall.SIGINT: "SIGINT", syscall.SIGQUIT: "SIGQUIT",
+	syscall.SIGILL: "SIGILL", syscall.SIGTRAP: "SIGTRAP", syscall.SIGABRT: "SIGABRT",
+	syscall.SIGBUS: "SIGBUS", syscall.SIGFPE: "SIGFPE", syscall.SIGKILL: "SIGKILL",
+	syscall.SIGUSR1: "SIGUSR1", syscall.SIGSEGV: "SIGSEGV", syscall.SIGUSR2: "SIGUSR2",
+	syscall.SIGPIPE: "SIGPIPE", syscall.SIGALRM: "SIGALRM", syscall.SIGTERM: "SIGTERM",
+	syscall.SIGCHLD: "SIGCHLD", syscall.SIGCONT: "SIGCONT", syscall.SIGSTOP: "SIGSTOP",
+	syscall.SIGTSTP: "SIGTSTP", syscall.SIGTTIN: "SIGTTIN", syscall.SIGTTOU: "SIGTTOU",
+	syscall.SIGURG: "SIGURG", syscall.SIGXCPU: "SIGXCPU", syscall.SIGXFSZ: "SIGXFSZ",
+	syscall.SIGVTALRM: "SIGVTALRM", syscall.SIGPROF: "SIGPROF", syscall.SIGWINCH: "SIGWINCH",
+	syscall.SIGIO: "SIGIO", syscall.SIGPWR: "SIGPWR", syscall.SIGSYS: "SIGSYS",
+}
+
+func signalName(s syscall.Signal) string {
+	if n, ok := signalNames[s]; ok {
+		return n
+	}
+	return fmt.Sprintf("signal %d", int(s))
+}
+
+// Status is a snapshot of an instance.
+type Status struct {
+	Name        string
+	State       State
+	PID         int       // 0 when no process runs
+	StartedAt   time.Time // when the current (or last) process was started
+	Restarts    int       // automatic restarts since Start
+	LastExit    *Exit     // nil until a process has exited
+	NextAttempt time.Time // in backoff and crashed: when the next start is due
+	LastError   string    // the last fork/exec failure, "" if the last start worked
+}
+
+// Event is a state change of an instance.
+type Event struct {
+	Name  string
+	Time  time.Time
+	State State
+	PID   int   // the process the change is about, 0 if none
+	Exit  *Exit // set when the change follows an exit
+	// Missed counts the events this subscriber lost, because its
+	// buffer was full, just before this one.
+	Missed int
+}
+
+// LogLine is one stored line of output.
+type LogLine struct {
+	Name   string
+	Time   time.Time
+	Stream string // "stdout" or "stderr"
+	Text   string // without the newline
+	// Split marks a piece of a line longer than LogConfig.MaxLine that
+	// continues in the next piece of the same stream; the last piece
+	// has Split false. Joining pieces while Split gives the whole line.
+	Split bool
+	// Missed counts the lines a follower lost, because its buffer was
+	// full, just before this one.
+	Missed int
+}
