@@ -91,7 +91,7 @@ func (s *Store) App(name string) (App, error) {
 
 // Apps returns every app, sorted by name.
 func (s *Store) Apps() ([]App, error) {
-	var out []App
+	out := []App{}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketApps).ForEach(func(k, v []byte) error {
 			var rec appRecord

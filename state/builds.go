@@ -62,7 +62,7 @@ func (s *Store) Build(digest string) (BuildRecord, error) {
 
 // Builds returns every build record, ordered by digest.
 func (s *Store) Builds() ([]BuildRecord, error) {
-	var out []BuildRecord
+	out := []BuildRecord{}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketBuilds).ForEach(func(k, v []byte) error {
 			var b BuildRecord

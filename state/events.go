@@ -66,7 +66,7 @@ func (s *Store) Events(app string, since uint64, limit int) ([]Event, error) {
 	if limit < 0 {
 		return nil, fmt.Errorf("list events: %w", invalidValue("limit", fmt.Sprint(limit), "must be 0 (all) or more"))
 	}
-	var out []Event
+	out := []Event{}
 	if since == math.MaxUint64 {
 		return out, nil
 	}

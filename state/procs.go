@@ -59,7 +59,7 @@ func (s *Store) DeleteProc(name string) error {
 
 // Procs returns every process record, ordered by name.
 func (s *Store) Procs() ([]ProcRecord, error) {
-	var out []ProcRecord
+	out := []ProcRecord{}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketProcs).ForEach(func(k, v []byte) error {
 			var p ProcRecord

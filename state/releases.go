@@ -270,7 +270,7 @@ func (s *Store) Releases(app string, limit int) ([]Release, error) {
 	if limit < 0 {
 		return nil, fmt.Errorf("list releases of %s: %w", app, invalidValue("limit", fmt.Sprint(limit), "must be 0 (all) or more"))
 	}
-	var out []Release
+	out := []Release{}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		rec, err := loadApp(tx, app)
 		if err != nil {
@@ -307,7 +307,7 @@ func (s *Store) Releases(app string, limit int) ([]Release, error) {
 // app, then version). At start-up they are the switches a crash
 // interrupted, which the agent marks failed.
 func (s *Store) PendingReleases() ([]Release, error) {
-	var out []Release
+	out := []Release{}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketReleases).ForEachBucket(func(app []byte) error {
 			return tx.Bucket(bucketReleases).Bucket(app).ForEach(func(k, v []byte) error {
