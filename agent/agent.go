@@ -1,0 +1,529 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/berth-dev/berth/agent/api"
+	"github.com/berth-dev/berth/state"
+	"github.com/berth-dev/berth/state/build"
+	"github.com/berth-dev/berth/supervisor"
+	"github.com/berth-dev/berth/systemd"
+)
+
+// Agent is the berth daemon. It implements api.Backend. Create it with
+// New and run it with Run.
+type Agent struct {
+	log hclog.Logger
+
+	// cfgMu guards cfg; Reload replaces the fields that can change at run
+	// time. Lock order: app lock, then cfgMu / instMu / opMu (never two of
+	// the latter at once).
+	cfgMu sync.Mutex
+	cfg   Config
+
+	// Set by Run before ready is closed, read-only afterwards.
+	store     *state.Store
+	builds    *build.Store
+	sup       *supervisor.Supervisor
+	startedAt time.Time
+	ready     chan struct{}
+	// opCtx is cancelled when Run starts shutting down: waits inside
+	// switches end early.
+	opCtx context.Context
+
+	// opMu guards closing and pins; ops counts the Backend operations in
+	// flight so shutdown can wait for them.
+	opMu    sync.Mutex
+	closing bool
+	ops     sync.WaitGroup
+	pins    map[string]int // build digests in use by deploys in flight
+
+	// locks serialises switches per app (see lockApp).
+	locksMu sync.Mutex
+	locks   map[string]chan struct{}
+
+	// instMu guards insts: the instances the agent started, by supervisor
+	// name ("app/web.1").
+	instMu sync.Mutex
+	insts  map[string]*instance
+
+	// gcMu keeps garbage collection out while a deploy is between its
+	// upload and the pin of its build (read-locked by deploys).
+	gcMu sync.RWMutex
+
+	// healthy, when set, is called for every new instance once it runs
+	// and returns when the instance is healthy (or an error). It is the
+	// hook for health checks; nil means running is enough.
+	healthy func(ctx context.Context, inst *instance) error
+
+	// events wakes event followers after every AppendEvent.
+	events notifier
+	// changed wakes the main loop to update the systemd status line.
+	changed chan struct{}
+	// ping is how the watchdog asks the main loop whether it is alive.
+	ping chan chan struct{}
+}
+
+// instance is one app process the agent runs: the supervisor knows its
+// name and state, the agent knows what it is.
+type instance struct {
+	Name     string // supervisor name: "app/web.1"
+	App      string
+	Instance string // web.1
+	Type     string
+	Release  int
+	Build    string
+	Port     int
+	Command  string
+	Mode     string // "bind"
+	LogPath  string
+}
+
+// New checks cfg, fills its defaults and returns an agent. It starts
+// nothing; Run does.
+func New(cfg Config, log hclog.Logger) (*Agent, error) {
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return &Agent{
+		log:     log.Named("agent"),
+		cfg:     cfg,
+		ready:   make(chan struct{}),
+		pins:    map[string]int{},
+		locks:   map[string]chan struct{}{},
+		insts:   map[string]*instance{},
+		changed: make(chan struct{}, 1),
+		ping:    make(chan chan struct{}),
+	}, nil
+}
+
+func (cfg Config) validate() error {
+	switch {
+	case cfg.BasePort < 1 || cfg.BasePort > 65535:
+		return fmt.Errorf("base port %d: must be between 1 and 65535", cfg.BasePort)
+	case cfg.Retention < 1:
+		return fmt.Errorf("release retention %d: must be at least 1", cfg.Retention)
+	case cfg.StopTimeout < 0:
+		return fmt.Errorf("stop timeout %s: must not be negative", cfg.StopTimeout)
+	case cfg.LogMaxSize < 0:
+		return fmt.Errorf("log max size %d: must not be negative", cfg.LogMaxSize)
+	case cfg.LogMaxFiles < 0:
+		return fmt.Errorf("log max files %d: must not be negative", cfg.LogMaxFiles)
+	}
+	for _, name := range cfg.AllowEnv {
+		if err := state.ValidateEnvName(name); err != nil {
+			return fmt.Errorf("allowed env: %w", err)
+		}
+	}
+	if _, err := resolveUser("", cfg.DefaultUser); err != nil {
+		return fmt.Errorf("default user: %w", err)
+	}
+	return nil
+}
+
+// config returns the current configuration.
+func (a *Agent) config() Config {
+	a.cfgMu.Lock()
+	defer a.cfgMu.Unlock()
+	return a.cfg
+}
+
+// Reload applies a new configuration at run time (SIGHUP): the default
+// user, retention, stop timeout, log limits and allowed env take effect
+// for processes started from now on; the data dir, socket, base port,
+// lock timeout and journal setting need a restart, which is logged.
+func (a *Agent) Reload(cfg Config) error {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return fmt.Errorf("reload: %w", err)
+	}
+	a.cfgMu.Lock()
+	defer a.cfgMu.Unlock()
+	old := a.cfg
+	fixed := map[string]bool{
+		"data_dir":     cfg.DataDir != old.DataDir,
+		"socket":       cfg.SocketPath != old.SocketPath,
+		"socket_group": cfg.SocketGroup != old.SocketGroup,
+		"base_port":    cfg.BasePort != old.BasePort,
+		"lock_timeout": cfg.LockTimeout != old.LockTimeout,
+		"journal":      cfg.Journal != old.Journal,
+	}
+	for name, changed := range fixed {
+		if changed {
+			a.log.Warn("setting changes only when the agent restarts", "setting", name)
+		}
+	}
+	next := old
+	next.DefaultUser = cfg.DefaultUser
+	next.Retention = cfg.Retention
+	next.StopTimeout = cfg.StopTimeout
+	next.LogMaxSize = cfg.LogMaxSize
+	next.LogMaxFiles = cfg.LogMaxFiles
+	next.AllowEnv = cfg.AllowEnv
+	next.Backoff = cfg.Backoff
+	next.StartTimeout = cfg.StartTimeout
+	next.ReleasePhaseTimeout = cfg.ReleasePhaseTimeout
+	a.cfg = next
+	a.log.Info("configuration reloaded", "default_user", next.DefaultUser, "retention", next.Retention,
+		"stop_timeout", next.StopTimeout, "log_max_size", next.LogMaxSize, "log_max_files", next.LogMaxFiles)
+	return nil
+}
+
+// Run opens the store, kills what a previous agent left running, brings
+// every app to its active release, serves the control socket and watches
+// the inbox until ctx ends; then it stops every app process gracefully
+// and returns nil. It returns an error, having started nothing, when
+// another agent uses the data dir.
+func (a *Agent) Run(ctx context.Context) (err error) {
+	cfg := a.config()
+	if a.store != nil {
+		return errors.New("agent: Run called twice")
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return fmt.Errorf("create data dir: %w", err)
+	}
+	store, err := state.Open(state.Config{Path: cfg.path("berth.db"), LockTimeout: cfg.LockTimeout}, a.log)
+	if err != nil {
+		if errors.Is(err, state.ErrLocked) {
+			return fmt.Errorf("data dir %s is in use by another berth agent (its database is locked): %w", cfg.DataDir, err)
+		}
+		return fmt.Errorf("open store: %w", err)
+	}
+	defer func() {
+		if cerr := store.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("close store: %w", cerr)
+		}
+	}()
+	builds, err := build.Open(build.Config{Dir: cfg.path("builds")}, a.log)
+	if err != nil {
+		return fmt.Errorf("open build store: %w", err)
+	}
+	for _, dir := range []string{cfg.path("apps"), cfg.path("inbox")} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("create %s: %w", dir, err)
+		}
+	}
+
+	supCfg := supervisor.Config{Subreaper: true, OutputLimit: releaseOutputMax}
+	if cg, err := systemd.NewCgroups(a.log); err == nil {
+		supCfg.Container = cg
+	} else {
+		a.log.Info("no delegated cgroup; containing app processes by process group only", "reason", err)
+	}
+	if cfg.Journal {
+		supCfg.Sink = func(l supervisor.LogLine, fields map[string]string) {
+			_ = systemd.SendJournal(l.Text, l.Stream == "stderr", fields)
+		}
+	}
+	sup := supervisor.New(supCfg, a.log)
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	supCtx, stopSup := context.WithCancel(context.Background())
+	defer stopSup()
+	wg.Go(func() {
+		if err := sup.Run(supCtx); err != nil && !errors.Is(err, context.Canceled) {
+			a.log.Error("supervisor stopped", "error", err)
+		}
+	})
+	supEvents, unsubscribe := sup.Subscribe(1024)
+	watchDone := make(chan struct{})
+	wg.Go(func() { a.watchSupervisor(supEvents, watchDone) })
+	defer func() {
+		close(watchDone)
+		unsubscribe()
+	}()
+
+	opCtx, cancelOps := context.WithCancel(context.Background())
+	defer cancelOps()
+	a.store, a.builds, a.sup, a.opCtx = store, builds, sup, opCtx
+	a.startedAt = time.Now()
+
+	// A previous agent that died without stopping its apps left
+	// processes behind: kill them before starting new ones.
+	a.killLeftovers(ctx)
+	a.failInterrupted()
+	close(a.ready)
+	// From here on Backend calls are served; make sure everything we
+	// start is stopped again before the supervisor goes away.
+	defer a.shutdown(cancelOps)
+
+	a.startAll(ctx)
+
+	if !cfg.NoSocket {
+		ln, err := a.listen(cfg)
+		if err != nil {
+			return err
+		}
+		srv := api.NewServer(api.ServerConfig{Backend: a, GID: a.socketGID(cfg), Version: cfg.Version}, a.log)
+		srvCtx, stopSrv := context.WithCancel(context.Background())
+		var srvWG sync.WaitGroup
+		srvWG.Go(func() {
+			if err := srv.Serve(srvCtx, ln); err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, net.ErrClosed) {
+				a.log.Error("control socket server stopped", "error", err)
+			}
+		})
+		defer func() {
+			stopSrv()
+			srvWG.Wait()
+		}()
+		a.log.Info("serving", "socket", ln.Addr().String())
+	}
+
+	inboxCtx, stopInbox := context.WithCancel(ctx)
+	var inboxWG sync.WaitGroup
+	inboxWG.Go(func() {
+		if err := a.runInbox(inboxCtx); err != nil {
+			a.log.Error("inbox watcher stopped", "error", err)
+		}
+	})
+	defer func() {
+		stopInbox()
+		inboxWG.Wait()
+	}()
+
+	if err := systemd.Ready(); err != nil {
+		a.log.Warn("notify systemd", "error", err)
+	}
+	wdCtx, stopWD := context.WithCancel(context.Background())
+	var wdWG sync.WaitGroup
+	wd := &systemd.Watchdog{Check: a.alive}
+	wdWG.Go(func() {
+		if err := wd.Run(wdCtx, a.log); err != nil && !errors.Is(err, context.Canceled) {
+			a.log.Warn("watchdog stopped", "error", err)
+		}
+	})
+	defer func() {
+		stopWD()
+		wdWG.Wait()
+	}()
+
+	a.mainLoop(ctx)
+	a.log.Info("stopping")
+	if err := systemd.Stopping(); err != nil {
+		a.log.Warn("notify systemd", "error", err)
+	}
+	return nil
+}
+
+// mainLoop answers watchdog pings and updates the systemd status line
+// until ctx ends.
+func (a *Agent) mainLoop(ctx context.Context) {
+	last := ""
+	a.markChanged()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case reply := <-a.ping:
+			close(reply)
+		case <-a.changed:
+			if s := a.statusLine(); s != last {
+				last = s
+				if err := systemd.Status(s); err != nil {
+					a.log.Debug("systemd status", "error", err)
+				}
+			}
+		}
+	}
+}
+
+// alive is the watchdog's check: the main loop answers and the store can
+// be read.
+func (a *Agent) alive(ctx context.Context) error {
+	reply := make(chan struct{})
+	select {
+	case a.ping <- reply:
+	case <-ctx.Done():
+		return fmt.Errorf("main loop does not answer: %w", ctx.Err())
+	}
+	select {
+	case <-reply:
+	case <-ctx.Done():
+		return fmt.Errorf("main loop does not answer: %w", ctx.Err())
+	}
+	if _, err := a.store.Apps(); err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	return nil
+}
+
+// markChanged tells the main loop that the app or process counts may
+// have changed.
+func (a *Agent) markChanged() {
+	select {
+	case a.changed <- struct{}{}:
+	default:
+	}
+}
+
+func (a *Agent) statusLine() string {
+	apps, err := a.store.Apps()
+	if err != nil {
+		return "store error"
+	}
+	running := 0
+	for _, st := range a.sup.List() {
+		if st.State == supervisor.StateRunning {
+			running++
+		}
+	}
+	a.instMu.Lock()
+	n := len(a.insts)
+	a.instMu.Unlock()
+	return fmt.Sprintf("%d apps, %d of %d processes running", len(apps), running, n)
+}
+
+// listen returns the socket systemd passed, or listens on the configured
+// path.
+func (a *Agent) listen(cfg Config) (net.Listener, error) {
+	lns, err := systemd.Listeners()
+	if err != nil {
+		return nil, fmt.Errorf("socket activation: %w", err)
+	}
+	if len(lns) > 0 {
+		for _, extra := range lns[1:] {
+			extra.Close()
+		}
+		a.log.Info("using the socket passed by systemd", "addr", lns[0].Addr().String())
+		return lns[0], nil
+	}
+	gid, err := lookupGroup(cfg.SocketGroup)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := api.Listen(cfg.SocketPath, gid)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", cfg.SocketPath, err)
+	}
+	return ln, nil
+}
+
+func (a *Agent) socketGID(cfg Config) int {
+	gid, err := lookupGroup(cfg.SocketGroup)
+	if err != nil {
+		return os.Getegid()
+	}
+	return gid
+}
+
+// shutdown refuses new operations, waits for those in flight, then stops
+// every app process gracefully and forgets their records.
+func (a *Agent) shutdown(cancelOps context.CancelFunc) {
+	a.opMu.Lock()
+	a.closing = true
+	a.opMu.Unlock()
+	cancelOps()
+	a.ops.Wait()
+
+	a.instMu.Lock()
+	names := make([]string, 0, len(a.insts))
+	for name := range a.insts {
+		names = append(names, name)
+	}
+	a.instMu.Unlock()
+	cfg := a.config()
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.StopTimeout+5*time.Second)
+	defer cancel()
+	if err := a.sup.StopMany(ctx, names); err != nil {
+		a.log.Error("stop app processes", "error", err)
+	}
+	a.forget(names...)
+	a.log.Info("stopped app processes", "count", len(names))
+}
+
+// begin registers a Backend operation; it fails once shutdown began or
+// before Run is ready. Call end when done.
+func (a *Agent) begin() error {
+	select {
+	case <-a.ready:
+	default:
+		return fmt.Errorf("%w: %w", api.ErrUnavailable, ErrNotRunning)
+	}
+	a.opMu.Lock()
+	defer a.opMu.Unlock()
+	if a.closing {
+		return fmt.Errorf("%w: %w (shutting down)", api.ErrUnavailable, ErrNotRunning)
+	}
+	a.ops.Add(1)
+	return nil
+}
+
+func (a *Agent) end() { a.ops.Done() }
+
+// lockApp waits for the app's switching lock: one change per app at a
+// time, other apps are not affected. It returns the unlock function.
+func (a *Agent) lockApp(ctx context.Context, app string) (func(), error) {
+	a.locksMu.Lock()
+	l, ok := a.locks[app]
+	if !ok {
+		l = make(chan struct{}, 1)
+		a.locks[app] = l
+	}
+	a.locksMu.Unlock()
+	select {
+	case l <- struct{}{}:
+		return func() { <-l }, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("wait for the change in progress on app %q: %w", app, ctx.Err())
+	case <-a.opCtx.Done():
+		return nil, fmt.Errorf("%w: %w (shutting down)", api.ErrUnavailable, ErrNotRunning)
+	}
+}
+
+// pin keeps a build from garbage collection while a deploy uses it.
+func (a *Agent) pin(digest string) func() {
+	a.opMu.Lock()
+	a.pins[digest]++
+	a.opMu.Unlock()
+	return func() {
+		a.opMu.Lock()
+		if a.pins[digest]--; a.pins[digest] <= 0 {
+			delete(a.pins, digest)
+		}
+		a.opMu.Unlock()
+	}
+}
+
+func (a *Agent) pinned(digest string) bool {
+	a.opMu.Lock()
+	defer a.opMu.Unlock()
+	return a.pins[digest] > 0
+}
+
+// notifier wakes any number of waiters: wait returns a channel closed by
+// the next notify.
+type notifier struct {
+	mu sync.Mutex
+	ch chan struct{}
+}
+
+func (n *notifier) wait() <-chan struct{} {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.ch == nil {
+		n.ch = make(chan struct{})
+	}
+	return n.ch
+}
+
+func (n *notifier) notify() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.ch != nil {
+		close(n.ch)
+	}
+	n.ch = make(chan struct{})
+}

@@ -1,0 +1,136 @@
+package agent
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/berth-dev/berth/agent/api"
+	"github.com/berth-dev/berth/supervisor"
+)
+
+// Config is the agent's configuration. The zero value of every field
+// means the documented default; New fills them in.
+type Config struct {
+	// DataDir holds berth.db, builds/, apps/ and inbox/. Empty means
+	// api.DefaultDataDir().
+	DataDir string
+	// SocketPath is the control socket. Empty means api.DefaultSocketPath().
+	// A socket passed by systemd (socket activation) wins over it.
+	SocketPath string
+	// SocketGroup owns the socket: a group name or a numeric gid. Empty
+	// means the group "berth" if it exists, else the agent's primary group.
+	SocketGroup string
+	// DefaultUser is the user apps run as when they have no user of their
+	// own. Empty means "nobody" when the agent runs as root. When the agent
+	// is not root, apps run as the agent's own user, and a per-app user
+	// other than that is an error.
+	DefaultUser string
+	// BasePort is the first port handed out as $PORT. Zero means 5000.
+	BasePort int
+	// StopTimeout is how long a stopped process gets between its stop
+	// signal and SIGKILL, unless its manifest says otherwise. Zero means 10s.
+	StopTimeout time.Duration
+	// Retention is how many of each app's newest releases keep their
+	// builds on disk. Zero means 5.
+	Retention int
+	// LogMaxSize is the size at which an instance's log file is rotated.
+	// Zero means 10 MiB.
+	LogMaxSize int64
+	// LogMaxFiles is how many rotated log files are kept per instance.
+	// Zero means 5.
+	LogMaxFiles int
+	// AllowEnv names variables of the agent's own environment passed to
+	// app processes besides PATH, LANG and TZ.
+	AllowEnv []string
+	// LockTimeout is how long Run waits for the database lock before it
+	// reports that another agent uses the data dir. Zero means 1s.
+	LockTimeout time.Duration
+	// Journal sends app output to journald as well as to the log files.
+	Journal bool
+	// Version is reported by Info.
+	Version string
+
+	// Backoff is the restart backoff of app processes. Zero fields mean
+	// the supervisor's defaults (100ms doubling to 30s, settle 10s).
+	Backoff supervisor.Backoff
+	// StartTimeout bounds how long a switch waits for the new instances
+	// to run. Zero means 60s.
+	StartTimeout time.Duration
+	// ReleasePhaseTimeout bounds the release phase. Zero means 10m.
+	ReleasePhaseTimeout time.Duration
+	// InboxQuiet is how long a file in the inbox must see no writes (and
+	// keep its size) before it is deployed. Zero means 1s.
+	InboxQuiet time.Duration
+	// NoSocket skips listening on the control socket (tests that drive
+	// the Backend directly).
+	NoSocket bool
+}
+
+// Defaults applied by New.
+const (
+	DefaultBasePort            = 5000
+	DefaultStopTimeout         = 10 * time.Second
+	DefaultRetention           = 5
+	DefaultLogMaxSize          = 10 << 20
+	DefaultLogMaxFiles         = 5
+	DefaultLockTimeout         = time.Second
+	DefaultStartTimeout        = 60 * time.Second
+	DefaultReleasePhaseTimeout = 10 * time.Minute
+	DefaultInboxQuiet          = time.Second
+
+	// releaseOutputMax is how much of the release phase's output (its
+	// tail) is kept in the release record.
+	releaseOutputMax = 64 << 10
+)
+
+// withDefaults returns cfg with every zero field set to its default.
+func (cfg Config) withDefaults() Config {
+	if cfg.DataDir == "" {
+		cfg.DataDir = api.DefaultDataDir()
+	}
+	if abs, err := filepath.Abs(cfg.DataDir); err == nil {
+		cfg.DataDir = abs
+	}
+	if cfg.SocketPath == "" {
+		cfg.SocketPath = api.DefaultSocketPath()
+	}
+	if cfg.DefaultUser == "" && os.Geteuid() == 0 {
+		cfg.DefaultUser = "nobody"
+	}
+	if cfg.BasePort == 0 {
+		cfg.BasePort = DefaultBasePort
+	}
+	if cfg.StopTimeout == 0 {
+		cfg.StopTimeout = DefaultStopTimeout
+	}
+	if cfg.Retention == 0 {
+		cfg.Retention = DefaultRetention
+	}
+	if cfg.LogMaxSize == 0 {
+		cfg.LogMaxSize = DefaultLogMaxSize
+	}
+	if cfg.LogMaxFiles == 0 {
+		cfg.LogMaxFiles = DefaultLogMaxFiles
+	}
+	if cfg.LockTimeout == 0 {
+		cfg.LockTimeout = DefaultLockTimeout
+	}
+	if cfg.StartTimeout == 0 {
+		cfg.StartTimeout = DefaultStartTimeout
+	}
+	if cfg.ReleasePhaseTimeout == 0 {
+		cfg.ReleasePhaseTimeout = DefaultReleasePhaseTimeout
+	}
+	if cfg.InboxQuiet == 0 {
+		cfg.InboxQuiet = DefaultInboxQuiet
+	}
+	cfg.AllowEnv = slices.Clone(cfg.AllowEnv)
+	return cfg
+}
+
+// path returns a path under the data dir.
+func (cfg Config) path(elem ...string) string {
+	return filepath.Join(append([]string{cfg.DataDir}, elem...)...)
+}

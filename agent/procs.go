@@ -1,0 +1,236 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/berth-dev/berth/state"
+	"github.com/berth-dev/berth/supervisor"
+)
+
+// watchSupervisor records every started process in the store (so a
+// restarted agent can find and kill it after a kill -9 of this one),
+// forgets it when it is gone, and turns crashes into events. It returns
+// when done is closed or the subscription ends.
+func (a *Agent) watchSupervisor(events <-chan supervisor.Event, done <-chan struct{}) {
+	recorded := map[string]int{} // supervisor name -> pid recorded in the store
+	for {
+		var ev supervisor.Event
+		var ok bool
+		select {
+		case <-done:
+			return
+		case ev, ok = <-events:
+			if !ok {
+				return
+			}
+		}
+		inst := a.instance(ev.Name)
+		if inst == nil {
+			continue // not an app instance (a one-off command), or already forgotten
+		}
+		switch {
+		case ev.PID > 0 && (ev.State == supervisor.StateStarting || ev.State == supervisor.StateRunning):
+			if recorded[ev.Name] == ev.PID {
+				break
+			}
+			st, err := readProcStat(ev.PID)
+			if err != nil {
+				break // gone already: nothing to kill later
+			}
+			rec := state.ProcRecord{App: inst.App, Instance: inst.Instance, Name: ev.Name,
+				PID: ev.PID, PGID: st.PGID, StartTime: st.StartTime, Release: inst.Release}
+			if err := a.store.PutProc(rec); err != nil {
+				a.log.Error("record process", "name", ev.Name, "pid", ev.PID, "error", err)
+				break
+			}
+			recorded[ev.Name] = ev.PID
+		case ev.State == supervisor.StateBackoff || ev.State == supervisor.StateCrashed || ev.State == supervisor.StateStopped:
+			if _, ok := recorded[ev.Name]; ok {
+				if err := a.store.DeleteProc(ev.Name); err != nil {
+					a.log.Error("forget process record", "name", ev.Name, "error", err)
+				}
+				delete(recorded, ev.Name)
+			}
+			if ev.State != supervisor.StateStopped && ev.Exit != nil {
+				a.appendEvent(inst.App, "crash", fmt.Sprintf("crash %s %s", inst.Instance, ev.Exit))
+			}
+		}
+		a.markChanged()
+	}
+}
+
+// instance returns the instance the agent runs under a supervisor name.
+func (a *Agent) instance(name string) *instance {
+	a.instMu.Lock()
+	defer a.instMu.Unlock()
+	return a.insts[name]
+}
+
+// appInstances returns the app's instances by supervisor name.
+func (a *Agent) appInstances(app string) map[string]*instance {
+	a.instMu.Lock()
+	defer a.instMu.Unlock()
+	out := map[string]*instance{}
+	for name, inst := range a.insts {
+		if inst.App == app {
+			out[name] = inst
+		}
+	}
+	return out
+}
+
+// forget drops stopped instances and their process records.
+func (a *Agent) forget(names ...string) {
+	a.instMu.Lock()
+	for _, name := range names {
+		delete(a.insts, name)
+	}
+	a.instMu.Unlock()
+	for _, name := range names {
+		if err := a.store.DeleteProc(name); err != nil {
+			a.log.Error("forget process record", "name", name, "error", err)
+		}
+	}
+	a.markChanged()
+}
+
+// procStat is what the agent needs from /proc/<pid>/stat.
+type procStat struct {
+	State     byte
+	PGID      int
+	StartTime uint64 // clock ticks after boot (field 22)
+}
+
+// readProcStat parses /proc/<pid>/stat. The command name (field 2) may
+// contain spaces and parentheses, so fields are counted from the last ')'.
+func readProcStat(pid int) (procStat, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return procStat{}, err
+	}
+	return parseProcStat(b)
+}
+
+func parseProcStat(b []byte) (procStat, error) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return procStat{}, errors.New("malformed /proc stat: no ')'")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// f[0] is field 3 (state), f[2] field 5 (pgrp), f[19] field 22 (starttime).
+	if len(f) < 20 || len(f[0]) != 1 {
+		return procStat{}, fmt.Errorf("malformed /proc stat: %d fields", len(f)+2)
+	}
+	pgid, err := strconv.Atoi(f[2])
+	if err != nil {
+		return procStat{}, fmt.Errorf("malformed /proc stat pgrp %q", f[2])
+	}
+	start, err := strconv.ParseUint(f[19], 10, 64)
+	if err != nil {
+		return procStat{}, fmt.Errorf("malformed /proc stat starttime %q", f[19])
+	}
+	return procStat{State: f[0][0], PGID: pgid, StartTime: start}, nil
+}
+
+// killLeftovers kills the process groups a previous agent recorded and
+// that still run (same pid and same start time, so a reused pid is never
+// hit), waits until they are gone, and deletes the records. This is what
+// makes a kill -9 of the agent followed by a restart end with exactly one
+// set of processes.
+func (a *Agent) killLeftovers(ctx context.Context) {
+	recs, err := a.store.Procs()
+	if err != nil {
+		a.log.Error("read process records of the previous run", "error", err)
+		return
+	}
+	own := unix.Getpgrp()
+	for _, rec := range recs {
+		st, err := readProcStat(rec.PID)
+		alive := err == nil && st.StartTime == rec.StartTime && st.State != 'Z'
+		if alive && rec.PGID > 1 && rec.PGID != own {
+			a.log.Warn("killing process left by the previous agent", "name", rec.Name, "pid", rec.PID, "pgid", rec.PGID)
+			if err := syscall.Kill(-rec.PGID, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+				a.log.Error("kill leftover process group", "pgid", rec.PGID, "error", err)
+			}
+			if err := waitGroupGone(ctx, rec.PGID, 10*time.Second); err != nil {
+				a.log.Error("leftover process group did not go away", "pgid", rec.PGID, "error", err)
+			}
+		}
+		if err := a.store.DeleteProc(rec.Name); err != nil {
+			a.log.Error("delete process record", "name", rec.Name, "error", err)
+		}
+	}
+}
+
+// waitGroupGone waits until no live (non-zombie) process is in the
+// process group. The processes are not our children (their parent died),
+// so there is nothing to wait4 on: it polls /proc, bounded by timeout.
+func waitGroupGone(ctx context.Context, pgid int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	delay := time.Millisecond
+	for {
+		if !groupAlive(pgid) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("process group %d still alive after %s", pgid, timeout)
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		delay = min(2*delay, 50*time.Millisecond)
+	}
+}
+
+// groupAlive reports whether any live process is in the process group.
+func groupAlive(pgid int) bool {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return false
+	}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		st, err := readProcStat(pid)
+		if err == nil && st.PGID == pgid && st.State != 'Z' && st.State != 'X' {
+			return true
+		}
+	}
+	return false
+}
+
+// failInterrupted marks the releases a previous agent left pending (a
+// switch interrupted before activation) failed. Since the store records
+// activation before processes are touched, a pending release never ran.
+func (a *Agent) failInterrupted() {
+	pending, err := a.store.PendingReleases()
+	if err != nil {
+		a.log.Error("read pending releases", "error", err)
+		return
+	}
+	for _, rel := range pending {
+		const reason = "interrupted: agent stopped before activation"
+		if err := a.store.MarkFailed(rel.App, rel.Version, reason, rel.Output); err != nil {
+			a.log.Error("mark interrupted release failed", "app", rel.App, "version", rel.Version, "error", err)
+			continue
+		}
+		a.log.Warn("release was interrupted; marked failed", "app", rel.App, "version", rel.Version)
+		a.appendEvent(rel.App, "failure", fmt.Sprintf("v%d %s", rel.Version, reason))
+	}
+}
