@@ -256,3 +256,54 @@ func TestOpen_ForeignDatabase(t *testing.T) {
 		return nil
 	})
 }
+
+// TestStore_ValuesOutliveTransaction ensures every value the store returns
+// is a copy: after the store is closed (and bbolt has unmapped the file),
+// reading each returned string still gives the stored bytes. A value that
+// pointed into the mapping would fault here.
+func TestStore_ValuesOutliveTransaction(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "berth.db")
+	s, err := Open(Config{Path: path}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustApp(t, s, "web")
+	s.SetAppUser("web", "www-data")
+	r := mustRelease(t, s, "web", NewRelease{Build: testDigest(1), Config: map[string]string{"KEY": "value"}, Description: "Deploy x"})
+	mustActivate(t, s, "web", r.Version)
+	s.SetFormation("web", map[string]int{"web": 1})
+	s.PutBuild(BuildRecord{Digest: testDigest(1), Types: []string{"web"}})
+	s.PutProc(ProcRecord{App: "web", Instance: "web.1", Name: "web/web.1", PID: 1, PGID: 1})
+	s.AppendEvent("web", "deploy", "message")
+	s.Port("web", "web.1", 5000)
+
+	var got []string
+	apps, _ := s.Apps()
+	rels, _ := s.Releases("web", 0)
+	active, _ := s.ActiveRelease("web")
+	cfg, _ := s.Config("web")
+	form, _ := s.Formation("web")
+	builds, _ := s.Builds()
+	procs, _ := s.Procs()
+	events, _ := s.Events("", 0, 0)
+	ports, _ := s.Ports("web")
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	got = append(got, apps[0].Name, apps[0].User, rels[0].Build, rels[0].Description, string(rels[0].Status), active.Config["KEY"])
+	for k, v := range cfg {
+		got = append(got, k, v)
+	}
+	for k := range form {
+		got = append(got, k)
+	}
+	for k := range ports {
+		got = append(got, k)
+	}
+	got = append(got, builds[0].Digest, builds[0].Types[0], procs[0].Name, procs[0].Instance, events[0].App, events[0].Kind, events[0].Message)
+	want := []string{"web", "www-data", testDigest(1), "Deploy x", "active", "value", "KEY", "value", "web", "web.1",
+		testDigest(1), "web", "web/web.1", "web.1", "web", "deploy", "message"}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("values after close:\n got %q\nwant %q", got, want)
+	}
+}
