@@ -45,6 +45,20 @@ var allBuckets = [][]byte{
 
 // migrate initialises a new database or upgrades an old one.
 func (s *Store) migrate() error {
+	// An up-to-date database is only read: opening it writes nothing.
+	current := false
+	if err := s.db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketMeta) != nil {
+			v, err := readSchema(tx)
+			current = err == nil && v == SchemaVersion
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if current {
+		return nil
+	}
 	from := 0
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		if tx.Bucket(bucketMeta) == nil {

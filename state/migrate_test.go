@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"maps"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -221,5 +222,34 @@ func TestOpen_SchemaTooNew(t *testing.T) {
 	wantErr(t, err, ErrSchemaTooNew, "schema 3", "up to 2")
 	if after := rawDump(t, path); !bytes.Equal(before, after) {
 		t.Error("refused database was changed")
+	}
+}
+
+// TestOpen_CurrentSchemaWritesNothing ensures opening an up-to-date
+// database does not write to it (no needless commit and fsync at every
+// start).
+func TestOpen_CurrentSchemaWritesNothing(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "berth.db")
+	s, err := Open(Config{Path: path}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustApp(t, s, "web")
+	s.Close()
+	before, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err = Open(Config{Path: path}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	after, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(before, after) {
+		t.Error("opening an up-to-date database changed the file")
 	}
 }
