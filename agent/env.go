@@ -26,7 +26,7 @@ type envParams struct {
 	Build    string // digest
 	Port     int
 	TmpDir   string
-	Allow    []string          // names allowed from the agent's env besides passEnv
+	Allow    []string                    // names allowed from the agent's env besides passEnv
 	Host     func(string) (string, bool) // the agent's env; os.LookupEnv
 }
 

@@ -140,6 +140,9 @@ func (a *Agent) swapCurrent(app, dir string) error {
 	if _, err := rand.Read(rnd[:]); err != nil {
 		return err
 	}
+	if err := os.MkdirAll(a.appDir(app), 0o755); err != nil {
+		return fmt.Errorf("swap current: %w", err)
+	}
 	tmp := a.appDir(app, "current.tmp-"+hex.EncodeToString(rnd[:]))
 	if err := os.Symlink(dir, tmp); err != nil {
 		return fmt.Errorf("swap current: %w", err)
