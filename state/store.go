@@ -110,7 +110,7 @@ func Open(cfg Config, log hclog.Logger) (*Store, error) {
 	return s, nil
 }
 
-// fixMode sets the file's mode to 0600 if it was created otherwise.
+// fixMode sets the file's mode to 0600 if it has another one.
 func (s *Store) fixMode() error {
 	fi, err := os.Stat(s.path)
 	if err != nil {
@@ -197,7 +197,7 @@ func getJSON(b *bolt.Bucket, key []byte, v any) (bool, error) {
 		return false, nil
 	}
 	if err := json.Unmarshal(data, v); err != nil {
-		return true, fmt.Errorf("decode %s/%q: %w", "record", key, err)
+		return true, fmt.Errorf("decode record %q: %w", key, err)
 	}
 	return true, nil
 }
