@@ -57,6 +57,13 @@ type server struct {
 
 func newServer(t *testing.T, status int) *server {
 	t.Helper()
+	return newServerTB(t, status)
+}
+
+func newServerB(b *testing.B) *server { return newServerTB(b, 200) }
+
+func newServerTB(t testing.TB, status int) *server {
+	t.Helper()
 	s := &server{hitCh: make(chan struct{}, 10000)}
 	s.status.Store(int32(status))
 	mux := http.NewServeMux()
@@ -101,7 +108,7 @@ func newServer(t *testing.T, status int) *server {
 	return s
 }
 
-func (s *server) port(t *testing.T) int {
+func (s *server) port(t testing.TB) int {
 	t.Helper()
 	_, p, err := net.SplitHostPort(s.Listener.Addr().String())
 	if err != nil {
