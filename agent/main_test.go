@@ -163,8 +163,15 @@ func tarball(t testing.TB, files map[string]string) []byte {
 // webProcfile is the app most tests deploy: it prints its env and waits.
 const webProcfile = `web: echo "rel=$BERTH_RELEASE FOO=$FOO port=$PORT"; exec sleep 1000` + "\n"
 
+// webApp is the web app with extra Procfile lines.
 func webApp(t testing.TB, extra string) []byte {
 	return tarball(t, map[string]string{"Procfile": webProcfile + extra, "README": extra})
+}
+
+// webBuild is the web app with a distinct README, so each marker makes a
+// distinct build.
+func webBuild(t testing.TB, marker string) []byte {
+	return tarball(t, map[string]string{"Procfile": webProcfile, "README": marker})
 }
 
 // deploy deploys a tarball body and returns the release and the steps.
@@ -300,3 +307,5 @@ func wantKind(t *testing.T, err, kind error) {
 }
 
 func errorsIs(err, target error) bool { return errors.Is(err, target) }
+
+func syscallKill(pid int) error { return syscall.Kill(pid, syscall.SIGKILL) }
