@@ -240,6 +240,7 @@ func newHandler(s settings, log io.Writer) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		if s.RequestDelay > 0 {
+			fmt.Fprintf(log, "%s %s held for %s (HELLO_REQUEST_DELAY)\n", r.Method, r.URL.Path, s.RequestDelay)
 			t := time.NewTimer(s.RequestDelay)
 			select {
 			case <-t.C:
