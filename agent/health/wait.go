@@ -9,7 +9,8 @@ import (
 // WaitHealthy probes t every Interval until the first success, which it
 // returns with a nil error. It gives up with an *UnhealthyError when
 // Retries consecutive probes fail after the start period (failures inside
-// it do not count), or when deadline passes (zero: no deadline beyond the
+// it do not count), or when deadline passes, counted like the start period
+// from Target.StartedAt or else from the call (zero: no deadline beyond the
 // check's own limits); the error's Last is then the last probe that ran to
 // completion. If ctx ends first it returns the last result and ctx's
 // error. An invalid check or target is an error wrapping
