@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -35,6 +36,9 @@ type Cgroups struct {
 
 	// killTimeout bounds Kill; DefaultKillTimeout unless a test sets it.
 	killTimeout time.Duration
+
+	mu  sync.Mutex     // guards fds
+	fds map[string]int // open dir fds of prepared instance cgroups, by instance name
 }
 
 // cgroupEnv is where NewCgroups looks; tests point it at fakes.
@@ -95,6 +99,7 @@ func newCgroups(env cgroupEnv, log hclog.Logger) (*Cgroups, error) {
 		own:         dir,
 		apps:        filepath.Join(dir, "apps"),
 		killTimeout: DefaultKillTimeout,
+		fds:         map[string]int{},
 	}
 	leaf := filepath.Join(dir, "agent")
 	for _, d := range []string{leaf, c.apps} {
@@ -118,14 +123,19 @@ func (c *Cgroups) Dir(name string) (string, error) {
 	return filepath.Join(c.apps, esc), nil
 }
 
-// Prepare creates the instance's cgroup if needed and returns an open
-// directory fd of it for
-// SysProcAttr{UseCgroupFD: true, CgroupFD: fd}. The fd belongs to the
-// caller, who closes it once the process has started.
+// Prepare creates the instance's cgroup if needed and returns a directory
+// fd of it for SysProcAttr{UseCgroupFD: true, CgroupFD: fd}. The fd stays
+// owned by Cgroups: the same one is returned for each restart of the
+// instance, and Remove (or Close) closes it.
 func (c *Cgroups) Prepare(name string) (int, error) {
 	dir, err := c.Dir(name)
 	if err != nil {
 		return -1, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if fd, ok := c.fds[name]; ok {
+		return fd, nil
 	}
 	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
 		return -1, fmt.Errorf("create cgroup for %s: %w", name, err)
@@ -134,7 +144,20 @@ func (c *Cgroups) Prepare(name string) (int, error) {
 	if err != nil {
 		return -1, fmt.Errorf("open cgroup of %s: %w", name, &os.PathError{Op: "open", Path: dir, Err: err})
 	}
+	c.fds[name] = fd
 	return fd, nil
+}
+
+// Close closes the fds of all prepared cgroups; it leaves the cgroups and
+// their processes alone. Prepare must not be called after Close.
+func (c *Cgroups) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for name, fd := range c.fds {
+		unix.Close(fd)
+		delete(c.fds, name)
+	}
+	return nil
 }
 
 // Kill kills every process in the instance's cgroup (cgroup.kill) and
@@ -167,13 +190,20 @@ func (c *Cgroups) Kill(name string) error {
 	return nil
 }
 
-// Remove removes the instance's (empty) cgroup. A cgroup that does not
-// exist is no error; one that still holds processes is.
+// Remove closes the instance's cgroup fd and removes its (empty) cgroup.
+// A cgroup that does not exist is no error; one that still holds
+// processes is.
 func (c *Cgroups) Remove(name string) error {
 	dir, err := c.Dir(name)
 	if err != nil {
 		return err
 	}
+	c.mu.Lock()
+	if fd, ok := c.fds[name]; ok {
+		unix.Close(fd)
+		delete(c.fds, name)
+	}
+	c.mu.Unlock()
 	if err := unix.Rmdir(dir); err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("remove cgroup of %s: %w", name, &os.PathError{Op: "rmdir", Path: dir, Err: err})
 	}

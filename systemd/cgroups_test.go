@@ -176,18 +176,16 @@ func helperCgroups() error {
 	if err != nil {
 		return err
 	}
-	// The second Prepare of a restart finds the cgroup in place.
-	fd2, err := cg.Prepare("web.1")
-	if err != nil {
-		return err
+	defer cg.Close()
+	// The Prepare of a restart gets the same fd, owned by Cgroups.
+	if fd2, err := cg.Prepare("web.1"); err != nil || fd2 != fd {
+		return fmt.Errorf("second Prepare = %d, %v; want %d", fd2, err, fd)
 	}
-	unix.Close(fd2)
 	cmd := exec.Command("/bin/sh", "-c", `setsid sh -c 'sleep 1000; :' </dev/null >/dev/null 2>&1 & exec sleep 1000`)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, UseCgroupFD: true, CgroupFD: fd}
 	if err := cmd.Start(); err != nil {
 		return err
 	}
-	unix.Close(fd)
 	waited := make(chan error, 1)
 	go func() { waited <- cmd.Wait() }()
 
@@ -234,6 +232,17 @@ func helperCgroups() error {
 	}
 	if err := cg.Kill("web.1"); err != nil {
 		return fmt.Errorf("Kill of a removed cgroup: %w", err)
+	}
+	// Remove closed the fd: a new Prepare opens a new cgroup.
+	fd3, err := cg.Prepare("web.1")
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(filepath.Join(cg.apps, "web.1")); err != nil {
+		return fmt.Errorf("Prepare after Remove: %w (fd %d)", err, fd3)
+	}
+	if err := cg.Remove("web.1"); err != nil {
+		return err
 	}
 	fmt.Println("removed")
 	return nil

@@ -21,6 +21,11 @@ const (
 	// the agent needs the apps' stop timeout to stop them, plus time to
 	// close its store and socket, before systemd resorts to SIGKILL.
 	StopMargin = 15 * time.Second
+
+	// AbortTimeout is the unit's TimeoutAbortSec=: how long an agent that
+	// missed the watchdog gets to dump its stacks after SIGABRT before
+	// systemd kills it.
+	AbortTimeout = 10 * time.Second
 )
 
 // Environment variables the unit sets from UnitConfig fields. The agent
@@ -165,6 +170,9 @@ func RenderService(c UnitConfig) string {
 	w("KillMode=mixed")
 	w("TimeoutStopSec=%s", unitDuration(c.StopTimeout+StopMargin))
 	w("WatchdogSec=%s", unitDuration(c.WatchdogSec))
+	w("# On a watchdog timeout the agent gets SIGABRT (Go prints every goroutine's stack to the")
+	w("# journal and exits); SIGKILL if it cannot even do that (it is frozen).")
+	w("TimeoutAbortSec=%s", unitDuration(AbortTimeout))
 	w("Delegate=yes")
 	w("StateDirectory=berth")
 	w("RuntimeDirectory=berth")
