@@ -35,6 +35,8 @@ type Agent struct {
 	sup       *supervisor.Supervisor
 	startedAt time.Time
 	ready     chan struct{}
+	// up is closed once the apps were started and the socket serves.
+	up chan struct{}
 	// opCtx is cancelled when Run starts shutting down: waits inside
 	// switches end early.
 	opCtx context.Context
@@ -101,6 +103,7 @@ func New(cfg Config, log hclog.Logger) (*Agent, error) {
 		log:     log.Named("agent"),
 		cfg:     cfg,
 		ready:   make(chan struct{}),
+		up:      make(chan struct{}),
 		pins:    map[string]int{},
 		locks:   map[string]chan struct{}{},
 		insts:   map[string]*instance{},
@@ -310,6 +313,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		wdWG.Wait()
 	}()
 
+	close(a.up)
 	a.mainLoop(ctx)
 	a.log.Info("stopping")
 	if err := systemd.Stopping(); err != nil {

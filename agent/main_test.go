@@ -39,8 +39,10 @@ func runHelperAgent(dir, socket string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	cfg := testConfig(dir)
-	cfg.SocketPath = socket
-	cfg.NoSocket = false
+	if socket != "" {
+		cfg.SocketPath = socket
+		cfg.NoSocket = false
+	}
 	a, err := New(cfg, hclog.New(&hclog.LoggerOptions{Output: os.Stderr, Level: hclog.Info}))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -106,7 +108,7 @@ func startAgent(t *testing.T, cfg Config) *testAgent {
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
 	select {
-	case <-a.ready:
+	case <-a.up:
 	case err := <-done:
 		cancel()
 		t.Fatalf("agent stopped at start: %v", err)

@@ -43,13 +43,7 @@ func (a *Agent) watchSupervisor(events <-chan supervisor.Event, done <-chan stru
 			if recorded[ev.Name] == ev.PID {
 				break
 			}
-			st, err := readProcStat(ev.PID)
-			if err != nil {
-				break // gone already: nothing to kill later
-			}
-			rec := state.ProcRecord{App: inst.App, Instance: inst.Instance, Name: ev.Name,
-				PID: ev.PID, PGID: st.PGID, StartTime: st.StartTime, Release: inst.Release}
-			if err := a.store.PutProc(rec); err != nil {
+			if err := a.recordProc(inst, ev.PID); err != nil {
 				a.log.Error("record process", "name", ev.Name, "pid", ev.PID, "error", err)
 				break
 			}
@@ -67,6 +61,18 @@ func (a *Agent) watchSupervisor(events <-chan supervisor.Event, done <-chan stru
 		}
 		a.markChanged()
 	}
+}
+
+// recordProc stores the process record of an instance's process, so a
+// restarted agent can find it after a kill -9 of this one. A process that
+// is gone already needs no record.
+func (a *Agent) recordProc(inst *instance, pid int) error {
+	st, err := readProcStat(pid)
+	if err != nil {
+		return nil
+	}
+	return a.store.PutProc(state.ProcRecord{App: inst.App, Instance: inst.Instance, Name: inst.Name,
+		PID: pid, PGID: st.PGID, StartTime: st.StartTime, Release: inst.Release})
 }
 
 // instance returns the instance the agent runs under a supervisor name.

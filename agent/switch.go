@@ -309,6 +309,15 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 	if err := a.waitUp(ctx, cfg, names, events); err != nil {
 		return err
 	}
+	// The supervisor events record the processes too; doing it here as
+	// well means a switch reports done only once its records are durable.
+	for i, name := range names {
+		if st, err := a.sup.Status(name); err == nil && st.PID > 0 {
+			if err := a.recordProc(insts[i], st.PID); err != nil {
+				a.log.Error("record process", "name", name, "pid", st.PID, "error", err)
+			}
+		}
+	}
 	p.step("start", "%d instance(s) of v%d running", len(names), rel.Version)
 	return nil
 }

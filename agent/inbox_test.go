@@ -1,0 +1,142 @@
+package agent
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestInboxTarget ensures inbox names map to apps, dot and partial files
+// are ignored, and other names are refused with a reason.
+func TestInboxTarget(t *testing.T) {
+	cases := []struct {
+		rel    string
+		app    string
+		ignore bool
+		bad    bool
+	}{
+		{"hello.tar.gz", "hello", false, false},
+		{"hello.tgz", "hello", false, false},
+		{"hello.tar.zst", "hello", false, false},
+		{"hello.tar", "hello", false, false},
+		{"hello/anything.bin", "hello", false, false},
+		{"hello/deep/er/x.tar.gz", "hello", false, false},
+		{".hidden.tar.gz", "", true, false},
+		{"hello.tar.gz.part", "", true, false},
+		{"hello.tar.gz.tmp", "", true, false},
+		{"hello/.x.tar", "", true, false},
+		{".done/hello.tar.gz", "", true, false},
+		{"hello.zip", "", false, true},
+		{"Hello.tar.gz", "", false, true},
+		{"Bad_App/x.tar", "", false, true},
+	}
+	for _, tc := range cases {
+		app, ignore, err := inboxTarget(tc.rel)
+		if app != tc.app || ignore != tc.ignore || (err != nil) != tc.bad {
+			t.Errorf("inboxTarget(%q) = %q, %v, %v; want %q, %v, bad=%v", tc.rel, app, ignore, err, tc.app, tc.ignore, tc.bad)
+		}
+	}
+}
+
+// TestAgent_Inbox ensures a tarball renamed into the inbox, one written
+// slowly in place, one inside <app>/ and one present before the agent
+// started are each deployed once and moved to .done, and a corrupt one
+// goes to .failed with an .error file, changing nothing.
+func TestAgent_Inbox(t *testing.T) {
+	cfg := testConfig(dataDir(t))
+	inbox := filepath.Join(cfg.DataDir, "inbox")
+	if err := os.MkdirAll(inbox, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// Arrived while the agent was down.
+	if err := os.WriteFile(filepath.Join(inbox, "early.tar.gz"), webBuild(t, "early"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ta := startAgent(t, cfg)
+	ctx := context.Background()
+	done := func(name string) string { return filepath.Join(inbox, ".done", name) }
+	waitFile := func(p string) {
+		t.Helper()
+		waitFor(t, 20*time.Second, p, func() bool { _, err := os.Stat(p); return err == nil })
+	}
+	waitFile(done("early.tar.gz"))
+	if ps := ta.procs(t, "early"); ps["web.1"].State != "running" {
+		t.Fatalf("early not running: %+v", ps)
+	}
+
+	// Renamed in: complete at once.
+	tmp := filepath.Join(inbox, ".upload")
+	if err := os.WriteFile(tmp, webBuild(t, "renamed"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(inbox, "hello.tar.gz")); err != nil {
+		t.Fatal(err)
+	}
+	waitFile(done("hello.tar.gz"))
+	rels, err := ta.Releases(ctx, "hello")
+	if err != nil || len(rels) != 1 || rels[0].Status != "active" || !strings.Contains(rels[0].Description, "inbox") {
+		t.Fatalf("releases after the inbox deploy = %+v, %v", rels, err)
+	}
+
+	// Written slowly in place, inside <app>/: nothing happens before the
+	// writer stops.
+	body := webBuild(t, "slow")
+	if err := os.MkdirAll(filepath.Join(inbox, "hello"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	slow := filepath.Join(inbox, "hello", "build-2.tar.gz")
+	f, err := os.Create(slow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := len(body)/5 + 1
+	for i := 0; i < len(body); i += chunk {
+		if _, err := f.Write(body[i:min(i+chunk, len(body))]); err != nil {
+			t.Fatal(err)
+		}
+		// A pause shorter than the quiet period, between writes.
+		time.Sleep(cfg.InboxQuiet / 3)
+		if rels, _ := ta.Releases(ctx, "hello"); len(rels) != 1 {
+			t.Fatalf("deployed while still being written: %+v", rels)
+		}
+	}
+	f.Close()
+	waitFile(done("hello/build-2.tar.gz"))
+	rels, _ = ta.Releases(ctx, "hello")
+	if len(rels) != 2 || rels[0].Status != "active" {
+		t.Fatalf("releases after the slow write = %+v", rels)
+	}
+	pid := ta.procs(t, "hello")["web.1"].PID
+
+	// Corrupt: to .failed with the reason, nothing changes.
+	if err := os.WriteFile(filepath.Join(inbox, ".bad"), []byte("not a tarball"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(inbox, ".bad"), filepath.Join(inbox, "hello.tar")); err != nil {
+		t.Fatal(err)
+	}
+	failed := filepath.Join(inbox, ".failed", "hello.tar")
+	waitFile(failed + ".error")
+	waitFile(failed)
+	msg, _ := os.ReadFile(failed + ".error")
+	if !strings.Contains(string(msg), "corrupt") && !strings.Contains(string(msg), "tar") {
+		t.Errorf(".error = %q", msg)
+	}
+	if rels, _ := ta.Releases(ctx, "hello"); len(rels) != 2 {
+		t.Fatalf("a corrupt inbox file made a release: %+v", rels)
+	}
+	if ta.procs(t, "hello")["web.1"].PID != pid {
+		t.Fatal("a corrupt inbox file restarted the app")
+	}
+	// A name that is no app: refused with the rule.
+	if err := os.WriteFile(filepath.Join(inbox, "notes.txt"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFile(filepath.Join(inbox, ".failed", "notes.txt.error"))
+	if _, err := os.Stat(filepath.Join(inbox, "hello.tar.gz")); !os.IsNotExist(err) {
+		t.Fatalf("handled file still in the inbox: %v", err)
+	}
+}

@@ -1,0 +1,152 @@
+package agent
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/berth-dev/berth/state"
+)
+
+// TestAgent_RecoveryAfterKill9 ensures that after a kill -9 of the agent
+// (run in a child process: this test binary in helper mode), a new agent
+// on the same data dir kills the processes the dead one left and ends
+// with exactly one set of processes, on the active release.
+func TestAgent_RecoveryAfterKill9(t *testing.T) {
+	cfg := testConfig(dataDir(t))
+	inbox := filepath.Join(cfg.DataDir, "inbox")
+	if err := os.MkdirAll(inbox, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// The child deploys this from its inbox at start.
+	body := tarball(t, map[string]string{"Procfile": webProcfile + "worker: exec sleep 1002\n"})
+	if err := os.WriteFile(filepath.Join(inbox, "crashy.tar.gz"), body, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	logf, err := os.Create(filepath.Join(t.TempDir(), "child.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	child := exec.Command(os.Args[0], "-test.run=^$")
+	child.Env = append(os.Environ(), helperEnv+"="+cfg.DataDir)
+	child.Stdout, child.Stderr = logf, logf
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if child.ProcessState == nil {
+			child.Process.Signal(syscall.SIGTERM)
+			child.Wait()
+		}
+	})
+	childLog := func() string { b, _ := os.ReadFile(logf.Name()); return string(b) }
+	waitFor(t, 30*time.Second, "the child agent to run 2 processes", func() bool {
+		if child.ProcessState != nil {
+			t.Fatalf("child agent exited: %s", childLog())
+		}
+		return len(appProcs(t, "crashy")) == 2
+	})
+	// A deploy reports done once its process records are durable.
+	waitFor(t, 30*time.Second, "the inbox deploy to finish", func() bool {
+		_, err := os.Stat(filepath.Join(inbox, ".done", "crashy.tar.gz"))
+		return err == nil
+	})
+	orphans := appProcs(t, "crashy")
+	t.Cleanup(func() {
+		// Whatever the outcome, leave no process of this test behind.
+		for pid := range appProcs(t, "crashy") {
+			if _, ok := orphans[pid]; ok {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	})
+	if err := child.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	child.Wait()
+	for pid := range orphans {
+		if err := syscall.Kill(pid, 0); err != nil {
+			t.Fatalf("orphan %d died with the agent; the test proves nothing: %v", pid, err)
+		}
+	}
+
+	ta := startAgent(t, cfg)
+	got := appProcs(t, "crashy")
+	if len(got) != 2 {
+		t.Fatalf("after restart: processes %v, want exactly 2 (orphans were %v)\nchild log:\n%s", got, orphans, childLog())
+	}
+	for pid, rel := range got {
+		if _, old := orphans[pid]; old {
+			t.Fatalf("orphan %d of the killed agent still runs", pid)
+		}
+		if rel != "v1" {
+			t.Fatalf("process %d runs %s, want v1", pid, rel)
+		}
+	}
+	ps := ta.procs(t, "crashy")
+	if ps["web.1"].State != "running" || ps["worker.1"].State != "running" {
+		t.Fatalf("ps after recovery = %+v", ps)
+	}
+	// The store records the new processes, not the old ones.
+	waitFor(t, 5*time.Second, "process records of the new agent", func() bool {
+		recs, err := ta.store.Procs()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(recs) != 2 {
+			return false
+		}
+		for _, r := range recs {
+			if _, ok := got[r.PID]; !ok {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// TestAgent_PendingAtStart ensures a release left pending by an agent
+// that died mid-switch is marked failed at start, while the active
+// release is brought up.
+func TestAgent_PendingAtStart(t *testing.T) {
+	cfg := testConfig(dataDir(t))
+	ta := startAgent(t, cfg)
+	v1 := ta.mustDeploy(t, "hello", webApp(t, ""))
+	if err := ta.stop(); err != nil {
+		t.Fatal(err)
+	}
+	// What a crash between CreateRelease and Activate leaves behind.
+	st, err := state.Open(state.Config{Path: filepath.Join(cfg.DataDir, "berth.db")}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pending, err := st.CreateRelease("hello", state.NewRelease{Build: v1.Build, Config: map[string]string{"FOO": "x"}, Description: "Set FOO"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	ta = startAgent(t, cfg)
+	rel, err := ta.Release(context.Background(), "hello", pending.Version)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rel.Status != "failed" || !strings.Contains(rel.Reason, "interrupted") {
+		t.Fatalf("pending release at start became %+v", rel)
+	}
+	ps := ta.procs(t, "hello")
+	if ps["web.1"].Release != 1 || ps["web.1"].State != "running" {
+		t.Fatalf("active release not started: %+v", ps)
+	}
+	if n := len(appProcs(t, "hello")); n != 1 {
+		t.Fatalf("%d processes of hello, want 1", n)
+	}
+}
