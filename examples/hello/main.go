@@ -195,11 +195,22 @@ func run(ctx context.Context, getenv func(string) string, out io.Writer) error {
 }
 
 // serve runs the HTTP server on ln until ctx ends or the crash timer fires.
+//
+// Shutdown happens in two steps because http.Server.Shutdown alone drops a
+// connection it accepted but whose request it had not read yet: that
+// client gets EOF (golang/go#75591). During a socket-activation handover
+// that would fail requests the new instance could have served. So hello
+// first closes its listener (with a shared socket, what it has not
+// accepted stays queued for the new instance), waits until every accepted
+// connection has read its first request, and only then calls Shutdown,
+// which lets the requests in flight finish.
 func serve(ctx context.Context, ln net.Listener, mode string, s settings, out io.Writer) error {
 	logw := &lockedWriter{w: out}
+	conns := newConnTracker()
 	srv := &http.Server{
 		Handler:           newHandler(s, logw),
 		ReadHeaderTimeout: 10 * time.Second,
+		ConnState:         conns.track,
 	}
 	fmt.Fprintf(logw, "hello: release %s of %s (%s) listening on %s (%s)\n",
 		orDash(s.Release), orDash(s.App), orDash(s.Process), ln.Addr(), mode)
@@ -225,9 +236,13 @@ func serve(ctx context.Context, ln net.Listener, mode string, s settings, out io
 	fmt.Fprintf(logw, "hello: shutting down, waiting up to %s for requests in flight\n", s.ShutdownTimeout)
 	sctx, cancel := context.WithTimeout(context.Background(), s.ShutdownTimeout)
 	defer cancel()
-	err := srv.Shutdown(sctx)
-	<-served
-	if err != nil {
+	ln.Close()
+	<-served // Serve has returned: every accepted connection is tracked
+	if err := conns.waitRead(sctx); err != nil {
+		srv.Close()
+		return fmt.Errorf("graceful shutdown: connections that sent no request: %w", err)
+	}
+	if err := srv.Shutdown(sctx); err != nil {
 		srv.Close()
 		return fmt.Errorf("graceful shutdown: %w", err)
 	}

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -473,5 +474,110 @@ func TestBinary_BadEnv(t *testing.T) {
 	}
 	if !strings.Contains(p.stderr.String(), `invalid HELLO_START_DELAY "soon"`) {
 		t.Errorf("stderr = %q", p.stderr.String())
+	}
+}
+
+// TestBinary_HandoverDropsNothing ensures what the agent's start-then-stop
+// switch relies on: a second hello started on the same passed socket
+// serves alongside the first, and the first, sent SIGTERM, finishes what it
+// accepted and leaves the rest queued for the second, so a client sending
+// on new connections throughout sees no failure.
+func TestBinary_HandoverDropsNothing(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	f, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	url := "http://" + ln.Addr().String() + "/"
+
+	old := startHello(t, []string{"LISTEN_FDS=1", "BERTH_RELEASE=v1"}, "$$", f)
+	old.line(t, "listening on")
+
+	var (
+		answers  = map[string]*atomic.Int64{"v1": {}, "v2": {}}
+		failures atomic.Int64
+		firstErr atomic.Value
+		progress = make(chan struct{}, 1)
+		stop     = make(chan struct{})
+		workers  sync.WaitGroup
+	)
+	for range 4 {
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				resp, err := client.Get(url)
+				if err != nil {
+					failures.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+					continue
+				}
+				b, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err != nil || resp.StatusCode != 200 {
+					failures.Add(1)
+					firstErr.CompareAndSwap(nil, fmt.Sprintf("%d %v", resp.StatusCode, err))
+					continue
+				}
+				for rel, n := range answers {
+					if strings.Contains(string(b), " "+rel+" ") {
+						n.Add(1)
+					}
+				}
+				select {
+				case progress <- struct{}{}:
+				default:
+				}
+			}
+		}()
+	}
+	stopWorkers := sync.OnceFunc(func() {
+		close(stop)
+		workers.Wait()
+	})
+	defer stopWorkers()
+	// waitFor waits (bounded) until cond holds, re-checking after each
+	// answer.
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		timeout := time.After(20 * time.Second)
+		for !cond() {
+			select {
+			case <-progress:
+			case <-timeout:
+				t.Fatalf("timed out waiting for %s (v1 %d, v2 %d, failures %d)", what, answers["v1"].Load(), answers["v2"].Load(), failures.Load())
+			}
+		}
+	}
+	waitFor("50 answers from v1", func() bool { return answers["v1"].Load() >= 50 })
+
+	next := startHello(t, []string{"LISTEN_FDS=1", "BERTH_RELEASE=v2"}, "$$", f)
+	next.line(t, "listening on")
+	if err := old.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := old.wait(); code != 0 {
+		t.Fatalf("old instance exit code %d; stderr: %s", code, old.stderr.String())
+	}
+	after := answers["v2"].Load()
+	waitFor("50 answers from v2 after v1 stopped", func() bool { return answers["v2"].Load() >= after+50 })
+	stopWorkers() // before v2 stops: nobody would accept their requests
+	if n := failures.Load(); n > 0 {
+		t.Fatalf("%d requests failed during the handover; first: %v", n, firstErr.Load())
+	}
+	next.cmd.Process.Signal(syscall.SIGTERM)
+	if code := next.wait(); code != 0 {
+		t.Fatalf("new instance exit code %d", code)
 	}
 }
