@@ -25,7 +25,8 @@ func TestMain(m *testing.M) {
 	}
 	start := time.Now()
 	code := m.Run()
-	fmt.Printf("e2e-systemd: suite took %s\n", time.Since(start).Round(time.Second))
+	fmt.Printf("e2e-systemd: suite took %s; boot to serving after a reboot %s\n",
+		time.Since(start).Round(time.Second), bootToServing.Round(time.Millisecond))
 	if code == 0 {
 		if err := goleak.Find(); err != nil {
 			fmt.Fprintln(os.Stderr, "goleak:", err)

@@ -1,0 +1,491 @@
+//go:build e2e_systemd
+
+package e2e
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/berth-dev/berth/agent/api"
+)
+
+// bootToServing is the measured time from starting the container after a
+// reboot until the app answered; TestMain prints it in the summary.
+var bootToServing time.Duration
+
+// Settings of the installed unit.
+const (
+	watchdog       = 5 * time.Second
+	agentJournal   = "BERTH_JOURNAL=1"
+	forkerProcfile = "web: setsid sh -c 'sleep 1000' & exec sleep 1000\n"
+)
+
+// berthEnv is a test's view of a container running berth.
+type berthEnv struct {
+	t *testing.T
+	m *Machine
+}
+
+// berth runs the berth CLI in the container.
+func (b berthEnv) berth(args ...string) (string, error) {
+	return b.m.Exec(append([]string{"/usr/local/bin/berth"}, args...)...)
+}
+
+func (b berthEnv) mustBerth(args ...string) string {
+	b.t.Helper()
+	out, err := b.berth(args...)
+	if err != nil {
+		b.t.Fatalf("berth %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// ps returns the app's processes as `berth ps --json` shows them.
+func (b berthEnv) ps(app string) ([]api.Process, error) {
+	out, err := b.berth("ps", "-a", app, "--json")
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s", err, out)
+	}
+	var ps []api.Process
+	if err := json.Unmarshal([]byte(out), &ps); err != nil {
+		return nil, fmt.Errorf("decode berth ps --json: %w: %s", err, out)
+	}
+	return ps, nil
+}
+
+// releases returns the app's releases as `berth releases --json` shows them.
+func (b berthEnv) releases(app string) []api.Release {
+	b.t.Helper()
+	out := b.mustBerth("releases", "-a", app, "--json")
+	var rs []api.Release
+	if err := json.Unmarshal([]byte(out), &rs); err != nil {
+		b.t.Fatalf("decode berth releases --json: %v: %s", err, out)
+	}
+	return rs
+}
+
+// webPort returns the port of the app's web.1 instance.
+func (b berthEnv) webPort(app string) int {
+	b.t.Helper()
+	var port int
+	waitFor(b.t, app+" web.1 has a port", time.Minute, func() (bool, string) {
+		ps, err := b.ps(app)
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, p := range ps {
+			if p.Instance == "web.1" && p.Port > 0 {
+				port = p.Port
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("%+v", ps)
+	})
+	return port
+}
+
+// waitServing waits until GET / on port answers with the app's release,
+// and returns when it did.
+func (b berthEnv) waitServing(port int, release int) time.Time {
+	b.t.Helper()
+	want := fmt.Sprintf("hello from hello v%d ", release)
+	waitFor(b.t, fmt.Sprintf("hello v%d serves on port %d", release, port), 2*time.Minute, func() (bool, string) {
+		out, err := b.m.Exec("curl", "-sS", "--max-time", "5", "http://127.0.0.1:"+strconv.Itoa(port)+"/")
+		return err == nil && strings.HasPrefix(out, want), fmt.Sprintf("%v %q", err, out)
+	})
+	return time.Now()
+}
+
+// agentProps returns berth.service's state, main pid and restart count.
+func (b berthEnv) agentProps() map[string]string {
+	b.t.Helper()
+	return b.m.Props("berth.service", "ActiveState", "SubState", "MainPID", "NRestarts", "Result")
+}
+
+// waitAgentRunning waits until berth.service is active (running) with a
+// main pid other than old; it returns the new properties.
+func (b berthEnv) waitAgentRunning(old string) map[string]string {
+	b.t.Helper()
+	var props map[string]string
+	waitFor(b.t, "berth.service active (running) with a new main pid", 2*time.Minute, func() (bool, string) {
+		props = b.agentProps()
+		return props["ActiveState"] == "active" && props["SubState"] == "running" &&
+			props["MainPID"] != "0" && props["MainPID"] != old, fmt.Sprint(props)
+	})
+	if _, err := b.berth("apps"); err != nil {
+		b.t.Fatalf("socket does not answer after the agent started: %v", err)
+	}
+	return props
+}
+
+// appProcs returns the host PIDs of the app's processes in the container,
+// found by the environment berth gives them.
+func (b berthEnv) appProcs(app string) []int {
+	return b.m.Procs("BERTH_APP=" + app)
+}
+
+// checkOneSet checks that exactly one process runs web.1 of hello, of the
+// given release, and that it sits in its own cgroup below the agent's.
+func (b berthEnv) checkOneSet(release int) {
+	b.t.Helper()
+	pids := b.m.Procs("BERTH_APP=hello", "BERTH_PROCESS=web.1")
+	if len(pids) != 1 {
+		b.t.Fatalf("%d processes of hello web.1 (%v), want exactly 1", len(pids), pids)
+	}
+	if got := b.m.Procs("BERTH_APP=hello", "BERTH_PROCESS=web.1", "BERTH_RELEASE=v"+strconv.Itoa(release)); len(got) != 1 {
+		b.t.Fatalf("hello web.1 does not run release v%d", release)
+	}
+	cg := CgroupOf(pids[0])
+	if !strings.HasPrefix(cg, "/system.slice/berth.service/apps/") {
+		b.t.Errorf("hello web.1 (pid %d) is in cgroup %q, want one below /system.slice/berth.service/apps/", pids[0], cg)
+	}
+}
+
+// TestBerth runs the cases of issue 6 in order on one container: each
+// needs the state the one before left.
+func TestBerth(t *testing.T) {
+	root := repoRoot(t)
+	bin := filepath.Join(root, "bin", "berth")
+	tarball := filepath.Join(root, "bin", "hello.tar.gz")
+	for _, f := range []string{bin, tarball} {
+		if _, err := os.Stat(f); err != nil {
+			t.Fatalf("%v (run `make build example`, or `make e2e-systemd`)", err)
+		}
+	}
+	m := NewMachine(t, "berth-e2e")
+	m.CopyIn(bin, "/usr/local/bin/berth", 0o755)
+	m.CopyIn(tarball, "/root/hello.tar.gz", 0o644)
+	m.WriteFile("/root/forker.tar.gz", makeTarball(t, map[string]string{"Procfile": forkerProcfile}), 0o644)
+	m.WriteFile("/root/hello-slow.tar.gz", slowRelease(t, tarball), 0o644)
+	t.Logf("boot: %s", m.Boot().Round(time.Millisecond))
+	b := berthEnv{t: t, m: m}
+
+	var port int
+	steps := []struct {
+		name string
+		run  func(t *testing.T)
+	}{
+		{"1_install", func(t *testing.T) {
+			b.t = t
+			out := b.m.MustExec("/usr/local/bin/berth", "systemd", "install",
+				"--watchdog", watchdog.String(), "--env", agentJournal)
+			t.Logf("install: %s", strings.TrimSpace(out))
+			b.waitAgentRunning("")
+			status := b.m.MustExec("systemctl", "status", "--no-pager", "berth")
+			if !strings.Contains(status, "Active: active (running)") {
+				t.Fatalf("systemctl status:\n%s", status)
+			}
+			b.mustBerth("apps")
+			if _, err := b.m.Exec("getent", "group", "berth"); err != nil {
+				t.Errorf("socket group berth was not created: %v", err)
+			}
+			if st := b.m.MustExec("stat", "-c", "%a %U %G", "/run/berth/berth.sock"); strings.TrimSpace(st) != "660 root berth" {
+				t.Errorf("socket: %s, want 660 root berth", st)
+			}
+			// Under journald the agent's lines carry no timestamp of their own.
+			logs := b.m.MustExec("journalctl", "-u", "berth", "-o", "cat", "--no-pager")
+			if regexp.MustCompile(`(?m)^\d{4}-\d\d-\d\dT\d\d:\d\d`).MatchString(logs) {
+				t.Errorf("agent log lines under journald carry timestamps:\n%s", tail(logs, 10))
+			}
+		}},
+		{"2_deploy", func(t *testing.T) {
+			b.t = t
+			out := b.mustBerth("deploy", "-a", "hello", "/root/hello.tar.gz")
+			t.Logf("deploy:\n%s", tail(out, 5))
+			port = b.webPort("hello")
+			b.waitServing(port, 1)
+			b.checkOneSet(1)
+			waitFor(t, "app output in the journal with BERTH_APP", 30*time.Second, func() (bool, string) {
+				out, _ := b.m.Exec("journalctl", "BERTH_APP=hello", "BERTH_PROCESS=web.1", "BERTH_RELEASE=v1", "-o", "cat", "--no-pager")
+				return strings.Contains(out, "hello: release v1 of hello"), out
+			})
+		}},
+		{"3_reboot", func(t *testing.T) {
+			b.t = t
+			b.m.t = t
+			boot := b.m.Reboot()
+			start := time.Now().Add(-boot)
+			b.waitAgentRunning("")
+			served := b.waitServing(port, 1)
+			bootToServing = served.Sub(start)
+			t.Logf("boot %s; boot to serving %s", boot.Round(time.Millisecond), bootToServing.Round(time.Millisecond))
+			if p := b.webPort("hello"); p != port {
+				t.Errorf("port after reboot %d, want the same %d", p, port)
+			}
+			b.checkOneSet(1)
+		}},
+		{"4_kill9_agent", func(t *testing.T) {
+			b.t = t
+			before := b.agentProps()
+			b.m.MustExec("kill", "-9", before["MainPID"])
+			after := b.waitAgentRunning(before["MainPID"])
+			if n0, n1 := atoi(before["NRestarts"]), atoi(after["NRestarts"]); n1 != n0+1 {
+				t.Errorf("NRestarts %d -> %d, want one more", n0, n1)
+			}
+			b.waitServing(port, 1)
+			b.checkOneSet(1)
+		}},
+		{"5_watchdog", func(t *testing.T) {
+			b.t = t
+			before := b.agentProps()
+			frozen := time.Now()
+			b.m.MustExec("kill", "-STOP", before["MainPID"])
+			after := b.waitAgentRunning(before["MainPID"])
+			t.Logf("frozen agent replaced after %s", time.Since(frozen).Round(time.Millisecond))
+			if n0, n1 := atoi(before["NRestarts"]), atoi(after["NRestarts"]); n1 <= n0 {
+				t.Errorf("NRestarts %d -> %d, want more", n0, n1)
+			}
+			logs := b.m.MustExec("journalctl", "-u", "berth", "--no-pager", "-o", "cat")
+			if !strings.Contains(logs, "Watchdog timeout") {
+				t.Errorf("journal has no watchdog timeout of berth.service:\n%s", tail(logs, 20))
+			}
+			b.waitServing(port, 1)
+			b.checkOneSet(1)
+		}},
+		{"6_stop", func(t *testing.T) {
+			b.t = t
+			b.mustBerth("deploy", "-a", "forker", "/root/forker.tar.gz")
+			var escapee int
+			waitFor(t, "forker's setsid daemon runs", time.Minute, func() (bool, string) {
+				pids := b.appProcs("forker")
+				for _, pid := range pids {
+					if sid := sessionOf(pid); sid == pid {
+						escapee = pid
+					}
+				}
+				return escapee != 0 && len(pids) == 2, fmt.Sprint(pids)
+			})
+			if len(b.appProcs("hello")) == 0 {
+				t.Fatal("hello is not running before the stop")
+			}
+			since := strings.TrimSpace(b.m.MustExec("date", "+%Y-%m-%d %H:%M:%S"))
+			b.m.MustExec("systemctl", "stop", "berth")
+			for _, app := range []string{"hello", "forker"} {
+				if pids := b.appProcs(app); len(pids) != 0 {
+					t.Errorf("%s processes left after systemctl stop berth: %v", app, pids)
+				}
+			}
+			if alive(escapee) {
+				t.Errorf("forker's setsid daemon %d survived", escapee)
+			}
+			// The agent stopped everything itself: systemd had nothing left
+			// to SIGKILL.
+			logs := b.m.MustExec("journalctl", "-u", "berth", "--since", since, "--no-pager", "-o", "cat")
+			if strings.Contains(logs, "with signal SIGKILL") {
+				t.Errorf("systemd had to SIGKILL leftovers of the agent:\n%s", logs)
+			}
+			if st := strings.TrimSpace(b.m.Props("berth.service", "ActiveState")["ActiveState"]); st != "inactive" {
+				t.Errorf("berth.service %s after stop", st)
+			}
+			b.m.MustExec("systemctl", "start", "berth")
+			b.waitAgentRunning("")
+			b.waitServing(port, 1)
+		}},
+		{"7_power_cut", func(t *testing.T) {
+			b.t = t
+			b.m.t = t
+			active := activeOf(t, b.releases("hello"))
+			next := active + 1
+			// Deploy a release whose release phase takes a while, and cut
+			// the power while it runs.
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			deploy := exec.CommandContext(ctx, "nsenter", "-t", strconv.Itoa(b.m.PID1), "-a", "--",
+				"/usr/local/bin/berth", "deploy", "-a", "hello", "/root/hello-slow.tar.gz")
+			deploy.Env = []string{"PATH=" + containerPath}
+			var out bytes.Buffer
+			deploy.Stdout, deploy.Stderr = &out, &out
+			if err := deploy.Start(); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, fmt.Sprintf("release phase of v%d runs", next), time.Minute, func() (bool, string) {
+				for _, pid := range b.m.Procs("BERTH_APP=hello", "BERTH_RELEASE=v"+strconv.Itoa(next)) {
+					if comm(pid) == "sleep" {
+						return true, ""
+					}
+				}
+				return false, out.String()
+			})
+			b.m.PowerCut()
+			err := deploy.Wait()
+			t.Logf("deploy cut off: %v\n%s", err, tail(out.String(), 5))
+
+			start := time.Now()
+			boot := b.m.Boot()
+			b.waitAgentRunning("")
+			rs := b.releases("hello")
+			now := activeOf(t, rs)
+			if now != active && now != next {
+				t.Fatalf("active release v%d after the power cut, want v%d (undone) or v%d (finished)", now, active, next)
+			}
+			served := b.waitServing(port, now)
+			b.checkOneSet(now)
+			for _, r := range rs {
+				if r.Version == next && r.Status == "active" {
+					t.Logf("the agent finished the cut-off deploy: v%d active", next)
+				} else if r.Version == next {
+					t.Logf("the agent undid the cut-off deploy: v%d %s (%s)", next, r.Status, r.Reason)
+				}
+			}
+			t.Logf("boot %s; boot to serving after the power cut %s", boot.Round(time.Millisecond), served.Sub(start).Round(time.Millisecond))
+		}},
+	}
+	for _, s := range steps {
+		if !t.Run(s.name, s.run) {
+			t.Logf("agent journal:\n%s", tail(must(m.Exec("journalctl", "-u", "berth", "--no-pager", "-n", "60")), 60))
+			t.FailNow() // later cases need this one's state
+		}
+	}
+}
+
+func must(s string, _ error) string { return s }
+
+func atoi(s string) int { n, _ := strconv.Atoi(s); return n }
+
+// activeOf returns the version of the one active release; it fails the
+// test unless exactly one is active.
+func activeOf(t *testing.T, rs []api.Release) int {
+	t.Helper()
+	var active []int
+	for _, r := range rs {
+		if r.Status == "active" {
+			active = append(active, r.Version)
+		}
+	}
+	if len(active) != 1 {
+		t.Fatalf("%d active releases %v, want exactly 1: %+v", len(active), active, rs)
+	}
+	return active[0]
+}
+
+// sessionOf returns a host process's session id (field 6 of stat).
+func sessionOf(pid int) int {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(data)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 4 {
+		return 0
+	}
+	// After the comm: state ppid pgrp session; the session is a pid of the
+	// container's namespace, compare with that.
+	return hostPIDOfNS(pid, atoi(f[3]))
+}
+
+// hostPIDOfNS maps the session id (a namespace pid) back: it returns pid
+// itself when the process is its own session leader.
+func hostPIDOfNS(pid, nsid int) int {
+	if nsPID(pid) == nsid {
+		return pid
+	}
+	return -1
+}
+
+// comm returns a process's command name.
+func comm(pid int) string {
+	data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	return strings.TrimSpace(string(data))
+}
+
+// alive reports whether a host pid exists and is not a zombie.
+func alive(pid int) bool {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(data)
+	i := strings.LastIndexByte(s, ')')
+	return i > 0 && i+2 < len(s) && s[i+2] != 'Z'
+}
+
+// makeTarball returns a .tar.gz with the given files at its root.
+func makeTarball(t *testing.T, files map[string]string) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(zw)
+	for name, body := range files {
+		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(body)), Typeflag: tar.TypeReg, ModTime: time.Unix(0, 0)}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.WriteString(tw, body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// slowRelease returns the example tarball with a release phase that takes
+// a few seconds added to its Procfile, so a power cut can land in it.
+func slowRelease(t *testing.T, path string) []byte {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(zr)
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(zw)
+	found := false
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if filepath.Clean(h.Name) == "Procfile" {
+			body = append(body, "release: sleep 8\n"...)
+			h.Size = int64(len(body))
+			found = true
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write(body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !found {
+		t.Fatalf("%s has no Procfile", path)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
