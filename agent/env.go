@@ -24,7 +24,7 @@ type envParams struct {
 	Version  int
 	Instance string // web.1
 	Build    string // digest
-	Port     int
+	Port     int    // 0: no PORT (the release phase)
 	TmpDir   string
 	Allow    []string                    // names allowed from the agent's env besides passEnv
 	Host     func(string) (string, bool) // the agent's env; os.LookupEnv
@@ -50,7 +50,11 @@ func processEnv(p envParams) []string {
 		env["HOME"] = p.TmpDir
 	}
 	env["TMPDIR"] = p.TmpDir
-	env["PORT"] = strconv.Itoa(p.Port)
+	if p.Port > 0 {
+		env["PORT"] = strconv.Itoa(p.Port)
+	} else {
+		delete(env, "PORT") // the release phase serves nothing
+	}
 	env["BERTH_APP"] = p.App
 	env["BERTH_RELEASE"] = "v" + strconv.Itoa(p.Version)
 	env["BERTH_PROCESS"] = p.Instance

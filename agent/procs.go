@@ -34,6 +34,10 @@ func (a *Agent) watchSupervisor(events <-chan supervisor.Event, done <-chan stru
 				return
 			}
 		}
+		if ev.Missed > 0 {
+			a.log.Warn("supervisor events were lost; re-reading process states", "missed", ev.Missed)
+			a.resyncRecords(recorded)
+		}
 		inst := a.instance(ev.Name)
 		if inst == nil {
 			continue // not an app instance (a one-off command), or already forgotten
@@ -60,6 +64,30 @@ func (a *Agent) watchSupervisor(events <-chan supervisor.Event, done <-chan stru
 			}
 		}
 		a.markChanged()
+	}
+}
+
+// resyncRecords brings the process records in line with the supervisor
+// after events were lost.
+func (a *Agent) resyncRecords(recorded map[string]int) {
+	a.instMu.Lock()
+	insts := make([]*instance, 0, len(a.insts))
+	for _, in := range a.insts {
+		insts = append(insts, in)
+	}
+	a.instMu.Unlock()
+	for _, in := range insts {
+		st, err := a.sup.Status(in.Name)
+		switch {
+		case err == nil && st.PID > 0 && recorded[in.Name] != st.PID:
+			if err := a.recordProc(in, st.PID); err == nil {
+				recorded[in.Name] = st.PID
+			}
+		case (err != nil || st.PID == 0) && recorded[in.Name] != 0:
+			if err := a.store.DeleteProc(in.Name); err == nil {
+				delete(recorded, in.Name)
+			}
+		}
 	}
 }
 

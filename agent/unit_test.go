@@ -1,0 +1,150 @@
+package agent
+
+import (
+	"os"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/berth-dev/berth/state/build"
+)
+
+// TestProcessEnv ensures the process env is the release config plus what
+// berth sets, with only PATH, LANG, TZ and allowed names passed through
+// from the agent, and that berth's variables win over the config.
+func TestProcessEnv(t *testing.T) {
+	host := map[string]string{"PATH": "/usr/bin", "LANG": "C.UTF-8", "SECRET": "agent-only", "EXTRA": "ok"}
+	lookup := func(k string) (string, bool) { v, ok := host[k]; return v, ok }
+	cases := []struct {
+		name   string
+		p      envParams
+		want   []string
+		absent []string
+	}{
+		{
+			name: "defaults",
+			p:    envParams{Config: map[string]string{"FOO": "bar"}, App: "hello", Version: 7, Instance: "web.2", Build: "abc", Port: 5003, TmpDir: "/d/tmp", Host: lookup},
+			want: []string{"FOO=bar", "PORT=5003", "BERTH_APP=hello", "BERTH_RELEASE=v7", "BERTH_PROCESS=web.2", "BERTH_BUILD=abc",
+				"TMPDIR=/d/tmp", "HOME=/d/tmp", "PATH=/usr/bin", "LANG=C.UTF-8"},
+			absent: []string{"SECRET", "EXTRA", "TZ"},
+		},
+		{
+			name:   "allowed and config HOME",
+			p:      envParams{Config: map[string]string{"HOME": "/srv", "PATH": "/app/bin"}, App: "a", Version: 1, Instance: "web.1", Port: 1, TmpDir: "/t", Allow: []string{"EXTRA"}, Host: lookup},
+			want:   []string{"HOME=/srv", "EXTRA=ok", "PATH=/app/bin"},
+			absent: []string{"SECRET"},
+		},
+		{
+			name:   "release phase has no port",
+			p:      envParams{App: "a", Version: 1, Instance: "release", TmpDir: "/t", Host: lookup},
+			want:   []string{"BERTH_PROCESS=release"},
+			absent: []string{"PORT"},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			env := processEnv(tc.p)
+			if !slices.IsSorted(env) {
+				t.Errorf("env not sorted: %v", env)
+			}
+			for _, w := range tc.want {
+				if !slices.Contains(env, w) {
+					t.Errorf("env lacks %s: %v", w, env)
+				}
+			}
+			for _, k := range tc.absent {
+				for _, kv := range env {
+					if strings.HasPrefix(kv, k+"=") {
+						t.Errorf("env has %s: %v", kv, env)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestParseProcStat ensures the fields after a command name holding
+// spaces and parentheses are found, and malformed input is an error.
+func TestParseProcStat(t *testing.T) {
+	line := "1234 (we ird) (name)) S 1 1234 1234 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 987654 1000 100 18446744073709551615"
+	st, err := parseProcStat([]byte(line))
+	if err != nil || st.State != 'S' || st.PGID != 1234 || st.StartTime != 987654 {
+		t.Fatalf("parseProcStat = %+v, %v", st, err)
+	}
+	for _, bad := range []string{"", "1234 no paren S 1", "1 (x) S 1 2", "1 (x) S 1 notanumber 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 9"} {
+		if _, err := parseProcStat([]byte(bad)); err == nil {
+			t.Errorf("parseProcStat(%q) accepted", bad)
+		}
+	}
+	self, err := readProcStat(os.Getpid())
+	if err != nil || self.PGID != syscall.Getpgrp() || self.StartTime == 0 {
+		t.Fatalf("own stat = %+v, %v", self, err)
+	}
+}
+
+// TestDesiredInstances ensures the formation drives the instances, with
+// 1 for types it does not name, never the release phase, and types the
+// build lacks skipped.
+func TestDesiredInstances(t *testing.T) {
+	pf := build.Procfile{Entries: []build.ProcfileEntry{{Type: "web", Command: "a"}, {Type: "worker", Command: "b"}, {Type: "release", Command: "c"}}}
+	got := desiredInstances(map[string]int{"web": 3, "clock": 2}, pf)
+	want := []string{"web.1", "web.2", "web.3", "worker.1"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("desiredInstances = %v, want %v", got, want)
+	}
+	if got := desiredInstances(map[string]int{"web": 0, "worker": 0}, pf); len(got) != 0 {
+		t.Fatalf("scaled to zero: %v", got)
+	}
+	f := defaultFormation(map[string]int{"web": 0}, pf)
+	if f["web"] != 0 || f["worker"] != 1 || len(f) != 2 {
+		t.Fatalf("defaultFormation = %v", f)
+	}
+	names := []string{"web.10", "web.2", "clock.1", "web.1"}
+	slices.SortFunc(names, compareInstances)
+	if !slices.Equal(names, []string{"clock.1", "web.1", "web.2", "web.10"}) {
+		t.Fatalf("sorted = %v", names)
+	}
+}
+
+// TestParseSignal ensures stop signals are parsed by name or number and
+// unknown ones refused.
+func TestParseSignal(t *testing.T) {
+	for in, want := range map[string]syscall.Signal{"": syscall.SIGTERM, "SIGINT": syscall.SIGINT, "quit": syscall.SIGQUIT, "9": syscall.SIGKILL} {
+		if got, err := parseSignal(in); err != nil || got != want {
+			t.Errorf("parseSignal(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"SIGNOPE", "0", "99", "-1"} {
+		if _, err := parseSignal(bad); err == nil {
+			t.Errorf("parseSignal(%q) accepted", bad)
+		}
+	}
+}
+
+// TestNew ensures bad configuration is refused by New with the value
+// named, and defaults are filled in.
+func TestNew(t *testing.T) {
+	for name, cfg := range map[string]Config{
+		"port":      {DataDir: t.TempDir(), BasePort: 70000},
+		"retention": {DataDir: t.TempDir(), Retention: -1},
+		"env":       {DataDir: t.TempDir(), AllowEnv: []string{"NOT-OK"}},
+		"user":      {DataDir: t.TempDir(), DefaultUser: "no-such-user-here"},
+	} {
+		if _, err := New(cfg, nil); err == nil {
+			t.Errorf("%s: New accepted %+v", name, cfg)
+		}
+	}
+	a, err := New(Config{DataDir: "rel/dir"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := a.config()
+	if cfg.BasePort != 5000 || cfg.StopTimeout != DefaultStopTimeout || cfg.Retention != 5 || cfg.LogMaxSize != 10<<20 ||
+		!strings.HasPrefix(cfg.DataDir, "/") || cfg.SocketPath == "" {
+		t.Fatalf("defaults = %+v", cfg)
+	}
+	if os.Geteuid() == 0 && cfg.DefaultUser != "nobody" {
+		t.Fatalf("default user as root = %q, want nobody", cfg.DefaultUser)
+	}
+}
