@@ -109,6 +109,11 @@ func startAgent(t *testing.T, berth string) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
+	// Apps run as an unprivileged user when the agent is root: they must
+	// reach their build dir below the data dir.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	h := &harness{
 		t:       t,
 		berth:   berth,
