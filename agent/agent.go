@@ -57,6 +57,11 @@ type Agent struct {
 	instMu sync.Mutex
 	insts  map[string]*instance
 
+	// recMu guards recorded: the pid of each instance whose process
+	// record is in the store, by supervisor name.
+	recMu    sync.Mutex
+	recorded map[string]int
+
 	// gcMu keeps garbage collection out while a deploy is between its
 	// upload and the pin of its build (read-locked by deploys).
 	gcMu sync.RWMutex
@@ -100,15 +105,16 @@ func New(cfg Config, log hclog.Logger) (*Agent, error) {
 		return nil, err
 	}
 	return &Agent{
-		log:     log.Named("agent"),
-		cfg:     cfg,
-		ready:   make(chan struct{}),
-		up:      make(chan struct{}),
-		pins:    map[string]int{},
-		locks:   map[string]chan struct{}{},
-		insts:   map[string]*instance{},
-		changed: make(chan struct{}, 1),
-		ping:    make(chan chan struct{}),
+		log:      log.Named("agent"),
+		cfg:      cfg,
+		ready:    make(chan struct{}),
+		up:       make(chan struct{}),
+		pins:     map[string]int{},
+		locks:    map[string]chan struct{}{},
+		insts:    map[string]*instance{},
+		recorded: map[string]int{},
+		changed:  make(chan struct{}, 1),
+		ping:     make(chan chan struct{}),
 	}, nil
 }
 

@@ -70,7 +70,7 @@ func TestAgent_DestroyApp(t *testing.T) {
 	if err := ta.DestroyApp(ctx, "hello"); err != nil {
 		t.Fatal(err)
 	}
-	if n := len(appProcs(t, "hello")); n != 0 {
+	if n := len(appProcs(t, ta.cfg.DataDir, "hello")); n != 0 {
 		t.Fatalf("%d processes left after destroy", n)
 	}
 	if _, err := os.Stat(filepath.Join(ta.cfg.DataDir, "apps", "hello")); !os.IsNotExist(err) {

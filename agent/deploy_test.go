@@ -108,7 +108,7 @@ func TestAgent_Deploy(t *testing.T) {
 	if ps["web.1"].Release != 2 || ps["web.1"].PID == web.PID {
 		t.Fatalf("after redeploy web.1 = %+v (old pid %d)", ps["web.1"], web.PID)
 	}
-	if got := appProcs(t, "hello"); len(got) != 1 {
+	if got := appProcs(t, ta.cfg.DataDir, "hello"); len(got) != 1 {
 		t.Fatalf("processes of hello on the host = %v, want one", got)
 	}
 
@@ -116,7 +116,7 @@ func TestAgent_Deploy(t *testing.T) {
 	if err := ta.stop(); err != nil {
 		t.Fatal(err)
 	}
-	if got := appProcs(t, "hello"); len(got) != 0 {
+	if got := appProcs(t, ta.cfg.DataDir, "hello"); len(got) != 0 {
 		t.Fatalf("processes left after the agent stopped: %v", got)
 	}
 }

@@ -79,7 +79,7 @@ func testLogger() hclog.Logger {
 
 // dataDir returns a data dir that app users (nobody) can traverse: the
 // temp dirs the testing package makes are 0700.
-func dataDir(t *testing.T) string {
+func dataDir(t testing.TB) string {
 	t.Helper()
 	dir := t.TempDir()
 	for d := dir; d != os.TempDir() && d != "/" && d != "."; d = filepath.Dir(d) {
@@ -244,8 +244,9 @@ func (ta *testAgent) waitLog(t *testing.T, app, instance, text string) {
 }
 
 // appProcs finds the live processes on this host whose environment says
-// they belong to app, by pid, with their BERTH_RELEASE.
-func appProcs(t *testing.T, app string) map[int]string {
+// they belong to app and that run in a build under dataDir (other agents
+// may run on this machine), by pid, with their BERTH_RELEASE.
+func appProcs(t *testing.T, dataDir, app string) map[int]string {
 	t.Helper()
 	out := map[int]string{}
 	entries, err := os.ReadDir("/proc")
@@ -259,6 +260,10 @@ func appProcs(t *testing.T, app string) map[int]string {
 		}
 		st, err := readProcStat(pid)
 		if err != nil || st.State == 'Z' {
+			continue
+		}
+		cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
+		if err != nil || !strings.HasPrefix(cwd, dataDir+"/") {
 			continue
 		}
 		env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
@@ -311,3 +316,5 @@ func wantKind(t *testing.T, err, kind error) {
 func errorsIs(err, target error) bool { return errors.Is(err, target) }
 
 func syscallKill(pid int) error { return syscall.Kill(pid, syscall.SIGKILL) }
+
+func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }

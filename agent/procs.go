@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -22,7 +23,6 @@ import (
 // forgets it when it is gone, and turns crashes into events. It returns
 // when done is closed or the subscription ends.
 func (a *Agent) watchSupervisor(events <-chan supervisor.Event, done <-chan struct{}) {
-	recorded := map[string]int{} // supervisor name -> pid recorded in the store
 	for {
 		var ev supervisor.Event
 		var ok bool
@@ -36,7 +36,7 @@ func (a *Agent) watchSupervisor(events <-chan supervisor.Event, done <-chan stru
 		}
 		if ev.Missed > 0 {
 			a.log.Warn("supervisor events were lost; re-reading process states", "missed", ev.Missed)
-			a.resyncRecords(recorded)
+			a.resyncRecords()
 		}
 		inst := a.instance(ev.Name)
 		if inst == nil {
@@ -44,21 +44,11 @@ func (a *Agent) watchSupervisor(events <-chan supervisor.Event, done <-chan stru
 		}
 		switch {
 		case ev.PID > 0 && (ev.State == supervisor.StateStarting || ev.State == supervisor.StateRunning):
-			if recorded[ev.Name] == ev.PID {
-				break
-			}
 			if err := a.recordProc(inst, ev.PID); err != nil {
 				a.log.Error("record process", "name", ev.Name, "pid", ev.PID, "error", err)
-				break
 			}
-			recorded[ev.Name] = ev.PID
 		case ev.State == supervisor.StateBackoff || ev.State == supervisor.StateCrashed || ev.State == supervisor.StateStopped:
-			if _, ok := recorded[ev.Name]; ok {
-				if err := a.store.DeleteProc(ev.Name); err != nil {
-					a.log.Error("forget process record", "name", ev.Name, "error", err)
-				}
-				delete(recorded, ev.Name)
-			}
+			a.deleteRecords(ev.Name)
 			if ev.State != supervisor.StateStopped && ev.Exit != nil {
 				a.appendEvent(inst.App, "crash", fmt.Sprintf("crash %s %s", inst.Instance, ev.Exit))
 			}
@@ -69,7 +59,7 @@ func (a *Agent) watchSupervisor(events <-chan supervisor.Event, done <-chan stru
 
 // resyncRecords brings the process records in line with the supervisor
 // after events were lost.
-func (a *Agent) resyncRecords(recorded map[string]int) {
+func (a *Agent) resyncRecords() {
 	a.instMu.Lock()
 	insts := make([]*instance, 0, len(a.insts))
 	for _, in := range a.insts {
@@ -77,30 +67,81 @@ func (a *Agent) resyncRecords(recorded map[string]int) {
 	}
 	a.instMu.Unlock()
 	for _, in := range insts {
-		st, err := a.sup.Status(in.Name)
-		switch {
-		case err == nil && st.PID > 0 && recorded[in.Name] != st.PID:
-			if err := a.recordProc(in, st.PID); err == nil {
-				recorded[in.Name] = st.PID
+		if st, err := a.sup.Status(in.Name); err == nil && st.PID > 0 {
+			if err := a.recordProc(in, st.PID); err != nil {
+				a.log.Error("record process", "name", in.Name, "pid", st.PID, "error", err)
 			}
-		case (err != nil || st.PID == 0) && recorded[in.Name] != 0:
-			if err := a.store.DeleteProc(in.Name); err == nil {
-				delete(recorded, in.Name)
-			}
+		} else {
+			a.deleteRecords(in.Name)
 		}
 	}
 }
 
 // recordProc stores the process record of an instance's process, so a
 // restarted agent can find it after a kill -9 of this one. A process that
-// is gone already needs no record.
+// is gone already needs no record; one recorded already is not written
+// again. Concurrent callers share one bbolt commit (state.PutProc batches).
 func (a *Agent) recordProc(inst *instance, pid int) error {
+	a.recMu.Lock()
+	if a.recorded[inst.Name] == pid {
+		a.recMu.Unlock()
+		return nil
+	}
+	a.recMu.Unlock()
 	st, err := readProcStat(pid)
 	if err != nil {
 		return nil
 	}
-	return a.store.PutProc(state.ProcRecord{App: inst.App, Instance: inst.Instance, Name: inst.Name,
+	err = a.store.PutProc(state.ProcRecord{App: inst.App, Instance: inst.Instance, Name: inst.Name,
 		PID: pid, PGID: st.PGID, StartTime: st.StartTime, Release: inst.Release})
+	if err == nil {
+		a.recMu.Lock()
+		a.recorded[inst.Name] = pid
+		a.recMu.Unlock()
+	}
+	return err
+}
+
+// recordAll records the current process of each instance concurrently,
+// so the writes share commits.
+func (a *Agent) recordAll(insts []*instance) {
+	var wg sync.WaitGroup
+	for _, in := range insts {
+		st, err := a.sup.Status(in.Name)
+		if err != nil || st.PID == 0 {
+			continue
+		}
+		wg.Go(func() {
+			if err := a.recordProc(in, st.PID); err != nil {
+				a.log.Error("record process", "name", in.Name, "pid", st.PID, "error", err)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// deleteRecords removes the process records of the named instances,
+// concurrently so the writes share commits; names without a record cost
+// nothing.
+func (a *Agent) deleteRecords(names ...string) {
+	a.recMu.Lock()
+	var del []string
+	for _, name := range names {
+		if _, ok := a.recorded[name]; ok {
+			delete(a.recorded, name)
+			del = append(del, name)
+		}
+	}
+	a.recMu.Unlock()
+	var wg sync.WaitGroup
+	for _, name := range del {
+		wg.Go(func() {
+			if err := a.store.DeleteProc(name); err != nil {
+				a.log.Error("forget process record", "name", name, "error", err)
+			}
+		})
+	}
+	wg.Wait()
 }
 
 // instance returns the instance the agent runs under a supervisor name.
@@ -130,11 +171,7 @@ func (a *Agent) forget(names ...string) {
 		delete(a.insts, name)
 	}
 	a.instMu.Unlock()
-	for _, name := range names {
-		if err := a.store.DeleteProc(name); err != nil {
-			a.log.Error("forget process record", "name", name, "error", err)
-		}
-	}
+	a.deleteRecords(names...)
 	a.markChanged()
 }
 

@@ -50,17 +50,17 @@ func TestAgent_RecoveryAfterKill9(t *testing.T) {
 		if child.ProcessState != nil {
 			t.Fatalf("child agent exited: %s", childLog())
 		}
-		return len(appProcs(t, "crashy")) == 2
+		return len(appProcs(t, cfg.DataDir, "crashy")) == 2
 	})
 	// A deploy reports done once its process records are durable.
 	waitFor(t, 30*time.Second, "the inbox deploy to finish", func() bool {
 		_, err := os.Stat(filepath.Join(inbox, ".done", "crashy.tar.gz"))
 		return err == nil
 	})
-	orphans := appProcs(t, "crashy")
+	orphans := appProcs(t, cfg.DataDir, "crashy")
 	t.Cleanup(func() {
 		// Whatever the outcome, leave no process of this test behind.
-		for pid := range appProcs(t, "crashy") {
+		for pid := range appProcs(t, cfg.DataDir, "crashy") {
 			if _, ok := orphans[pid]; ok {
 				syscall.Kill(pid, syscall.SIGKILL)
 			}
@@ -77,7 +77,7 @@ func TestAgent_RecoveryAfterKill9(t *testing.T) {
 	}
 
 	ta := startAgent(t, cfg)
-	got := appProcs(t, "crashy")
+	got := appProcs(t, cfg.DataDir, "crashy")
 	if len(got) != 2 {
 		t.Fatalf("after restart: processes %v, want exactly 2 (orphans were %v)\nchild log:\n%s", got, orphans, childLog())
 	}
@@ -146,7 +146,7 @@ func TestAgent_PendingAtStart(t *testing.T) {
 	if ps["web.1"].Release != 1 || ps["web.1"].State != "running" {
 		t.Fatalf("active release not started: %+v", ps)
 	}
-	if n := len(appProcs(t, "hello")); n != 1 {
+	if n := len(appProcs(t, ta.cfg.DataDir, "hello")); n != 1 {
 		t.Fatalf("%d processes of hello, want 1", n)
 	}
 }

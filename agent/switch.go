@@ -297,7 +297,11 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 			}
 		}
 		var spawn *supervisor.SpawnError
-		if err != nil && !errors.As(err, &spawn) {
+		switch {
+		case errors.As(err, &spawn):
+			// Supervised and retried with backoff, but the switch failed.
+			startErrs = append(startErrs, err)
+		case err != nil:
 			// Not supervised at all: forget it.
 			a.forget(spec.Name)
 			startErrs = append(startErrs, fmt.Errorf("start %s: %w", spec.Name, err))
@@ -311,13 +315,7 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 	}
 	// The supervisor events record the processes too; doing it here as
 	// well means a switch reports done only once its records are durable.
-	for i, name := range names {
-		if st, err := a.sup.Status(name); err == nil && st.PID > 0 {
-			if err := a.recordProc(insts[i], st.PID); err != nil {
-				a.log.Error("record process", "name", name, "pid", st.PID, "error", err)
-			}
-		}
-	}
+	a.recordAll(insts)
 	p.step("start", "%d instance(s) of v%d running", len(names), rel.Version)
 	return nil
 }
@@ -340,6 +338,8 @@ func (a *Agent) waitUp(ctx context.Context, cfg Config, names []string, events <
 			msg := "no exit status"
 			if exit != nil {
 				msg = exit.String()
+			} else if st, err := a.sup.Status(name); err == nil && st.LastError != "" {
+				msg = st.LastError
 			}
 			return fmt.Errorf("%w: %s keeps exiting (%s); see berth logs", ErrCrashed, strings.TrimPrefix(name, a.instance(name).App+"/"), msg)
 		}

@@ -231,7 +231,7 @@ func TestAgent_ScaleRestart(t *testing.T) {
 	if len(down) != 1 || down["web.1"].PID != first["web.1"].PID {
 		t.Fatalf("after scale down: %+v", down)
 	}
-	if got := appProcs(t, "hello"); len(got) != 1 {
+	if got := appProcs(t, ta.cfg.DataDir, "hello"); len(got) != 1 {
 		t.Fatalf("host processes after scale down: %v", got)
 	}
 	// Scaling back up gives web.2 its old port.
@@ -307,7 +307,7 @@ func TestAgent_Crash(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if n := len(appProcs(t, "hello")); n != 1 {
+	if n := len(appProcs(t, ta.cfg.DataDir, "hello")); n != 1 {
 		t.Fatalf("%d processes after the restart, want 1", n)
 	}
 }
