@@ -219,6 +219,10 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("open build store: %w", err)
 	}
+	if fi, err := os.Stat(cfg.DataDir); err == nil && os.Geteuid() == 0 && fi.Mode().Perm()&0o001 == 0 {
+		a.log.Warn("the data dir is not searchable by other users: apps running as their own user cannot reach their builds",
+			"dir", cfg.DataDir, "mode", fi.Mode().Perm().String())
+	}
 	for _, dir := range []string{cfg.path("apps"), cfg.path("inbox")} {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return fmt.Errorf("create %s: %w", dir, err)

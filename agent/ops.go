@@ -295,7 +295,7 @@ func (a *Agent) Deploy(ctx context.Context, req api.DeployRequest, progressFn ap
 	if err != nil {
 		return api.Release{}, mapErr(fmt.Errorf("deploy %s: %w", req.App, err))
 	}
-	out, err := a.activate(ctx, req.App, rel, b, "deploy", p)
+	out, err := a.activate(req.App, rel, b, "deploy", p)
 	if err != nil {
 		return api.Release{}, err
 	}
@@ -424,7 +424,7 @@ func (a *Agent) Rollback(ctx context.Context, app string, version int, progressF
 		return api.Release{}, mapErr(err)
 	}
 	p.step("record", "created v%d with the build and config of v%d", rel.Version, target.Version)
-	out, err := a.activate(ctx, app, rel, b, "rollback", p)
+	out, err := a.activate(app, rel, b, "rollback", p)
 	if err != nil {
 		return api.Release{}, err
 	}
@@ -556,7 +556,7 @@ func (a *Agent) SetConfig(ctx context.Context, app string, change api.ConfigChan
 		return api.Release{}, mapErr(err)
 	}
 	p.step("record", "created v%d", rel.Version)
-	out, err := a.activate(ctx, app, rel, b, "config", p)
+	out, err := a.activate(app, rel, b, "config", p)
 	if err != nil {
 		return api.Release{}, err
 	}

@@ -435,10 +435,14 @@ func (a *Agent) runReleasePhase(ctx context.Context, app string, rel state.Relea
 // active, points current at its build, and replaces the app's processes.
 // The caller holds the app's lock. kind names the event ("deploy",
 // "config", "rollback").
-func (a *Agent) activate(ctx context.Context, app string, rel state.Release, b *build.Build, kind string, p *progress) (state.Release, error) {
+func (a *Agent) activate(app string, rel state.Release, b *build.Build, kind string, p *progress) (state.Release, error) {
+	// Once the release is recorded the switch goes on even if the client
+	// goes away (a Ctrl-C of `berth deploy` must not leave a release
+	// phase half run); only shutdown cuts it short.
+	sctx := a.opCtx
 	if command, ok := b.Procfile.Command("release"); ok {
 		p.mark()
-		out, err := a.runReleasePhase(ctx, app, rel, b, command)
+		out, err := a.runReleasePhase(sctx, app, rel, b, command)
 		if err != nil {
 			var rpe *ReleasePhaseError
 			reason := err.Error()
@@ -478,12 +482,6 @@ func (a *Agent) activate(ctx context.Context, app string, rel state.Release, b *
 	}
 	p.step("record", "v%d is the active release", rel.Version)
 
-	// The switch goes on even if the client goes away; only shutdown
-	// cuts it short.
-	sctx, cancel := context.WithCancel(a.opCtx)
-	defer cancel()
-	stopOnDone := context.AfterFunc(a.opCtx, cancel)
-	defer stopOnDone()
 	if err := a.converge(sctx, app, rel, b, true, p); err != nil {
 		a.appendEvent(app, "failure", fmt.Sprintf("v%d: %v", rel.Version, err))
 		return state.Release{}, fmt.Errorf("v%d is active but its processes did not all start: %w", rel.Version, err)
