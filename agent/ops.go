@@ -116,10 +116,11 @@ func (a *Agent) DestroyApp(ctx context.Context, name string) error {
 	}
 	defer unlock()
 	names := slices.Collect(maps.Keys(a.appInstances(name)))
-	if err := a.sup.StopMany(a.opCtx, names); err != nil {
-		return fmt.Errorf("destroy %s: stop processes: %w", name, err)
-	}
+	err = a.sup.StopMany(a.opCtx, names)
 	a.forget(names...)
+	if err != nil {
+		a.log.Warn("stopping processes of a destroyed app", "app", name, "error", err)
+	}
 	if err := a.store.DeleteApp(name); err != nil {
 		return mapErr(fmt.Errorf("destroy %s: %w", name, err))
 	}

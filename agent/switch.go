@@ -265,10 +265,16 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 
 	if len(stop) > 0 {
 		p.mark()
-		if err := a.sup.StopMany(ctx, stop); err != nil {
-			return fmt.Errorf("stop old instances: %w", err)
-		}
+		// Stop forgets an instance even when it fails (its group is
+		// killed when ctx ends), so forget them all either way.
+		err := a.sup.StopMany(ctx, stop)
 		a.forget(stop...)
+		if ctx.Err() != nil {
+			return fmt.Errorf("stop old instances: %w", ctx.Err())
+		}
+		if err != nil {
+			a.log.Warn("stopping old instances", "app", app, "error", err)
+		}
 		p.step("stop", "stopped %d old instance(s)", len(stop))
 	}
 	if len(specs) == 0 {
