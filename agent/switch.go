@@ -347,24 +347,39 @@ func (a *Agent) waitUp(ctx context.Context, cfg Config, names []string, events <
 			} else if st, err := a.sup.Status(name); err == nil && st.LastError != "" {
 				msg = st.LastError
 			}
-			return fmt.Errorf("%w: %s keeps exiting (%s); see berth logs", ErrCrashed, strings.TrimPrefix(name, a.instance(name).App+"/"), msg)
+			_, inst := splitName(name)
+			return fmt.Errorf("%w: %s keeps exiting (%s); see berth logs", ErrCrashed, inst, msg)
 		}
 		return nil
 	}
-	// The events started flowing before Start; Status catches up with
-	// any that came before the subscription.
-	for _, name := range names {
-		st, err := a.sup.Status(name)
-		if err != nil {
-			continue
+	// Status catches up with what the events cannot tell: changes before
+	// the subscription, and events lost when its buffer was full.
+	catchUp := func() error {
+		for name := range pending {
+			st, err := a.sup.Status(name)
+			if err != nil {
+				continue
+			}
+			if err := check(name, st.State, st.LastExit); err != nil {
+				return err
+			}
 		}
-		if err := check(name, st.State, st.LastExit); err != nil {
-			return err
-		}
+		return nil
+	}
+	if err := catchUp(); err != nil {
+		return err
 	}
 	for len(pending) > 0 {
 		select {
-		case ev := <-events:
+		case ev, ok := <-events:
+			if !ok {
+				return fmt.Errorf("wait for instances: %w", supervisor.ErrClosed)
+			}
+			if ev.Missed > 0 {
+				if err := catchUp(); err != nil {
+					return err
+				}
+			}
 			if !pending[ev.Name] {
 				continue
 			}

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"errors"
 	"strings"
 	"testing"
@@ -233,6 +234,11 @@ func TestAgent_ScaleRestart(t *testing.T) {
 	}
 	if got := appProcs(t, ta.cfg.DataDir, "hello"); len(got) != 1 {
 		t.Fatalf("host processes after scale down: %v", got)
+	}
+	// A stopped instance's output is still there, from its log file.
+	lines, err := ta.Logs(ctx, "hello", "web.3", 10)
+	if err != nil || len(lines) != 1 || lines[0].Text != fmt.Sprintf("rel=v1 FOO= port=%d", after["web.3"].Port) || lines[0].Instance != "web.3" {
+		t.Fatalf("logs of the stopped web.3 = %+v, %v", lines, err)
 	}
 	// Scaling back up gives web.2 its old port.
 	if _, err := ta.Scale(ctx, "hello", map[string]int{"web": 2}); err != nil {
