@@ -169,7 +169,7 @@ func TestBerth(t *testing.T) {
 			t.Fatalf("%v (run `make build example`, or `make e2e-systemd`)", err)
 		}
 	}
-	m := NewMachine(t, "berth-e2e")
+	m := NewMachine(t, fmt.Sprintf("berth-e2e-%d", os.Getpid()))
 	m.CopyIn(bin, "/usr/local/bin/berth", 0o755)
 	m.CopyIn(tarball, "/root/hello.tar.gz", 0o644)
 	m.WriteFile("/root/forker.tar.gz", makeTarball(t, map[string]string{"Procfile": forkerProcfile}), 0o644)
@@ -192,6 +192,17 @@ func TestBerth(t *testing.T) {
 				t.Fatalf("systemctl status:\n%s", status)
 			}
 			b.mustBerth("apps")
+			// systemctl reload sends SIGHUP (ExecReload): the agent reloads
+			// in place, it does not die of it.
+			pid := b.agentProps()["MainPID"]
+			b.m.MustExec("systemctl", "reload", "berth")
+			waitFor(t, "berth.service back to active (running) after reload", 30*time.Second, func() (bool, string) {
+				p := b.agentProps()
+				return p["SubState"] == "running", fmt.Sprint(p)
+			})
+			if p := b.agentProps(); p["MainPID"] != pid || p["NRestarts"] != "0" {
+				t.Errorf("after systemctl reload: %v, want MainPID %s and no restart", p, pid)
+			}
 			if _, err := b.m.Exec("getent", "group", "berth"); err != nil {
 				t.Errorf("socket group berth was not created: %v", err)
 			}

@@ -3,6 +3,8 @@
 package e2e
 
 import (
+	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -13,7 +15,7 @@ import (
 // power cut (SIGKILL of the container's PID 1) both come back, and files
 // written before a clean shutdown survive it.
 func TestHarness(t *testing.T) {
-	m := NewMachine(t, "berth-e2e-harness")
+	m := NewMachine(t, fmt.Sprintf("berth-e2e-harness-%d", os.Getpid()))
 	m.WriteFile("/etc/systemd/system/bootmark.service", []byte(`[Unit]
 Description=append the boot id to a file on every boot
 [Service]
