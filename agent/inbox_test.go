@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/berth-dev/berth/state"
 )
 
 // TestInboxTarget ensures inbox names map to apps, dot and partial files
@@ -139,4 +141,23 @@ func TestAgent_Inbox(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(inbox, "hello.tar.gz")); !os.IsNotExist(err) {
 		t.Fatalf("handled file still in the inbox: %v", err)
 	}
+}
+
+// FuzzInboxTarget ensures any path under the inbox maps to a valid app
+// name, is ignored, or is refused: never an invalid app.
+func FuzzInboxTarget(f *testing.F) {
+	for _, s := range []string{"hello.tar.gz", "a/b/c.tar", ".x", "x.tgz.part", "Bad.tar", "a//b", "-.tar"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, rel string) {
+		app, ignore, err := inboxTarget(rel)
+		switch {
+		case ignore && (app != "" || err != nil):
+			t.Fatalf("%q: ignored but app %q, err %v", rel, app, err)
+		case err != nil && app != "":
+			t.Fatalf("%q: refused but app %q", rel, app)
+		case !ignore && err == nil && state.ValidateAppName(app) != nil:
+			t.Fatalf("%q: invalid app %q accepted", rel, app)
+		}
+	})
 }
