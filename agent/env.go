@@ -146,11 +146,13 @@ func lookupUser(name string) (*user.User, error) {
 }
 
 // lookupGroup resolves a socket group: a name or a numeric gid; "" means
-// the group "berth" if it exists, else the agent's primary group.
+// the group "berth" if it exists (and, when the agent is not root, the
+// agent is a member, so it may give the socket to it), else the agent's
+// primary group.
 func lookupGroup(name string) (int, error) {
 	if name == "" {
 		if g, err := user.LookupGroup("berth"); err == nil {
-			if gid, err := strconv.Atoi(g.Gid); err == nil {
+			if gid, err := strconv.Atoi(g.Gid); err == nil && (os.Geteuid() == 0 || inGroup(gid)) {
 				return gid, nil
 			}
 		}
@@ -186,4 +188,13 @@ func parseSignal(s string) (syscall.Signal, error) {
 		return sig, nil
 	}
 	return 0, fmt.Errorf("unknown stop signal %q", s)
+}
+
+// inGroup reports whether the agent's process is in the group.
+func inGroup(gid int) bool {
+	if os.Getegid() == gid {
+		return true
+	}
+	groups, err := os.Getgroups()
+	return err == nil && slices.Contains(groups, gid)
 }
