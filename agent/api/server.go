@@ -132,7 +132,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, status, ErrorBody{Error: msg, Kind: kind})
 		return
 	}
-	h.ServeHTTP(w, r)
+	// The mux, not h, sets the request's path values.
+	s.mux.ServeHTTP(w, r)
 }
 
 // statusRecorder captures the status the mux's fallback handler writes.
