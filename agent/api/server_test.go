@@ -457,7 +457,9 @@ func TestServer_FollowEnds(t *testing.T) {
 	ts := startServer(t, ServerConfig{})
 	ts.seed(t)
 	done := make(chan error, 1)
-	go func() { done <- ts.client.FollowLogs(context.Background(), "web", "", func(LogLine) error { return nil }) }()
+	go func() {
+		done <- ts.client.FollowLogs(context.Background(), "web", "", func(LogLine) error { return nil })
+	}()
 	<-ts.fake.following
 	close(ts.fake.liveLogs)
 	if err := <-done; !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "log stream of web ended") {
