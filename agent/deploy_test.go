@@ -172,6 +172,10 @@ func TestAgent_BadDeploy(t *testing.T) {
 	wantKind(t, err, api.ErrConflict)
 	_, err = ta.Deploy(ctx, api.DeployRequest{App: "hello", Path: "/nonexistent/x.tar.gz"}, nil)
 	wantKind(t, err, api.ErrNotFound)
+	_, err = ta.Deploy(ctx, api.DeployRequest{App: "hello", Path: "relative.tar.gz"}, nil)
+	wantKind(t, err, api.ErrInvalid)
+	_, err = ta.Deploy(ctx, api.DeployRequest{App: "hello"}, nil)
+	wantKind(t, err, api.ErrInvalid)
 
 	rels, err := ta.Releases(ctx, "hello")
 	if err != nil || len(rels) != 1 || rels[0].Status != "active" {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"maps"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -221,6 +222,9 @@ func (a *Agent) Deploy(ctx context.Context, req api.DeployRequest, progressFn ap
 		if err := state.ValidateDigest(req.Digest); err != nil {
 			return api.Release{}, mapErr(fmt.Errorf("deploy: %w", err))
 		}
+	}
+	if req.Path != "" && !filepath.IsAbs(req.Path) {
+		return api.Release{}, fmt.Errorf("%w: deploy: path %q is not absolute", api.ErrInvalid, req.Path)
 	}
 	p := newProgress(progressFn)
 	body := req.Body
