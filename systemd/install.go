@@ -23,7 +23,9 @@ const UnitDir = "/etc/systemd/system"
 // Each file is written to a temp file, fsynced and renamed into place. A
 // bad setting is reported before anything changes. Installing without
 // socket activation over an install with it disables and removes the old
-// berth.socket.
+// berth.socket; switching a running agent to socket activation stops it
+// (and its apps) first, as systemd hands a socket only to a service it
+// starts.
 func Install(ctx context.Context, c UnitConfig, log hclog.Logger) error {
 	in := installer{
 		unitDir:     UnitDir,
@@ -74,6 +76,8 @@ func (in installer) install(ctx context.Context, c UnitConfig, log hclog.Logger)
 		return fmt.Errorf("install: %w", err)
 	}
 	staleSocket := false
+	_, err = os.Stat(socketPath)
+	newSocket := c.SocketActivation && errors.Is(err, os.ErrNotExist)
 	if c.SocketActivation {
 		if err := writeFileAtomic(socketPath, []byte(RenderSocket(c)), 0o644); err != nil {
 			return fmt.Errorf("install: %w", err)
@@ -97,6 +101,14 @@ func (in installer) install(ctx context.Context, c UnitConfig, log hclog.Logger)
 	if err := run(ctx, in.systemctl, "daemon-reload"); err != nil {
 		return fmt.Errorf("install: %w", err)
 	}
+	if newSocket && isActive(ctx, in.systemctl, "berth.service") {
+		// systemd starts no socket unit while its service runs (it could
+		// not hand the socket over): stop the agent, and its apps, first.
+		log.Warn("switching to socket activation: stopping berth.service and its apps to hand the socket to systemd")
+		if err := run(ctx, in.systemctl, "stop", "berth.service"); err != nil {
+			return fmt.Errorf("install: %w", err)
+		}
+	}
 	units := []string{"berth.service"}
 	if c.SocketActivation {
 		units = []string{"berth.socket", "berth.service"}
@@ -108,6 +120,11 @@ func (in installer) install(ctx context.Context, c UnitConfig, log hclog.Logger)
 		log.Info("the unit changed; if berth was running it keeps the old settings until `systemctl restart berth`")
 	}
 	return nil
+}
+
+// isActive reports whether systemctl says the unit is active.
+func isActive(ctx context.Context, systemctl, unit string) bool {
+	return exec.CommandContext(ctx, systemctl, "is-active", "--quiet", unit).Run() == nil
 }
 
 // run runs a command and returns an error with its output when it fails.

@@ -164,12 +164,25 @@ func TestUnitConfig_Validate(t *testing.T) {
 // systemctl and groupadd are shell scripts that log their arguments, and
 // the path of that log.
 func fakeInstaller(t *testing.T, groupExists bool, failing string) (installer, string) {
+	return fakeInstallerActive(t, groupExists, failing, false)
+}
+
+// fakeInstallerActive is fakeInstaller whose systemctl says berth.service
+// is active or not.
+func fakeInstallerActive(t *testing.T, groupExists bool, failing string, active bool) (installer, string) {
 	t.Helper()
 	dir := t.TempDir()
 	log := filepath.Join(dir, "commands.log")
 	script := func(name string) string {
 		p := filepath.Join(dir, name)
 		body := "#!/bin/sh\necho \"" + name + " $*\" >> " + log + "\n"
+		if name == "systemctl" {
+			rc := "3"
+			if active {
+				rc = "0"
+			}
+			body += "if [ \"$1\" = is-active ]; then exit " + rc + "; fi\n"
+		}
 		if name == failing {
 			body += "echo \"" + name + ": boom\" >&2\nexit 3\n"
 		}
@@ -213,7 +226,8 @@ func TestInstall_WritesAndEnables(t *testing.T) {
 	if err := in.install(context.Background(), c, hclog.NewNullLogger()); err != nil {
 		t.Fatal(err)
 	}
-	want := "groupadd --system ops\nsystemctl daemon-reload\nsystemctl enable --now berth.socket berth.service\n"
+	want := "groupadd --system ops\nsystemctl daemon-reload\nsystemctl is-active --quiet berth.service\n" +
+		"systemctl enable --now berth.socket berth.service\n"
 	if got := readLog(t, log); got != want {
 		t.Errorf("commands:\n%s\nwant:\n%s", got, want)
 	}
@@ -276,5 +290,30 @@ func TestInstall_CommandFails(t *testing.T) {
 	err := in.install(context.Background(), UnitConfig{BinaryPath: "/bin/sh"}, hclog.NewNullLogger())
 	if err == nil || !strings.Contains(err.Error(), "daemon-reload") || !strings.Contains(err.Error(), "systemctl: boom") {
 		t.Fatalf("err = %v, want the failing command and its output", err)
+	}
+}
+
+// TestInstall_SwitchToSocketActivation ensures a running agent is stopped
+// before the socket unit starts (systemd refuses to start a socket whose
+// service runs), and only when the socket unit is new.
+func TestInstall_SwitchToSocketActivation(t *testing.T) {
+	in, log := fakeInstallerActive(t, true, "", true)
+	c := UnitConfig{BinaryPath: "/bin/sh", SocketActivation: true}
+	if err := in.install(context.Background(), c, hclog.NewNullLogger()); err != nil {
+		t.Fatal(err)
+	}
+	want := "systemctl daemon-reload\nsystemctl is-active --quiet berth.service\nsystemctl stop berth.service\n" +
+		"systemctl enable --now berth.socket berth.service\n"
+	if got := readLog(t, log); got != want {
+		t.Errorf("commands:\n%s\nwant:\n%s", got, want)
+	}
+	// Installed again with the socket in place: nothing is stopped.
+	os.Remove(log)
+	if err := in.install(context.Background(), c, hclog.NewNullLogger()); err != nil {
+		t.Fatal(err)
+	}
+	want = "systemctl daemon-reload\nsystemctl enable --now berth.socket berth.service\n"
+	if got := readLog(t, log); got != want {
+		t.Errorf("commands:\n%s\nwant:\n%s", got, want)
 	}
 }

@@ -348,6 +348,29 @@ func TestBerth(t *testing.T) {
 			}
 			t.Logf("boot %s; boot to serving after the power cut %s", boot.Round(time.Millisecond), served.Sub(start).Round(time.Millisecond))
 		}},
+		{"8_socket_activation", func(t *testing.T) {
+			b.m.MustExec("/usr/local/bin/berth", "systemd", "install", "--socket-activation",
+				"--watchdog", watchdog.String(), "--env", agentJournal)
+			if st := strings.TrimSpace(must(b.m.Exec("systemctl", "is-active", "berth.socket"))); st != "active" {
+				t.Fatalf("berth.socket is %s", st)
+			}
+			since := strings.TrimSpace(b.m.MustExec("date", "+%Y-%m-%d %H:%M:%S"))
+			b.m.MustExec("systemctl", "restart", "berth")
+			b.waitAgentRunning("")
+			logs := b.m.MustExec("journalctl", "-u", "berth", "--since", since, "--no-pager", "-o", "cat")
+			if !strings.Contains(logs, "socket passed by systemd") {
+				t.Errorf("the agent did not take the socket from systemd:\n%s", tail(logs, 20))
+			}
+			// systemd holds the socket while the agent restarts: a client
+			// that connects right after a kill -9 waits and is answered.
+			before := b.agentProps()
+			b.m.MustExec("kill", "-9", before["MainPID"])
+			if out, err := b.berth("apps"); err != nil {
+				t.Errorf("berth apps during the agent's restart: %v\n%s", err, out)
+			}
+			b.waitAgentRunning(before["MainPID"])
+			b.waitServing(port, activeOf(t, b.releases("hello")))
+		}},
 	}
 	for _, s := range steps {
 		ok := t.Run(s.name, func(t *testing.T) {
