@@ -17,13 +17,13 @@ func TestStore_ImportRefuses(t *testing.T) {
 	longName := strings.Repeat("a", 60)
 	deep := "a/b/c/d/file"
 	zeroBomb := func(t *testing.T) []byte {
-		// 256 MiB of zeros in one file: a few KiB as zstd, far beyond
+		// 64 MiB of zeros in one file: a few KiB as zstd, far beyond
 		// the default 1000:1 ratio. MaxBytes (4 GiB) would not stop it.
 		var buf bytes.Buffer
 		tw := tar.NewWriter(&buf)
 		tw.WriteHeader(&tar.Header{Name: "Procfile", Typeflag: tar.TypeReg, Size: 14, Mode: 0o644})
 		tw.Write([]byte("web: ./server\n"))
-		const n = 256 << 20
+		const n = 64 << 20
 		tw.WriteHeader(&tar.Header{Name: "zeros", Typeflag: tar.TypeReg, Size: n, Mode: 0o644})
 		tw.Write(make([]byte, n))
 		tw.Close()
