@@ -2,7 +2,9 @@ package agent
 
 import (
 	"net"
+	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -27,6 +29,8 @@ func TestAgent_NotifiesSystemd(t *testing.T) {
 	}
 	defer conn.Close()
 	t.Setenv("NOTIFY_SOCKET", sock)
+	t.Setenv("WATCHDOG_USEC", "200000")
+	t.Setenv("WATCHDOG_PID", strconv.Itoa(os.Getpid()))
 	ta := startAgent(t, cfg)
 
 	read := func() string {
@@ -57,6 +61,10 @@ func TestAgent_NotifiesSystemd(t *testing.T) {
 	}
 	if !strings.Contains(strings.Join(msgs, "\n"), "STATUS=1 apps, 1 of 1 processes running") {
 		t.Errorf("status lines = %q", msgs)
+	}
+	// The watchdog is fed while the main loop answers.
+	for strings.Count(strings.Join(msgs, "\n"), "WATCHDOG=1") < 2 {
+		msgs = append(msgs, read())
 	}
 	if err := ta.stop(); err != nil {
 		t.Fatal(err)

@@ -23,6 +23,11 @@ import (
 // forgets it when it is gone, and turns crashes into events. It returns
 // when done is closed or the subscription ends.
 func (a *Agent) watchSupervisor(events <-chan supervisor.Event, done <-chan struct{}) {
+	// looping holds the instances whose last exit found them crash-
+	// looping: their further crashes are not recorded as events (the
+	// supervisor retries them forever, at most Backoff.Max apart), until
+	// one exits after running long enough to reset its backoff.
+	looping := map[string]bool{}
 	for {
 		var ev supervisor.Event
 		var ok bool
@@ -49,8 +54,24 @@ func (a *Agent) watchSupervisor(events <-chan supervisor.Event, done <-chan stru
 			}
 		case ev.State == supervisor.StateBackoff || ev.State == supervisor.StateCrashed || ev.State == supervisor.StateStopped:
 			a.deleteRecords(ev.Name)
-			if ev.State != supervisor.StateStopped && ev.Exit != nil {
-				a.appendEvent(inst.App, "crash", fmt.Sprintf("crash %s %s", inst.Instance, ev.Exit))
+			if ev.State == supervisor.StateStopped {
+				delete(looping, ev.Name)
+				break
+			}
+			if ev.Exit == nil {
+				break
+			}
+			msg := fmt.Sprintf("crash %s %s", inst.Instance, ev.Exit)
+			switch {
+			case ev.State == supervisor.StateCrashed && looping[ev.Name]:
+				a.log.Debug("crash-looping instance exited again", "name", ev.Name, "exit", ev.Exit.String())
+				msg = ""
+			case ev.State == supervisor.StateCrashed:
+				msg += "; it is crash-looping and retried with backoff; further crashes are not recorded until it runs again"
+			}
+			looping[ev.Name] = ev.State == supervisor.StateCrashed
+			if msg != "" {
+				a.appendEvent(inst.App, "crash", msg)
 			}
 		}
 		a.markChanged()
