@@ -125,8 +125,8 @@ func (c *Cgroups) Dir(name string) (string, error) {
 
 // Prepare creates the instance's cgroup if needed and returns a directory
 // fd of it for SysProcAttr{UseCgroupFD: true, CgroupFD: fd}. The fd stays
-// owned by Cgroups: the same one is returned for each restart of the
-// instance, and Remove (or Close) closes it.
+// owned by Cgroups: the same one is returned until Kill, Remove or Close
+// closes it.
 func (c *Cgroups) Prepare(name string) (int, error) {
 	dir, err := c.Dir(name)
 	if err != nil {
@@ -160,9 +160,12 @@ func (c *Cgroups) Close() error {
 	return nil
 }
 
-// Kill kills every process in the instance's cgroup (cgroup.kill) and
-// waits until the cgroup is empty, at most DefaultKillTimeout. An instance
-// without a cgroup has nothing to kill.
+// Kill kills every process in the instance's cgroup (cgroup.kill), waits
+// until the cgroup is empty (at most DefaultKillTimeout), then closes its
+// fd and removes it: the next Prepare makes a fresh cgroup. (A cgroup
+// that was killed is not reused: on some kernels, such as 6.18, a process
+// cloned into it afterwards with CLONE_INTO_CGROUP is killed at once.) An
+// instance without a cgroup has nothing to kill.
 func (c *Cgroups) Kill(name string) error {
 	dir, err := c.Dir(name)
 	if err != nil {
@@ -173,6 +176,7 @@ func (c *Cgroups) Kill(name string) error {
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		if _, serr := os.Stat(dir); errors.Is(serr, os.ErrNotExist) {
+			c.closeFD(name)
 			return nil
 		}
 		// A kernel before 5.14 has no cgroup.kill: SIGKILL each member
@@ -180,14 +184,14 @@ func (c *Cgroups) Kill(name string) error {
 		if err := killEach(dir, deadline); err != nil {
 			return fmt.Errorf("kill cgroup of %s: %w", name, err)
 		}
-		return nil
 	case err != nil:
 		return fmt.Errorf("kill cgroup of %s: %w", name, err)
+	default:
+		if err := waitEmpty(dir, deadline); err != nil {
+			return fmt.Errorf("kill cgroup of %s: %w", name, err)
+		}
 	}
-	if err := waitEmpty(dir, deadline); err != nil {
-		return fmt.Errorf("kill cgroup of %s: %w", name, err)
-	}
-	return nil
+	return c.Remove(name)
 }
 
 // Remove closes the instance's cgroup fd and removes its (empty) cgroup.
@@ -198,25 +202,35 @@ func (c *Cgroups) Remove(name string) error {
 	if err != nil {
 		return err
 	}
-	c.mu.Lock()
-	if fd, ok := c.fds[name]; ok {
-		unix.Close(fd)
-		delete(c.fds, name)
-	}
-	c.mu.Unlock()
+	c.closeFD(name)
 	if err := unix.Rmdir(dir); err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("remove cgroup of %s: %w", name, &os.PathError{Op: "rmdir", Path: dir, Err: err})
 	}
 	return nil
 }
 
-// Procs returns the PIDs in the instance's cgroup.
+// closeFD closes and forgets the instance's cgroup fd, if open.
+func (c *Cgroups) closeFD(name string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if fd, ok := c.fds[name]; ok {
+		unix.Close(fd)
+		delete(c.fds, name)
+	}
+}
+
+// Procs returns the PIDs in the instance's cgroup; none when it has no
+// cgroup.
 func (c *Cgroups) Procs(name string) ([]int, error) {
 	dir, err := c.Dir(name)
 	if err != nil {
 		return nil, err
 	}
-	return readProcs(dir)
+	pids, err := readProcs(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	return pids, err
 }
 
 func readProcs(dir string) ([]int, error) {

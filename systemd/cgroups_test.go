@@ -94,7 +94,7 @@ func TestFindCgroup2Mount_Escapes(t *testing.T) {
 
 // hostCgroup2 returns the host's cgroup2 mount point, or skips the test
 // where there is none (the e2e-systemd suite covers containment there).
-func hostCgroup2(t *testing.T) string {
+func hostCgroup2(t testing.TB) string {
 	t.Helper()
 	mount, _, err := findCgroup2Mount("/proc/self/mountinfo")
 	if err != nil {
@@ -109,7 +109,7 @@ func hostCgroup2(t *testing.T) string {
 // delegatedCgroup creates a cgroup marked as delegated the way systemd
 // marks a Delegate=yes unit's cgroup, and removes it (and what Cgroups
 // made in it) after the test.
-func delegatedCgroup(t *testing.T) string {
+func delegatedCgroup(t testing.TB) string {
 	mount := hostCgroup2(t)
 	dir := filepath.Join(mount, fmt.Sprintf("berth-test-%d-%d", os.Getpid(), time.Now().UnixNano()))
 	if err := os.Mkdir(dir, 0o755); err != nil {
@@ -147,7 +147,7 @@ func TestCgroups_KillsSetsidEscapee(t *testing.T) {
 	if err != nil {
 		t.Fatalf("helper: %v", err)
 	}
-	for _, want := range []string{"agent cgroup ok", "escapee in cgroup", "killed", "removed"} {
+	for _, want := range []string{"agent cgroup ok", "escapee in cgroup", "killed", "restart after kill ok", "removed"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("helper output lacks %q", want)
 		}
@@ -224,6 +224,32 @@ func helperCgroups() error {
 		return fmt.Errorf("setsid daemon %d survived", escapee)
 	}
 	fmt.Println("killed")
+
+	// A restart after Kill (what the supervisor does after a crash) runs:
+	// the process started in the instance's cgroup is not killed.
+	fd, err = cg.Prepare("web.1")
+	if err != nil {
+		return err
+	}
+	again := exec.Command("/bin/sh", "-c", "echo up; exec sleep 1000")
+	again.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, UseCgroupFD: true, CgroupFD: fd}
+	stdout, err := again.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := again.Start(); err != nil {
+		return err
+	}
+	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "up\n" {
+		return fmt.Errorf("restarted process: read %q, %v (exit %v)", line, err, again.Wait())
+	}
+	if err := cg.Kill("web.1"); err != nil {
+		return err
+	}
+	if err := again.Wait(); err == nil || !strings.Contains(err.Error(), "killed") {
+		return fmt.Errorf("restarted instance exit = %v, want killed", err)
+	}
+	fmt.Println("restart after kill ok")
 	if err := cg.Remove("web.1"); err != nil {
 		return err
 	}

@@ -31,6 +31,8 @@ func runHelper(mode string) error {
 		return helperListeners()
 	case "cgroups":
 		return helperCgroups()
+	case "cgroupbench":
+		return helperCgroupBench()
 	case "journal":
 		return helperJournal()
 	case "underjournal":
