@@ -21,7 +21,8 @@ import (
 // Agent is the berth daemon. It implements api.Backend. Create it with
 // New and run it with Run.
 type Agent struct {
-	log hclog.Logger
+	log  hclog.Logger // named "agent"
+	root hclog.Logger // the caller's, for the other components' named loggers
 
 	// cfgMu guards cfg; Reload replaces the fields that can change at run
 	// time. Lock order: app lock, then cfgMu / instMu / opMu (never two of
@@ -106,6 +107,7 @@ func New(cfg Config, log hclog.Logger) (*Agent, error) {
 	}
 	return &Agent{
 		log:      log.Named("agent"),
+		root:     log,
 		cfg:      cfg,
 		ready:    make(chan struct{}),
 		up:       make(chan struct{}),
@@ -203,7 +205,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return fmt.Errorf("create data dir: %w", err)
 	}
-	store, err := state.Open(state.Config{Path: cfg.path("berth.db"), LockTimeout: cfg.LockTimeout}, a.log)
+	store, err := state.Open(state.Config{Path: cfg.path("berth.db"), LockTimeout: cfg.LockTimeout}, a.root.Named("state"))
 	if err != nil {
 		if errors.Is(err, state.ErrLocked) {
 			return fmt.Errorf("data dir %s is in use by another berth agent (its database is locked): %w", cfg.DataDir, err)
@@ -215,7 +217,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 			err = fmt.Errorf("close store: %w", cerr)
 		}
 	}()
-	builds, err := build.Open(build.Config{Dir: cfg.path("builds")}, a.log)
+	builds, err := build.Open(build.Config{Dir: cfg.path("builds")}, a.root.Named("build"))
 	if err != nil {
 		return fmt.Errorf("open build store: %w", err)
 	}
@@ -230,7 +232,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	}
 
 	supCfg := supervisor.Config{Subreaper: true, OutputLimit: releaseOutputMax}
-	if cg, err := systemd.NewCgroups(a.log); err == nil {
+	if cg, err := systemd.NewCgroups(a.root.Named("systemd")); err == nil {
 		supCfg.Container = cg
 	} else {
 		a.log.Info("no delegated cgroup; containing app processes by process group only", "reason", err)
@@ -240,17 +242,14 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 			_ = systemd.SendJournal(l.Text, l.Stream == "stderr", fields)
 		}
 	}
-	sup := supervisor.New(supCfg, a.log)
+	sup := supervisor.New(supCfg, a.root.Named("supervisor"))
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	supCtx, stopSup := context.WithCancel(context.Background())
 	defer stopSup()
-	wg.Go(func() {
-		if err := sup.Run(supCtx); err != nil && !errors.Is(err, context.Canceled) {
-			a.log.Error("supervisor stopped", "error", err)
-		}
-	})
+	supDone := make(chan error, 1)
+	wg.Go(func() { supDone <- sup.Run(supCtx) })
 	supEvents, unsubscribe := sup.Subscribe(1024)
 	watchDone := make(chan struct{})
 	wg.Go(func() { a.watchSupervisor(supEvents, watchDone) })
@@ -280,7 +279,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		if err != nil {
 			return err
 		}
-		srv := api.NewServer(api.ServerConfig{Backend: a, GID: a.socketGID(cfg), Version: cfg.Version}, a.log)
+		srv := api.NewServer(api.ServerConfig{Backend: a, GID: a.socketGID(cfg), Version: cfg.Version}, a.root.Named("api"))
 		srvCtx, stopSrv := context.WithCancel(context.Background())
 		var srvWG sync.WaitGroup
 		srvWG.Go(func() {
@@ -314,7 +313,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	var wdWG sync.WaitGroup
 	wd := &systemd.Watchdog{Check: a.alive}
 	wdWG.Go(func() {
-		if err := wd.Run(wdCtx, a.log); err != nil && !errors.Is(err, context.Canceled) {
+		if err := wd.Run(wdCtx, a.root.Named("systemd")); err != nil && !errors.Is(err, context.Canceled) {
 			a.log.Warn("watchdog stopped", "error", err)
 		}
 	})
@@ -324,7 +323,9 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	}()
 
 	close(a.up)
-	a.mainLoop(ctx)
+	if err := a.mainLoop(ctx, supDone); err != nil {
+		return err
+	}
 	a.log.Info("stopping")
 	if err := systemd.Stopping(); err != nil {
 		a.log.Warn("notify systemd", "error", err)
@@ -333,14 +334,17 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 }
 
 // mainLoop answers watchdog pings and updates the systemd status line
-// until ctx ends.
-func (a *Agent) mainLoop(ctx context.Context) {
+// until ctx ends. It fails if the supervisor stops on its own (another
+// supervisor runs in this process): nothing would reap the app processes.
+func (a *Agent) mainLoop(ctx context.Context, supDone <-chan error) error {
 	last := ""
 	a.markChanged()
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			return nil
+		case err := <-supDone:
+			return fmt.Errorf("supervisor stopped: %w", err)
 		case reply := <-a.ping:
 			close(reply)
 		case <-a.changed:

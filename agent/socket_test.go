@@ -116,3 +116,22 @@ func TestAgent_SecondAgentRefused(t *testing.T) {
 		t.Fatalf("first agent after the second was refused: %+v, %v", ps, err)
 	}
 }
+
+// TestAgent_OneSupervisorPerProcess ensures a second agent in the same
+// process (another data dir) fails instead of running processes nothing
+// would reap, and leaves the first one alone.
+func TestAgent_OneSupervisorPerProcess(t *testing.T) {
+	ta := startAgent(t, testConfig(dataDir(t)))
+	ta.mustDeploy(t, "hello", webApp(t, ""))
+	other, err := New(testConfig(dataDir(t)), testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = other.Run(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "supervisor") {
+		t.Fatalf("second agent in one process: %v", err)
+	}
+	if p := ta.procs(t, "hello")["web.1"]; p.State != "running" {
+		t.Fatalf("first agent disturbed: %+v", p)
+	}
+}
