@@ -1,0 +1,143 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/berth-dev/berth/agent/api"
+	"github.com/spf13/cobra"
+)
+
+func newDeployCmd(g *globals) *cobra.Command {
+	var digest string
+	var onHost bool
+	cmd := &cobra.Command{
+		Use:   "deploy FILE",
+		Short: "Upload a release tarball, release it and wait until its processes run",
+		Long: `deploy uploads FILE (.tar, .tar.gz or .tar.zst; "-" for stdin) to the agent, which
+unpacks it, records a new release with the app's config, runs the release phase and
+restarts the app's processes on it. The app is created on its first deploy. With --path,
+FILE names a tarball on the agent's host instead and nothing is uploaded.`,
+		Args: exactArgs(1, "the tarball FILE"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			app, err := g.appName(cmd)
+			if err != nil {
+				return err
+			}
+			req := api.DeployRequest{App: app, Digest: digest, Source: "cli"}
+			file := args[0]
+			if onHost {
+				if file == "-" {
+					return usagef(cmd.CommandPath(), "--path names a file on the agent's host; it cannot be stdin")
+				}
+				if req.Path, err = filepath.Abs(file); err != nil {
+					return err
+				}
+			} else {
+				var size int64 = -1
+				var body io.Reader = g.env.stdin
+				if file != "-" {
+					f, err := os.Open(file)
+					if err != nil {
+						return fmt.Errorf("deploy: %w", err)
+					}
+					defer f.Close()
+					if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
+						size = fi.Size()
+					}
+					body = f
+				}
+				if g.env.isTTY(g.env.stderr) && !g.json {
+					bar := &uploadBar{w: g.env.stderr, r: body, size: size, now: g.env.now}
+					defer bar.finish()
+					body = bar
+				}
+				req.Body = body
+			}
+			return deploy(cmd.Context(), g, cmd.OutOrStdout(), req)
+		},
+	}
+	cmd.Flags().StringVar(&digest, "digest", "", "the tarball's expected sha256 (hex); the agent refuses a mismatch")
+	cmd.Flags().BoolVar(&onHost, "path", false, "FILE is a path on the agent's host (no upload)")
+	return cmd
+}
+
+func deploy(ctx context.Context, g *globals, out io.Writer, req api.DeployRequest) error {
+	start := g.env.now()
+	rel, err := g.client().Deploy(ctx, req, stepPrinter(g, out))
+	if err != nil {
+		return fmt.Errorf("deploy %s: %w", req.App, err)
+	}
+	return printRelease(g, out, rel, g.env.now().Sub(start))
+}
+
+// stepPrinter prints the steps of a long operation with their timings
+// (nothing with --json).
+func stepPrinter(g *globals, out io.Writer) api.ProgressFunc {
+	if g.json {
+		return nil
+	}
+	return func(p api.Progress) {
+		fmt.Fprintf(out, "  %-14s %7s  %s\n", p.Step, elapsed(p.Elapsed), p.Message)
+	}
+}
+
+// printRelease prints the release an operation made active.
+func printRelease(g *globals, out io.Writer, rel api.Release, took time.Duration) error {
+	if g.json {
+		return writeJSON(out, rel)
+	}
+	fmt.Fprintf(out, "Released %s v%d (build %s, %s) in %s: %s\n", rel.App, rel.Version, short(rel.Build), rel.Status, elapsed(took), rel.Description)
+	return nil
+}
+
+// uploadBar reports upload progress on a terminal, at most every 100ms.
+type uploadBar struct {
+	w    io.Writer
+	r    io.Reader
+	size int64
+	now  func() time.Time
+
+	mu    sync.Mutex // guards n and last: Read runs on the HTTP transport's goroutine
+	n     int64
+	last  time.Time
+	shown bool
+}
+
+func (b *uploadBar) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.n += int64(n)
+	if now := b.now(); now.Sub(b.last) >= 100*time.Millisecond || err == io.EOF {
+		b.last = now
+		b.draw()
+		if err == io.EOF {
+			fmt.Fprintln(b.w)
+			b.shown = false
+		}
+	}
+	return n, err
+}
+
+func (b *uploadBar) draw() {
+	b.shown = true
+	if b.size > 0 {
+		fmt.Fprintf(b.w, "\rupload  %s / %s  %3d%%", bytesHuman(b.n), bytesHuman(b.size), b.n*100/b.size)
+		return
+	}
+	fmt.Fprintf(b.w, "\rupload  %s", bytesHuman(b.n))
+}
+
+func (b *uploadBar) finish() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.shown {
+		fmt.Fprintln(b.w)
+	}
+}

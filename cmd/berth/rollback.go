@@ -1,0 +1,33 @@
+package main
+
+import (
+	"github.com/berth-dev/berth/agent/api"
+	"github.com/spf13/cobra"
+)
+
+func newRollbackCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "rollback [vN]",
+		Short: "Release again the build and config of vN (default: the release before the active one)",
+		Args:  rangeArgs(0, 1, "at most one release version"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			app, err := g.appName(cmd)
+			if err != nil {
+				return err
+			}
+			v := 0
+			if len(args) == 1 {
+				if v, err = api.ParseVersion(args[0]); err != nil {
+					return usagef(cmd.CommandPath(), "bad release version %q: want vN or N, such as v3", args[0])
+				}
+			}
+			start := g.env.now()
+			out := cmd.OutOrStdout()
+			rel, err := g.client().Rollback(cmd.Context(), app, v, stepPrinter(g, out))
+			if err != nil {
+				return err
+			}
+			return printRelease(g, out, rel, g.env.now().Sub(start))
+		},
+	}
+}
