@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/agent/api"
+	"golang.org/x/sys/unix"
 )
 
 // bootToServing is the measured time from starting the container after a
@@ -247,6 +248,27 @@ func TestBerth(t *testing.T) {
 			}
 			b.waitServing(port, 1)
 			b.checkOneSet(1)
+		}},
+		{"4b_kill9_app", func(t *testing.T) {
+			// A crashed app process is restarted by the agent into a fresh
+			// cgroup of its own, and serves again.
+			pids := b.m.Procs("BERTH_APP=hello", "BERTH_PROCESS=web.1")
+			if len(pids) != 1 {
+				t.Fatalf("hello web.1 processes: %v", pids)
+			}
+			agentPID := b.agentProps()["MainPID"]
+			if err := unix.Kill(pids[0], unix.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, "hello web.1 restarted", time.Minute, func() (bool, string) {
+				now := b.m.Procs("BERTH_APP=hello", "BERTH_PROCESS=web.1")
+				return len(now) == 1 && now[0] != pids[0], fmt.Sprint(now)
+			})
+			b.waitServing(port, 1)
+			b.checkOneSet(1)
+			if p := b.agentProps()["MainPID"]; p != agentPID {
+				t.Errorf("agent main pid changed %s -> %s on an app crash", agentPID, p)
+			}
 		}},
 		{"5_watchdog", func(t *testing.T) {
 			before := b.agentProps()
