@@ -34,6 +34,7 @@ const (
 	EnvDataDir     = "BERTH_DATA_DIR"
 	EnvSocket      = "BERTH_SOCKET"
 	EnvSocketGroup = "BERTH_SOCKET_GROUP"
+	EnvStopTimeout = "BERTH_STOP_TIMEOUT"
 )
 
 // UnitConfig describes the berth.service (and berth.socket) to render and
@@ -51,8 +52,9 @@ type UnitConfig struct {
 	// SocketGroup is the group whose members may use the socket. Empty
 	// means "berth". Install creates it when it does not exist.
 	SocketGroup string
-	// StopTimeout is the longest stop timeout of the apps' processes;
-	// TimeoutStopSec= is this plus StopMargin. Zero means 10s.
+	// StopTimeout is the apps' stop timeout (BERTH_STOP_TIMEOUT, the time
+	// between a process's stop signal and SIGKILL); TimeoutStopSec= is
+	// this plus StopMargin. Zero means 10s.
 	StopTimeout time.Duration
 	// WatchdogSec is the unit's WatchdogSec=. Zero means 30s; it must be
 	// at least a second.
@@ -126,8 +128,8 @@ func (c UnitConfig) Validate() error {
 	}
 	for _, k := range sortedKeys(c.Env) {
 		switch k {
-		case EnvDataDir, EnvSocket, EnvSocketGroup:
-			return bad("Env["+k+"]", "", "is set by its own field (DataDir, SocketPath, SocketGroup)")
+		case EnvDataDir, EnvSocket, EnvSocketGroup, EnvStopTimeout:
+			return bad("Env["+k+"]", "", "is set by its own field (DataDir, SocketPath, SocketGroup, StopTimeout)")
 		}
 		if !envNameRE.MatchString(k) {
 			return bad("Env", k, "is not a valid environment variable name")
@@ -180,6 +182,7 @@ func RenderService(c UnitConfig) string {
 	w("Environment=%s", envArg(EnvDataDir, c.DataDir))
 	w("Environment=%s", envArg(EnvSocket, c.SocketPath))
 	w("Environment=%s", envArg(EnvSocketGroup, c.SocketGroup))
+	w("Environment=%s", envArg(EnvStopTimeout, c.StopTimeout.String()))
 	for _, k := range sortedKeys(c.Env) {
 		w("Environment=%s", envArg(k, c.Env[k]))
 	}

@@ -76,6 +76,7 @@ func TestRenderService_Settings(t *testing.T) {
 		"Delegate=yes", "WantedBy=multi-user.target", "ExecStart=/usr/bin/berth agent",
 		"ExecReload=/bin/kill -HUP $MAINPID", "EnvironmentFile=-/etc/default/berth",
 		`Environment="BERTH_DATA_DIR=/var/lib/berth"`, `Environment="BERTH_SOCKET=/run/berth/berth.sock"`,
+		`Environment="BERTH_STOP_TIMEOUT=40s"`,
 	} {
 		if !strings.Contains(unit, "\n"+line+"\n") {
 			t.Errorf("unit lacks %q:\n%s", line, unit)
