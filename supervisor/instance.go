@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"syscall"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -43,6 +43,7 @@ type instance struct {
 	nextAttempt time.Time
 	timer       *time.Timer // pending backoff restart
 	halting     bool        // a Stop or Restart is in progress: exits are not restarted
+	announced   bool        // starting was published with the exit that caused it
 	gone        bool        // stopped and forgotten
 	pipes       map[*os.File]struct{}
 	idle        chan struct{} // closed while no pipe reader runs
@@ -58,7 +59,11 @@ func newInstance(s *Supervisor, sp Spec) *instance {
 // published. Called with mu held.
 func (in *instance) setState(st State, pid int, exit *Exit) {
 	in.state = st
-	in.s.publish(Event{Name: in.spec.Name, Time: time.Now(), State: st, PID: pid, Exit: exit})
+	ev := Event{Name: in.spec.Name, Time: time.Now(), State: st, PID: pid, Exit: exit}
+	if st == StateBackoff || st == StateCrashed {
+		ev.NextAttempt = in.nextAttempt
+	}
+	in.s.publish(ev)
 }
 
 func (in *instance) isGone() bool {
@@ -95,9 +100,10 @@ func (in *instance) spawn() error {
 		return nil
 	}
 	in.timer = nil
-	if in.state != StateStarting {
+	if !in.announced {
 		in.setState(StateStarting, 0, nil)
 	}
+	in.announced = false
 	in.mu.Unlock()
 	err := in.s.startInstance(in)
 	if err != nil {
@@ -154,6 +160,7 @@ func (in *instance) exited(p *proc, ws syscall.WaitStatus, at time.Time) {
 	if at.Sub(in.startedAt) >= in.spec.Backoff.Settle {
 		in.quick = 0
 		in.setState(StateStarting, p.pid, &exit)
+		in.announced = true
 		in.s.wg.Add(1)
 		go func() {
 			defer in.s.wg.Done()

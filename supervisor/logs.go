@@ -49,7 +49,8 @@ func (b *batch) reset(now time.Time) {
 	b.out = b.out[:0]
 	b.ends = b.ends[:0]
 	b.now = now
-	now.UTC().AppendFormat(b.ts[:0], timeLayout)
+	var tmp [64]byte
+	copy(b.ts[:], now.UTC().AppendFormat(tmp[:0], timeLayout))
 }
 
 func (b *batch) add(stream string, text []byte, split bool) {
@@ -465,4 +466,3 @@ func readStored(path string) ([]LogLine, error) {
 		}
 	}
 }
-

@@ -286,6 +286,8 @@ type Event struct {
 	State State
 	PID   int   // the process the change is about, 0 if none
 	Exit  *Exit // set when the change follows an exit
+	// NextAttempt is when the next start is due, in backoff and crashed.
+	NextAttempt time.Time
 	// Missed counts the events this subscriber lost, because its
 	// buffer was full, just before this one.
 	Missed int

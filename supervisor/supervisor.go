@@ -75,6 +75,7 @@ type Supervisor struct {
 	closed    bool // Run's context ended: nothing new may start
 	ran       bool
 	shutdown  chan struct{} // closed when Run's context ends
+	reaping   chan struct{} // closed once Run reaps (tests wait for it)
 
 	// wg counts every goroutine and pending timer the supervisor
 	// started (spawns, pipe readers, backoff timers) and calls in
@@ -108,6 +109,7 @@ func New(cfg Config, log hclog.Logger) *Supervisor {
 		r:         newReaper(log),
 		instances: make(map[string]*instance),
 		shutdown:  make(chan struct{}),
+		reaping:   make(chan struct{}),
 		subs:      make(map[*subscriber]struct{}),
 		follows:   make(map[*follower]struct{}),
 	}
@@ -138,6 +140,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	sigc := make(chan os.Signal, 1)
 	signal.Notify(sigc, syscall.SIGCHLD)
 	defer signal.Stop(sigc)
+	close(s.reaping)
 
 	stopped := make(chan struct{})
 	go func() { // owned: Run returns only after stopped is closed

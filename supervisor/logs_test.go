@@ -1,0 +1,188 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// noRestart keeps an exited process down, so its output can be checked.
+var noRestart = Backoff{Initial: time.Hour, Max: time.Hour, Settle: time.Hour}
+
+// Ensures log files rotate by size at line boundaries, keep MaxFiles
+// files, and ReadLogFile reads the lines back in order across them.
+func TestLogs_Rotation(t *testing.T) {
+	s := startSup(t, Config{})
+	path := filepath.Join(t.TempDir(), "logs", "web.1.log")
+	const n, size = 500, 50
+	spec := Spec{Name: "spew", Command: helperCmd("spew", fmt.Sprint(n), fmt.Sprint(size)), Env: helperEnv(),
+		Backoff: noRestart, Log: LogConfig{Path: path, MaxSize: 4096, MaxFiles: 3, MaxLine: 1000}}
+	events, cancel := s.Subscribe(100)
+	defer cancel()
+	if err := s.Start(spec); err != nil {
+		t.Fatal(err)
+	}
+	nextEvent(t, events, spec.Name, inState(StateBackoff))
+	if _, err := s.Stop(context.Background(), spec.Name); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{path, path + ".1", path + ".2"} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Size() > 4096 || fi.Size() == 0 || (p != path && fi.Size() < 4096-int64(size)-lineOverhead) {
+			t.Errorf("%s: size %d, want in (0, 4096] and rotated files full", p, fi.Size())
+		}
+	}
+	if _, err := os.Stat(path + ".3"); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s.3 exists: only 3 files may be kept", path)
+	}
+	lines, err := ReadLogFile(path, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 2 full files of whole lines and the live one; the newest lines
+	// are all there, in order.
+	perFile := 4096 / (size + int(lineOverhead) - 1)
+	if len(lines) < 2*perFile+1 || len(lines) > 3*perFile {
+		t.Fatalf("read %d lines", len(lines))
+	}
+	first := n - len(lines)
+	for i, l := range lines {
+		want := fmt.Sprint(first+i) + " "
+		if !strings.HasPrefix(l.Text, want) || len(l.Text) != size-1 || l.Stream != "stdout" || l.Time.IsZero() {
+			t.Fatalf("line %d = %+v, want text starting %q of %d bytes", i, l, want, size-1)
+		}
+	}
+	last, err := ReadLogFile(path, 7)
+	if err != nil || len(last) != 7 || last[6].Text != lines[len(lines)-1].Text {
+		t.Fatalf("last 7: %d lines, %v", len(last), err)
+	}
+	if _, err := ReadLogFile(filepath.Join(t.TempDir(), "none.log"), 1); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("ReadLogFile of a missing file = %v, want ErrNotExist", err)
+	}
+}
+
+// Ensures a line longer than MaxLine is split into marked pieces that
+// join back to the whole line, and a trailing partial line is stored at
+// exit, in memory and in the file.
+func TestLogs_PartialAndLongLines(t *testing.T) {
+	s := startSup(t, Config{})
+	path := filepath.Join(t.TempDir(), "long.log")
+	spec := Spec{Name: "long", Command: helperCmd("long", "1000"), Env: helperEnv(),
+		Backoff: noRestart, Log: LogConfig{Path: path, MaxLine: 1000}}
+	if err := s.Start(spec); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "all lines", func() bool { l, _ := s.Tail("long", 0); return len(l) == 5 })
+	mem, _ := s.Tail("long", 0)
+	if _, err := s.Stop(context.Background(), spec.Name); err != nil {
+		t.Fatal(err)
+	}
+	file, err := ReadLogFile(path, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for what, lines := range map[string][]LogLine{"memory": mem, "file": file} {
+		if len(lines) != 5 {
+			t.Fatalf("%s: %d lines, want 5", what, len(lines))
+		}
+		want := []struct {
+			text  string
+			split bool
+		}{{"short", false}, {strings.Repeat("x", 1000), true}, {strings.Repeat("x", 1000), true}, {strings.Repeat("x", 500), false}, {"tail", false}}
+		for i, w := range want {
+			if lines[i].Text != w.text || lines[i].Split != w.split {
+				t.Errorf("%s line %d: %d bytes split=%v, want %d bytes split=%v", what, i, len(lines[i].Text), lines[i].Split, len(w.text), w.split)
+			}
+		}
+	}
+}
+
+// Ensures a follower that never reads does not slow the app or the file:
+// every line is stored, and the follower is told how many it missed.
+func TestLogs_SlowFollowerDoesNotBlock(t *testing.T) {
+	s := startSup(t, Config{})
+	path := filepath.Join(t.TempDir(), "f.log")
+	lines, cancel := s.FollowLogs(func(name string) bool { return name == "chatty" }, 1)
+	defer cancel()
+	other, cancelOther := s.FollowLogs(func(name string) bool { return name == "someone else" }, 1)
+	defer cancelOther()
+	const n = 20000
+	spec := Spec{Name: "chatty", Command: helperCmd("spewwait", fmt.Sprint(n)), Env: helperEnv(), Log: LogConfig{Path: path}}
+	if err := s.Start(spec); err != nil {
+		t.Fatal(err)
+	}
+	// The app writes all its lines and the file gets them while nobody reads.
+	eventually(t, "all lines in the file", func() bool {
+		b, _ := os.ReadFile(path)
+		return strings.Count(string(b), "\n") == n
+	})
+	first := <-lines
+	if first.Text != "line 0" || first.Missed != 0 {
+		t.Fatalf("first followed line %+v", first)
+	}
+	st, _ := s.Status("chatty")
+	syscall.Kill(st.PID, syscall.SIGUSR1)
+	next := <-lines
+	if next.Text != "after" || next.Missed != n-1 || s.DroppedLines() != n-1 {
+		t.Fatalf("next followed line %+v (dropped %d), want \"after\" with Missed %d", next, s.DroppedLines(), n-1)
+	}
+	select {
+	case l := <-other:
+		t.Fatalf("a follower of another instance got %+v", l)
+	default:
+	}
+	if _, err := s.Stop(context.Background(), spec.Name); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Ensures Config.Sink sees every line with the instance's fields.
+func TestLogs_Sink(t *testing.T) {
+	got := make(chan string, 10)
+	s := startSup(t, Config{Sink: func(l LogLine, f map[string]string) { got <- f["app"] + " " + l.Stream + " " + l.Text }})
+	spec := Spec{Name: "sink", Command: "echo out; echo err >&2; exec sleep 1000", Env: []string{"PATH=/usr/bin:/bin"},
+		Log: LogConfig{Fields: map[string]string{"app": "hello"}}}
+	if err := s.Start(spec); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{<-got: true, <-got: true}
+	if !seen["hello stdout out"] || !seen["hello stderr err"] {
+		t.Fatalf("sink got %v", seen)
+	}
+	if _, err := s.Stop(context.Background(), spec.Name); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Ensures stored lines parse back, and foreign lines are kept whole.
+func TestLogs_ParseStored(t *testing.T) {
+	cases := []struct {
+		in     string
+		ok     bool
+		stream string
+		split  bool
+		text   string
+	}{
+		{"2026-11-26T13:43:46.123456Z stdout hello world", true, "stdout", false, "hello world"},
+		{"2026-11-26T13:43:46.123456Z stderr+ piece", true, "stderr", true, "piece"},
+		{"2026-11-26T13:43:46.123456Z stdout ", true, "stdout", false, ""},
+		{"2026-11-26T13:43:46.123456Z other text", false, "", false, "2026-11-26T13:43:46.123456Z other text"},
+		{"not a stored line", false, "", false, "not a stored line"},
+		{"2026-13-26T13:43:46.123456Z stdout bad month", false, "", false, "2026-13-26T13:43:46.123456Z stdout bad month"},
+	}
+	for _, c := range cases {
+		l, ok := parseStored([]byte(c.in))
+		if ok != c.ok || l.Stream != c.stream || l.Split != c.split || l.Text != c.text {
+			t.Errorf("parseStored(%q) = %+v, %v", c.in, l, ok)
+		}
+	}
+}

@@ -1,0 +1,535 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Ensures a process that exits after settling is restarted at once,
+// with the exit recorded and the restart counted.
+func TestSupervisor_RestartAfterCrash(t *testing.T) {
+	s := startSup(t, Config{})
+	events, cancel := s.Subscribe(100)
+	defer cancel()
+	spec := Spec{Name: "app/web.1", Command: helperCmd("exit", "3", "100ms"), Env: helperEnv(),
+		Backoff: Backoff{Settle: 50 * time.Millisecond, Initial: time.Hour, Max: time.Hour}}
+	if err := s.Start(spec); err != nil {
+		t.Fatal(err)
+	}
+	first := nextEvent(t, events, spec.Name, inState(StateRunning))
+	exit := nextEvent(t, events, spec.Name, func(ev Event) bool { return ev.Exit != nil })
+	if exit.State != StateStarting || exit.Exit.Code != 3 || exit.PID != first.PID {
+		t.Fatalf("exit event = %+v (exit %v), want starting after exit 3 of pid %d", exit, exit.Exit, first.PID)
+	}
+	second := nextEvent(t, events, spec.Name, inState(StateRunning))
+	if second.PID == first.PID || second.PID == 0 {
+		t.Fatalf("restarted pid %d, first pid %d", second.PID, first.PID)
+	}
+	st, err := s.Status(spec.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Restarts < 1 || st.LastExit == nil || st.LastExit.String() != "exit 3" {
+		t.Fatalf("status = %+v", st)
+	}
+	if _, err := s.Stop(context.Background(), spec.Name); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Ensures quick exits back off exponentially (with at most 20% jitter
+// subtracted), show crashed after CrashAfter in a row, keep being retried
+// at the cap, and that a settled run resets the backoff.
+func TestSupervisor_BackoffGrowsAndResets(t *testing.T) {
+	s := startSup(t, Config{})
+	events, cancel := s.Subscribe(1000)
+	defer cancel()
+	counter := filepath.Join(t.TempDir(), "runs")
+	b := Backoff{Initial: 10 * time.Millisecond, Max: 40 * time.Millisecond, Settle: 300 * time.Millisecond, CrashAfter: 3}
+	spec := Spec{Name: "flaky", Command: helperCmd("flaky", counter, "400ms"), Env: helperEnv(), Backoff: b}
+	if err := s.Start(spec); err != nil {
+		t.Fatal(err)
+	}
+	quick := func(ev Event) bool { return ev.State == StateBackoff || ev.State == StateCrashed }
+	// Runs 1-4 exit at once: delays 10, 20, 40, 40 ms (cap), minus jitter.
+	want := []struct {
+		st    State
+		delay time.Duration
+	}{{StateBackoff, 10}, {StateBackoff, 20}, {StateCrashed, 40}, {StateCrashed, 40}}
+	for i, w := range want {
+		ev := nextEvent(t, events, spec.Name, quick)
+		d := ev.NextAttempt.Sub(ev.Time)
+		full := w.delay * time.Millisecond
+		if ev.State != w.st || d < full*8/10-time.Millisecond || d > full || ev.Exit == nil || ev.Exit.Code != 2 {
+			t.Fatalf("quick exit %d: state %v, delay %v, exit %v; want %v, delay in [%v, %v], exit 2", i+1, ev.State, d, ev.Exit, w.st, full*8/10, full)
+		}
+		st, _ := s.Status(spec.Name)
+		if st.Restarts < i+1 {
+			t.Fatalf("restarts = %d after %d quick exits", st.Restarts, i+1)
+		}
+	}
+	// Run 5 settles: its exit restarts at once, and run 6's quick exit
+	// starts over at Initial, in state backoff, not crashed.
+	settled := nextEvent(t, events, spec.Name, func(ev Event) bool { return ev.Exit != nil })
+	if settled.State != StateStarting {
+		t.Fatalf("exit after a settled run: state %v, want starting (immediate restart)", settled.State)
+	}
+	ev := nextEvent(t, events, spec.Name, quick)
+	if d := ev.NextAttempt.Sub(ev.Time); ev.State != StateBackoff || d > 10*time.Millisecond {
+		t.Fatalf("after reset: state %v delay %v, want backoff within 10ms", ev.State, d)
+	}
+	st, _ := s.Status(spec.Name)
+	if st.Restarts < 6 || st.LastExit == nil || st.LastExit.Code != 2 {
+		t.Fatalf("status = %+v", st)
+	}
+	if _, err := s.Stop(context.Background(), spec.Name); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Ensures a process that ignores SIGTERM is killed with SIGKILL after the
+// stop timeout, and Stop returns only once it is gone.
+func TestSupervisor_StopEscalatesToSIGKILL(t *testing.T) {
+	s := startSup(t, Config{})
+	spec := Spec{Name: "stubborn", Command: helperCmd("ignoreterm"), Env: helperEnv(), StopTimeout: 200 * time.Millisecond}
+	if err := s.Start(spec); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "ready", func() bool { return slices.Contains(tailTexts(s, spec.Name), "ready") })
+	st, _ := s.Status(spec.Name)
+	exit, err := s.Stop(context.Background(), spec.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if exit.Signal != syscall.SIGKILL || exit.String() != "signal SIGKILL" {
+		t.Fatalf("exit = %v, want signal SIGKILL", exit)
+	}
+	if alive(st.PID) {
+		t.Fatalf("pid %d still alive after Stop", st.PID)
+	}
+	if _, err := s.Status(spec.Name); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Status after Stop: %v, want ErrNotFound", err)
+	}
+}
+
+// Ensures a grandchild in the group dies with its parent, even one that
+// ignores SIGTERM and outlives the leader: Stop waits for the whole group.
+func TestSupervisor_StopKillsGrandchild(t *testing.T) {
+	s := startSup(t, Config{Subreaper: true})
+	spec := Spec{Name: "forker", Env: []string{"PATH=/usr/bin:/bin"}, StopTimeout: 300 * time.Millisecond,
+		Command: `sh -c 'trap "" TERM; exec sleep 1000' & echo $!; wait`}
+	if err := s.Start(spec); err != nil {
+		t.Fatal(err)
+	}
+	var child int
+	eventually(t, "grandchild pid", func() bool {
+		l := tailTexts(s, spec.Name)
+		return len(l) > 0 && func() bool { _, err := fmt.Sscan(l[0], &child); return err == nil }()
+	})
+	eventually(t, "grandchild exec'd sleep", func() bool {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", child))
+		return strings.TrimSpace(string(b)) == "sleep"
+	})
+	exit, err := s.Stop(context.Background(), spec.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if exit.Signal != syscall.SIGTERM {
+		t.Fatalf("leader exit = %v, want signal SIGTERM", exit)
+	}
+	if alive(child) {
+		t.Fatalf("grandchild %d survived the stop", child)
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", child)); err == nil {
+		t.Fatalf("grandchild %d left as a zombie", child)
+	}
+}
+
+// Ensures orphans reparented to the subreaper are reaped (no zombie
+// children left) while children run by other code with os/exec keep
+// their statuses (none stolen by the reaper).
+func TestSupervisor_ReapsOrphansNotForeignChildren(t *testing.T) {
+	s := startSup(t, Config{Subreaper: true})
+	spec := Spec{Name: "orphaner", Env: []string{"PATH=/usr/bin:/bin"},
+		Command: `for i in 1 2 3 4 5; do sh -c 'setsid sleep 0.05 &'; done; exec sleep 1000`}
+	if err := s.Start(spec); err != nil {
+		t.Fatal(err)
+	}
+	// Meanwhile, other code in this process runs commands and waits.
+	var wg sync.WaitGroup
+	errs := make(chan error, 40)
+	for i := 0; i < 4; i++ {
+		wg.Go(func() {
+			for j := 0; j < 10; j++ {
+				if err := exec.Command("/bin/true").Run(); err != nil {
+					errs <- err
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("os/exec child lost its status: %v", err)
+	}
+	eventually(t, "5 orphans reaped", func() bool { return s.r.orphans.Load() >= 5 })
+	if z := zombieChildren(); len(z) != 0 {
+		t.Fatalf("zombie children left: %v", z)
+	}
+	if _, err := s.Stop(context.Background(), spec.Name); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Ensures the process gets exactly the given environment, nothing of
+// ours, both when exec'd directly and through sh.
+func TestSupervisor_EnvPassedExactly(t *testing.T) {
+	os.Setenv("BERTH_SECRET_OF_THE_AGENT", "leak")
+	defer os.Unsetenv("BERTH_SECRET_OF_THE_AGENT")
+	s := startSup(t, Config{})
+	env := helperEnv("FOO=bar baz", "EMPTY=", "PORT=5001", "UNICODE=é")
+	for _, cmd := range []string{helperCmd("env"), "exec " + helperCmd("env")} {
+		name := "env " + cmd[:4]
+		if err := s.Start(Spec{Name: name, Command: cmd, Env: env}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "env printed", func() bool { return len(tailTexts(s, name)) >= len(env) })
+		got := tailTexts(s, name)
+		// sh may export PWD; nothing else may be added.
+		want := env
+		if cmd[:4] == "exec" { // sh exports in its own order
+			got = slices.DeleteFunc(got, func(kv string) bool { return strings.HasPrefix(kv, "PWD=") })
+			slices.Sort(got)
+			want = slices.Sorted(slices.Values(env))
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("%s: env = %q, want %q", cmd[:4], got, want)
+		}
+		if _, err := s.Stop(context.Background(), name); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// Ensures the credential is applied: uid, gid and supplementary groups.
+func TestSupervisor_RunsAsNobody(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to switch users")
+	}
+	s := startSup(t, Config{})
+	spec := Spec{Name: "nobody", Dir: "/", Env: []string{"PATH=/usr/bin:/bin"},
+		Credential: &syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{65534}},
+		Command:    `echo "$(id -u) $(id -g) $(id -G)"; exec sleep 1000`}
+	if err := s.Start(spec); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "id printed", func() bool { return len(tailTexts(s, spec.Name)) > 0 })
+	if got := tailTexts(s, spec.Name)[0]; got != "65534 65534 65534" {
+		t.Fatalf("id = %q, want 65534 65534 65534", got)
+	}
+	if _, err := s.Stop(context.Background(), spec.Name); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Ensures socket activation: the listener arrives as fd 3 with
+// LISTEN_FDS=1 and LISTEN_PID the app's own pid.
+func TestSupervisor_ListenFiles(t *testing.T) {
+	s := startSup(t, Config{})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	f, err := l.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	spec := Spec{Name: "sock", Command: helperCmd("listen"), Env: helperEnv(), ListenFiles: []*os.File{f}}
+	if err := s.Start(spec); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "verdict", func() bool { return len(tailTexts(s, spec.Name)) > 0 })
+	if got := tailTexts(s, spec.Name)[0]; got != "listen pid-ok=true fd-ok=true" {
+		t.Fatalf("helper says %q", got)
+	}
+	if _, err := s.Stop(context.Background(), spec.Name); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Ensures Restart stops on purpose (not counted as a crash) and starts a
+// new process with the same spec.
+func TestSupervisor_Restart(t *testing.T) {
+	s := startSup(t, Config{})
+	spec := Spec{Name: "r", Command: "sleep 1000", Env: []string{"PATH=/usr/bin:/bin"}}
+	if err := s.Start(spec); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := s.Status("r")
+	if err := s.Restart("r"); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := s.Status("r")
+	if after.State != StateRunning || after.PID == before.PID || after.Restarts != 0 ||
+		after.LastExit == nil || after.LastExit.Signal != syscall.SIGTERM || alive(before.PID) {
+		t.Fatalf("before %+v, after %+v", before, after)
+	}
+	if err := s.Restart("nope"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Restart(nope) = %v", err)
+	}
+}
+
+// Ensures StopMany stops instances concurrently and Run's shutdown stops
+// whatever is left.
+func TestSupervisor_StopManyAndShutdown(t *testing.T) {
+	s, stop := startSupStop(t, Config{})
+	var names []string
+	var pids []int
+	for i := 0; i < 10; i++ {
+		name := fmt.Sprintf("app/worker.%d", i)
+		if err := s.Start(Spec{Name: name, Command: helperCmd("ignoreterm"), Env: helperEnv(), StopTimeout: 300 * time.Millisecond}); err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, name)
+	}
+	for _, name := range names {
+		eventually(t, "ready", func() bool { return slices.Contains(tailTexts(s, name), "ready") })
+		st, _ := s.Status(name)
+		pids = append(pids, st.PID)
+	}
+	if err := s.StopMany(context.Background(), append(names[:5:5], "missing")); !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "missing") {
+		t.Fatalf("StopMany with a missing name: %v", err)
+	}
+	for _, pid := range pids[:5] {
+		if alive(pid) {
+			t.Fatalf("pid %d alive after StopMany", pid)
+		}
+	}
+	if n := len(s.List()); n != 5 {
+		t.Fatalf("%d instances left, want 5", n)
+	}
+	// The rest is stopped by Run's shutdown.
+	stop()
+	for _, pid := range pids[5:] {
+		if alive(pid) {
+			t.Errorf("pid %d alive after shutdown", pid)
+		}
+	}
+}
+
+// Ensures bad specs are refused with an error naming the field, and start
+// nothing; duplicate and unknown names get their sentinel errors.
+func TestSupervisor_BadInput(t *testing.T) {
+	s := startSup(t, Config{})
+	ok := Spec{Name: "ok", Command: "sleep 1000", Env: []string{"PATH=/usr/bin:/bin"}}
+	cases := []struct {
+		field string
+		edit  func(*Spec)
+	}{
+		{"Name", func(sp *Spec) { sp.Name = "" }},
+		{"Name", func(sp *Spec) { sp.Name = "a\nb" }},
+		{"Command", func(sp *Spec) { sp.Command = "  " }},
+		{"Command", func(sp *Spec) { sp.Command = "a\x00b" }},
+		{"Env[1]", func(sp *Spec) { sp.Env = []string{"A=1", "NOEQUALS"} }},
+		{"Env[0]", func(sp *Spec) { sp.Env = []string{"=value"} }},
+		{"StopSignal", func(sp *Spec) { sp.StopSignal = 99 }},
+		{"StopTimeout", func(sp *Spec) { sp.StopTimeout = -time.Second }},
+		{"Backoff.Initial", func(sp *Spec) { sp.Backoff.Initial = -1 }},
+		{"Backoff.Initial", func(sp *Spec) { sp.Backoff.Initial = time.Minute; sp.Backoff.Max = time.Second }},
+		{"Backoff.CrashAfter", func(sp *Spec) { sp.Backoff.CrashAfter = -1 }},
+		{"Log.MaxSize", func(sp *Spec) { sp.Log.MaxSize = -1 }},
+		{"Log.MaxLine", func(sp *Spec) { sp.Log.MaxSize = 1000; sp.Log.MaxLine = 2000 }},
+		{"Log.MaxFiles", func(sp *Spec) { sp.Log.MaxFiles = -2 }},
+		{"ListenFiles[0]", func(sp *Spec) { sp.ListenFiles = []*os.File{nil} }},
+	}
+	for _, c := range cases {
+		sp := ok
+		c.edit(&sp)
+		err := s.Start(sp)
+		var se *SpecError
+		if !errors.As(err, &se) || !errors.Is(err, ErrInvalidSpec) || se.Field != c.field || !strings.Contains(err.Error(), c.field) {
+			t.Errorf("%s: err = %v, want a SpecError naming it", c.field, err)
+		}
+		if l := s.List(); len(l) != 0 {
+			t.Fatalf("%s: a bad spec left %v", c.field, l)
+		}
+	}
+	if err := s.Start(Spec{Name: "x", Command: "true", Env: []string{"SECRET=hunter2", "bad"}}); err == nil || strings.Contains(err.Error(), "hunter2") {
+		t.Errorf("env error %v must not show values", err)
+	}
+	if err := s.Start(ok); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(ok); !errors.Is(err, ErrExists) {
+		t.Fatalf("second Start = %v, want ErrExists", err)
+	}
+	for name, err := range map[string]error{
+		"Stop":    func() error { _, err := s.Stop(context.Background(), "nope"); return err }(),
+		"Status":  func() error { _, err := s.Status("nope"); return err }(),
+		"Tail":    func() error { _, err := s.Tail("nope", 1); return err }(),
+		"Restart": s.Restart("nope"),
+	} {
+		if !errors.Is(err, ErrNotFound) {
+			t.Errorf("%s(nope) = %v, want ErrNotFound", name, err)
+		}
+	}
+	if _, err := s.Stop(context.Background(), "ok"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Ensures a first start that fails is reported, and the instance stays
+// supervised in backoff and retried until stopped.
+func TestSupervisor_SpawnFailureIsRetried(t *testing.T) {
+	s := startSup(t, Config{})
+	events, cancel := s.Subscribe(100)
+	defer cancel()
+	spec := Spec{Name: "nodir", Command: "sleep 1000", Env: []string{"PATH=/usr/bin:/bin"}, Dir: "/does/not/exist",
+		Backoff: Backoff{Initial: 5 * time.Millisecond, Max: 20 * time.Millisecond}}
+	err := s.Start(spec)
+	var se *SpawnError
+	if !errors.As(err, &se) || !errors.Is(err, syscall.ENOENT) {
+		t.Fatalf("Start = %v, want a SpawnError wrapping ENOENT", err)
+	}
+	for i := 0; i < 3; i++ {
+		nextEvent(t, events, spec.Name, func(ev Event) bool { return ev.State == StateBackoff || ev.State == StateCrashed })
+	}
+	st, _ := s.Status(spec.Name)
+	if st.Restarts < 3 || !strings.Contains(st.LastError, "no such file") {
+		t.Fatalf("status = %+v", st)
+	}
+	if _, err := s.Stop(context.Background(), spec.Name); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Ensures RunCommand returns the exit and output of a one-off command,
+// kills what it leaves in its group, and stops it when ctx ends.
+func TestSupervisor_RunCommand(t *testing.T) {
+	s := startSup(t, Config{})
+	env := []string{"PATH=/usr/bin:/bin"}
+	exit, out, err := s.RunCommand(context.Background(), Spec{Name: "release", Env: env,
+		Command: `echo migrating; echo oops >&2; sleep 1000 & echo $! ; exit 4`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Fields(string(out))
+	if exit.Code != 4 || len(lines) != 3 || lines[0] != "migrating" || lines[1] != "oops" {
+		t.Fatalf("exit %v, output %q", exit, out)
+	}
+	var left int
+	fmt.Sscan(lines[2], &left)
+	if alive(left) {
+		t.Fatalf("background process %d survived its command", left)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	exit, _, err = s.RunCommand(ctx, Spec{Name: "slow", Env: env, Command: "sleep 1000"})
+	if !errors.Is(err, context.DeadlineExceeded) || exit.Signal != syscall.SIGTERM {
+		t.Fatalf("cancelled command: exit %v, err %v", exit, err)
+	}
+}
+
+// fakeContainer records the calls of the containment hook.
+type fakeContainer struct {
+	mu    sync.Mutex
+	calls []string
+	fail  error
+}
+
+func (c *fakeContainer) record(s string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.calls = append(c.calls, s)
+}
+
+func (c *fakeContainer) Prepare(name string) (int, error) {
+	c.record("prepare " + name)
+	return -1, c.fail
+}
+func (c *fakeContainer) Kill(name string) error   { c.record("kill " + name); return nil }
+func (c *fakeContainer) Remove(name string) error { c.record("remove " + name); return nil }
+
+// Ensures the containment hook is called around each start and stop, and
+// a failing Prepare is a start failure.
+func TestSupervisor_ContainerHook(t *testing.T) {
+	c := &fakeContainer{}
+	s := startSup(t, Config{Container: c})
+	spec := Spec{Name: "c", Command: "sleep 1000", Env: []string{"PATH=/usr/bin:/bin"}}
+	if err := s.Start(spec); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Stop(context.Background(), "c"); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"prepare c", "kill c", "remove c"}; !slices.Equal(c.calls, want) {
+		t.Fatalf("calls = %q, want %q", c.calls, want)
+	}
+	c.fail = errors.New("no cgroup")
+	var se *SpawnError
+	if err := s.Start(spec); !errors.As(err, &se) || !strings.Contains(err.Error(), "no cgroup") {
+		t.Fatalf("Start with failing Prepare = %v", err)
+	}
+	if _, err := s.Stop(context.Background(), "c"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Ensures a full event subscriber loses events without blocking the
+// supervisor, and is told how many it missed.
+func TestSupervisor_SlowEventSubscriber(t *testing.T) {
+	s := startSup(t, Config{})
+	slow, cancelSlow := s.Subscribe(1)
+	defer cancelSlow()
+	all, cancelAll := s.Subscribe(100)
+	defer cancelAll()
+	spec := Spec{Name: "e", Command: "sleep 1000", Env: []string{"PATH=/usr/bin:/bin"}}
+	if err := s.Start(spec); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Stop(context.Background(), "e"); err != nil {
+		t.Fatal(err)
+	}
+	nextEvent(t, all, "e", inState(StateStopped))
+	first := <-slow
+	if first.State != StateStarting || s.DroppedEvents() != 3 {
+		t.Fatalf("first = %+v, dropped %d; want starting, 3 dropped (running, stopping, stopped)", first, s.DroppedEvents())
+	}
+	if err := s.Start(spec); err != nil {
+		t.Fatal(err)
+	}
+	if ev := <-slow; ev.Missed != 3 {
+		t.Fatalf("next event Missed = %d, want 3", ev.Missed)
+	}
+	if _, err := s.Stop(context.Background(), "e"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Ensures Run refuses to start twice or beside another running
+// Supervisor: one reaper per process.
+func TestSupervisor_OneReaper(t *testing.T) {
+	s := startSup(t, Config{})
+	s.Start(Spec{Name: "x", Command: "sleep 1000", Env: []string{"PATH=/usr/bin:/bin"}})
+	if err := New(Config{}, nil).Run(context.Background()); !errors.Is(err, ErrReaperBusy) {
+		t.Fatalf("second Run = %v, want ErrReaperBusy", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := s.Run(ctx); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Run again = %v, want ErrClosed", err)
+	}
+}
