@@ -300,4 +300,3 @@ func TestCLI_Golden(t *testing.T) {
 		})
 	}
 }
-
