@@ -110,6 +110,12 @@ func (b berthEnv) waitServing(port int, release int) time.Time {
 	return time.Now()
 }
 
+// isActive reports whether berth.service is active.
+func (b berthEnv) isActive() bool {
+	out, _ := b.m.Exec("systemctl", "is-active", "berth")
+	return strings.TrimSpace(out) == "active"
+}
+
 // agentProps returns berth.service's state, main pid and restart count.
 func (b berthEnv) agentProps() map[string]string {
 	b.t.Helper()
@@ -402,7 +408,9 @@ func TestBerth(t *testing.T) {
 		b.t, m.t = t, t
 		if !ok {
 			t.Logf("agent journal:\n%s", tail(must(m.Exec("journalctl", "-u", "berth", "--no-pager", "-n", "60")), 60))
-			t.FailNow() // later cases need this one's state
+			if !m.running() || !b.isActive() || port == 0 {
+				t.FailNow() // the later cases need an installed agent and the app deployed
+			}
 		}
 	}
 }
