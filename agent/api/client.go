@@ -47,6 +47,14 @@ func (c *Client) Close() { c.http.CloseIdleConnections() }
 // do sends a request and returns the response when its status is 2xx,
 // else the agent's error.
 func (c *Client) do(ctx context.Context, method, path string, q url.Values, body io.Reader, contentType string) (*http.Response, error) {
+	return c.doClose(ctx, method, path, q, body, contentType, false)
+}
+
+// doClose is do; closeConn asks for a connection used by this request
+// alone. Uploads use one: the agent may answer (413, a corrupt tarball)
+// before it has read the whole body, and then closes the connection, which
+// must not be reused by the next request.
+func (c *Client) doClose(ctx context.Context, method, path string, q url.Values, body io.Reader, contentType string, closeConn bool) (*http.Response, error) {
 	u := "http://berth" + path
 	if len(q) > 0 {
 		u += "?" + q.Encode()
@@ -58,6 +66,7 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, body
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}
+	req.Close = closeConn
 	resp, err := c.http.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -206,7 +215,7 @@ func (c *Client) SetAppUser(ctx context.Context, name, user string) (App, error)
 // progressCall sends a request whose response is a Progress stream and
 // returns the release of the last message.
 func (c *Client) progressCall(ctx context.Context, method, path string, q url.Values, body io.Reader, ct string, progress ProgressFunc) (Release, error) {
-	resp, err := c.do(ctx, method, path, q, body, ct)
+	resp, err := c.doClose(ctx, method, path, q, body, ct, ct == "application/octet-stream")
 	if err != nil {
 		return Release{}, err
 	}
