@@ -128,9 +128,16 @@ func debianRoot(t testing.TB) string {
 	if got, err := os.ReadFile(filepath.Join(root, rootStampName)); err == nil && string(got) == stamp {
 		return root
 	}
+	// Builds cut off earlier left their temp dirs; the lock says no build
+	// runs now.
+	stale, _ := filepath.Glob(root + ".tmp-*")
+	for _, d := range stale {
+		if err := os.RemoveAll(d); err != nil {
+			t.Fatal(err)
+		}
+	}
 	mirror := aptMirror()
 	tmp := fmt.Sprintf("%s.tmp-%d", root, os.Getpid())
-	os.RemoveAll(tmp)
 	t.Logf("building the Debian root with debootstrap from %s (once; cached in %s)", mirror, root)
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
