@@ -1,6 +1,3 @@
-// Command berth is both the release agent (`berth agent`) and the CLI that
-// talks to it over the agent's unix socket. See doc.go for the commands
-// and their --json output.
 package main
 
 import (

@@ -60,7 +60,7 @@ func newRootCmd(env *cliEnv) *cobra.Command {
 		Long: `berth is a release agent for Linux hosts. ` + "`berth agent`" + ` is the daemon; every
 other command talks to it over its unix socket (--socket, $BERTH_SOCKET, default ` + api.DefaultSocketPath() + `).
 App commands take the app with -a APP or $BERTH_APP. Every command takes --json for
-machine-readable output (see docs/cli.md).`,
+machine-readable output (go doc github.com/berth-dev/berth/cmd/berth).`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          anyArgs,

@@ -1,0 +1,81 @@
+/*
+Command berth is both the berth agent and the CLI that talks to it.
+
+`berth agent` is the daemon (run by systemd): it serves the control socket
+and keeps every app's active release running. Every other command talks to
+the agent over its unix socket: --socket, else $BERTH_SOCKET, else
+/run/berth/berth.sock as root or $XDG_RUNTIME_DIR/berth/berth.sock. App
+commands take the app with -a APP, else $BERTH_APP.
+
+	berth agent [flags]                 run the agent (berth agent --help lists its settings)
+	berth apps                          list apps
+	berth apps create NAME              create an app with nothing deployed
+	berth apps destroy NAME --confirm NAME
+	berth apps set-user NAME USER       run the app as USER ("" for the agent's default)
+	berth deploy FILE [--digest D] [--path]
+	                                    upload a tarball ("-" for stdin; --path: a file on the
+	                                    agent's host), release it, wait until its processes run
+	berth releases                      list releases, newest first
+	berth releases info vN              one release with its config and release-phase output
+	berth rollback [vN]                 release vN's build and config again (default: the
+	                                    release before the active one)
+	berth config                        print the config as KEY=VALUE lines
+	berth config get KEY
+	berth config set KEY=VALUE...       new release with the vars set, processes restarted
+	berth config unset KEY...           new release with the vars removed
+	berth scale TYPE=N...               set instance counts; other instances keep running
+	berth ps                            processes of the app (of every app without -a)
+	berth restart [TYPE|INSTANCE]       restart all, one type (web) or one instance (web.1)
+	berth logs [-f] [-n N] [INSTANCE]   the last N lines of output, and follow with -f
+	berth events [-f] [-n N]            the last N events (of the app with -a), and follow
+	berth version                       the CLI's and the agent's versions
+
+# Exit codes
+
+0 success; 1 failure (the agent refused or failed the request, or cannot be
+reached: the message says where the CLI looked and how to start the agent);
+2 usage error (a bad flag, argument, app name, KEY=VALUE or TYPE=N, found
+before the agent is asked).
+
+# Output
+
+Human output is aligned tables with relative times ("3m ago", uptime
+"2h5m"); steps of deploy, config and rollback are printed with their
+timings as they happen, and an upload shows progress on stderr when stderr
+is a terminal.
+
+With --json, stdout carries the API's types (package
+github.com/berth-dev/berth/agent/api, types.go) with their JSON tags, which
+are stable within API version v1:
+
+	apps                       []App
+	apps create, set-user      App
+	apps destroy               {"destroyed": NAME}
+	deploy, rollback, config set/unset
+	                           Release (the new active one; progress is not printed)
+	releases                   []Release (config_keys only)
+	releases info              Release (with config and output)
+	config                     {KEY: VALUE}
+	config get                 {KEY: VALUE}
+	scale, ps                  []Process
+	restart                    {"app": APP, "target": TARGET}
+	logs                       LogLine per line (NDJSON), also with -f
+	events                     Event per line (NDJSON), also with -f
+	version                    {"cli": VERSION, "agent": AgentInfo, "error": MESSAGE}
+
+Errors go to stderr as "berth: MESSAGE" in both modes.
+
+# The agent
+
+`berth agent` takes each setting as a flag or as a BERTH_* environment
+variable (BERTH_DATA_DIR, BERTH_SOCKET, BERTH_SOCKET_GROUP,
+BERTH_DEFAULT_USER, BERTH_BASE_PORT, BERTH_STOP_TIMEOUT, BERTH_RETENTION,
+BERTH_LOG_MAX_SIZE, BERTH_LOG_MAX_FILES, BERTH_ALLOW_ENV,
+BERTH_LOCK_TIMEOUT, BERTH_START_TIMEOUT, BERTH_RELEASE_TIMEOUT,
+BERTH_INBOX_QUIET, BERTH_JOURNAL, BERTH_LOG_LEVEL, BERTH_LOG_FORMAT,
+BERTH_ENV_FILE). A flag wins over the environment, which wins over the
+--env-file, which wins over the default. SIGINT and SIGTERM stop every app
+gracefully and exit 0; SIGHUP re-reads the settings (the env file
+included) and applies those that can change at run time.
+*/
+package main
