@@ -19,6 +19,10 @@ func TestMain(m *testing.M) {
 	if sock := os.Getenv("BERTH_API_TEST_PEER_SOCKET"); sock != "" {
 		os.Exit(peerClientMain(sock))
 	}
+	if os.Getenv("BERTH_API_TEST_PATHS") != "" {
+		fmt.Printf("%s\n%s\n", DefaultSocketPath(), DefaultDataDir())
+		os.Exit(0)
+	}
 	goleak.VerifyTestMain(m)
 }
 

@@ -10,9 +10,11 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/hashicorp/go-hclog"
@@ -554,8 +556,9 @@ func TestListen(t *testing.T) {
 	}
 }
 
-// TestDefaultPaths checks the root defaults (the tests run as root) and
-// the XDG fallbacks in their pure form.
+// TestDefaultPaths checks the defaults as root (the tests run as root)
+// and, through a child process running as nobody, the XDG locations and
+// their fallbacks.
 func TestDefaultPaths(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatalf("the berth test suite runs as root (it tests peer credentials); euid %d", os.Geteuid())
@@ -565,5 +568,26 @@ func TestDefaultPaths(t *testing.T) {
 	}
 	if got := DefaultDataDir(); got != "/var/lib/berth" {
 		t.Errorf("DefaultDataDir = %s", got)
+	}
+	dir := shortDir(t)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin := copyTestBinary(t, dir)
+	for _, tt := range []struct {
+		env  []string
+		want string
+	}{
+		{[]string{"XDG_RUNTIME_DIR=/run/user/65534", "XDG_STATE_HOME=/st", "HOME=/home/x"}, "/run/user/65534/berth/berth.sock\n/st/berth\n"},
+		{[]string{"HOME=/home/x"}, "/tmp/berth-65534/berth.sock\n/home/x/.local/state/berth\n"},
+		{[]string{"XDG_RUNTIME_DIR=relative", "XDG_STATE_HOME=rel", "HOME=/h"}, "/tmp/berth-65534/berth.sock\n/h/.local/state/berth\n"},
+	} {
+		cmd := exec.Command(bin)
+		cmd.Env = append([]string{"BERTH_API_TEST_PATHS=1"}, tt.env...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
+		out, err := cmd.Output()
+		if err != nil || string(out) != tt.want {
+			t.Errorf("as nobody with %q: %q, %v; want %q", tt.env, out, err, tt.want)
+		}
 	}
 }
