@@ -278,6 +278,9 @@ func (x *extractor) file(ctx context.Context, tr *tar.Reader, hdr *tar.Header, n
 	x.nFiles++
 	err = x.copy(ctx, f, tr, hdr)
 	if err == nil {
+		startWriteback(f, 0, 0)
+	}
+	if err == nil {
 		// The umask may have cleared read bits; the apps run as another
 		// user and must be able to read the build.
 		err = f.Chmod(mode)
@@ -294,8 +297,12 @@ func (x *extractor) file(ctx context.Context, tr *tar.Reader, hdr *tar.Header, n
 // copy writes an entry's content to f in large chunks, checking the context
 // and the limits as it goes.
 func (x *extractor) copy(ctx context.Context, f *os.File, tr *tar.Reader, hdr *tar.Header) error {
-	var done int64
+	var done, flushed int64
 	for done < hdr.Size {
+		if done-flushed >= writebackChunk {
+			startWriteback(f, flushed, done-flushed)
+			flushed = done
+		}
 		if err := ctx.Err(); err != nil {
 			return err
 		}
@@ -429,6 +436,25 @@ func fileMode(m int64) fs.FileMode {
 		return 0o555
 	}
 	return 0o444
+}
+
+// writebackChunk is how much of a large file is written before its
+// writeback is started.
+const writebackChunk = 8 << 20
+
+// startWriteback asks the kernel to start writing f's dirty pages in
+// [off, off+n) (n == 0: to the end) to disk without waiting, so that the
+// final syncfs finds little left to do: the disk works while the archive is
+// still being unpacked (git's core.fsyncMethod=batch does the same). It is
+// only a hint; errors are ignored because syncfs reports write errors.
+func startWriteback(f *os.File, off, n int64) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = rc.Control(func(fd uintptr) {
+		_ = unix.SyncFileRange(int(fd), off, n, unix.SYNC_FILE_RANGE_WRITE)
+	})
 }
 
 // setMtime sets f's modification time from the tarball (futimens(2), which
