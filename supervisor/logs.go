@@ -26,8 +26,9 @@ const (
 	timeLayout   = "2006-01-02T15:04:05.000000Z"
 	timeWidth    = len(timeLayout)
 	lineOverhead = int64(timeWidth + len(" stdout+ ") + 1)
-	readBufSize  = 256 << 10
+	readBufSize  = 1 << 20
 	pipeSize     = 1 << 20
+	maxQueued    = 8 << 20 // bytes of output that may wait for the disk per instance
 )
 
 // bufPool holds read buffers and output buffers; an idle pipe holds none.
@@ -124,54 +125,105 @@ type logSink struct {
 	name string
 	cfg  LogConfig
 
-	mu      sync.Mutex // guards the fields below; taken by pipe readers per chunk
-	file    *os.File   // nil until the first line, or after a failed open
+	// file, size, failed and written belong to the writer goroutine
+	// (writeLoop), of which at most one runs; close takes them over once
+	// it has finished.
+	file    *os.File // nil until the first line, or after a failed open
 	size    int64
-	failed  bool      // the last open or write failed: logged once
-	ring    []LogLine // grows up to cfg.Memory, then wraps
-	head    int       // index of the oldest line once len(ring) == cfg.Memory
-	closed  bool
-	written int64 // bytes of output stored in files, for tests
+	failed  bool // the last open or write failed: logged once
+	written int64
+
+	mu      sync.Mutex // guards the fields below; taken by pipe readers per chunk
+	cond    *sync.Cond // on mu: signals queue progress and the writer's end
+	queue   []*batch   // formatted batches waiting for the writer
+	queued  int        // bytes in queue
+	writing bool       // a writeLoop goroutine runs
+	// ring keeps the most recent lines for Tail as copies of formatted
+	// batches (one copy per chunk read, not one allocation per line):
+	// segments are dropped from the front once the rest hold Memory lines.
+	ring      []segment
+	ringLines int
+	closed    bool
 }
 
 func newLogSink(s *Supervisor, name string, cfg LogConfig) *logSink {
-	return &logSink{s: s, name: name, cfg: cfg}
+	ls := &logSink{s: s, name: name, cfg: cfg}
+	ls.cond = sync.NewCond(&ls.mu)
+	return ls
 }
 
-// store writes a formatted batch to the file, the ring, followers and
-// the sink. It never blocks on a reader of the output.
+// store hands a formatted batch to the ring, the followers, the sink and
+// (through the writer goroutine) the file, and takes ownership of b. It
+// never blocks on a reader of the output; it waits only when more than
+// maxQueued bytes are waiting for the disk, so a disk slower than the app
+// slows the app down instead of losing lines.
 func (ls *logSink) store(b *batch) {
 	if len(b.ends) == 0 {
+		releaseBatch(b)
 		return
 	}
-	ls.mu.Lock()
-	if ls.closed {
-		ls.mu.Unlock()
-		return
-	}
-	if ls.cfg.Path != "" {
-		ls.writeFile(b)
-	}
-	if m := ls.cfg.Memory; m > 0 {
-		first := max(0, len(b.ends)-m)
-		for i := first; i < len(b.ends); i++ {
-			l := b.line(ls.name, i)
-			if len(ls.ring) < m {
-				ls.ring = append(ls.ring, l)
-			} else {
-				ls.ring[ls.head] = l
-				ls.head = (ls.head + 1) % m
-			}
-		}
-	}
-	ls.mu.Unlock()
 	if ls.s.nfollow.Load() > 0 || ls.s.cfg.Sink != nil {
 		ls.s.deliverLines(ls, b)
 	}
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if ls.closed {
+		releaseBatch(b)
+		return
+	}
+	if m := ls.cfg.Memory; m > 0 {
+		ls.remember(b, m)
+	}
+	if ls.cfg.Path == "" {
+		releaseBatch(b)
+		return
+	}
+	ls.queue = append(ls.queue, b)
+	ls.queued += len(b.out)
+	if !ls.writing {
+		ls.writing = true
+		ls.s.wg.Add(1)
+		go ls.writeLoop()
+	}
+	for ls.queued > maxQueued && !ls.closed {
+		ls.cond.Wait()
+	}
+}
+
+// writeLoop writes queued batches to the file until the queue is empty,
+// then exits: an idle instance has no writer goroutine.
+func (ls *logSink) writeLoop() {
+	defer ls.s.wg.Done()
+	ls.mu.Lock()
+	for len(ls.queue) > 0 {
+		q := ls.queue
+		ls.queue = nil
+		ls.mu.Unlock()
+		n := 0
+		for _, b := range q {
+			ls.writeFile(b)
+			n += len(b.out)
+			releaseBatch(b)
+		}
+		ls.mu.Lock()
+		ls.queued -= n
+		ls.cond.Broadcast()
+	}
+	ls.writing = false
+	ls.cond.Broadcast()
+	ls.mu.Unlock()
+}
+
+func releaseBatch(b *batch) {
+	if cap(b.out) > 4*readBufSize {
+		b.out, b.ends = nil, nil // do not keep a huge buffer in the pool
+	}
+	batchPool.Put(b)
 }
 
 // writeFile appends the batch to the log file, rotating at line
-// boundaries so no file grows past MaxSize. Called with mu held.
+// boundaries so no file grows past MaxSize. Only the writer goroutine
+// calls it.
 func (ls *logSink) writeFile(b *batch) {
 	start := 0
 	for start < len(b.out) {
@@ -246,6 +298,13 @@ func (ls *logSink) rotate() {
 		}
 		return
 	}
+	// Remove the oldest first, so no rename replaces an existing file:
+	// ext4 flushes the data of a file renamed over another one
+	// (auto_da_alloc), which would stall the writer on each rotation.
+	oldest := fmt.Sprintf("%s.%d", p, ls.cfg.MaxFiles-1)
+	if err := os.Remove(oldest); err != nil && !errors.Is(err, os.ErrNotExist) {
+		ls.fail("rotate log file", err)
+	}
 	for i := ls.cfg.MaxFiles - 1; i >= 2; i-- {
 		if err := os.Rename(fmt.Sprintf("%s.%d", p, i-1), fmt.Sprintf("%s.%d", p, i)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			ls.fail("rotate log file", err)
@@ -261,6 +320,9 @@ func (ls *logSink) rotate() {
 func (ls *logSink) close() {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
+	for ls.writing {
+		ls.cond.Wait()
+	}
 	ls.closed = true
 	if ls.file != nil {
 		ls.file.Close()
@@ -268,17 +330,59 @@ func (ls *logSink) close() {
 	}
 }
 
-// tail returns the last n lines kept in memory (all if n <= 0).
+// segment is a copy of the last lines of a batch.
+type segment struct {
+	b batch // out, ends and now; ts unused
+}
+
+// remember keeps the last lines of b (at most m) in the ring and drops
+// old segments no longer needed for m lines. Called with mu held.
+func (ls *logSink) remember(b *batch, m int) {
+	k := min(m, len(b.ends))
+	start := 0
+	if k < len(b.ends) {
+		start = b.ends[len(b.ends)-k-1]
+	}
+	var seg segment
+	// Reuse the oldest segment's buffers when it is no longer needed.
+	if len(ls.ring) > 0 && ls.ringLines-len(ls.ring[0].b.ends)+k >= m {
+		seg = ls.ring[0]
+		ls.ringLines -= len(seg.b.ends)
+		ls.ring[0] = segment{}
+		ls.ring = ls.ring[1:]
+	}
+	seg.b.out = append(seg.b.out[:0], b.out[start:]...)
+	seg.b.ends = seg.b.ends[:0]
+	for _, e := range b.ends[len(b.ends)-k:] {
+		seg.b.ends = append(seg.b.ends, e-start)
+	}
+	seg.b.now = b.now
+	ls.ring = append(ls.ring, seg)
+	ls.ringLines += k
+	for len(ls.ring) > 1 && ls.ringLines-len(ls.ring[0].b.ends) >= m {
+		ls.ringLines -= len(ls.ring[0].b.ends)
+		ls.ring[0] = segment{}
+		ls.ring = ls.ring[1:]
+	}
+}
+
+// tail returns the last n lines kept in memory (all if n <= 0), oldest
+// first.
 func (ls *logSink) tail(n int) []LogLine {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
-	total := len(ls.ring)
+	total := min(ls.ringLines, ls.cfg.Memory)
 	if n <= 0 || n > total {
 		n = total
 	}
-	out := make([]LogLine, 0, n)
-	for i := total - n; i < total; i++ {
-		out = append(out, ls.ring[(ls.head+i)%max(total, 1)])
+	out := make([]LogLine, n)
+	i := n
+	for si := len(ls.ring) - 1; si >= 0 && i > 0; si-- {
+		seg := &ls.ring[si].b
+		for li := len(seg.ends) - 1; li >= 0 && i > 0; li-- {
+			i--
+			out[i] = seg.line(ls.name, li)
+		}
 	}
 	return out
 }
@@ -301,6 +405,7 @@ func (p *pipeReader) run() {
 		return
 	}
 	var buf *[]byte
+	active := false // data flowed just now: wait for more in poll(2) first
 	for {
 		var n int
 		var rerr error
@@ -308,13 +413,21 @@ func (p *pipeReader) run() {
 			if buf == nil {
 				buf = bufPool.Get().(*[]byte)
 			}
-			n, rerr = syscall.Read(int(fd), *buf)
-			if rerr == syscall.EAGAIN {
-				bufPool.Put(buf)
-				buf = nil
-				return false
+			for {
+				n, rerr = syscall.Read(int(fd), *buf)
+				if rerr != syscall.EAGAIN {
+					return true
+				}
+				if !active || !p.ls.s.hotWait(int(fd)) {
+					break
+				}
+				active = false
 			}
-			return true
+			// Idle: wait in the runtime poller, holding no buffer.
+			bufPool.Put(buf)
+			buf = nil
+			active = false
+			return false
 		})
 		if rerr == syscall.EINTR {
 			continue
@@ -323,10 +436,7 @@ func (p *pipeReader) run() {
 			break
 		}
 		p.consume((*buf)[:n], time.Now())
-		if n < len(*buf) {
-			bufPool.Put(buf)
-			buf = nil
-		}
+		active = true
 	}
 	if buf != nil {
 		bufPool.Put(buf)
@@ -336,7 +446,6 @@ func (p *pipeReader) run() {
 		b.reset(time.Now())
 		b.add(p.stream, p.partial, false)
 		p.ls.store(b)
-		batchPool.Put(b)
 		p.partial = nil
 	}
 	p.f.Close()
@@ -351,7 +460,6 @@ func (p *pipeReader) consume(data []byte, now time.Time) {
 		if i < 0 {
 			p.carry(b, data)
 			p.ls.store(b)
-			batchPool.Put(b)
 			return
 		}
 		p.partial = append(p.partial, data[:i]...)
@@ -369,10 +477,6 @@ func (p *pipeReader) consume(data []byte, now time.Time) {
 		data = data[i+1:]
 	}
 	p.ls.store(b)
-	if cap(b.out) > 4*readBufSize {
-		b.out, b.ends = nil, nil // do not keep a huge buffer in the pool
-	}
-	batchPool.Put(b)
 }
 
 // emit adds a whole line, split into marked pieces if it is too long.

@@ -125,6 +125,7 @@ func TestLogs_SlowFollowerDoesNotBlock(t *testing.T) {
 		b, _ := os.ReadFile(path)
 		return strings.Count(string(b), "\n") == n
 	})
+	eventually(t, "all lines offered to the follower", func() bool { return s.DroppedLines() == n-1 })
 	first := <-lines
 	if first.Text != "line 0" || first.Missed != 0 {
 		t.Fatalf("first followed line %+v", first)

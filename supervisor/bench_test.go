@@ -1,0 +1,403 @@
+package supervisor
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Benchmarks measure whole-process figures and print them beside a floor
+// measured in the same run (see the issue's table). Run with
+// `make bench` (-benchtime 1x): each does its work once.
+
+func summary(format string, args ...any) {
+	fmt.Printf("berth-bench: "+format+"\n", args...)
+}
+
+// stampSock receives the datagrams of helpers in "stamp" mode.
+type stampSock struct {
+	conn *net.UnixConn
+	path string
+}
+
+type stamp struct {
+	kind string
+	pid  int
+	at   time.Time
+}
+
+func newStampSock(b *testing.B) *stampSock {
+	dir, err := os.MkdirTemp("", "bs")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { os.RemoveAll(dir) })
+	path := filepath.Join(dir, "s")
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	c.SetReadBuffer(4 << 20)
+	b.Cleanup(func() { c.Close() })
+	return &stampSock{conn: c, path: path}
+}
+
+func (s *stampSock) next(b *testing.B) stamp {
+	s.conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	buf := make([]byte, 128)
+	n, err := s.conn.Read(buf)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var st stamp
+	var ns int64
+	if _, err := fmt.Sscanf(string(buf[:n]), "%s %d %d", &st.kind, &st.pid, &ns); err != nil {
+		b.Fatalf("bad stamp %q", buf[:n])
+	}
+	st.at = time.Unix(0, ns)
+	return st
+}
+
+// restartLatencies pairs each exit with the next start.
+func (s *stampSock) restartLatencies(b *testing.B, n int) []time.Duration {
+	var out []time.Duration
+	var lastExit time.Time
+	for len(out) < n {
+		st := s.next(b)
+		switch st.kind {
+		case "exit":
+			lastExit = st.at
+		case "start":
+			if !lastExit.IsZero() {
+				out = append(out, st.at.Sub(lastExit))
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func pct(d []time.Duration, p int) time.Duration { return d[min(len(d)-1, len(d)*p/100)] }
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// runBash runs a bash script in its own group, for floors; kill stops it.
+func runBash(b *testing.B, script string, env []string) (cmd *exec.Cmd, stdin io.WriteCloser, kill func()) {
+	cmd = exec.Command("/bin/bash", "-c", script)
+	cmd.Env = env
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	return cmd, stdin, func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		cmd.Wait()
+	}
+}
+
+// runSup runs a Supervisor for the benchmark; the returned func stops it.
+func runSup(b *testing.B) (*Supervisor, func()) {
+	s := New(Config{Subreaper: true}, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	<-s.reaping
+	return s, func() {
+		cancel()
+		if err := <-done; err != nil {
+			b.Error(err)
+		}
+	}
+}
+
+// BenchmarkCrashToRestart measures, for a settled process that exits,
+// the time from its exit to the exec of its replacement, p50 and p99,
+// beside a bare `while true; do prog; done` bash loop.
+func BenchmarkCrashToRestart(b *testing.B) {
+	const samples = 200
+	sock := newStampSock(b)
+	prog := helperCmd("stamp", sock.path, "20ms")
+	env := helperEnv()
+
+	// The floor first: no Supervisor may reap while bash runs in its own group.
+	_, _, kill := runBash(b, "while true; do "+prog+"; done", env)
+	floor := sock.restartLatencies(b, samples)
+	kill()
+
+	s, stop := runSup(b)
+	defer stop()
+	sock2 := newStampSock(b)
+	err := s.Start(Spec{Name: "crasher", Command: helperCmd("stamp", sock2.path, "20ms"), Env: env,
+		Backoff: Backoff{Settle: 10 * time.Millisecond}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	berth := sock2.restartLatencies(b, samples)
+	if _, err := s.Stop(context.Background(), "crasher"); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(ms(pct(berth, 50)), "p50-ms")
+	b.ReportMetric(ms(pct(berth, 99)), "p99-ms")
+	b.ReportMetric(ms(pct(floor, 50)), "floor-p50-ms")
+	b.ReportMetric(ms(pct(floor, 99)), "floor-p99-ms")
+	summary("crash-to-restart (settled, exit -> next exec, %d samples): berth p50 %.2f ms p99 %.2f ms; bash loop floor p50 %.2f ms p99 %.2f ms; p50 over floor %+.2f ms",
+		samples, ms(pct(berth, 50)), ms(pct(berth, 99)), ms(pct(floor, 50)), ms(pct(floor, 99)), ms(pct(berth, 50)-pct(floor, 50)))
+}
+
+// BenchmarkStartStop100 measures starting 100 instances concurrently
+// (until each has exec'd) and stopping them with StopMany (they exit
+// promptly on SIGTERM), beside bash starting 100 in the background and
+// kill + wait.
+func BenchmarkStartStop100(b *testing.B) {
+	const n = 100
+	env := []string{"PATH=/usr/bin:/bin"}
+	fl := exec.Command("/bin/bash", "-c", `s=$(date +%s%N); for i in $(seq 100); do sleep 1000 & done; m=$(date +%s%N); kill $(jobs -p); wait; e=$(date +%s%N); echo $((m-s)) $((e-m))`)
+	fl.Env = env
+	res, err := fl.Output()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var floorStart, floorStop int64
+	fmt.Sscan(string(res), &floorStart, &floorStop)
+
+	s, stop := runSup(b)
+	defer stop()
+	names := make([]string, n)
+	t0 := time.Now()
+	var wg sync.WaitGroup
+	for i := range names {
+		names[i] = fmt.Sprintf("app/web.%d", i)
+		wg.Go(func() {
+			if err := s.Start(Spec{Name: names[i], Command: "sleep 1000", Env: env}); err != nil {
+				b.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	started := time.Since(t0)
+	t1 := time.Now()
+	if err := s.StopMany(context.Background(), names); err != nil {
+		b.Fatal(err)
+	}
+	stopped := time.Since(t1)
+	b.ReportMetric(ms(started), "start100-ms")
+	b.ReportMetric(ms(stopped), "stop100-ms")
+	b.ReportMetric(float64(floorStart)/1e6, "floor-start100-ms")
+	b.ReportMetric(float64(floorStop)/1e6, "floor-stop100-ms")
+	summary("start 100 instances: berth %.1f ms (each exec'd, with pipes) vs bash `sleep &` x100 %.1f ms; stop 100 (SIGTERM, group gone): berth %.1f ms vs bash kill+wait %.1f ms",
+		ms(started), float64(floorStart)/1e6, ms(stopped), float64(floorStop)/1e6)
+}
+
+// BenchmarkRestartAll20 measures TERM, wait and start of 20 instances,
+// until all 20 new processes have exec'd, beside a bash script doing the
+// same to 20 background jobs.
+func BenchmarkRestartAll20(b *testing.B) {
+	const n = 20
+	env := helperEnv()
+	sock := newStampSock(b)
+	prog := helperCmd("stamp", sock.path, "0")
+	waitStarts := func() time.Time {
+		var last time.Time
+		for i := 0; i < n; i++ {
+			if st := sock.next(b); st.kind == "start" && st.at.After(last) {
+				last = st.at
+			} else if st.kind != "start" {
+				i--
+			}
+		}
+		return last
+	}
+	_, stdin, kill := runBash(b, `pids=(); for i in $(seq 20); do `+prog+` & pids+=($!); done; read x; kill -TERM ${pids[@]}; wait; for i in $(seq 20); do `+prog+` & done; wait`, env)
+	waitStarts()
+	t0 := time.Now()
+	io.WriteString(stdin, "go\n")
+	floor := waitStarts().Sub(t0)
+	kill()
+
+	s, stop := runSup(b)
+	defer stop()
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("app/web.%d", i)
+		if err := s.Start(Spec{Name: names[i], Command: prog, Env: env}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	waitStarts()
+	t1 := time.Now()
+	var wg sync.WaitGroup
+	for _, name := range names {
+		wg.Go(func() {
+			if err := s.Restart(name); err != nil {
+				b.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	berth := waitStarts().Sub(t1)
+	b.ReportMetric(ms(berth), "restart20-ms")
+	b.ReportMetric(ms(floor), "floor-restart20-ms")
+	summary("restart all 20 (TERM, wait, start, until all exec'd): berth %.1f ms vs bash floor %.1f ms (ratio %.2f)", ms(berth), ms(floor), ms(berth)/ms(floor))
+}
+
+// BenchmarkLogCapture measures an instance writing 200 MB of 100-byte
+// lines through the supervisor into rotated log files, beside the same
+// program writing straight to a file.
+func BenchmarkLogCapture(b *testing.B) {
+	const lines, size = 2_000_000, 100
+	const mb = float64(lines*size) / 1e6
+	dir := b.TempDir()
+	f, err := os.Create(filepath.Join(dir, "floor.out"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	floorCmd := exec.Command(os.Args[0], "spew", strconv.Itoa(lines), strconv.Itoa(size))
+	floorCmd.Env = helperEnv()
+	floorCmd.Stdout = f
+	t0 := time.Now()
+	if err := floorCmd.Run(); err != nil {
+		b.Fatal(err)
+	}
+	floor := time.Since(t0)
+	f.Close()
+	os.Remove(f.Name())
+
+	s, stop := runSup(b)
+	defer stop()
+	events, cancel := s.Subscribe(16)
+	defer cancel()
+	path := filepath.Join(dir, "spew.log")
+	t1 := time.Now()
+	err = s.Start(Spec{Name: "spew", Command: helperCmd("spew", strconv.Itoa(lines), strconv.Itoa(size)), Env: helperEnv(),
+		Backoff: Backoff{Initial: time.Hour, Max: time.Hour, Settle: time.Hour}, Log: LogConfig{Path: path}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for ev := range events {
+		if ev.State == StateBackoff {
+			break
+		}
+	}
+	if _, err := s.Stop(context.Background(), "spew"); err != nil { // returns once the output is stored
+		b.Fatal(err)
+	}
+	berth := time.Since(t1)
+	got, err := ReadLogFile(path, 1)
+	if err != nil || len(got) != 1 || !strings.HasPrefix(got[0].Text, strconv.Itoa(lines-1)+" ") {
+		b.Fatalf("last stored line %v, %v", got, err)
+	}
+	rate, floorRate := mb/berth.Seconds(), mb/floor.Seconds()
+	b.ReportMetric(rate, "MB/s")
+	b.ReportMetric(floorRate, "floor-MB/s")
+	b.ReportMetric(rate/floorRate, "ratio")
+	summary("log capture of 200 MB in 100-byte lines: berth %.0f MB/s (files rotated 10 MiB x 5) vs straight to a file %.0f MB/s: ratio %.2f", rate, floorRate, rate/floorRate)
+}
+
+// BenchmarkIdle measures a separate supervising process (internal/benchsup):
+// its PSS with 100 and 1,000 idle instances and its CPU time over 30 s
+// idle with 100.
+func BenchmarkIdle(b *testing.B) {
+	dir := b.TempDir()
+	bin := filepath.Join(dir, "benchsup")
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	build := exec.Command(goBin, "build", "-o", bin, "./internal/benchsup")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		b.Fatal(err)
+	}
+	idle := 30 * time.Second
+	if v := os.Getenv("BERTH_BENCH_IDLE"); v != "" {
+		idle, _ = time.ParseDuration(v)
+	}
+	logs := filepath.Join(dir, "logs")
+	os.Mkdir(logs, 0o755)
+	cmd := exec.Command(bin, "-n", "100", "-logdir", logs)
+	cmd.Stderr = os.Stderr
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer stdin.Close()
+	r := bufio.NewScanner(stdout)
+	ready := func() {
+		if !r.Scan() || r.Text() != "ready" {
+			b.Fatalf("benchsup: %q", r.Text())
+		}
+	}
+	pid := cmd.Process.Pid
+	ready()
+	time.Sleep(2 * time.Second) // let start-up settle before measuring idle figures
+	pss100 := pss(b, pid)
+	cpu0 := cpuTime(b, pid)
+	time.Sleep(idle)
+	cpu := cpuTime(b, pid) - cpu0
+	pss100idle := pss(b, pid)
+	io.WriteString(stdin, "grow 1000\n")
+	ready()
+	time.Sleep(2 * time.Second)
+	pss1000 := pss(b, pid)
+	per := (pss1000 - pss100) / 900
+	b.ReportMetric(float64(pss100)/1024, "pss100-MB")
+	b.ReportMetric(float64(pss1000)/1024, "pss1000-MB")
+	b.ReportMetric(float64(per), "KB/instance")
+	b.ReportMetric(ms(cpu), "idle-cpu-ms")
+	summary("supervising process (internal/benchsup) PSS: 100 idle instances %.1f MB (%.1f MB after %v idle), 1000 %.1f MB: %d KB per extra instance; CPU over %v idle with 100: %.2f ms",
+		float64(pss100)/1024, float64(pss100idle)/1024, idle, float64(pss1000)/1024, per, idle, ms(cpu))
+}
+
+// pss returns the proportional set size of pid in KB.
+func pss(b *testing.B, pid int) int {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "Pss:" {
+			kb, _ := strconv.Atoi(f[1])
+			return kb
+		}
+	}
+	b.Fatal("no Pss in smaps_rollup")
+	return 0
+}
+
+// cpuTime sums the CPU time of every thread of pid (schedstat, in ns).
+func cpuTime(b *testing.B, pid int) time.Duration {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	var total time.Duration
+	for _, t := range tasks {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/schedstat", pid, t.Name()))
+		if err != nil {
+			continue
+		}
+		ns, _ := strconv.ParseInt(strings.Fields(string(data))[0], 10, 64)
+		total += time.Duration(ns)
+	}
+	return total
+}
