@@ -187,3 +187,29 @@ func TestLogs_ParseStored(t *testing.T) {
 		}
 	}
 }
+
+// Ensures Tail keeps exactly the last Memory lines across many reads
+// (chunks) and returns the last n of them, oldest first.
+func TestLogs_TailKeepsLastLines(t *testing.T) {
+	s := startSup(t, Config{})
+	spec := Spec{Name: "tail", Env: []string{"PATH=/usr/bin:/bin"}, Log: LogConfig{Memory: 50},
+		Command: `i=0; while [ $i -lt 300 ]; do echo "line $i"; i=$((i+1)); done; exec sleep 1000`}
+	if err := s.Start(spec); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "line 299", func() bool {
+		l := tailTexts(s, "tail")
+		return len(l) > 0 && l[len(l)-1] == "line 299"
+	})
+	all, _ := s.Tail("tail", 0)
+	if len(all) != 50 || all[0].Text != "line 250" {
+		t.Fatalf("Tail(0): %d lines, first %+v; want the last 50", len(all), all[0])
+	}
+	three, _ := s.Tail("tail", 3)
+	if len(three) != 3 || three[0].Text != "line 297" || three[2].Text != "line 299" || three[0].Name != "tail" || three[0].Stream != "stdout" {
+		t.Fatalf("Tail(3) = %+v", three)
+	}
+	if _, err := s.Stop(context.Background(), spec.Name); err != nil {
+		t.Fatal(err)
+	}
+}

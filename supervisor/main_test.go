@@ -138,7 +138,7 @@ func helperCmd(mode string, args ...string) string {
 
 // helperEnv is the environment helpers need: the mode goes in argv.
 func helperEnv(extra ...string) []string {
-	return append([]string{"BERTH_HELPER=1"}, extra...)
+	return append([]string{"BERTH_HELPER=1", "GORACE=atexit_sleep_ms=0"}, extra...)
 }
 
 // startSup runs a Supervisor until the test ends.

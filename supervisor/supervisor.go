@@ -256,6 +256,10 @@ func (s *Supervisor) Start(spec Spec) error {
 	}
 	defer s.wg.Done()
 	s.mu.Lock()
+	if s.closed { // Run's shutdown has taken its list of instances to stop
+		s.mu.Unlock()
+		return ErrClosed
+	}
 	if _, ok := s.instances[sp.Name]; ok {
 		s.mu.Unlock()
 		return fmt.Errorf("start %s: %w", sp.Name, ErrExists)
