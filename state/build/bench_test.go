@@ -3,8 +3,11 @@ package build
 import (
 	"archive/tar"
 	"bufio"
+	"bytes"
+	stdgzip "compress/gzip"
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -205,5 +208,57 @@ func BenchmarkImport(b *testing.B) {
 func syncAll(b *testing.B) {
 	if msg, err := exec.Command("sync").CombinedOutput(); err != nil {
 		b.Fatalf("sync: %v: %s", err, msg)
+	}
+}
+
+// BenchmarkDecompress compares the standard library's gzip reader with
+// klauspost/compress's on the benchmark tarball, and reports zstd's speed,
+// to justify the choice of decoder (MB/s of decompressed output).
+func BenchmarkDecompress(b *testing.B) {
+	gzPath, zstPath, size := benchTarballs(b, b.TempDir())
+	gzData, err := os.ReadFile(gzPath)
+	if err != nil {
+		b.Fatal(err)
+	}
+	zstData, err := os.ReadFile(zstPath)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		open func() (io.Reader, func())
+	}{
+		{"gzip-stdlib", func() (io.Reader, func()) {
+			r, err := stdgzip.NewReader(bytes.NewReader(gzData))
+			if err != nil {
+				b.Fatal(err)
+			}
+			return r, func() {}
+		}},
+		{"gzip-klauspost", func() (io.Reader, func()) {
+			r, err := gzip.NewReader(bytes.NewReader(gzData))
+			if err != nil {
+				b.Fatal(err)
+			}
+			return r, func() {}
+		}},
+		{"zstd-klauspost", func() (io.Reader, func()) {
+			r, err := zstd.NewReader(bytes.NewReader(zstData), zstd.WithDecoderMaxWindow(maxZstdWindow))
+			if err != nil {
+				b.Fatal(err)
+			}
+			return r, r.Close
+		}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			b.SetBytes(size)
+			for range b.N {
+				r, done := tc.open()
+				if _, err := io.Copy(io.Discard, r); err != nil {
+					b.Fatal(err)
+				}
+				done()
+			}
+		})
 	}
 }

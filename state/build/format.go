@@ -299,13 +299,20 @@ func (a *asyncReader) loop(src io.Reader) {
 // fill reads into buf until it is full or src fails, returning src's error
 // unchanged (unlike io.ReadFull, which turns a short read before io.EOF into
 // io.ErrUnexpectedEOF).
+// A source that keeps returning nothing without an error gets
+// io.ErrNoProgress, as bufio does.
 func fill(src io.Reader, buf []byte) (int, error) {
-	n := 0
+	n, empty := 0, 0
 	for n < len(buf) {
 		m, err := src.Read(buf[n:])
 		n += m
 		if err != nil {
 			return n, err
+		}
+		if m == 0 {
+			if empty++; empty >= 100 {
+				return n, io.ErrNoProgress
+			}
 		}
 	}
 	return n, nil

@@ -5,6 +5,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -75,6 +78,7 @@ func TestStore_ImportRefuses(t *testing.T) {
 		{name: "MaxRatio small cap gzip", data: func(t *testing.T) []byte {
 			return gz(t, mkTar(t, procfile, file("zeros", string(make([]byte, 40<<20)))))
 		}, limits: Limits{MaxRatio: 10}, kind: ErrLimit, msg: "MaxRatio (10)"},
+		{name: "MaxRatio sparse file", data: sparseTar(64 << 20), kind: ErrLimit, msg: "MaxRatio (1000)"},
 		{name: "empty upload", data: bytesOf(nil), kind: ErrCorrupt, msg: "empty upload"},
 		{name: "not an archive", data: bytesOf([]byte("hello, this is not a tarball at all")), kind: ErrCorrupt, msg: "not a tar, tar.gz or tar.zst archive"},
 		{name: "xz", data: bytesOf([]byte("\xfd7zXZ\x00\x00\x04\xe6\xd6\xb4F")), kind: ErrCorrupt, msg: "xz compression is not supported"},
@@ -139,4 +143,36 @@ func gzOf(ents ...ent) func(*testing.T) []byte {
 
 func bytesOf(b []byte) func(*testing.T) []byte {
 	return func(*testing.T) []byte { return b }
+}
+
+// sparseTar returns a GNU-format tarball made by tar(1) holding a Procfile
+// and a sparse file of size bytes with one byte of data: a few KiB that
+// unpack to size bytes.
+func sparseTar(size int64) func(t *testing.T) []byte {
+	return func(t *testing.T) []byte {
+		src := t.TempDir()
+		if err := os.WriteFile(filepath.Join(src, "Procfile"), []byte("web: ./x\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.Create(filepath.Join(src, "holes"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.WriteAt([]byte{1}, size-1); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		out := filepath.Join(t.TempDir(), "sparse.tar")
+		if msg, err := exec.Command("tar", "--format=gnu", "--sparse", "-C", src, "-cf", out, "Procfile", "holes").CombinedOutput(); err != nil {
+			t.Fatalf("tar: %v: %s", err, msg)
+		}
+		data, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(data) > 64<<10 {
+			t.Fatalf("sparse tarball is %d bytes; tar did not store holes", len(data))
+		}
+		return data
+	}
 }

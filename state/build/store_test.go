@@ -1,6 +1,7 @@
 package build
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"errors"
@@ -283,5 +284,23 @@ func TestStore_GCKeepsBuildImportedDuringGC(t *testing.T) {
 	})
 	if err != nil || len(removed) != 0 || !s.Has(b.Digest) {
 		t.Fatalf("GC removed %v (%v); build present: %v", removed, err, s.Has(b.Digest))
+	}
+}
+
+// TestStore_ImportSparse ensures a GNU sparse file (written by tar(1))
+// unpacks to its full size with its data in place.
+func TestStore_ImportSparse(t *testing.T) {
+	data := sparseTar(1 << 20)(t)
+	if i := bytes.Index(data, []byte("holes\x00")); i < 0 || data[i+156] != tar.TypeGNUSparse {
+		t.Fatal("tar(1) did not write an old GNU sparse entry")
+	}
+	s := newStore(t, Limits{})
+	b, err := importBytes(t, s, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(filepath.Join(b.Dir, "holes"))
+	if err != nil || len(got) != 1<<20 || got[len(got)-1] != 1 || bytes.Count(got, []byte{0}) != 1<<20-1 {
+		t.Fatalf("sparse file: %d bytes, %v", len(got), err)
 	}
 }
