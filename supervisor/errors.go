@@ -21,10 +21,6 @@ var ErrInvalidSpec = errors.New("invalid spec")
 // returned: nothing would reap the process any more.
 var ErrClosed = errors.New("supervisor closed")
 
-// ErrStopping is returned by Restart when the instance is being stopped
-// for good by a concurrent Stop.
-var ErrStopping = errors.New("instance is stopping")
-
 // SpecError names the Spec field that has a bad value and why. It wraps
 // ErrInvalidSpec. Value is left empty for fields that may hold secrets
 // (environment values are never echoed).

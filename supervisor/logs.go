@@ -405,7 +405,6 @@ func (p *pipeReader) run() {
 		return
 	}
 	var buf *[]byte
-	active := false // data flowed just now: wait for more in poll(2) first
 	for {
 		var n int
 		var rerr error
@@ -413,21 +412,14 @@ func (p *pipeReader) run() {
 			if buf == nil {
 				buf = bufPool.Get().(*[]byte)
 			}
-			for {
-				n, rerr = syscall.Read(int(fd), *buf)
-				if rerr != syscall.EAGAIN {
-					return true
-				}
-				if !active || !p.ls.s.hotWait(int(fd)) {
-					break
-				}
-				active = false
+			n, rerr = syscall.Read(int(fd), *buf)
+			if rerr == syscall.EAGAIN {
+				// Idle: wait in the runtime poller, holding no buffer.
+				bufPool.Put(buf)
+				buf = nil
+				return false
 			}
-			// Idle: wait in the runtime poller, holding no buffer.
-			bufPool.Put(buf)
-			buf = nil
-			active = false
-			return false
+			return true
 		})
 		if rerr == syscall.EINTR {
 			continue
@@ -436,7 +428,6 @@ func (p *pipeReader) run() {
 			break
 		}
 		p.consume((*buf)[:n], time.Now())
-		active = true
 	}
 	if buf != nil {
 		bufPool.Put(buf)
@@ -455,6 +446,14 @@ func (p *pipeReader) run() {
 func (p *pipeReader) consume(data []byte, now time.Time) {
 	b := batchPool.Get().(*batch)
 	b.reset(now)
+	// Size the output once: the data, plus a prefix per line and piece.
+	lines := bytes.Count(data, []byte{'\n'}) + (len(data)+len(p.partial))/p.maxLine + 2
+	if need := len(data) + len(p.partial) + lines*int(lineOverhead); cap(b.out) < need {
+		b.out = make([]byte, 0, need)
+	}
+	if cap(b.ends) < lines {
+		b.ends = make([]int, 0, lines)
+	}
 	if len(p.partial) > 0 {
 		i := bytes.IndexByte(data, '\n')
 		if i < 0 {

@@ -91,35 +91,7 @@ type Supervisor struct {
 	nfollow  atomic.Int32
 	dropped  atomic.Uint64 // log lines lost by slow followers
 
-	hotWaiters atomic.Int32 // pipe readers blocked in hotWait
 }
-
-// hotWait is how a pipe reader that just got data waits for more: in
-// poll(2) for at most a few milliseconds, which wakes it much faster
-// than the runtime poller. A few readers at a time may do so (each holds
-// a thread); others, and any reader after the timeout, go back to the
-// runtime poller, so idle instances cost nothing. It reports whether fd
-// became readable.
-func (s *Supervisor) hotWait(fd int) bool {
-	if s.hotWaiters.Add(1) > maxHotWaiters {
-		s.hotWaiters.Add(-1)
-		return false
-	}
-	defer s.hotWaiters.Add(-1)
-	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-	for {
-		n, err := unix.Poll(pfd, hotWaitMillis)
-		if err == unix.EINTR {
-			continue
-		}
-		return err == nil && n > 0
-	}
-}
-
-const (
-	maxHotWaiters = 4
-	hotWaitMillis = 5
-)
 
 // New returns a Supervisor with defaults filled in. It starts nothing.
 func New(cfg Config, log hclog.Logger) *Supervisor {
