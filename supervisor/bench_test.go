@@ -206,9 +206,9 @@ func BenchmarkStartStop100(b *testing.B) {
 		ms(started), float64(floorStart)/1e6, ms(stopped), float64(floorStop)/1e6)
 }
 
-// BenchmarkRestartAll20 measures TERM, wait and start of 20 instances,
-// until all 20 new processes have exec'd, beside a bash script doing the
-// same to 20 background jobs.
+// BenchmarkRestartAll20 measures TERM, wait and start of 20 instances
+// (concurrent Restarts), until all 20 new processes run, beside bash
+// scripts doing the same to 20 background jobs.
 func BenchmarkRestartAll20(b *testing.B) {
 	const n = 20
 	env := helperEnv()
@@ -225,12 +225,19 @@ func BenchmarkRestartAll20(b *testing.B) {
 		}
 		return last
 	}
-	_, stdin, kill := runBash(b, `pids=(); for i in $(seq 20); do `+prog+` & pids+=($!); done; read x; kill -TERM ${pids[@]}; wait; for i in $(seq 20); do `+prog+` & done; wait`, env)
-	waitStarts()
-	t0 := time.Now()
-	io.WriteString(stdin, "go\n")
-	floor := waitStarts().Sub(t0)
-	kill()
+	// Two floors: bash restarting one instance after the other (TERM,
+	// wait, start: how the issue's table measured it), and bash doing
+	// each step to all 20 at once (the best a script can do).
+	floor := func(restart string) time.Duration {
+		_, stdin, kill := runBash(b, `pids=(); for i in $(seq 20); do `+prog+` & pids+=($!); done; read x; `+restart+`; wait`, env)
+		defer kill()
+		waitStarts()
+		t0 := time.Now()
+		io.WriteString(stdin, "go\n")
+		return waitStarts().Sub(t0)
+	}
+	floorSeq := floor(`for i in ${!pids[@]}; do kill -TERM ${pids[$i]}; wait ${pids[$i]}; ` + prog + ` & done`)
+	floorPar := floor(`kill -TERM ${pids[@]}; wait; for i in $(seq 20); do ` + prog + ` & done`)
 
 	s, stop := runSup(b)
 	defer stop()
@@ -254,8 +261,10 @@ func BenchmarkRestartAll20(b *testing.B) {
 	wg.Wait()
 	berth := waitStarts().Sub(t1)
 	b.ReportMetric(ms(berth), "restart20-ms")
-	b.ReportMetric(ms(floor), "floor-restart20-ms")
-	summary("restart all 20 (TERM, wait, start, until all exec'd): berth %.1f ms vs bash floor %.1f ms (ratio %.2f)", ms(berth), ms(floor), ms(berth)/ms(floor))
+	b.ReportMetric(ms(floorSeq), "floor-restart20-ms")
+	b.ReportMetric(ms(floorPar), "floor-parallel-restart20-ms")
+	summary("restart all 20 (TERM, wait, start, until all 20 new processes run): berth %.1f ms vs bash floor one by one %.1f ms (ratio %.2f), bash all at once %.1f ms (ratio %.2f)",
+		ms(berth), ms(floorSeq), ms(berth)/ms(floorSeq), ms(floorPar), ms(berth)/ms(floorPar))
 }
 
 // BenchmarkLogCapture measures an instance writing 200 MB of 100-byte
