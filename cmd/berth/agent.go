@@ -89,6 +89,10 @@ var agentSettings = []agentSetting{
 		"how long to wait for the data dir's lock held by another agent (default 1s)"},
 	{"start-timeout", "BERTH_START_TIMEOUT", func(fs *pflag.FlagSet, m *settings, n, u string) { fs.DurationVar(&m.Config.StartTimeout, n, 0, u) },
 		"how long a release switch waits for the new processes to run (default 60s)"},
+	{"settle", "BERTH_SETTLE", func(fs *pflag.FlagSet, m *settings, n, u string) { fs.DurationVar(&m.Config.Settle, n, 0, u) },
+		"how long a new instance without a health check must run before a switch counts it as up (default 5s)"},
+	{"probation", "BERTH_PROBATION", func(fs *pflag.FlagSet, m *settings, n, u string) { fs.DurationVar(&m.Config.Probation, n, 0, u) },
+		"how long a switch watches the new instances before it reports success; negative for none (default 10s)"},
 	{"release-timeout", "BERTH_RELEASE_TIMEOUT", func(fs *pflag.FlagSet, m *settings, n, u string) {
 		fs.DurationVar(&m.Config.ReleasePhaseTimeout, n, 0, u)
 	}, "bound on the release phase (default 10m)"},

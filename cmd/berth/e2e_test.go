@@ -181,7 +181,8 @@ func (e *e2e) startAgent(extra ...string) {
 func (e *e2e) spawnAgent(extra ...string) *agentProc {
 	e.t.Helper()
 	args := append([]string{"agent", "--data-dir", e.data, "--socket", e.sock, "--base-port", strconv.Itoa(e.port),
-		"--stop-timeout", "2s", "--lock-timeout", "300ms", "--inbox-quiet", "200ms", "--log-level", "debug"}, extra...)
+		"--stop-timeout", "2s", "--lock-timeout", "300ms", "--inbox-quiet", "200ms", "--log-level", "debug",
+		"--settle", "300ms", "--probation", "300ms"}, extra...)
 	cmd := exec.Command(e.bin, args...)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
 	log := &lockedBuffer{}
@@ -374,6 +375,12 @@ func TestE2E(t *testing.T) {
 	}))
 	e.startAgent()
 
+	step := time.Now()
+	logStep := func(name string) {
+		t.Logf("%-28s %s", name, time.Since(step).Round(time.Millisecond))
+		step = time.Now()
+	}
+
 	// Deploy: creates the app, prints the release, and its process runs.
 	out := e.ok("deploy", "-a", app, good)
 	if !strings.Contains(out, "Released "+app+" v1") || !strings.Contains(out, "release-phase") {
@@ -381,6 +388,8 @@ func TestE2E(t *testing.T) {
 	}
 	v1 := e.running(app, 1, 1)
 	e.waitFor("v1's output in the logs", grepLogs(e, app, "release=v1 FOO="))
+
+	logStep("deploy")
 
 	// Config set: a new release, processes restarted, new env visible.
 	e.ok("config", "set", "-a", app, "FOO=bar")
@@ -393,6 +402,8 @@ func TestE2E(t *testing.T) {
 		t.Errorf("config get FOO = %q", got)
 	}
 
+	logStep("config set")
+
 	// Rollback (to the release before the active one): v1's config again.
 	out = e.ok("rollback", "-a", app)
 	if !strings.Contains(out, "Released "+app+" v3") {
@@ -403,6 +414,8 @@ func TestE2E(t *testing.T) {
 		t.Errorf("config after rollback = %s, want {}", cfg)
 	}
 	e.waitFor("the rolled-back config in the logs", grepLogs(e, app, "release=v3 FOO=\n"))
+
+	logStep("rollback")
 
 	// Scale up and down without touching the instance that stays.
 	procs := e.ps(app)
@@ -421,6 +434,8 @@ func TestE2E(t *testing.T) {
 		return len(live) == 1, fmt.Sprint(live)
 	})
 
+	logStep("scale")
+
 	// Restart one instance: a new pid on the same release.
 	e.ok("restart", "-a", app, "web.1")
 	e.waitFor("web.1 restarted", func() (bool, string) {
@@ -428,6 +443,8 @@ func TestE2E(t *testing.T) {
 		return len(p) == 1 && p[0].State == "running" && p[0].PID != down[0].PID && p[0].PID > 0, fmt.Sprintf("%+v", p)
 	})
 	current := e.running(app, 1, 3)
+
+	logStep("restart")
 
 	// A failing release phase: refused, marked failed, old release runs on.
 	bad := writeFile(t, e.dir, "bad.tar.gz", appTarball(t, map[string]string{
@@ -449,6 +466,8 @@ func TestE2E(t *testing.T) {
 		t.Errorf("a failed release restarted web.1: pid %d -> %d", current[0].PID, p[0].PID)
 	}
 
+	logStep("failing release phase")
+
 	// A corrupt tarball: refused, nothing changes.
 	corrupt := writeFile(t, e.dir, "corrupt.tar.gz", append([]byte{0x1f, 0x8b, 8, 0}, bytes.Repeat([]byte("junk"), 100)...))
 	if out, errOut, code := e.berth("deploy", "-a", app, corrupt); code != 1 || errOut == "" {
@@ -458,10 +477,14 @@ func TestE2E(t *testing.T) {
 		t.Errorf("a corrupt tarball restarted web.1")
 	}
 
+	logStep("corrupt tarball")
+
 	// An unknown app: 404 from the agent, exit 1.
 	if _, errOut, code := e.berth("ps", "-a", "no-such-app"); code != 1 || !strings.Contains(errOut, "not found") || !strings.Contains(errOut, "no-such-app") {
 		t.Errorf("unknown app: exit %d, %s", code, errOut)
 	}
+
+	logStep("unknown app")
 
 	// Events: the history of all of the above.
 	events := e.ok("events", "-a", app, "-n", "100")
@@ -470,6 +493,8 @@ func TestE2E(t *testing.T) {
 			t.Errorf("events lack %q:\n%s", kind, events)
 		}
 	}
+
+	logStep("events")
 
 	// A second agent on the same data dir is refused with a clear message.
 	second := e.spawnAgent("--socket", filepath.Join(e.dir, "s2.sock"))
@@ -483,6 +508,8 @@ func TestE2E(t *testing.T) {
 		<-second.done
 		t.Errorf("a second agent on the same data dir kept running")
 	}
+
+	logStep("second agent")
 
 	// A peer that is neither root nor in the socket's group is refused:
 	// by the socket's mode, and by SO_PEERCRED when the mode would let it in.
@@ -500,6 +527,8 @@ func TestE2E(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	logStep("unauthorized peer")
+
 	// The inbox: a tarball renamed into it is deployed and moved to .done.
 	inboxApp := app + "-inbox"
 	tmp := writeFile(t, e.data, "inbox-upload.tmp", appTarball(t, map[string]string{"Procfile": "web: " + webCmd + "\n"}))
@@ -514,6 +543,8 @@ func TestE2E(t *testing.T) {
 		_, err := os.Stat(filepath.Join(e.data, "inbox", ".done", inboxApp+".tar.gz"))
 		return err == nil, fmt.Sprint(err)
 	})
+
+	logStep("inbox")
 
 	// kill -9 of the agent, then a restart: exactly one set of processes,
 	// on the active release.
@@ -535,6 +566,8 @@ func TestE2E(t *testing.T) {
 	})
 	e.running(inboxApp, 1, 1)
 
+	logStep("kill -9 and restart")
+
 	// SIGTERM: the agent stops every app process and exits 0.
 	e.stopAgent()
 	if live := appProcs(app); len(live) != 0 {
@@ -543,4 +576,5 @@ func TestE2E(t *testing.T) {
 	if live := appProcs(inboxApp); len(live) != 0 {
 		t.Errorf("processes of %s left after the agent stopped: %v", inboxApp, live)
 	}
+	logStep("SIGTERM")
 }
