@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
@@ -387,6 +388,7 @@ func (s *Store) unpack(ctx context.Context, r io.Reader, tmp, expectedDigest str
 	async := newAsyncReader(st.tar, 4, copyBufSize)
 	defer async.close()
 
+	start := time.Now()
 	x := newExtractor(root, s.limits, m)
 	if err := x.run(ctx, async); err != nil {
 		return nil, err
@@ -405,11 +407,14 @@ func (s *Store) unpack(ctx context.Context, r io.Reader, tmp, expectedDigest str
 	if err := x.finish(); err != nil {
 		return nil, err
 	}
+	unpacked := time.Now()
 	// One syncfs(2) flushes every file and directory of the extraction;
 	// it is much cheaper than an fsync per file (see BenchmarkImport).
 	if err := syncfs(root); err != nil {
 		return nil, fmt.Errorf("sync %s: %w", tmp, err)
 	}
+	s.log.Debug("unpacked build", "digest", digest, "format", st.format.String(),
+		"unpack", unpacked.Sub(start), "sync", time.Since(unpacked))
 	return s.publish(tmp, b)
 }
 
