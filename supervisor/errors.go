@@ -21,6 +21,11 @@ var ErrInvalidSpec = errors.New("invalid spec")
 // returned: nothing would reap the process any more.
 var ErrClosed = errors.New("supervisor closed")
 
+// ErrReaperBusy is returned by Run when another Supervisor is already
+// running in this process: children are a process-wide resource and only
+// one reaper may own them.
+var ErrReaperBusy = errors.New("another supervisor is running in this process")
+
 // SpecError names the Spec field that has a bad value and why. It wraps
 // ErrInvalidSpec. Value is left empty for fields that may hold secrets
 // (environment values are never echoed).

@@ -31,11 +31,19 @@ const (
 	maxQueued    = 8 << 20 // bytes of output that may wait for the disk per instance
 )
 
-// bufPool holds read buffers and output buffers; an idle pipe holds none.
-var bufPool = sync.Pool{New: func() any { b := make([]byte, readBufSize); return &b }}
+// pools holds the buffers of pipe readers, shared by all instances of a
+// Supervisor: an idle pipe holds none.
+type pools struct {
+	bufs    sync.Pool // *[]byte of readBufSize: read buffers
+	batches sync.Pool // *batch: formatted output of one read
+}
 
-// batchPool holds the per-chunk scratch of pipe readers.
-var batchPool = sync.Pool{New: func() any { return &batch{} }}
+func newPools() *pools {
+	p := &pools{}
+	p.bufs.New = func() any { b := make([]byte, readBufSize); return &b }
+	p.batches.New = func() any { return &batch{} }
+	return p
+}
 
 // batch is one chunk of output formatted for the file: out holds the
 // stored lines, ends the end offset of each line in out.
@@ -159,7 +167,7 @@ func newLogSink(s *Supervisor, name string, cfg LogConfig) *logSink {
 // slows the app down instead of losing lines.
 func (ls *logSink) store(b *batch) {
 	if len(b.ends) == 0 {
-		releaseBatch(b)
+		ls.s.pools.releaseBatch(b)
 		return
 	}
 	if ls.s.nfollow.Load() > 0 || ls.s.cfg.Sink != nil {
@@ -168,14 +176,14 @@ func (ls *logSink) store(b *batch) {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
 	if ls.closed {
-		releaseBatch(b)
+		ls.s.pools.releaseBatch(b)
 		return
 	}
 	if m := ls.cfg.Memory; m > 0 {
 		ls.remember(b, m)
 	}
 	if ls.cfg.Path == "" {
-		releaseBatch(b)
+		ls.s.pools.releaseBatch(b)
 		return
 	}
 	ls.queue = append(ls.queue, b)
@@ -203,7 +211,7 @@ func (ls *logSink) writeLoop() {
 		for _, b := range q {
 			ls.writeFile(b)
 			n += len(b.out)
-			releaseBatch(b)
+			ls.s.pools.releaseBatch(b)
 		}
 		ls.mu.Lock()
 		ls.queued -= n
@@ -214,11 +222,11 @@ func (ls *logSink) writeLoop() {
 	ls.mu.Unlock()
 }
 
-func releaseBatch(b *batch) {
+func (p *pools) releaseBatch(b *batch) {
 	if cap(b.out) > 4*readBufSize {
 		b.out, b.ends = nil, nil // do not keep a huge buffer in the pool
 	}
-	batchPool.Put(b)
+	p.batches.Put(b)
 }
 
 // writeFile appends the batch to the log file, rotating at line
@@ -410,12 +418,12 @@ func (p *pipeReader) run() {
 		var rerr error
 		err := rc.Read(func(fd uintptr) bool {
 			if buf == nil {
-				buf = bufPool.Get().(*[]byte)
+				buf = p.ls.s.pools.bufs.Get().(*[]byte)
 			}
 			n, rerr = syscall.Read(int(fd), *buf)
 			if rerr == syscall.EAGAIN {
 				// Idle: wait in the runtime poller, holding no buffer.
-				bufPool.Put(buf)
+				p.ls.s.pools.bufs.Put(buf)
 				buf = nil
 				return false
 			}
@@ -430,10 +438,10 @@ func (p *pipeReader) run() {
 		p.consume((*buf)[:n], time.Now())
 	}
 	if buf != nil {
-		bufPool.Put(buf)
+		p.ls.s.pools.bufs.Put(buf)
 	}
 	if len(p.partial) > 0 {
-		b := batchPool.Get().(*batch)
+		b := p.ls.s.pools.batches.Get().(*batch)
 		b.reset(time.Now())
 		b.add(p.stream, p.partial, false)
 		p.ls.store(b)
@@ -444,7 +452,7 @@ func (p *pipeReader) run() {
 
 // consume splits a chunk into lines and stores them as one batch.
 func (p *pipeReader) consume(data []byte, now time.Time) {
-	b := batchPool.Get().(*batch)
+	b := p.ls.s.pools.batches.Get().(*batch)
 	b.reset(now)
 	// Size the output once: the data, plus a prefix per line and piece.
 	lines := bytes.Count(data, []byte{'\n'}) + (len(data)+len(p.partial))/p.maxLine + 2

@@ -16,11 +16,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ErrReaperBusy is returned by Run when another Supervisor is already
-// running in this process: children are a process-wide resource and only
-// one reaper may own them.
-var ErrReaperBusy = errors.New("another supervisor is running in this process")
-
 // Container is the containment hook: it can put each instance in its own
 // cgroup. Package systemd implements it; it must satisfy this interface
 // structurally (without importing supervisor).
@@ -91,6 +86,7 @@ type Supervisor struct {
 	nfollow  atomic.Int32
 	dropped  atomic.Uint64 // log lines lost by slow followers
 
+	pools *pools
 }
 
 // New returns a Supervisor with defaults filled in. It starts nothing.
@@ -113,6 +109,7 @@ func New(cfg Config, log hclog.Logger) *Supervisor {
 		reaping:   make(chan struct{}),
 		subs:      make(map[*subscriber]struct{}),
 		follows:   make(map[*follower]struct{}),
+		pools:     newPools(),
 	}
 }
 
