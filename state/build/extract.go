@@ -320,10 +320,15 @@ func (x *extractor) copy(ctx context.Context, f *os.File, tr *tar.Reader, hdr *t
 			done += int64(n)
 			x.written += int64(n)
 			if err := x.meter.check(x.written); err != nil {
+				err.Entry = hdr.Name
 				return err
 			}
 		}
 		if err != nil {
+			var le *LimitError
+			if errors.As(err, &le) && le.Entry == "" {
+				le.Entry = hdr.Name
+			}
 			return x.readErr(err, hdr.Name)
 		}
 	}

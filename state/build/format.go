@@ -58,7 +58,7 @@ type meter struct {
 
 // check returns a *LimitError if out unpacked bytes are more than maxRatio
 // times the raw bytes read so far (after a fixed slack).
-func (m *meter) check(out int64) error {
+func (m *meter) check(out int64) *LimitError {
 	if out <= ratioSlack {
 		return nil
 	}
@@ -102,8 +102,8 @@ func (c *countReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += int64(n)
 	if n > 0 {
-		if merr := c.m.check(c.n); merr != nil {
-			return n, merr
+		if lerr := c.m.check(c.n); lerr != nil {
+			return n, lerr
 		}
 	}
 	return n, err

@@ -74,11 +74,11 @@ func TestStore_ImportRefuses(t *testing.T) {
 		{name: "MaxPathLen symlink target", data: tarOf(procfile, symlink("l", longName)), limits: Limits{MaxPathLen: 50}, kind: ErrLimit, msg: `"l": limit exceeded: MaxPathLen (50)`},
 		{name: "MaxDepth", data: tarOf(procfile, file(deep, "x")), limits: Limits{MaxDepth: 4}, kind: ErrLimit, msg: `"a/b/c/d/file": limit exceeded: MaxDepth (4)`},
 		{name: "name component too long", data: tarOf(procfile, file(strings.Repeat("n", 256), "x")), kind: ErrLimit, msg: "name component length (255)"},
-		{name: "MaxRatio zstd bomb", data: zeroBomb, kind: ErrLimit, msg: "MaxRatio (1000)"},
+		{name: "MaxRatio zstd bomb", data: zeroBomb, kind: ErrLimit, msg: `entry "zeros": limit exceeded: MaxRatio (1000)`},
 		{name: "MaxRatio small cap gzip", data: func(t *testing.T) []byte {
 			return gz(t, mkTar(t, procfile, file("zeros", string(make([]byte, 40<<20)))))
 		}, limits: Limits{MaxRatio: 10}, kind: ErrLimit, msg: "MaxRatio (10)"},
-		{name: "MaxRatio sparse file", data: sparseTar(64 << 20), kind: ErrLimit, msg: "MaxRatio (1000)"},
+		{name: "MaxRatio sparse file", data: sparseTar(64 << 20), kind: ErrLimit, msg: `entry "holes": limit exceeded: MaxRatio (1000)`},
 		{name: "empty upload", data: bytesOf(nil), kind: ErrCorrupt, msg: "empty upload"},
 		{name: "not an archive", data: bytesOf([]byte("hello, this is not a tarball at all")), kind: ErrCorrupt, msg: "not a tar, tar.gz or tar.zst archive"},
 		{name: "xz", data: bytesOf([]byte("\xfd7zXZ\x00\x00\x04\xe6\xd6\xb4F")), kind: ErrCorrupt, msg: "xz compression is not supported"},
