@@ -47,15 +47,36 @@ func benchSwitch(b *testing.B, args func(e *e2e, i int) []string) {
 	c := api.NewClient(e.sock)
 	defer c.Close()
 
-	var cli, total, lag []time.Duration
+	var cli, total, lag, up []time.Duration
+	prev := 1
 	b.ResetTimer()
 	for i := range b.N * switchesPerOp {
+		// Watch the agent while the command runs, for the moment all 20
+		// instances first run on a newer release (before the settle and
+		// probation waits end).
+		watchCtx, stopWatch := context.WithCancel(context.Background())
+		upAt := make(chan time.Time, 1)
+		go func() {
+			defer close(upAt)
+			for watchCtx.Err() == nil {
+				if allNewer(c, prev, instances) {
+					upAt <- time.Now()
+					return
+				}
+				time.Sleep(2 * time.Millisecond) // bounded poll of the agent's state
+			}
+		}()
 		start := time.Now()
 		out := e.ok(args(e, i)...)
 		returned := time.Now()
+		stopWatch()
 		var rel api.Release
 		if err := json.Unmarshal([]byte(out), &rel); err != nil {
 			b.Fatalf("%v: %s", err, out)
+		}
+		prev = rel.Version
+		if t, ok := <-upAt; ok {
+			up = append(up, t.Sub(start))
 		}
 		for !allRunning(b, c, rel.Version, instances) {
 			if time.Since(returned) > time.Minute {
@@ -73,6 +94,10 @@ func benchSwitch(b *testing.B, args func(e *e2e, i int) []string) {
 	b.ReportMetric(ms(cli), "ms-cli-p50")
 	b.ReportMetric(ms(total), "ms-all-running-p50")
 	b.ReportMetric(ms(lag), "ms-after-return-p50")
+	if len(up) > 0 {
+		b.ReportMetric(ms(up), "ms-new-up-p50")
+		b.Logf("the 20 new instances were all running %s (p50) after the command started", p50(up).Round(time.Millisecond))
+	}
 	b.Logf("%d switches of %d instances: command p50 %s, all running p50 %s after the start and %s after the command returned",
 		len(cli), instances, p50(cli).Round(time.Millisecond), p50(total).Round(time.Millisecond), p50(lag).Round(time.Millisecond))
 	e.stopAgent()
@@ -92,6 +117,21 @@ func allRunning(b *testing.B, c *api.Client, v, n int) bool {
 		count++
 	}
 	return count == n
+}
+
+// allNewer reports whether exactly n instances run, all on a release
+// newer than prev.
+func allNewer(c *api.Client, prev, n int) bool {
+	procs, err := c.Processes(context.Background(), e2eApp)
+	if err != nil || len(procs) != n {
+		return false
+	}
+	for _, p := range procs {
+		if p.State != "running" || p.Release <= prev {
+			return false
+		}
+	}
+	return true
 }
 
 // p50 returns the median.
