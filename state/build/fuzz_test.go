@@ -26,6 +26,10 @@ func FuzzExtract(f *testing.F) {
 		mkTar(f, procfile, dir("real"), symlink("link", "real"), file("link/x", "x")),
 		mkTar(f, procfile, ent{name: "null", typ: tar.TypeChar}),
 		mkTar(f, procfile, file("f", "1"), file("f", "2")),
+		mkTar(f, procfile, dir("a/b"), symlink("a/b/l", "../.."), symlink("x", "a/b/l/..")),
+		mkTar(f, procfile, file(strings.Repeat("long/", 30)+"name", "pax path"), symlink("s", strings.Repeat("x", 120))),
+		mkTar(f, file("Procfile", "web: a\nweb: b\n")),
+		mkTar(f, ent{name: "Procfile", typ: tar.TypeReg, body: "web: x\n", mode: 0o7777, uid: 1}, hardlink("h", "Procfile"), dir("./")),
 	}
 	for _, s := range seeds[:2] {
 		seeds = append(seeds, gz(f, s), zst(f, s))
