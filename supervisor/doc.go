@@ -53,9 +53,17 @@
 // # Logs
 //
 // stdout and stderr go through one pipe each, read by one goroutine per
-// pipe that holds a read buffer only while output flows. Lines are stored
-// whole, each with a timestamp and its stream (see ReadLogFile), in
-// LogConfig.Path, rotated by size to Path.1 ... Path.<MaxFiles-1>; lines
+// pipe that holds a read buffer only while output flows; a writer
+// goroutine per instance runs only while output waits for the disk (at
+// most 8 MiB may wait; beyond that the app is slowed, never a line lost).
+// Lines are stored whole, each with a timestamp and its stream, in
+// LogConfig.Path, one per line:
+//
+//	2026-11-26T13:43:46.123456Z stdout text of the line
+//	2026-11-26T13:43:46.123456Z stderr+ first piece of a long line
+//
+// rotated by size to Path.1 ... Path.<MaxFiles-1> (ReadLogFile reads
+// them back); lines
 // longer than MaxLine are split into marked pieces, never dropped; a
 // trailing partial line is stored when the pipe closes. The last
 // LogConfig.Memory lines stay in memory for Tail. Followers (FollowLogs)

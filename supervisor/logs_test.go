@@ -213,3 +213,25 @@ func TestLogs_TailKeepsLastLines(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Ensures a log file that cannot be opened loses the file output only:
+// the app runs and its lines stay in memory.
+func TestLogs_UnwritablePath(t *testing.T) {
+	s := startSup(t, Config{})
+	notDir := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(notDir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	spec := Spec{Name: "nolog", Env: []string{"PATH=/usr/bin:/bin"}, Log: LogConfig{Path: filepath.Join(notDir, "x.log")},
+		Command: `echo one; echo two; exec sleep 1000`}
+	if err := s.Start(spec); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "lines in memory", func() bool { return len(tailTexts(s, "nolog")) == 2 })
+	if st, _ := s.Status("nolog"); st.State != StateRunning {
+		t.Fatalf("state %v, want running", st.State)
+	}
+	if _, err := s.Stop(context.Background(), spec.Name); err != nil {
+		t.Fatal(err)
+	}
+}
