@@ -531,3 +531,34 @@ func TestSupervisor_OneReaper(t *testing.T) {
 		t.Fatalf("Run again = %v, want ErrClosed", err)
 	}
 }
+
+// Ensures a zombie child of other code in this process (os/exec, not
+// waited for yet) neither hides our instances' exits from the reaper nor
+// has its status stolen.
+func TestSupervisor_ForeignZombieDoesNotBlockReaper(t *testing.T) {
+	s := startSup(t, Config{Subreaper: true})
+	foreign := exec.Command("/bin/true")
+	if err := foreign.Start(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "foreign child is a zombie", func() bool {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", foreign.Process.Pid))
+		return strings.Contains(string(b), ") Z ")
+	})
+	events, cancel := s.Subscribe(100)
+	defer cancel()
+	spec := Spec{Name: "quick", Command: "exit 7", Env: []string{"PATH=/usr/bin:/bin"}, Backoff: noRestart}
+	if err := s.Start(spec); err != nil {
+		t.Fatal(err)
+	}
+	ev := nextEvent(t, events, spec.Name, func(ev Event) bool { return ev.Exit != nil })
+	if ev.Exit.Code != 7 {
+		t.Fatalf("exit = %v, want exit 7", ev.Exit)
+	}
+	if err := foreign.Wait(); err != nil {
+		t.Fatalf("foreign child's status was stolen: %v", err)
+	}
+	if _, err := s.Stop(context.Background(), spec.Name); err != nil {
+		t.Fatal(err)
+	}
+}
