@@ -83,6 +83,9 @@ func stepPrinter(g *globals, out io.Writer) api.ProgressFunc {
 		return nil
 	}
 	return func(p api.Progress) {
+		if p.Step == "done" {
+			return // the release line that follows says it
+		}
 		fmt.Fprintf(out, "  %-14s %7s  %s\n", p.Step, elapsed(p.Elapsed), p.Message)
 	}
 }

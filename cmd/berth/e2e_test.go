@@ -250,6 +250,52 @@ func (e *e2e) berthAs(cred *syscall.Credential, args ...string) (string, string,
 	return stdout.String(), stderr.String(), code
 }
 
+// follower is a `berth logs -f` or `berth events -f` running in the
+// background.
+type follower struct {
+	t    testing.TB
+	cmd  *exec.Cmd
+	out  *lockedBuffer
+	done chan error
+}
+
+// follow starts a following command; it must be ended with interrupt.
+func (e *e2e) follow(args ...string) *follower {
+	e.t.Helper()
+	cmd := exec.Command(e.bin, args...)
+	cmd.Env = []string{"BERTH_SOCKET=" + e.sock, "PATH=" + os.Getenv("PATH")}
+	f := &follower{t: e.t, cmd: cmd, out: &lockedBuffer{}, done: make(chan error, 1)}
+	cmd.Stdout, cmd.Stderr = f.out, f.out
+	if err := cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	go func() { f.done <- cmd.Wait() }()
+	e.t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			<-f.done
+		}
+	})
+	return f
+}
+
+// interrupt sends SIGINT, as Ctrl-C would, and checks that the command
+// ends with exit code 0.
+func (f *follower) interrupt() {
+	f.t.Helper()
+	f.cmd.Process.Signal(os.Interrupt)
+	select {
+	case err := <-f.done:
+		if err != nil {
+			f.t.Errorf("berth %s after SIGINT: %v\n%s", strings.Join(f.cmd.Args[1:], " "), err, f.out)
+		}
+	case <-time.After(10 * time.Second):
+		f.t.Errorf("berth %s ignored SIGINT", strings.Join(f.cmd.Args[1:], " "))
+		f.cmd.Process.Kill()
+		<-f.done
+	}
+}
+
 // ok runs the CLI and fails the test unless it exits 0.
 func (e *e2e) ok(args ...string) string {
 	e.t.Helper()
@@ -436,6 +482,18 @@ func TestE2E(t *testing.T) {
 
 	logStep("scale")
 
+	// Follow the logs and the events while web.1 restarts.
+	// Each prints its last line first, which shows it is connected.
+	logsF := e.follow("logs", "-f", "-n", "1", "-a", app)
+	eventsF := e.follow("events", "-f", "-n", "1", "-a", app)
+	for _, f := range []*follower{logsF, eventsF} {
+		e.waitFor("the follower's first line", func() (bool, string) {
+			out := f.out.String()
+			return strings.Count(out, "\n") >= 1, out
+		})
+	}
+	logsBefore := logsF.out.String()
+
 	// Restart one instance: a new pid on the same release.
 	e.ok("restart", "-a", app, "web.1")
 	e.waitFor("web.1 restarted", func() (bool, string) {
@@ -443,6 +501,16 @@ func TestE2E(t *testing.T) {
 		return len(p) == 1 && p[0].State == "running" && p[0].PID != down[0].PID && p[0].PID > 0, fmt.Sprintf("%+v", p)
 	})
 	current := e.running(app, 1, 3)
+	e.waitFor("the restarted instance's line in logs -f", func() (bool, string) {
+		out := strings.TrimPrefix(logsF.out.String(), logsBefore)
+		return strings.Contains(out, "web.1: release=v3 FOO="), out
+	})
+	e.waitFor("the restart in events -f", func() (bool, string) {
+		out := eventsF.out.String()
+		return strings.Contains(out, "restart"), out
+	})
+	logsF.interrupt()
+	eventsF.interrupt()
 
 	logStep("restart")
 
