@@ -483,10 +483,22 @@ type streamError struct {
 // progressOp runs a long operation and streams its progress as NDJSON.
 // An error before the first progress message is an ordinary JSON error
 // response; after it, the last message carries the error.
+//
+// The operation's context does not end when the client goes away (a
+// Ctrl-C of `berth deploy` after the upload must not leave a switch half
+// done; the operation finishes and the event log records it), only when
+// the server shuts down. An upload still fails when its client goes away,
+// since its body ends early.
 func (s *Server) progressOp(w http.ResponseWriter, r *http.Request, op func(context.Context, ProgressFunc) (Release, error)) {
 	st := s.newStream(w)
 	start := time.Now()
-	rel, err := op(r.Context(), func(p Progress) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
+	defer cancel()
+	if serveCtx, ok := r.Context().Value(serveCtxKey{}).(context.Context); ok {
+		stop := context.AfterFunc(serveCtx, cancel)
+		defer stop()
+	}
+	rel, err := op(ctx, func(p Progress) {
 		if p.Time.IsZero() {
 			p.Time = time.Now()
 		}

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 )
@@ -589,5 +590,68 @@ func TestDefaultPaths(t *testing.T) {
 		if err != nil || string(out) != tt.want {
 			t.Errorf("as nobody with %q: %q, %v; want %q", tt.env, out, err, tt.want)
 		}
+	}
+}
+
+// blockingBackend's SetConfig reports one step, hands over its context,
+// then waits for release.
+type blockingBackend struct {
+	*fakeBackend
+	ctxs    chan context.Context
+	release chan struct{}
+}
+
+func newBlocking() *blockingBackend {
+	return &blockingBackend{fakeBackend: newFake(), ctxs: make(chan context.Context, 1), release: make(chan struct{})}
+}
+
+func (b *blockingBackend) SetConfig(ctx context.Context, app string, c ConfigChange, progress ProgressFunc) (Release, error) {
+	progress(Progress{Step: "record", Message: "created v2"})
+	b.ctxs <- ctx
+	select {
+	case <-b.release:
+	case <-ctx.Done():
+	}
+	return Release{App: app, Version: 2, Status: "active"}, ctx.Err()
+}
+
+// TestServer_OperationOutlivesClient ensures a client that goes away
+// mid-switch does not cancel the switch, while a server shutdown does.
+func TestServer_OperationOutlivesClient(t *testing.T) {
+	b := newBlocking()
+	ts := startServer(t, ServerConfig{Backend: b})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := ts.client.SetConfig(ctx, "web", ConfigChange{Set: map[string]string{"A": "1"}}, nil)
+		done <- err
+	}()
+	opCtx := <-b.ctxs
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Errorf("client after cancel: %v, want context.Canceled", err)
+	}
+	// A negative check needs a window: the server notices a closed
+	// connection within milliseconds.
+	select {
+	case <-opCtx.Done():
+		t.Errorf("the operation's context ended with the client: %v", opCtx.Err())
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(b.release)
+
+	b2 := newBlocking()
+	ts2 := startServer(t, ServerConfig{Backend: b2})
+	go func() {
+		_, err := ts2.client.SetConfig(context.Background(), "web", ConfigChange{Set: map[string]string{"A": "1"}}, nil)
+		done <- err
+	}()
+	opCtx = <-b2.ctxs
+	ts2.stop(t) // returns once the handler did: the shutdown canceled the operation
+	if !errors.Is(opCtx.Err(), context.Canceled) {
+		t.Errorf("the operation's context after shutdown: %v, want canceled", opCtx.Err())
+	}
+	if err := <-done; err == nil {
+		t.Error("the client saw success for an operation the shutdown canceled")
 	}
 }
