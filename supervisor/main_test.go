@@ -39,7 +39,6 @@ func TestMain(m *testing.M) {
 //	spewwait N          print N short lines, wait for SIGUSR1, print "after", block
 //	long MAXLINE        print "short", a line of 2.5*MAXLINE x, then "tail" without newline, exit
 //	listen              check socket activation, print the verdict, block
-//	flaky FILE SETTLE   count runs in FILE; run 5 and 7 stay SETTLE, others exit at once
 //	stamp SOCK DELAY    send "start <ns>" to the unix datagram socket SOCK, stay DELAY,
 //	                    send "exit <ns>", exit 1 (DELAY 0: wait for SIGTERM, exit 0)
 func helper(mode string, args []string) {
@@ -95,16 +94,6 @@ func helper(mode string, args []string) {
 		}
 		fmt.Printf("listen pid-ok=%v fd-ok=%v\n", ok, err == nil)
 		block()
-	case "flaky":
-		b, _ := os.ReadFile(args[0])
-		n, _ := strconv.Atoi(string(b))
-		n++
-		os.WriteFile(args[0], []byte(strconv.Itoa(n)), 0o644)
-		if n == 5 || n == 7 {
-			d, _ := time.ParseDuration(args[1])
-			time.Sleep(d)
-		}
-		os.Exit(2)
 	case "stamp":
 		c, err := net.Dial("unixgram", args[0])
 		if err != nil {

@@ -56,8 +56,10 @@ func TestSupervisor_BackoffGrowsAndResets(t *testing.T) {
 	events, cancel := s.Subscribe(1000)
 	defer cancel()
 	counter := filepath.Join(t.TempDir(), "runs")
-	b := Backoff{Initial: 10 * time.Millisecond, Max: 40 * time.Millisecond, Settle: 300 * time.Millisecond, CrashAfter: 3}
-	spec := Spec{Name: "flaky", Command: helperCmd("flaky", counter, "400ms"), Env: helperEnv(), Backoff: b}
+	b := Backoff{Initial: 10 * time.Millisecond, Max: 40 * time.Millisecond, Settle: 500 * time.Millisecond, CrashAfter: 3}
+	// Runs 5 and 7 stay up past Settle; all others exit at once.
+	spec := Spec{Name: "flaky", Env: []string{"PATH=/usr/bin:/bin"}, Backoff: b, Command: `n=0; [ -f ` + counter + ` ] && read n < ` + counter +
+		`; n=$((n+1)); echo $n > ` + counter + `; if [ $n = 5 ] || [ $n = 7 ]; then sleep 0.7; fi; exit 2`}
 	if err := s.Start(spec); err != nil {
 		t.Fatal(err)
 	}
