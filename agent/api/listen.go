@@ -68,6 +68,9 @@ func Listen(path string, gid int) (net.Listener, error) {
 			}
 		}
 	}
+	if err := checkSocketDir(dir); err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
 	if err := removeStale(path); err != nil {
 		return nil, err
 	}
@@ -110,6 +113,27 @@ func removeStale(path string) error {
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("listen on %s: remove stale socket: %w", path, err)
+	}
+	return nil
+}
+
+// checkSocketDir refuses a socket directory that another user could swap
+// the socket in: one owned by a user other than root and the agent's, or
+// one anybody may write to without the sticky bit (the /tmp fallback).
+func checkSocketDir(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return nil
+	}
+	if uid := int(st.Uid); uid != 0 && uid != os.Geteuid() {
+		return fmt.Errorf("%w: socket directory %s belongs to uid %d, neither root nor this user (%d)", ErrInvalid, dir, uid, os.Geteuid())
+	}
+	if fi.Mode().Perm()&0o002 != 0 && fi.Mode()&fs.ModeSticky == 0 {
+		return fmt.Errorf("%w: socket directory %s is writable by everyone (mode %v)", ErrInvalid, dir, fi.Mode().Perm())
 	}
 	return nil
 }

@@ -555,6 +555,27 @@ func TestListen(t *testing.T) {
 	if b, _ := os.ReadFile(file); string(b) != "data" {
 		t.Error("Listen changed a regular file")
 	}
+	// A directory another user owns, or anybody may write to: refused.
+	foreign := filepath.Join(dir, "foreign")
+	os.Mkdir(foreign, 0o755)
+	if err := os.Chown(foreign, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Listen(filepath.Join(foreign, "s"), -1); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "belongs to uid 65534") {
+		t.Errorf("Listen in a foreign dir: %v", err)
+	}
+	open := filepath.Join(dir, "open")
+	os.Mkdir(open, 0o755)
+	os.Chmod(open, 0o777)
+	if _, err := Listen(filepath.Join(open, "s"), -1); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "writable by everyone") {
+		t.Errorf("Listen in a world-writable dir: %v", err)
+	}
+	os.Chmod(open, 0o777|os.ModeSticky)
+	if ln, err := Listen(filepath.Join(open, "s"), -1); err != nil {
+		t.Errorf("Listen in a sticky world-writable dir: %v", err)
+	} else {
+		ln.Close()
+	}
 }
 
 // TestDefaultPaths checks the defaults as root (the tests run as root)
