@@ -100,9 +100,9 @@ func basePort(t *testing.T) int {
 	return 0
 }
 
-// startAgent runs `berth agent` and waits (bounded) until its socket
-// answers.
-func startAgent(t *testing.T, berth string) *harness {
+// startAgent runs `berth agent` with extra flags and waits (bounded) until
+// its socket answers.
+func startAgent(t *testing.T, berth string, flags ...string) *harness {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "berth-load-") // short: sun_path is 108 bytes
 	if err != nil {
@@ -127,7 +127,8 @@ func startAgent(t *testing.T, berth string) *harness {
 		t.Fatal(err)
 	}
 	port := basePort(t)
-	h.cmd = exec.Command(berth, "agent", "--data-dir", filepath.Join(dir, "data"), "--socket", h.socket, "--base-port", strconv.Itoa(port))
+	args := append([]string{"agent", "--data-dir", filepath.Join(dir, "data"), "--socket", h.socket, "--base-port", strconv.Itoa(port)}, flags...)
+	h.cmd = exec.Command(berth, args...)
 	h.cmd.Env = cleanEnv()
 	h.cmd.Stdout, h.cmd.Stderr = logf, logf
 	h.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

@@ -29,9 +29,10 @@ type sample struct {
 // loadConfig bounds one run of the client.
 type loadConfig struct {
 	url      string
-	expect   string        // prefix of a good body
-	duration time.Duration // how long to send
-	rate     float64       // requests per second in total; 0: unpaced
+	expect   string          // prefix of a good body
+	duration time.Duration   // how long to send at most
+	stop     <-chan struct{} // closed to stop earlier; nil: run for duration
+	rate     float64         // requests per second in total; 0: unpaced
 	workers  int
 	max      int // requests at most
 }
@@ -40,16 +41,33 @@ type loadConfig struct {
 type loadResult struct {
 	began   time.Time
 	samples []sample
-	skipped int64 // paced slots dropped because every worker was busy
+	skipped int64         // paced slots dropped because every worker was busy
+	length  time.Duration // from the first request to the end of the last
 }
 
 // runLoad sends GET requests with cfg.workers concurrent clients, each on a
-// new connection (a proxy without pooling), until the duration passes or
-// max requests were sent. Requests in flight at the end run to completion.
+// new connection (a proxy without pooling), until cfg.stop is closed, the
+// duration passes or max requests were sent. Requests in flight at the end
+// run to completion.
 func runLoad(cfg loadConfig) loadResult {
 	res := loadResult{began: time.Now()}
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.duration)
 	defer cancel()
+	if cfg.stop != nil {
+		stopped := make(chan struct{})
+		defer func() {
+			cancel()
+			<-stopped
+		}()
+		go func() {
+			defer close(stopped)
+			select {
+			case <-cfg.stop:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+	}
 
 	var tokens chan struct{}
 	var wg sync.WaitGroup
@@ -106,6 +124,7 @@ func runLoad(cfg loadConfig) loadResult {
 	}
 	slices.SortFunc(res.samples, func(a, b sample) int { return int(a.start - b.start) })
 	res.skipped = skipped.Load()
+	res.length = time.Since(res.began)
 	return res
 }
 
@@ -175,7 +194,7 @@ type stats struct {
 	sent, failed             int
 	p50, p99, max            time.Duration
 	switchSent, switchFailed int
-	switchP99                time.Duration
+	switchP99, switchMax     time.Duration
 	errors                   map[string]int
 }
 
@@ -210,7 +229,7 @@ func summarize(samples []sample, windows []window) stats {
 		}
 	}
 	st.p50, st.p99, st.max = percentile(all, 50), percentile(all, 99), percentile(all, 100)
-	st.switchP99 = percentile(during, 99)
+	st.switchP99, st.switchMax = percentile(during, 99), percentile(during, 100)
 	return st
 }
 

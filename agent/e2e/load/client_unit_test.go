@@ -85,6 +85,12 @@ func TestRunLoad(t *testing.T) {
 	if len(res.samples) != 25 {
 		t.Errorf("unpaced run bounded at 25 sent %d", len(res.samples))
 	}
+	stop := make(chan struct{})
+	close(stop)
+	res = runLoad(loadConfig{url: srv.URL, expect: "hello from test", duration: time.Hour, rate: 10, workers: 2, max: 1000, stop: stop})
+	if res.length >= time.Hour || len(res.samples) > 2 {
+		t.Errorf("stopped run went on: %s, %d requests", res.length, len(res.samples))
+	}
 	res = runLoad(loadConfig{url: srv.URL, expect: "hello from elsewhere", duration: time.Minute, workers: 1, max: 3})
 	if st := summarize(res.samples, nil); st.failed != 3 || st.errors["unexpected body"] != 3 {
 		t.Errorf("wrong body: %+v", st)

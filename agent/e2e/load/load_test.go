@@ -16,22 +16,28 @@ import (
 
 // settings are the load test's knobs (see doc.go).
 type settings struct {
-	duration time.Duration
-	rate     float64
-	workers  int
-	switches int
-	max      int
+	duration  time.Duration
+	rate      float64
+	workers   int
+	switches  int
+	max       int
+	probation time.Duration
 }
 
 func loadSettings(t *testing.T) settings {
 	t.Helper()
-	s := settings{duration: 60 * time.Second, rate: 300, workers: 4, switches: 10, max: 200000}
-	if v := os.Getenv("LOAD_DURATION"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil || d <= 0 {
-			t.Fatalf("invalid LOAD_DURATION %q", v)
+	s := settings{duration: 60 * time.Second, rate: 300, workers: 4, switches: 10, max: 200000, probation: time.Second}
+	for _, d := range []struct {
+		name string
+		dst  *time.Duration
+	}{{"LOAD_DURATION", &s.duration}, {"LOAD_PROBATION", &s.probation}} {
+		if v := os.Getenv(d.name); v != "" {
+			parsed, err := time.ParseDuration(v)
+			if err != nil || parsed <= 0 {
+				t.Fatalf("invalid %s %q", d.name, v)
+			}
+			*d.dst = parsed
 		}
-		s.duration = d
 	}
 	ints := []struct {
 		name string
@@ -69,6 +75,7 @@ type switchRecord struct {
 type runReport struct {
 	app, mode   string // mode as `berth ps` shows it
 	stats       stats
+	length      time.Duration // how long the load ran
 	skipped     int64
 	switches    []switchRecord
 	deploys     int // succeeded
@@ -122,7 +129,7 @@ func TestLoad_SafeSwitching(t *testing.T) {
 	socketTars := tarballs("socket", nil)
 	bindTars := tarballs("bind", map[string][]byte{"berth.json": bindJSON})
 
-	h := startAgent(t, berth)
+	h := startAgent(t, berth, "--probation", cfg.probation.String())
 	var reports []runReport
 	for _, run := range []struct {
 		app      string
@@ -174,11 +181,14 @@ func runMode(t *testing.T, h *harness, cfg settings, app string, tarballs []stri
 		t.Fatalf("%v\nagent log:\n%s", err, h.logTail(30))
 	}
 
+	// The load runs for cfg.duration and, should the switches take longer,
+	// until the last one is over (at most three times cfg.duration).
 	done := make(chan loadResult, 1)
+	stopLoad := make(chan struct{})
 	go func() {
 		done <- runLoad(loadConfig{
-			url: url, expect: "hello from " + app,
-			duration: cfg.duration, rate: cfg.rate, workers: cfg.workers, max: cfg.max,
+			url: url, expect: "hello from " + app, stop: stopLoad,
+			duration: 3 * cfg.duration, rate: cfg.rate, workers: cfg.workers, max: cfg.max,
 		})
 	}()
 	began := time.Now()
@@ -213,7 +223,14 @@ func runMode(t *testing.T, h *harness, cfg settings, app string, tarballs []stri
 			rep.configs++
 		}
 	}
+	if rest := time.Until(began.Add(cfg.duration)); rest > switchGrace {
+		<-time.After(rest) // the rest of the load's nominal duration
+	} else {
+		<-time.After(switchGrace) // the last switch's window
+	}
+	close(stopLoad)
 	res := <-done
+	rep.length = res.length
 
 	var windows []window
 	for _, s := range rep.switches {
@@ -222,14 +239,11 @@ func runMode(t *testing.T, h *harness, cfg settings, app string, tarballs []stri
 	rep.stats = summarize(res.samples, windows)
 	rep.skipped = res.skipped
 	for i, s := range rep.switches {
-		failed := 0
-		for _, smp := range res.samples {
-			if smp.err != "" && smp.start >= s.from && smp.start <= s.to+switchGrace {
-				failed++
-			}
-		}
-		t.Logf("switch %2d %-6s at %6.2fs took %5.2fs, %d failed requests in its window", i+1, s.kind,
-			s.from.Seconds(), (s.to - s.from).Seconds(), failed)
+		st := summarize(res.samples, []window{{s.from, s.to + switchGrace}})
+		late := s.from - step*time.Duration(i+1)
+		t.Logf("switch %2d %-6s at %6.2fs (%.2fs late) took %5.2fs: %d requests started in its window, %d failed, p99 %s, max %s",
+			i+1, s.kind, s.from.Seconds(), late.Seconds(), (s.to - s.from).Seconds(),
+			st.switchSent, st.switchFailed, ms(st.switchP99), ms(st.switchMax))
 	}
 
 	// Not vacuous: requests went out, every switch happened, and the app
@@ -275,13 +289,13 @@ func waitAnswer(url, want string) error {
 // reportTable renders the runs side by side.
 func reportTable(cfg settings, reports []runReport) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "load: %s per run, %d workers, %s, new connection per request, %d deploys + %d config changes per run\n",
-		cfg.duration, cfg.workers, rateString(cfg.rate), cfg.switches, cfg.switches)
-	fmt.Fprintf(&b, "%-11s %-7s %8s %7s %9s %9s %9s %9s %12s %12s %11s\n",
-		"app", "mode", "sent", "failed", "p50", "p99", "max", "p99-sw", "sw-sent", "sw-failed", "switch-med")
+	fmt.Fprintf(&b, "load: %s per run (longer if the switches take longer), %d workers, %s, new connection per request, %d deploys + %d config changes per run, agent --probation %s\n",
+		cfg.duration, cfg.workers, rateString(cfg.rate), cfg.switches, cfg.switches, cfg.probation)
+	fmt.Fprintf(&b, "%-11s %-7s %7s %8s %7s %9s %9s %9s %9s %9s %10s %11s\n",
+		"app", "mode", "ran", "sent", "failed", "p50", "p99", "max", "p99-sw", "sw-sent", "sw-failed", "switch-med")
 	for _, r := range reports {
-		fmt.Fprintf(&b, "%-11s %-7s %8d %7d %9s %9s %9s %9s %12d %12d %11s\n",
-			r.app, orDash(r.mode), r.stats.sent, r.stats.failed, ms(r.stats.p50), ms(r.stats.p99), ms(r.stats.max),
+		fmt.Fprintf(&b, "%-11s %-7s %6.1fs %8d %7d %9s %9s %9s %9s %9d %10d %11s\n",
+			r.app, orDash(r.mode), r.length.Seconds(), r.stats.sent, r.stats.failed, ms(r.stats.p50), ms(r.stats.p99), ms(r.stats.max),
 			ms(r.stats.switchP99), r.stats.switchSent, r.stats.switchFailed, ms(median(r.switchTimes)))
 	}
 	for _, r := range reports {
