@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/berth-dev/berth/agent/api"
+	"github.com/berth-dev/berth/agent/health"
 	"github.com/berth-dev/berth/state"
 	"github.com/berth-dev/berth/state/build"
 	"github.com/berth-dev/berth/supervisor"
@@ -67,10 +68,18 @@ type Agent struct {
 	// upload and the pin of its build (read-locked by deploys).
 	gcMu sync.RWMutex
 
-	// healthy, when set, is called for every new instance once it runs
-	// and returns when the instance is healthy (or an error). It is the
-	// hook for health checks; nil means running is enough.
-	healthy func(ctx context.Context, inst *instance) error
+	// sockMu guards sockets: the listening sockets the agent owns for
+	// instances of socket-activated types, by slot ("app/web.1"). A socket
+	// outlives the instances that use it, so a switch or restart never
+	// closes the port.
+	sockMu  sync.Mutex
+	sockets map[string]*os.File
+
+	// healthWG counts the health probers' goroutines (see prober).
+	healthWG sync.WaitGroup
+	// healthChanged wakes switches waiting for health after every change
+	// of an instance's health.
+	healthChanged notifier
 
 	// events wakes event followers after every AppendEvent.
 	events notifier
@@ -83,7 +92,7 @@ type Agent struct {
 // instance is one app process the agent runs: the supervisor knows its
 // name and state, the agent knows what it is.
 type instance struct {
-	Name     string // supervisor name: "app/web.1"
+	Name     string // supervisor name: "app/web.1", or "app/web.1@v8" in socket mode
 	App      string
 	Instance string // web.1
 	Type     string
@@ -91,9 +100,21 @@ type instance struct {
 	Build    string
 	Port     int
 	Command  string
-	Mode     string // "bind"
+	Mode     string // "socket" (agent-owned socket, start-then-stop) or "bind" (stop-then-start)
 	LogPath  string
+
+	// Check is the type's health check; nil when it has none.
+	Check *health.Check
+	// prober runs Check while the instance lives; nil without a check.
+	prober *prober
+	// spec is what the supervisor runs (exec checks use its env, dir
+	// and user; liveness restarts its stop signal and timeout).
+	spec supervisor.Spec
 }
+
+// slot is the instance's place in the formation, shared by the
+// instances of successive releases: "app/web.1".
+func (in *instance) slot() string { return in.App + "/" + in.Instance }
 
 // New checks cfg, fills its defaults and returns an agent. It starts
 // nothing; Run does.
@@ -115,6 +136,7 @@ func New(cfg Config, log hclog.Logger) (*Agent, error) {
 		locks:    map[string]chan struct{}{},
 		insts:    map[string]*instance{},
 		recorded: map[string]int{},
+		sockets:  map[string]*os.File{},
 		changed:  make(chan struct{}, 1),
 		ping:     make(chan chan struct{}),
 	}, nil
@@ -128,6 +150,10 @@ func (cfg Config) validate() error {
 		return fmt.Errorf("release retention %d: must be at least 1", cfg.Retention)
 	case cfg.StopTimeout < 0:
 		return fmt.Errorf("stop timeout %s: must not be negative", cfg.StopTimeout)
+	case cfg.StartTimeout < 0:
+		return fmt.Errorf("start timeout %s: must not be negative", cfg.StartTimeout)
+	case cfg.Settle < 0:
+		return fmt.Errorf("settle time %s: must not be negative", cfg.Settle)
 	case cfg.LogMaxSize < 0:
 		return fmt.Errorf("log max size %d: must not be negative", cfg.LogMaxSize)
 	case cfg.LogMaxFiles < 0:
@@ -185,6 +211,8 @@ func (a *Agent) Reload(cfg Config) error {
 	next.AllowEnv = cfg.AllowEnv
 	next.Backoff = cfg.Backoff
 	next.StartTimeout = cfg.StartTimeout
+	next.Settle = cfg.Settle
+	next.Probation = cfg.Probation
 	next.ReleasePhaseTimeout = cfg.ReleasePhaseTimeout
 	a.cfg = next
 	a.log.Info("configuration reloaded", "default_user", next.DefaultUser, "retention", next.Retention,
@@ -459,6 +487,8 @@ func (a *Agent) shutdown(cancelOps context.CancelFunc) {
 		a.log.Error("stop app processes", "error", err)
 	}
 	a.forget(names...)
+	a.healthWG.Wait()
+	a.closeSockets("")
 	a.log.Info("stopped app processes", "count", len(names))
 }
 

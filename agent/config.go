@@ -56,8 +56,19 @@ type Config struct {
 	// the supervisor's defaults (100ms doubling to 30s, settle 10s).
 	Backoff supervisor.Backoff
 	// StartTimeout bounds how long a switch waits for the new instances
-	// to run. Zero means 60s.
+	// to be up: running, and healthy for types with a health check (whose
+	// own deadline, start_period + retries*interval plus a margin, is
+	// bounded by it). Zero means 60s.
 	StartTimeout time.Duration
+	// Settle is how long a new instance of a type without a health check
+	// must run before it counts as up. Zero means Backoff.Settle, or the
+	// supervisor's default (5s) when that is zero too.
+	Settle time.Duration
+	// Probation is how long a switch keeps watching the new instances
+	// after the old ones stopped, before it reports success: an instance
+	// that exits or turns unhealthy inside it fails the release, which is
+	// rolled back. Zero means 10s; a negative value means no probation.
+	Probation time.Duration
 	// ReleasePhaseTimeout bounds the release phase. Zero means 10m.
 	ReleasePhaseTimeout time.Duration
 	// InboxQuiet is how long a file in the inbox must see no writes (and
@@ -77,6 +88,8 @@ const (
 	DefaultLogMaxFiles         = 5
 	DefaultLockTimeout         = time.Second
 	DefaultStartTimeout        = 60 * time.Second
+	DefaultProbation           = 10 * time.Second
+	DefaultSettle              = 5 * time.Second
 	DefaultReleasePhaseTimeout = 10 * time.Minute
 	DefaultInboxQuiet          = time.Second
 
@@ -119,6 +132,15 @@ func (cfg Config) withDefaults() Config {
 	}
 	if cfg.StartTimeout == 0 {
 		cfg.StartTimeout = DefaultStartTimeout
+	}
+	if cfg.Settle == 0 {
+		cfg.Settle = cfg.Backoff.Settle
+	}
+	if cfg.Settle == 0 {
+		cfg.Settle = DefaultSettle
+	}
+	if cfg.Probation == 0 {
+		cfg.Probation = DefaultProbation
 	}
 	if cfg.ReleasePhaseTimeout == 0 {
 		cfg.ReleasePhaseTimeout = DefaultReleasePhaseTimeout

@@ -24,9 +24,46 @@ var (
 	ErrStartTimeout = errors.New("instances did not start in time")
 
 	// ErrCrashed is returned by a switch when a new instance crash-loops
-	// instead of running.
+	// instead of running, or exits during the probation window.
 	ErrCrashed = errors.New("instance crashed on start")
+
+	// ErrUnhealthy is returned by a switch when a new instance fails its
+	// health check (Retries failures after its start period), does not
+	// pass it before its deadline, or turns unhealthy during probation.
+	ErrUnhealthy = errors.New("instance is not healthy")
+
+	// ErrRolledBack is wrapped by *SwitchError: a switch failed and the
+	// new release was marked failed and rolled back.
+	ErrRolledBack = errors.New("release failed and was rolled back")
 )
+
+// SwitchError reports a switch whose new instances did not come up
+// healthy, or crashed during probation: the new release was marked
+// failed with Reason and Output, and the app went back to RolledBackTo
+// (0: there was no earlier release, so none of the app's processes run).
+// It unwraps to ErrRolledBack and to the cause (ErrUnhealthy, ErrCrashed
+// or ErrStartTimeout).
+type SwitchError struct {
+	App          string
+	Version      int
+	RolledBackTo int
+	Reason       string // the cause, naming the instance and the last check's output
+	Output       string // the failing instance's last log lines
+	Err          error  // the cause
+}
+
+// Error implements error.
+func (e *SwitchError) Error() string {
+	if e.RolledBackTo == 0 {
+		return fmt.Sprintf("%s v%d failed: %s; v%d marked failed and its processes stopped (no earlier release to roll back to)",
+			e.App, e.Version, e.Reason, e.Version)
+	}
+	return fmt.Sprintf("%s v%d failed: %s; rolled back to v%d, v%d marked failed",
+		e.App, e.Version, e.Reason, e.RolledBackTo, e.Version)
+}
+
+// Unwrap returns ErrRolledBack and the cause.
+func (e *SwitchError) Unwrap() []error { return []error{ErrRolledBack, e.Err} }
 
 // ReleasePhaseError reports a failed release phase: the release's version,
 // how the command ended and the tail of its output.

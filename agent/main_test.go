@@ -64,6 +64,7 @@ func testConfig(dir string) Config {
 		LockTimeout:  100 * time.Millisecond,
 		Backoff:      supervisor.Backoff{Initial: 10 * time.Millisecond, Max: 200 * time.Millisecond, Settle: 300 * time.Millisecond},
 		StartTimeout: 15 * time.Second,
+		Probation:    200 * time.Millisecond,
 		InboxQuiet:   150 * time.Millisecond,
 		NoSocket:     true,
 		Version:      "test",

@@ -119,6 +119,7 @@ func (a *Agent) DestroyApp(ctx context.Context, name string) error {
 	names := slices.Collect(maps.Keys(a.appInstances(name)))
 	err = a.sup.StopMany(a.opCtx, names)
 	a.forget(names...)
+	a.closeSockets(name)
 	if err != nil {
 		a.log.Warn("stopping processes of a destroyed app", "app", name, "error", err)
 	}
@@ -163,7 +164,9 @@ func (a *Agent) SetAppUser(ctx context.Context, name, user string) (api.App, err
 	}
 	a.appendEvent(name, "user", "processes run as "+shown)
 	if rel, b, err := a.activeBuild(name); err == nil {
-		if err := a.converge(a.opCtx, name, rel, b, true, newProgress(nil)); err != nil {
+		insts, err := a.converge(a.opCtx, name, rel, b, true, true, newProgress(nil))
+		setLive(insts)
+		if err != nil {
 			return api.App{}, fmt.Errorf("user set, but restarting %s failed: %w", name, err)
 		}
 	} else if !errors.Is(err, state.ErrNoActiveRelease) {

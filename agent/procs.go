@@ -43,16 +43,25 @@ func (a *Agent) watchSupervisor(events <-chan supervisor.Event, done <-chan stru
 			a.log.Warn("supervisor events were lost; re-reading process states", "missed", ev.Missed)
 			a.resyncRecords()
 		}
+		if ev.Missed > 0 {
+			a.pokeProbers()
+		}
 		inst := a.instance(ev.Name)
 		if inst == nil {
 			continue // not an app instance (a one-off command), or already forgotten
 		}
+		if inst.prober != nil {
+			inst.prober.poke()
+		}
+		// A process that exited after running for the settle time is
+		// restarted at once: its event is "starting" with the exit.
+		settledExit := ev.State == supervisor.StateStarting && ev.Exit != nil
 		switch {
-		case ev.PID > 0 && (ev.State == supervisor.StateStarting || ev.State == supervisor.StateRunning):
+		case ev.PID > 0 && !settledExit && (ev.State == supervisor.StateStarting || ev.State == supervisor.StateRunning):
 			if err := a.recordProc(inst, ev.PID); err != nil {
 				a.log.Error("record process", "name", ev.Name, "pid", ev.PID, "error", err)
 			}
-		case ev.State == supervisor.StateBackoff || ev.State == supervisor.StateCrashed || ev.State == supervisor.StateStopped:
+		case settledExit || ev.State == supervisor.StateBackoff || ev.State == supervisor.StateCrashed || ev.State == supervisor.StateStopped:
 			a.deleteRecords(ev.Name)
 			if ev.State == supervisor.StateStopped {
 				delete(looping, ev.Name)
@@ -75,6 +84,17 @@ func (a *Agent) watchSupervisor(events <-chan supervisor.Event, done <-chan stru
 			}
 		}
 		a.markChanged()
+	}
+}
+
+// pokeProbers tells every prober to re-read its instance's process.
+func (a *Agent) pokeProbers() {
+	a.instMu.Lock()
+	defer a.instMu.Unlock()
+	for _, in := range a.insts {
+		if in.prober != nil {
+			in.prober.poke()
+		}
 	}
 }
 
@@ -187,11 +207,16 @@ func (a *Agent) appInstances(app string) map[string]*instance {
 
 // forget drops stopped instances and their process records.
 func (a *Agent) forget(names ...string) {
+	var gone []*instance
 	a.instMu.Lock()
 	for _, name := range names {
+		if in, ok := a.insts[name]; ok {
+			gone = append(gone, in)
+		}
 		delete(a.insts, name)
 	}
 	a.instMu.Unlock()
+	stopProbers(gone)
 	a.deleteRecords(names...)
 	a.markChanged()
 }

@@ -50,7 +50,9 @@ func (a *Agent) startApp(app string) error {
 	if err := a.swapCurrent(app, b.Dir); err != nil {
 		a.log.Error("swap current link", "app", app, "error", err)
 	}
-	if err := a.converge(a.opCtx, app, rel, b, false, newProgress(nil)); err != nil {
+	insts, err := a.converge(a.opCtx, app, rel, b, false, false, newProgress(nil))
+	setLive(insts)
+	if err != nil {
 		return err
 	}
 	a.log.Info("app started", "app", app, "release", rel.Version)
@@ -103,7 +105,9 @@ func (a *Agent) Scale(ctx context.Context, app string, formation map[string]int)
 	if _, err := a.store.SetFormation(app, formation); err != nil {
 		return nil, mapErr(err)
 	}
-	if err := a.converge(a.opCtx, app, rel, b, false, newProgress(nil)); err != nil {
+	insts, err := a.converge(a.opCtx, app, rel, b, false, true, newProgress(nil))
+	setLive(insts)
+	if err != nil {
 		return nil, fmt.Errorf("scale %s: %w", app, err)
 	}
 	var parts []string
@@ -134,10 +138,10 @@ func (a *Agent) processes(app string) []api.Process {
 		statuses[st.Name] = st
 	}
 	a.instMu.Lock()
-	insts := make([]instance, 0, len(a.insts))
+	insts := make([]*instance, 0, len(a.insts))
 	for _, in := range a.insts {
 		if app == "" || in.App == app {
-			insts = append(insts, *in)
+			insts = append(insts, in)
 		}
 	}
 	a.instMu.Unlock()
@@ -146,6 +150,10 @@ func (a *Agent) processes(app string) []api.Process {
 		p := api.Process{App: in.App, Instance: in.Instance, Type: in.Type, State: "stopped",
 			Release: in.Release, Port: in.Port, Mode: in.Mode, Command: in.Command}
 		if st, ok := statuses[in.Name]; ok {
+			if in.prober != nil {
+				h, _ := in.prober.status(st.PID)
+				p.Health = h.String()
+			}
 			p.State = st.State.String()
 			p.PID = st.PID
 			p.StartedAt = st.StartedAt
@@ -217,10 +225,32 @@ func (a *Agent) Restart(ctx context.Context, app, target string) error {
 	return nil
 }
 
-// splitName turns a supervisor name "app/web.1" into app and instance.
+// splitName turns a supervisor name "app/web.1" or "app/web.1@v8" into
+// app and instance ("web.1").
 func splitName(name string) (app, inst string) {
 	app, inst, _ = strings.Cut(name, "/")
+	inst, _, _ = strings.Cut(inst, "@")
 	return app, inst
+}
+
+// supervisorNames returns the supervisor names of the app's instances in
+// a slot ("web.1"), newest release last; app/web.1 when none runs.
+func (a *Agent) supervisorNames(app, inst string) []string {
+	var ins []*instance
+	for _, in := range a.appInstances(app) {
+		if in.Instance == inst {
+			ins = append(ins, in)
+		}
+	}
+	if len(ins) == 0 {
+		return []string{app + "/" + inst}
+	}
+	slices.SortFunc(ins, func(x, y *instance) int { return x.Release - y.Release })
+	out := make([]string, len(ins))
+	for i, in := range ins {
+		out[i] = in.Name
+	}
+	return out
 }
 
 func toAPILine(l supervisor.LogLine) api.LogLine {
@@ -270,22 +300,23 @@ func (a *Agent) Logs(ctx context.Context, app, instance string, n int) ([]api.Lo
 	}
 	var out []api.LogLine
 	for _, inst := range insts {
-		name := app + "/" + inst
-		lines, err := a.sup.Tail(name, n)
-		if errors.Is(err, supervisor.ErrNotFound) {
-			lines, err = supervisor.ReadLogFile(a.appDir(app, "logs", inst+".log"), n)
-			if errors.Is(err, os.ErrNotExist) {
-				continue
+		for _, name := range a.supervisorNames(app, inst) {
+			lines, err := a.sup.Tail(name, n)
+			if errors.Is(err, supervisor.ErrNotFound) {
+				lines, err = supervisor.ReadLogFile(a.appDir(app, "logs", inst+".log"), n)
+				if errors.Is(err, os.ErrNotExist) {
+					continue
+				}
+				for i := range lines {
+					lines[i].Name = name
+				}
 			}
-			for i := range lines {
-				lines[i].Name = name
+			if err != nil {
+				return nil, fmt.Errorf("logs of %s: %w", name, err)
 			}
-		}
-		if err != nil {
-			return nil, fmt.Errorf("logs of %s: %w", name, err)
-		}
-		for _, l := range lines {
-			out = append(out, toAPILine(l))
+			for _, l := range lines {
+				out = append(out, toAPILine(l))
+			}
 		}
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Time.Before(out[j].Time) })
@@ -316,7 +347,7 @@ func (a *Agent) FollowLogs(ctx context.Context, app, instance string, send func(
 	prefix := app + "/"
 	lines, cancel := a.sup.FollowLogs(func(name string) bool {
 		if instance != "" {
-			return name == prefix+instance
+			return name == prefix+instance || strings.HasPrefix(name, prefix+instance+"@")
 		}
 		return strings.HasPrefix(name, prefix)
 	}, 256)

@@ -11,11 +11,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
 	"github.com/berth-dev/berth/agent/api"
+	"github.com/berth-dev/berth/agent/health"
 	"github.com/berth-dev/berth/state"
 	"github.com/berth-dev/berth/state/build"
 	"github.com/berth-dev/berth/supervisor"
@@ -167,6 +167,9 @@ func syncDir(dir string) error {
 }
 
 // specFor turns one instance of a release into what the supervisor runs.
+// An instance of a socket-activated type is named after its release
+// ("app/web.1@v8"), so the new one can run beside the old one during a
+// switch; the caller adds its socket.
 func (a *Agent) specFor(cfg Config, app string, rel state.Release, b *build.Build, inst string, who runAs, tmp string) (supervisor.Spec, *instance, error) {
 	typ, _ := splitInstance(inst)
 	command, ok := b.Procfile.Command(typ)
@@ -182,11 +185,18 @@ func (a *Agent) specFor(cfg Config, app string, rel state.Release, b *build.Buil
 	if err != nil {
 		return supervisor.Spec{}, nil, fmt.Errorf("%w: manifest of %s: %w", api.ErrInvalid, typ, err)
 	}
+	check, err := checkOf(pm.Healthcheck)
+	if err != nil {
+		return supervisor.Spec{}, nil, fmt.Errorf("%w: manifest of %s: %w", api.ErrInvalid, typ, err)
+	}
 	stopTimeout := cfg.StopTimeout
 	if pm.StopTimeout > 0 {
 		stopTimeout = time.Duration(pm.StopTimeout)
 	}
-	name := app + "/" + inst
+	name, mode := app+"/"+inst, "bind"
+	if pm.SocketActivation {
+		name, mode = fmt.Sprintf("%s/%s@v%d", app, inst, rel.Version), "socket"
+	}
 	logPath := a.appDir(app, "logs", inst+".log")
 	spec := supervisor.Spec{
 		Name:    name,
@@ -204,41 +214,45 @@ func (a *Agent) specFor(cfg Config, app string, rel state.Release, b *build.Buil
 		},
 	}
 	return spec, &instance{Name: name, App: app, Instance: inst, Type: typ, Release: rel.Version,
-		Build: rel.Build, Port: port, Command: command, Mode: "bind", LogPath: logPath}, nil
+		Build: rel.Build, Port: port, Command: command, Mode: mode, LogPath: logPath, Check: check, spec: spec}, nil
 }
 
 // converge makes the app's processes match rel under the app's current
-// formation. With restart, every instance is replaced (a release
-// switch: stop the old ones, then start the new ones); without, only
-// missing instances are started and surplus ones stopped (scale). It
-// returns once every started instance runs.
-func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *build.Build, restart bool, p *progress) error {
+// formation, and returns the instances it started once they are all up
+// (see waitUp). With restart, every instance is replaced (a release
+// switch); without, only missing instances are started and surplus ones
+// (other releases, slots the formation no longer has) stopped. With
+// healthy, instances are up once healthy (or settled, see waitUp);
+// without (the start at boot), once they run.
+//
+// An instance of a socket-activated type whose slot runs a socket-mode
+// instance already starts on the same socket beside it, and the old one
+// is stopped only once the new one is up (start-then-stop). Every other
+// old instance is stopped before the new ones start (stop-then-start).
+func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *build.Build, restart, healthy bool, p *progress) ([]*instance, error) {
 	cfg := a.config()
 	appRec, err := a.store.App(app)
 	if err != nil {
-		return mapErr(err)
+		return nil, mapErr(err)
 	}
 	formation, err := a.store.Formation(app)
 	if err != nil {
-		return mapErr(err)
+		return nil, mapErr(err)
 	}
 	want := desiredInstances(formation, b.Procfile)
 	have := a.appInstances(app)
-
-	var stop []string
-	for name, inst := range have {
-		if restart || inst.Release != rel.Version || !slices.Contains(want, inst.Instance) {
-			stop = append(stop, name)
-		}
+	bySlot := map[string][]*instance{}
+	for _, in := range have {
+		bySlot[in.Instance] = append(bySlot[in.Instance], in)
 	}
+
 	var start []string
 	for _, inst := range want {
-		cur := have[app+"/"+inst]
-		if restart || cur == nil || cur.Release != rel.Version {
+		current := slices.ContainsFunc(bySlot[inst], func(in *instance) bool { return in.Release == rel.Version })
+		if restart || !current {
 			start = append(start, inst)
 		}
 	}
-	slices.Sort(stop)
 
 	// Everything that can fail on bad input (user, ports, manifest) is
 	// checked before any old process is touched.
@@ -247,38 +261,91 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 	if len(start) > 0 {
 		who, err := resolveUser(appRec.User, cfg.DefaultUser)
 		if err != nil {
-			return fmt.Errorf("%w: app %s: %w", api.ErrInvalid, app, err)
+			return nil, fmt.Errorf("%w: app %s: %w", api.ErrInvalid, app, err)
 		}
 		tmp, err := a.prepareAppDirs(app, who)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		for _, inst := range start {
 			spec, in, err := a.specFor(cfg, app, rel, b, inst, who, tmp)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			specs = append(specs, spec)
 			insts = append(insts, in)
 		}
 	}
 
-	if len(stop) > 0 {
+	// Which old instances go before the new ones start, and which after.
+	var stopFirst, stopAfter []string
+	starting := map[string]*instance{}
+	for _, in := range insts {
+		starting[in.Instance] = in
+	}
+	keepSockets := map[string]bool{}
+	for slot, olds := range bySlot {
+		in := starting[slot]
+		if in == nil {
+			if slices.Contains(want, slot) {
+				// Kept: stop instances of other releases beside it.
+				for _, old := range olds {
+					if old.Release != rel.Version {
+						stopFirst = append(stopFirst, old.Name)
+					}
+				}
+				continue
+			}
+			for _, old := range olds {
+				stopFirst = append(stopFirst, old.Name)
+			}
+			continue
+		}
+		overlap := in.Mode == "socket" && a.hasSocket(in.slot())
+		for _, old := range olds {
+			if old.Mode != "socket" || old.Name == in.Name {
+				overlap = false
+			}
+		}
+		for _, old := range olds {
+			if overlap {
+				stopAfter = append(stopAfter, old.Name)
+			} else {
+				stopFirst = append(stopFirst, old.Name)
+			}
+		}
+	}
+	for _, in := range insts {
+		if in.Mode == "socket" {
+			keepSockets[in.slot()] = true
+		}
+	}
+	slices.Sort(stopFirst)
+	slices.Sort(stopAfter)
+
+	if len(stopFirst) > 0 {
 		p.mark()
-		// Stop forgets an instance even when it fails (its group is
-		// killed when ctx ends), so forget them all either way.
-		err := a.sup.StopMany(ctx, stop)
-		a.forget(stop...)
-		if ctx.Err() != nil {
-			return fmt.Errorf("stop old instances: %w", ctx.Err())
+		if err := a.stopInstances(ctx, app, stopFirst); err != nil {
+			return nil, err
 		}
+		p.step("stop", "stopped %d old instance(s) before starting the new ones", len(stopFirst))
+	}
+	// Bind-mode instances need their port back from a socket no longer
+	// used; socket-mode ones get theirs (made now if it is new).
+	a.pruneSockets(app, keepSockets)
+	for i, in := range insts {
+		if in.Mode != "socket" {
+			continue
+		}
+		f, err := a.socketFor(in.slot(), in.Port)
 		if err != nil {
-			a.log.Warn("stopping old instances", "app", app, "error", err)
+			return nil, fmt.Errorf("%w: %w", api.ErrUnavailable, err)
 		}
-		p.step("stop", "stopped %d old instance(s)", len(stop))
+		specs[i].ListenFiles = []*os.File{f}
 	}
 	if len(specs) == 0 {
-		return nil
+		a.pruneSockets(app, nil)
+		return nil, nil
 	}
 
 	p.mark()
@@ -289,11 +356,12 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 		a.insts[in.Name] = in
 	}
 	a.instMu.Unlock()
+	for _, in := range insts {
+		a.startProber(in)
+	}
 	a.markChanged()
 	var startErrs []error
-	names := make([]string, 0, len(specs))
 	for _, spec := range specs {
-		names = append(names, spec.Name)
 		err := a.sup.Start(spec)
 		if errors.Is(err, supervisor.ErrExists) {
 			// Supervised but not ours (a previous start whose record
@@ -314,100 +382,246 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 		}
 	}
 	if err := errors.Join(startErrs...); err != nil {
-		return err
+		return insts, err
 	}
-	if err := a.waitUp(ctx, cfg, names, events); err != nil {
-		return err
+	p.step("start", "started %d instance(s) of v%d", len(insts), rel.Version)
+	if !healthy {
+		cfg.Settle = 0
+	}
+	if err := a.waitUp(ctx, cfg, insts, events, healthy, p); err != nil {
+		return insts, err
 	}
 	// The supervisor events record the processes too; doing it here as
 	// well means a switch reports done only once its records are durable.
 	a.recordAll(insts)
-	p.step("start", "%d instance(s) of v%d running", len(names), rel.Version)
+
+	if len(stopAfter) > 0 {
+		p.mark()
+		if err := a.stopInstances(ctx, app, stopAfter); err != nil {
+			return insts, err
+		}
+		p.step("stop", "stopped %d old instance(s) after the new ones were up", len(stopAfter))
+	}
+	a.pruneSockets(app, nil)
+	return insts, nil
+}
+
+// stopInstances stops and forgets the named instances.
+func (a *Agent) stopInstances(ctx context.Context, app string, names []string) error {
+	// Stop forgets an instance even when it fails (its group is killed
+	// when ctx ends), so forget them all either way.
+	err := a.sup.StopMany(ctx, names)
+	a.forget(names...)
+	if ctx.Err() != nil {
+		return fmt.Errorf("stop old instances: %w", ctx.Err())
+	}
+	if err != nil {
+		a.log.Warn("stopping old instances", "app", app, "error", err)
+	}
 	return nil
 }
 
-// waitUp waits until every named instance is up: running, and healthy
-// through a.healthy when that is set. It fails when an instance crash-
-// loops or Config.StartTimeout passes.
-func (a *Agent) waitUp(ctx context.Context, cfg Config, names []string, events <-chan supervisor.Event) error {
-	ctx, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
-	defer cancel()
-	pending := map[string]bool{}
-	for _, name := range names {
-		pending[name] = true
-	}
-	check := func(name string, st supervisor.State, exit *supervisor.Exit) error {
-		switch st {
-		case supervisor.StateRunning:
-			delete(pending, name)
-		case supervisor.StateCrashed:
-			msg := "no exit status"
-			if exit != nil {
-				msg = exit.String()
-			} else if st, err := a.sup.Status(name); err == nil && st.LastError != "" {
-				msg = st.LastError
-			}
-			_, inst := splitName(name)
-			return fmt.Errorf("%w: %s keeps exiting (%s); see berth logs", ErrCrashed, inst, msg)
-		}
-		return nil
-	}
-	// Status catches up with what the events cannot tell: changes before
-	// the subscription, and events lost when its buffer was full.
-	catchUp := func() error {
-		for name := range pending {
-			st, err := a.sup.Status(name)
+// instanceError is why one instance did not come up, or failed during
+// probation; it wraps ErrUnhealthy, ErrCrashed or ErrStartTimeout.
+type instanceError struct {
+	inst *instance
+	err  error
+}
+
+func (e *instanceError) Error() string { return e.err.Error() }
+func (e *instanceError) Unwrap() error { return e.err }
+
+// waitUp waits until every instance is up: healthy when its type has a
+// check (bounded by healthDeadline), else running for Config.Settle
+// without a restart. It fails with an *instanceError when an instance
+// fails its check, crash-loops, or is not up in time (Config.StartTimeout
+// plus the settle time).
+func (a *Agent) waitUp(ctx context.Context, cfg Config, insts []*instance, events <-chan supervisor.Event, healthy bool, p *progress) error {
+	begin := time.Now()
+	pending := slices.Clone(insts)
+	checked := healthy && slices.ContainsFunc(insts, func(in *instance) bool { return in.Check != nil })
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		// Take the wake-up channel before reading states, so a change in
+		// between is not missed.
+		woken := a.healthChanged.wait()
+		now := time.Now()
+		next := now.Add(time.Hour)
+		var err error
+		pending = slices.DeleteFunc(pending, func(in *instance) bool {
 			if err != nil {
-				continue
+				return false
 			}
-			if err := check(name, st.State, st.LastExit); err != nil {
-				return err
+			var up bool
+			var at time.Time
+			up, at, err = a.upState(cfg, in, healthy, begin, now)
+			if at.Before(next) {
+				next = at
 			}
+			return up
+		})
+		if err != nil {
+			return err
 		}
-		return nil
-	}
-	if err := catchUp(); err != nil {
-		return err
-	}
-	for len(pending) > 0 {
+		if len(pending) == 0 {
+			switch {
+			case checked:
+				p.step("health", "%d instance(s) up (healthy, or running for %s without a check)", len(insts), cfg.Settle)
+			case healthy:
+				p.step("health", "%d instance(s) running for %s (no health checks)", len(insts), cfg.Settle)
+			default:
+				p.step("health", "%d instance(s) running", len(insts))
+			}
+			return nil
+		}
+		timer.Reset(max(time.Until(next), 0))
 		select {
-		case ev, ok := <-events:
+		case _, ok := <-events:
 			if !ok {
 				return fmt.Errorf("wait for instances: %w", supervisor.ErrClosed)
 			}
-			if ev.Missed > 0 {
-				if err := catchUp(); err != nil {
-					return err
-				}
-			}
-			if !pending[ev.Name] {
-				continue
-			}
-			if err := check(ev.Name, ev.State, ev.Exit); err != nil {
-				return err
-			}
+		case <-woken:
+		case <-timer.C:
 		case <-ctx.Done():
-			left := slices.Sorted(maps.Keys(pending))
-			if ctx.Err() == context.DeadlineExceeded {
-				return fmt.Errorf("%w: %s not running after %s", ErrStartTimeout, strings.Join(left, ", "), cfg.StartTimeout)
+			var left []string
+			for _, in := range pending {
+				left = append(left, in.Instance)
 			}
 			return fmt.Errorf("wait for %s: %w", strings.Join(left, ", "), ctx.Err())
 		}
 	}
-	if a.healthy == nil {
+}
+
+// upState says whether in is up; if not, when to look again, or why it
+// never will be.
+func (a *Agent) upState(cfg Config, in *instance, healthy bool, begin, now time.Time) (bool, time.Time, error) {
+	st, err := a.sup.Status(in.Name)
+	if err != nil {
+		return false, now, &instanceError{in, fmt.Errorf("%w: %s is not supervised: %v", ErrCrashed, in.Instance, err)}
+	}
+	if st.State == supervisor.StateCrashed {
+		return false, now, &instanceError{in, fmt.Errorf("%w: %s keeps exiting (%s)", ErrCrashed, in.Instance, lastExit(st))}
+	}
+	if in.Check == nil || !healthy {
+		if st.State == supervisor.StateRunning {
+			settled := st.StartedAt.Add(cfg.Settle)
+			if !now.Before(settled) {
+				return true, now, nil
+			}
+			return false, settled, nil
+		}
+		deadline := begin.Add(cfg.StartTimeout)
+		if !now.Before(deadline) {
+			return false, now, &instanceError{in, fmt.Errorf("%w: %s not running after %s (%s)", ErrStartTimeout, in.Instance, cfg.StartTimeout, st.State)}
+		}
+		return false, deadline, nil
+	}
+	status, last := in.prober.status(st.PID)
+	switch {
+	case st.State == supervisor.StateRunning && status == health.Healthy:
+		return true, now, nil
+	case st.State == supervisor.StateRunning && status == health.Unhealthy:
+		return false, now, &instanceError{in, fmt.Errorf("%w: %s failed its health check (%s) %d times in a row; last check: %s",
+			ErrUnhealthy, in.Instance, in.Check, in.Check.Retries, lastOutput(last))}
+	}
+	limit := healthDeadline(*in.Check, cfg.StartTimeout)
+	deadline := begin.Add(limit)
+	if !now.Before(deadline) {
+		what := "last check: " + lastOutput(last)
+		if st.State != supervisor.StateRunning {
+			what = fmt.Sprintf("it is %s (%s)", st.State, lastExit(st))
+		}
+		return false, now, &instanceError{in, fmt.Errorf("%w: %s did not pass its health check (%s) within %s; %s",
+			ErrUnhealthy, in.Instance, in.Check, limit, what)}
+	}
+	return false, deadline, nil
+}
+
+// probation watches the new instances for cfg.Probation after a switch:
+// any exit (a crash, since nothing else stops them meanwhile) or a turn
+// to unhealthy fails it with an *instanceError.
+func (a *Agent) probation(ctx context.Context, cfg Config, insts []*instance, events <-chan supervisor.Event, p *progress) error {
+	if cfg.Probation <= 0 || len(insts) == 0 {
 		return nil
 	}
-	var wg sync.WaitGroup
-	errs := make([]error, len(names))
-	for i, name := range names {
-		inst := a.instance(name)
-		if inst == nil {
-			continue
+	p.mark()
+	end := time.Now().Add(cfg.Probation)
+	restarts := map[string]int{}
+	for _, in := range insts {
+		if st, err := a.sup.Status(in.Name); err == nil {
+			restarts[in.Name] = st.Restarts
 		}
-		wg.Go(func() { errs[i] = a.healthy(ctx, inst) })
 	}
-	wg.Wait()
-	return errors.Join(errs...)
+	timer := time.NewTimer(cfg.Probation)
+	defer timer.Stop()
+	for {
+		woken := a.healthChanged.wait()
+		for _, in := range insts {
+			st, err := a.sup.Status(in.Name)
+			if err != nil {
+				return &instanceError{in, fmt.Errorf("%w: %s is gone during the %s probation: %v", ErrCrashed, in.Instance, cfg.Probation, err)}
+			}
+			if st.Restarts != restarts[in.Name] || st.State != supervisor.StateRunning {
+				return &instanceError{in, fmt.Errorf("%w: %s exited (%s) during the %s probation after the switch",
+					ErrCrashed, in.Instance, lastExit(st), cfg.Probation)}
+			}
+			if in.prober != nil {
+				if status, last := in.prober.status(st.PID); status == health.Unhealthy {
+					return &instanceError{in, fmt.Errorf("%w: %s turned unhealthy (%s) during the %s probation; last check: %s",
+						ErrUnhealthy, in.Instance, in.Check, cfg.Probation, lastOutput(last))}
+				}
+			}
+		}
+		if !time.Now().Before(end) {
+			p.step("probation", "%d instance(s) stayed up for %s", len(insts), cfg.Probation)
+			return nil
+		}
+		select {
+		case _, ok := <-events:
+			if !ok {
+				return fmt.Errorf("probation: %w", supervisor.ErrClosed)
+			}
+		case <-woken:
+		case <-timer.C:
+		case <-ctx.Done():
+			return fmt.Errorf("probation: %w", ctx.Err())
+		}
+	}
+}
+
+// lastExit describes how an instance's last process ended.
+func lastExit(st supervisor.Status) string {
+	switch {
+	case st.LastExit != nil:
+		return st.LastExit.String()
+	case st.LastError != "":
+		return st.LastError
+	}
+	return "no exit status"
+}
+
+// lastOutput is a check result's output for an error message.
+func lastOutput(r health.Result) string {
+	if r.Time.IsZero() {
+		return "none completed"
+	}
+	if out := strings.TrimSpace(firstLine(r.Output)); out != "" {
+		return out
+	}
+	if r.OK {
+		return "ok"
+	}
+	return "failed without output"
+}
+
+// setLive enables liveness restarts of the instances.
+func setLive(insts []*instance) {
+	for _, in := range insts {
+		if in.prober != nil {
+			in.prober.setLive()
+		}
+	}
 }
 
 // runReleasePhase runs the Procfile's release command once, with the new
@@ -453,9 +667,13 @@ func (a *Agent) runReleasePhase(ctx context.Context, app string, rel state.Relea
 }
 
 // activate runs the release phase of a pending release, records it as
-// active, points current at its build, and replaces the app's processes.
-// The caller holds the app's lock. kind names the event ("deploy",
-// "config", "rollback").
+// active, points current at its build, and replaces the app's processes:
+// it returns once the new instances are up and the probation window
+// after the switch passed. If they are not (a failed health check, a
+// crash, a start timeout), the release is marked failed, the previous
+// one is activated and its processes brought back, and a *SwitchError
+// says so. The caller holds the app's lock. kind names the event
+// ("deploy", "config", "rollback").
 func (a *Agent) activate(app string, rel state.Release, b *build.Build, kind string, p *progress) (state.Release, error) {
 	// Once the release is recorded the switch goes on even if the client
 	// goes away (a Ctrl-C of `berth deploy` must not leave a release
@@ -482,7 +700,8 @@ func (a *Agent) activate(app string, rel state.Release, b *build.Build, kind str
 	// The store first: after a crash from here on, the agent brings the
 	// app up on this release.
 	p.mark()
-	if _, err := a.store.Activate(app, rel.Version); err != nil {
+	prev, err := a.store.Activate(app, rel.Version)
+	if err != nil {
 		return state.Release{}, mapErr(err)
 	}
 	if cur, err := a.store.Formation(app); err == nil {
@@ -503,10 +722,20 @@ func (a *Agent) activate(app string, rel state.Release, b *build.Build, kind str
 	}
 	p.step("record", "v%d is the active release", rel.Version)
 
-	if err := a.converge(sctx, app, rel, b, true, p); err != nil {
-		a.appendEvent(app, "failure", fmt.Sprintf("v%d: %v", rel.Version, err))
-		return state.Release{}, fmt.Errorf("v%d is active but its processes did not all start: %w", rel.Version, err)
+	events, unsubscribe := a.sup.Subscribe(64)
+	defer unsubscribe()
+	insts, err := a.converge(sctx, app, rel, b, true, true, p)
+	if err == nil {
+		err = a.probation(sctx, a.config(), insts, events, p)
 	}
+	if err != nil {
+		if sctx.Err() != nil {
+			// Shutting down: the next start brings the active release up.
+			return state.Release{}, fmt.Errorf("v%d is active but the agent stopped before its processes were up: %w", rel.Version, err)
+		}
+		return state.Release{}, a.rollBack(app, rel, prev, err, p)
+	}
+	setLive(insts)
 	a.appendEvent(app, kind, fmt.Sprintf("v%d %s", rel.Version, rel.Description))
 	a.collectGarbage()
 	out, err := a.store.Release(app, rel.Version)
@@ -515,6 +744,88 @@ func (a *Agent) activate(app string, rel state.Release, b *build.Build, kind str
 	}
 	p.step("done", "v%d %s", out.Version, out.Description)
 	return out, nil
+}
+
+// rollBack undoes a failed switch to rel: it marks rel failed with the
+// cause and the failing instance's last log lines, activates prev (the
+// release active before; none when its Version is 0) and brings its
+// processes back, stops what is left of rel's, records an event and
+// returns the *SwitchError that says all of it.
+func (a *Agent) rollBack(app string, rel, prev state.Release, cause error, p *progress) error {
+	p.mark()
+	serr := &SwitchError{App: app, Version: rel.Version, RolledBackTo: prev.Version, Reason: cause.Error(), Err: cause}
+	var ie *instanceError
+	if errors.As(cause, &ie) {
+		serr.Output = a.failureOutput(ie.inst)
+	}
+	a.log.Warn("switch failed; rolling back", "app", app, "version", rel.Version, "to", prev.Version, "error", cause)
+	if err := a.store.MarkFailed(app, rel.Version, serr.Reason, serr.Output); err != nil {
+		a.log.Error("mark release failed", "app", app, "version", rel.Version, "error", err)
+	}
+	var restoreErr error
+	if prev.Version != 0 {
+		restoreErr = a.restore(app, prev, p)
+	} else {
+		names := slices.Collect(maps.Keys(a.appInstances(app)))
+		slices.Sort(names)
+		restoreErr = a.stopInstances(a.opCtx, app, names)
+		a.pruneSockets(app, nil)
+	}
+	msg := serr.Error()
+	if restoreErr != nil {
+		msg += fmt.Sprintf(" (but v%d did not come back up: %v)", prev.Version, restoreErr)
+		a.log.Error("roll back", "app", app, "to", prev.Version, "error", restoreErr)
+	}
+	a.appendEvent(app, "rollback", msg)
+	p.step("rollback", "%s", msg)
+	if restoreErr != nil {
+		return fmt.Errorf("%w (and v%d did not come back up: %v)", serr, prev.Version, restoreErr)
+	}
+	return serr
+}
+
+// restore makes prev active again and converges the app's processes on
+// it: instances of prev that still run (a socket-mode switch fails before
+// it stops them) are kept, the failed release's are stopped.
+func (a *Agent) restore(app string, prev state.Release, p *progress) error {
+	if _, err := a.store.Activate(app, prev.Version); err != nil {
+		return fmt.Errorf("activate v%d: %w", prev.Version, err)
+	}
+	b, err := a.builds.Get(prev.Build)
+	if err != nil {
+		return fmt.Errorf("build %s of v%d: %w", shortDigest(prev.Build), prev.Version, err)
+	}
+	if err := a.swapCurrent(app, b.Dir); err != nil {
+		a.log.Error("swap current link", "app", app, "error", err)
+	}
+	insts, err := a.converge(a.opCtx, app, prev, b, false, true, p)
+	setLive(insts)
+	return err
+}
+
+// failureOutput is what a failed release records as its output: the
+// failing instance's last log lines and its last health check's output.
+func (a *Agent) failureOutput(in *instance) string {
+	var sb strings.Builder
+	lines, err := a.sup.Tail(in.Name, 20)
+	if err != nil {
+		lines, _ = supervisor.ReadLogFile(in.LogPath, 20)
+	}
+	fmt.Fprintf(&sb, "last log lines of %s:\n", in.Instance)
+	for _, l := range lines {
+		fmt.Fprintf(&sb, "%s %s %s\n", l.Time.Format(time.RFC3339Nano), l.Stream, l.Text)
+	}
+	if len(lines) == 0 {
+		sb.WriteString("(none)\n")
+	}
+	if in.prober != nil {
+		st, _ := a.sup.Status(in.Name)
+		if _, last := in.prober.status(st.PID); !last.Time.IsZero() {
+			fmt.Fprintf(&sb, "last health check (%s) at %s, %s:\n%s\n", in.Check, last.Time.Format(time.RFC3339Nano),
+				map[bool]string{true: "ok", false: "failed"}[last.OK], strings.TrimRight(last.Output, "\n"))
+		}
+	}
+	return sb.String()
 }
 
 // collectGarbage removes the builds no retained release references

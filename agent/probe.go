@@ -1,0 +1,257 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/berth-dev/berth/agent/health"
+	"github.com/berth-dev/berth/state/build"
+	"github.com/berth-dev/berth/supervisor"
+)
+
+// checkOf converts a manifest's health check; nil for none.
+func checkOf(hc *build.Healthcheck) (*health.Check, error) {
+	if hc == nil {
+		return nil, nil
+	}
+	c := health.Check{HTTP: hc.HTTP, TCP: hc.TCP, Exec: hc.Exec, Interval: time.Duration(hc.Interval),
+		Timeout: time.Duration(hc.Timeout), StartPeriod: time.Duration(hc.StartPeriod), Retries: hc.Retries}.WithDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// healthDeadline is how long a switch waits for a new instance to pass
+// its check: the start period, then Retries probes (each at most Timeout,
+// Interval apart), plus one more probe as a margin, bounded by limit.
+func healthDeadline(c health.Check, limit time.Duration) time.Duration {
+	c = c.WithDefaults()
+	d := c.StartPeriod + time.Duration(c.Retries+1)*(c.Interval+c.Timeout) + time.Second
+	return min(d, limit)
+}
+
+// prober runs an instance's health check for as long as the agent runs
+// the instance: a health.Monitor for each of its processes in turn (a
+// restarted process starts over, with its own start period). Once the
+// instance is live (its switch is over), a process that turns unhealthy
+// is stopped with its stop signal, and the supervisor restarts it like a
+// crash, with the same backoff.
+type prober struct {
+	a     *Agent
+	inst  *instance
+	check health.Check
+	// kick is signalled (buffer 1) when the instance's process may have
+	// changed: every supervisor event about it.
+	kick chan struct{}
+	// unhealthy receives the pid of a live process that turned unhealthy.
+	unhealthy chan int
+	// live enables liveness restarts.
+	live   atomic.Bool
+	cancel context.CancelFunc
+
+	mu  sync.Mutex // guards pid and mon
+	pid int        // the process mon probes (0: none runs)
+	mon *health.Monitor
+}
+
+// startProber starts probing inst's check; forget stops it.
+func (a *Agent) startProber(inst *instance) {
+	if inst.Check == nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	pr := &prober{a: a, inst: inst, check: *inst.Check, kick: make(chan struct{}, 1),
+		unhealthy: make(chan int, 1), cancel: cancel}
+	inst.prober = pr
+	a.healthWG.Go(func() { pr.run(ctx) })
+}
+
+// poke tells the prober that the instance's process may have changed.
+func (pr *prober) poke() {
+	select {
+	case pr.kick <- struct{}{}:
+	default:
+	}
+}
+
+// status returns the health of the process pid (the instance's current
+// one) and the last probe's result. A process the prober has not picked
+// up yet is starting.
+func (pr *prober) status(pid int) (health.Status, health.Result) {
+	pr.mu.Lock()
+	defer pr.mu.Unlock()
+	if pr.mon == nil || pr.pid != pid || pid == 0 {
+		return health.Starting, health.Result{}
+	}
+	return pr.mon.Last()
+}
+
+// run follows the instance's processes until ctx ends.
+func (pr *prober) run(ctx context.Context) {
+	var (
+		cur     int
+		stopMon = func() {}
+	)
+	defer func() { stopMon() }()
+	for {
+		st, err := pr.a.sup.Status(pr.inst.Name)
+		pid := 0
+		if err == nil && st.State == supervisor.StateRunning {
+			pid = st.PID
+		}
+		if pid != cur {
+			stopMon()
+			stopMon = func() {}
+			cur = pid
+			var mon *health.Monitor
+			if pid != 0 {
+				mon = health.NewMonitor(pr.check, pr.target(st.StartedAt), func(s health.Status, r health.Result) {
+					pr.changed(pid, s)
+				})
+				mctx, cancel := context.WithCancel(ctx)
+				done := make(chan struct{})
+				go func() { // owned: stopMon waits for done
+					defer close(done)
+					if err := mon.Run(mctx); err != nil {
+						pr.a.log.Error("health check cannot run", "name", pr.inst.Name, "check", pr.check.String(), "error", err)
+					}
+				}()
+				stopMon = func() { cancel(); <-done }
+			}
+			pr.mu.Lock()
+			pr.pid, pr.mon = pid, mon
+			pr.mu.Unlock()
+			pr.a.healthChanged.notify()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-pr.kick:
+		case bad := <-pr.unhealthy:
+			if bad == cur {
+				pr.restart(ctx, bad)
+			}
+		}
+	}
+}
+
+// changed is the monitor's callback for process pid.
+func (pr *prober) changed(pid int, s health.Status) {
+	pr.a.healthChanged.notify()
+	pr.a.markChanged()
+	if s == health.Unhealthy && pr.live.Load() {
+		select {
+		case pr.unhealthy <- pid:
+		default:
+		}
+	}
+}
+
+// target is what the check probes for a process started at started.
+func (pr *prober) target(started time.Time) health.Target {
+	in := pr.inst
+	return health.Target{Port: in.Port, Env: in.spec.Env, Dir: in.spec.Dir, StartedAt: started,
+		RunExec: func(ctx context.Context, command string, env []string, dir string) (int, []byte, error) {
+			exit, out, err := pr.a.sup.RunCommand(ctx, supervisor.Spec{Name: in.Name + " health", Command: command,
+				Env: env, Dir: dir, Credential: in.spec.Credential, StopTimeout: time.Second})
+			if err != nil {
+				return -1, out, err
+			}
+			if exit.Signal != 0 {
+				return -1, append(out, fmt.Sprintf("\n%s", exit)...), nil
+			}
+			return exit.Code, out, nil
+		}}
+}
+
+// restart stops an unhealthy live process (pid) with its stop signal,
+// and SIGKILL after its stop timeout, without telling the supervisor: it
+// sees the exit as a crash and restarts the instance with its backoff,
+// as for any crash. The process group is the pid (Setpgid).
+func (pr *prober) restart(ctx context.Context, pid int) {
+	in := pr.inst
+	st, err := pr.a.sup.Status(in.Name)
+	if err != nil || st.PID != pid || st.State != supervisor.StateRunning {
+		return
+	}
+	_, last := pr.status(pid)
+	pr.a.appendEvent(in.App, "unhealthy", fmt.Sprintf("%s failed its health check (%s): %s; restarting it",
+		in.Instance, pr.check, firstLine(last.Output)))
+	pr.a.log.Warn("instance is unhealthy; restarting it", "name", in.Name, "pid", pid, "check", pr.check.String())
+	sig := in.spec.StopSignal
+	if sig == 0 {
+		sig = syscall.SIGTERM
+	}
+	if err := syscall.Kill(-pid, sig); err != nil {
+		if !errors.Is(err, syscall.ESRCH) {
+			pr.a.log.Error("signal unhealthy instance", "name", in.Name, "pid", pid, "error", err)
+		}
+		return
+	}
+	timeout := in.spec.StopTimeout
+	if timeout <= 0 {
+		timeout = pr.a.config().StopTimeout
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if st, err := pr.a.sup.Status(in.Name); err == nil && st.PID == pid {
+				syscall.Kill(-pid, syscall.SIGKILL)
+			}
+			return
+		case <-pr.kick:
+			if st, err := pr.a.sup.Status(in.Name); err != nil || st.PID != pid {
+				pr.poke() // run picks up the new process
+				return
+			}
+		}
+	}
+}
+
+// setLive enables liveness restarts, at once if the process is
+// unhealthy already.
+func (pr *prober) setLive() {
+	pr.live.Store(true)
+	pr.mu.Lock()
+	pid, mon := pr.pid, pr.mon
+	pr.mu.Unlock()
+	if mon == nil {
+		return
+	}
+	if s, _ := mon.Last(); s == health.Unhealthy {
+		select {
+		case pr.unhealthy <- pid:
+		default:
+		}
+	}
+}
+
+// stopProbers stops the probers of forgotten instances; Agent.healthWG
+// waits for their goroutines.
+func stopProbers(insts []*instance) {
+	for _, in := range insts {
+		if in.prober != nil {
+			in.prober.cancel()
+		}
+	}
+}
+
+// firstLine returns s up to its first newline.
+func firstLine(s string) string {
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\n' {
+			return s[:i]
+		}
+	}
+	return s
+}
