@@ -82,8 +82,9 @@ func (e *eofReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// run extracts every entry of the tar stream src, then re-checks every symlink against the
-// final tree (a later entry may change where an earlier link resolves).
+// run extracts every entry of the tar stream src, then re-checks every
+// symlink against the final tree (a later entry may change where an earlier
+// link resolves).
 func (x *extractor) run(ctx context.Context, src io.Reader) error {
 	x.src = &eofReader{r: src}
 	tr := tar.NewReader(x.src)
