@@ -1,7 +1,6 @@
 package supervisor
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -456,11 +455,13 @@ func (p *pipeReader) consume(data []byte, now time.Time) {
 	b.reset(now)
 	// Size the output once: the data, plus a prefix per line and piece.
 	lines := bytes.Count(data, []byte{'\n'}) + (len(data)+len(p.partial))/p.maxLine + 2
+	// Pooled batches get room for a full read of ordinary lines, so
+	// they are not reallocated as read sizes vary.
 	if need := len(data) + len(p.partial) + lines*int(lineOverhead); cap(b.out) < need {
-		b.out = make([]byte, 0, need)
+		b.out = make([]byte, 0, max(need, readBufSize*3/2))
 	}
 	if cap(b.ends) < lines {
-		b.ends = make([]int, 0, lines)
+		b.ends = make([]int, 0, max(lines, readBufSize/64))
 	}
 	if len(p.partial) > 0 {
 		i := bytes.IndexByte(data, '\n')
@@ -529,7 +530,7 @@ func ReadLogFile(path string, n int) ([]LogLine, error) {
 	}
 	var out []LogLine // newest file first, reversed at the end
 	for _, p := range files {
-		lines, err := readStored(p)
+		lines, err := readStored(p, n-len(out))
 		if err != nil {
 			return nil, err
 		}
@@ -549,31 +550,50 @@ func ReadLogFile(path string, n int) ([]LogLine, error) {
 	return out, nil
 }
 
-func readStored(path string) ([]LogLine, error) {
+// readStored parses the last n lines of one file (all if n <= 0),
+// reading it backwards from the end so a short tail of a big file is
+// cheap.
+func readStored(path string, n int) ([]LogLine, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("read log %s: %w", path, err)
 	}
 	defer f.Close()
-	var lines []LogLine
-	r := bufio.NewReaderSize(f, 64<<10)
-	for {
-		s, err := r.ReadSlice('\n')
-		if errors.Is(err, bufio.ErrBufferFull) {
-			// Longer than any stored line: keep it whole anyway.
-			rest, err2 := r.ReadBytes('\n')
-			s = append(append([]byte(nil), s...), rest...)
-			err = err2
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("read log %s: %w", path, err)
+	}
+	off := fi.Size()
+	var data []byte
+	const block = 64 << 10
+	for off > 0 && (n <= 0 || bytes.Count(data, []byte{'\n'}) <= n) {
+		k := min(off, block)
+		if n <= 0 {
+			k = off
 		}
-		if len(s) > 0 {
-			l, _ := parseStored(bytes.TrimSuffix(s, []byte("\n")))
-			lines = append(lines, l)
-		}
-		if errors.Is(err, io.EOF) {
-			return lines, nil
-		}
-		if err != nil {
+		off -= k
+		chunk := make([]byte, k, int(k)+len(data))
+		if _, err := f.ReadAt(chunk, off); err != nil && !errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("read log %s: %w", path, err)
 		}
+		data = append(chunk, data...)
 	}
+	if off > 0 { // the first line is cut: drop it
+		if i := bytes.IndexByte(data, '\n'); i >= 0 {
+			data = data[i+1:]
+		}
+	}
+	data = bytes.TrimSuffix(data, []byte{'\n'})
+	if len(data) == 0 {
+		return nil, nil
+	}
+	raw := bytes.Split(data, []byte{'\n'})
+	if n > 0 && len(raw) > n {
+		raw = raw[len(raw)-n:]
+	}
+	lines := make([]LogLine, len(raw))
+	for i, r := range raw {
+		lines[i], _ = parseStored(r)
+	}
+	return lines, nil
 }

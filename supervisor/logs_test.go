@@ -65,6 +65,16 @@ func TestLogs_Rotation(t *testing.T) {
 	if err != nil || len(last) != 7 || last[6].Text != lines[len(lines)-1].Text {
 		t.Fatalf("last 7: %d lines, %v", len(last), err)
 	}
+	// A tail spanning files reads backwards across them.
+	span, err := ReadLogFile(path, perFile+5)
+	if err != nil || len(span) != perFile+5 {
+		t.Fatalf("tail across files: %d lines, %v", len(span), err)
+	}
+	for i, l := range span {
+		if want := lines[len(lines)-len(span)+i]; l != want {
+			t.Fatalf("tail across files, line %d = %+v, want %+v", i, l, want)
+		}
+	}
 	if _, err := ReadLogFile(filepath.Join(t.TempDir(), "none.log"), 1); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("ReadLogFile of a missing file = %v, want ErrNotExist", err)
 	}
@@ -233,5 +243,34 @@ func TestLogs_UnwritablePath(t *testing.T) {
 	}
 	if _, err := s.Stop(context.Background(), spec.Name); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Ensures reading the tail of a big file backwards in blocks cuts at line
+// boundaries: the lines returned are exactly the last ones.
+func TestLogs_ReadLogFileTailOfBigFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "big.log")
+	var sb strings.Builder
+	for i := 0; i < 10000; i++ {
+		fmt.Fprintf(&sb, "2026-11-26T13:43:46.123456Z stderr line %d %s\n", i, strings.Repeat("y", i%97))
+	}
+	if err := os.WriteFile(path, []byte(sb.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []int{1, 3, 700, 2000, 10000, 20000} {
+		lines, err := ReadLogFile(path, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := min(n, 10000)
+		if len(lines) != want {
+			t.Fatalf("n=%d: %d lines", n, len(lines))
+		}
+		for i, l := range lines {
+			k := 10000 - want + i
+			if l.Text != fmt.Sprintf("line %d %s", k, strings.Repeat("y", k%97)) || l.Stream != "stderr" {
+				t.Fatalf("n=%d: line %d = %q", n, i, l.Text)
+			}
+		}
 	}
 }
