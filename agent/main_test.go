@@ -31,7 +31,19 @@ func TestMain(m *testing.M) {
 	if dir := os.Getenv(helperEnv); dir != "" {
 		os.Exit(runHelperAgent(dir, os.Getenv("BERTH_AGENT_TEST_SOCKET")))
 	}
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(withCleanup{m})
+}
+
+// withCleanup removes what the tests built once for the whole binary
+// (the hello example) after they ran.
+type withCleanup struct{ m *testing.M }
+
+func (w withCleanup) Run() int {
+	code := w.m.Run()
+	if helloDir != "" {
+		os.RemoveAll(helloDir)
+	}
+	return code
 }
 
 // runHelperAgent runs an agent on dir until SIGTERM/SIGINT.

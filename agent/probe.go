@@ -53,6 +53,7 @@ type prober struct {
 	unhealthy chan int
 	// live enables liveness restarts.
 	live   atomic.Bool
+	ctx    context.Context // ends when the instance is forgotten
 	cancel context.CancelFunc
 
 	mu  sync.Mutex // guards pid and mon
@@ -60,16 +61,22 @@ type prober struct {
 	mon *health.Monitor
 }
 
-// startProber starts probing inst's check; forget stops it.
-func (a *Agent) startProber(inst *instance) {
+// newProber returns the prober of inst's check, not running yet; nil
+// when inst has no check. It is set before the instance is published.
+func (a *Agent) newProber(inst *instance) *prober {
 	if inst.Check == nil {
-		return
+		return nil
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	pr := &prober{a: a, inst: inst, check: *inst.Check, kick: make(chan struct{}, 1),
-		unhealthy: make(chan int, 1), cancel: cancel}
-	inst.prober = pr
-	a.healthWG.Go(func() { pr.run(ctx) })
+	return &prober{a: a, inst: inst, check: *inst.Check, kick: make(chan struct{}, 1),
+		unhealthy: make(chan int, 1), ctx: ctx, cancel: cancel}
+}
+
+// startProber starts probing inst's check; forget stops it.
+func (a *Agent) startProber(inst *instance) {
+	if pr := inst.prober; pr != nil {
+		a.healthWG.Go(func() { pr.run(pr.ctx) })
+	}
 }
 
 // poke tells the prober that the instance's process may have changed.

@@ -226,9 +226,12 @@ func (a *Agent) specFor(cfg Config, app string, rel state.Release, b *build.Buil
 // without (the start at boot), once they run.
 //
 // An instance of a socket-activated type whose slot runs a socket-mode
-// instance already starts on the same socket beside it, and the old one
-// is stopped only once the new one is up (start-then-stop). Every other
-// old instance is stopped before the new ones start (stop-then-start).
+// instance already starts on the same socket (which the agent keeps
+// open) while the old one gets its stop signal: connections neither
+// accepts queue in the kernel, none is refused. Its health check starts
+// once the old one is gone, since a probe of the shared port could reach
+// either. Every other old instance is stopped before the new ones start
+// (stop-then-start).
 func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *build.Build, restart, healthy bool, p *progress) ([]*instance, error) {
 	cfg := a.config()
 	appRec, err := a.store.App(app)
@@ -272,13 +275,14 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 			if err != nil {
 				return nil, err
 			}
+			in.prober = a.newProber(in)
 			specs = append(specs, spec)
 			insts = append(insts, in)
 		}
 	}
 
 	// Which old instances go before the new ones start, and which after.
-	var stopFirst, stopAfter []string
+	var stopFirst, stopAlong []string
 	starting := map[string]*instance{}
 	for _, in := range insts {
 		starting[in.Instance] = in
@@ -309,7 +313,7 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 		}
 		for _, old := range olds {
 			if overlap {
-				stopAfter = append(stopAfter, old.Name)
+				stopAlong = append(stopAlong, old.Name)
 			} else {
 				stopFirst = append(stopFirst, old.Name)
 			}
@@ -321,7 +325,7 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 		}
 	}
 	slices.Sort(stopFirst)
-	slices.Sort(stopAfter)
+	slices.Sort(stopAlong)
 
 	if len(stopFirst) > 0 {
 		p.mark()
@@ -356,10 +360,23 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 		a.insts[in.Name] = in
 	}
 	a.instMu.Unlock()
-	for _, in := range insts {
-		a.startProber(in)
-	}
 	a.markChanged()
+	// Old socket-mode instances get their stop signal as the new ones
+	// start: the socket stays open, so what neither accepts queues.
+	var stopped chan error
+	waitStopped := func() error {
+		if stopped == nil {
+			return nil
+		}
+		err := <-stopped
+		stopped = nil
+		return err
+	}
+	defer waitStopped()
+	if len(stopAlong) > 0 {
+		stopped = make(chan error, 1)
+		go func() { stopped <- a.stopInstances(ctx, app, stopAlong) }() // owned: waitStopped
+	}
 	var startErrs []error
 	for _, spec := range specs {
 		err := a.sup.Start(spec)
@@ -381,10 +398,23 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 			startErrs = append(startErrs, fmt.Errorf("start %s: %w", spec.Name, err))
 		}
 	}
+	// The checks start once the old instances are gone: a probe of a
+	// shared socket could reach an old one.
+	stopErr := waitStopped()
+	for _, in := range insts {
+		a.startProber(in)
+	}
 	if err := errors.Join(startErrs...); err != nil {
 		return insts, err
 	}
-	p.step("start", "started %d instance(s) of v%d", len(insts), rel.Version)
+	if stopErr != nil {
+		return insts, stopErr
+	}
+	if len(stopAlong) > 0 {
+		p.step("start", "started %d instance(s) of v%d on the open sockets; %d old instance(s) stopped meanwhile", len(insts), rel.Version, len(stopAlong))
+	} else {
+		p.step("start", "started %d instance(s) of v%d", len(insts), rel.Version)
+	}
 	if !healthy {
 		cfg.Settle = 0
 	}
@@ -395,13 +425,6 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 	// well means a switch reports done only once its records are durable.
 	a.recordAll(insts)
 
-	if len(stopAfter) > 0 {
-		p.mark()
-		if err := a.stopInstances(ctx, app, stopAfter); err != nil {
-			return insts, err
-		}
-		p.step("stop", "stopped %d old instance(s) after the new ones were up", len(stopAfter))
-	}
 	a.pruneSockets(app, nil)
 	return insts, nil
 }
@@ -542,9 +565,11 @@ func (a *Agent) upState(cfg Config, in *instance, healthy bool, begin, now time.
 // any exit (a crash, since nothing else stops them meanwhile) or a turn
 // to unhealthy fails it with an *instanceError.
 func (a *Agent) probation(ctx context.Context, cfg Config, insts []*instance, events <-chan supervisor.Event, p *progress) error {
-	if cfg.Probation <= 0 || len(insts) == 0 {
+	window := cfg.Probation
+	if window <= 0 || len(insts) == 0 {
 		return nil
 	}
+	cfg.Probation = window
 	p.mark()
 	end := time.Now().Add(cfg.Probation)
 	restarts := map[string]int{}
@@ -679,6 +704,14 @@ func (a *Agent) activate(app string, rel state.Release, b *build.Build, kind str
 	// goes away (a Ctrl-C of `berth deploy` must not leave a release
 	// phase half run); only shutdown cuts it short.
 	sctx := a.opCtx
+	if err := checkManifest(b); err != nil {
+		reason := err.Error()
+		if merr := a.store.MarkFailed(app, rel.Version, reason, ""); merr != nil {
+			a.log.Error("mark release failed", "app", app, "version", rel.Version, "error", merr)
+		}
+		a.appendEvent(app, "failure", fmt.Sprintf("v%d %s; v%d not activated", rel.Version, reason, rel.Version))
+		return state.Release{}, fmt.Errorf("%w: v%d not activated: %w", api.ErrInvalid, rel.Version, err)
+	}
 	if command, ok := b.Procfile.Command("release"); ok {
 		p.mark()
 		out, err := a.runReleasePhase(sctx, app, rel, b, command)
@@ -744,6 +777,22 @@ func (a *Agent) activate(app string, rel state.Release, b *build.Build, kind str
 	}
 	p.step("done", "v%d %s", out.Version, out.Description)
 	return out, nil
+}
+
+// checkManifest refuses, before anything is activated, a manifest
+// whose settings the agent cannot apply: a stop signal or health check
+// that the build store let through but the agent cannot use.
+func checkManifest(b *build.Build) error {
+	for _, typ := range slices.Sorted(maps.Keys(b.Manifest.Processes)) {
+		pm := b.Manifest.Processes[typ]
+		if _, err := parseSignal(pm.StopSignal); err != nil {
+			return fmt.Errorf("manifest of %s: %w", typ, err)
+		}
+		if _, err := checkOf(pm.Healthcheck); err != nil {
+			return fmt.Errorf("manifest of %s: %w", typ, err)
+		}
+	}
+	return nil
 }
 
 // rollBack undoes a failed switch to rel: it marks rel failed with the

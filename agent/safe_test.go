@@ -1,0 +1,473 @@
+package agent
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/berth-dev/berth/agent/api"
+)
+
+// helloDir holds the examples/hello binary, built once per test binary
+// (TestMain removes it).
+var (
+	helloDir  string
+	helloOnce sync.Once
+	helloErr  error
+)
+
+// helloBinary builds examples/hello with the go tool running the tests.
+func helloBinary(t *testing.T) string {
+	t.Helper()
+	helloOnce.Do(func() {
+		helloDir, helloErr = os.MkdirTemp("", "berth-agent-hello-")
+		if helloErr != nil {
+			return
+		}
+		cmd := exec.Command("go", "build", "-o", filepath.Join(helloDir, "hello"), "github.com/berth-dev/berth/examples/hello")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			helloErr = fmt.Errorf("go build examples/hello: %v\n%s", err, out)
+		}
+	})
+	if helloErr != nil {
+		t.Fatal(helloErr)
+	}
+	return filepath.Join(helloDir, "hello")
+}
+
+// helloTar packs the hello app with a manifest (none when "") as a plain
+// tar; marker makes each build distinct.
+func helloTar(t *testing.T, manifest, marker string) []byte {
+	t.Helper()
+	bin, err := os.ReadFile(helloBinary(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := []struct {
+		name string
+		mode int64
+		data []byte
+	}{
+		{"Procfile", 0o644, []byte("web: ./hello\n")},
+		{"VERSION", 0o644, []byte(marker + "\n")},
+		{"hello", 0o755, bin},
+	}
+	if manifest != "" {
+		files = append(files, struct {
+			name string
+			mode int64
+			data []byte
+		}{"berth.json", 0o644, []byte(manifest)})
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, f := range files {
+		if err := tw.WriteHeader(&tar.Header{Name: f.name, Mode: f.mode, Size: int64(len(f.data)), Typeflag: tar.TypeReg, ModTime: time.Unix(1700000000, 0)}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write(f.data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// Manifests of the hello app: an HTTP check on /up with short timings,
+// with and without the agent-owned socket.
+const (
+	socketManifest = `{"processes":{"web":{"healthcheck":{"http":"/up","interval":"100ms","timeout":"500ms","retries":3},"socket_activation":true,"stop_timeout":"5s"}}}`
+	bindManifest   = `{"processes":{"web":{"healthcheck":{"http":"/up","interval":"100ms","timeout":"500ms","retries":3},"stop_timeout":"5s"}}}`
+)
+
+// freeBasePort returns a base port whose first 4 ports are free now, so
+// tests that run real servers do not collide with each other or with
+// other suites on this host.
+func freeBasePort(t *testing.T) int {
+	t.Helper()
+	for range 100 {
+		base := 20000 + rand.IntN(20000)
+		free := true
+		for p := base; p < base+4 && free; p++ {
+			ln, err := net.Listen("tcp", ":"+strconv.Itoa(p))
+			if err != nil {
+				free = false
+				continue
+			}
+			ln.Close()
+		}
+		if free {
+			return base
+		}
+	}
+	t.Fatal("no free ports")
+	return 0
+}
+
+// safeConfig is testConfig with real ports.
+func safeConfig(t *testing.T) Config {
+	cfg := testConfig(dataDir(t))
+	cfg.BasePort = freeBasePort(t)
+	return cfg
+}
+
+// get sends one GET on a new connection and returns the body.
+func get(client *http.Client, url string) (string, error) {
+	resp, err := client.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("%s: %s", resp.Status, body)
+	}
+	return string(body), nil
+}
+
+func newClient() *http.Client {
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+}
+
+// lastEvent returns the app's newest event.
+func (ta *testAgent) lastEvent(t *testing.T, app string) api.Event {
+	t.Helper()
+	evs, err := ta.Events(context.Background(), app, 0, 0)
+	if err != nil || len(evs) == 0 {
+		t.Fatalf("events of %s: %v, %v", app, evs, err)
+	}
+	return evs[len(evs)-1]
+}
+
+// activeRelease returns the app's active release number.
+func (ta *testAgent) activeRelease(t *testing.T, app string) int {
+	t.Helper()
+	apps, err := ta.Apps(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range apps {
+		if a.Name == app {
+			return a.ActiveRelease
+		}
+	}
+	t.Fatalf("no app %s", app)
+	return 0
+}
+
+// TestSafe_UnhealthyReleaseRolledBack ensures a release whose web process
+// never passes its health check is rolled back to the previous release,
+// in both modes: it is marked failed with the check's output and the
+// instance's last log lines, the config and processes of the previous
+// release are back (in socket mode the old process was never stopped),
+// an event says so and the error names all of it.
+func TestSafe_UnhealthyReleaseRolledBack(t *testing.T) {
+	for _, tc := range []struct{ mode, manifest string }{{"socket", socketManifest}, {"bind", bindManifest}} {
+		t.Run(tc.mode, func(t *testing.T) {
+			ta := startAgent(t, safeConfig(t))
+			ctx := context.Background()
+			ta.mustDeploy(t, "hello", helloTar(t, tc.manifest, "one"))
+			p1 := ta.procs(t, "hello")["web.1"]
+			if p1.Mode != tc.mode || p1.Health != "healthy" || p1.State != "running" {
+				t.Fatalf("web.1 after deploy = %+v, want a healthy %s-mode instance", p1, tc.mode)
+			}
+
+			var steps []string
+			_, err := ta.SetConfig(ctx, "hello", api.ConfigChange{Set: map[string]string{"HELLO_FAIL_HEALTH": "1"}},
+				func(p api.Progress) { steps = append(steps, p.Step) })
+			if !errors.Is(err, ErrRolledBack) || !errors.Is(err, ErrUnhealthy) {
+				t.Fatalf("unhealthy switch: %v, want ErrRolledBack and ErrUnhealthy", err)
+			}
+			for _, want := range []string{"hello v2 failed", "web.1 failed its health check (http GET /up)", "503", "rolled back to v1, v2 marked failed"} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q does not say %q", err, want)
+				}
+			}
+			t.Logf("switch error: %v", err)
+			if !slices.Contains(steps, "rollback") {
+				t.Errorf("steps = %v, want a rollback step", steps)
+			}
+
+			v2, err := ta.Release(ctx, "hello", 2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v2.Status != "failed" || !strings.Contains(v2.Reason, "503") {
+				t.Errorf("v2 = %s (%s), want failed with the check's output", v2.Status, v2.Reason)
+			}
+			if !strings.Contains(v2.Output, "last log lines of web.1") || !strings.Contains(v2.Output, "release v2 of hello") ||
+				!strings.Contains(v2.Output, "unhealthy (HELLO_FAIL_HEALTH)") {
+				t.Errorf("v2 output lacks the log lines and the check's output:\n%s", v2.Output)
+			}
+			if n := ta.activeRelease(t, "hello"); n != 1 {
+				t.Fatalf("active release = v%d, want v1", n)
+			}
+			if cfg, _ := ta.Config(ctx, "hello"); cfg["HELLO_FAIL_HEALTH"] != "" {
+				t.Errorf("config after rollback = %v, want v1's", cfg)
+			}
+			if e := ta.lastEvent(t, "hello"); e.Kind != "rollback" || !strings.Contains(e.Message, "rolled back to v1") {
+				t.Errorf("last event = %+v, want the rollback", e)
+			}
+
+			ps := ta.procs(t, "hello")
+			p := ps["web.1"]
+			if len(ps) != 1 || p.Release != 1 || p.State != "running" {
+				t.Fatalf("processes after rollback = %+v, want web.1 of v1", ps)
+			}
+			waitFor(t, 10*time.Second, "web.1 of v1 healthy", func() bool { return ta.procs(t, "hello")["web.1"].Health == "healthy" })
+			if body, err := get(newClient(), fmt.Sprintf("http://127.0.0.1:%d/", p.Port)); err != nil || !strings.Contains(body, "hello from hello v1") {
+				t.Errorf("GET / after rollback = %q, %v", body, err)
+			}
+			if n := len(appProcs(t, ta.cfg.DataDir, "hello")); n != 1 {
+				t.Errorf("%d processes of hello run, want 1", n)
+			}
+		})
+	}
+}
+
+// TestSafe_CrashDuringProbationRolledBack ensures a release that passes
+// its health check but crashes 3 s after start is rolled back within the
+// probation window, by the deploy that made it.
+func TestSafe_CrashDuringProbationRolledBack(t *testing.T) {
+	cfg := safeConfig(t)
+	ta := startAgent(t, cfg)
+	ctx := context.Background()
+	ta.mustDeploy(t, "hello", helloTar(t, socketManifest, "one"))
+	cfg.Probation = 5 * time.Second
+	if err := ta.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	_, err := ta.SetConfig(ctx, "hello", api.ConfigChange{Set: map[string]string{"HELLO_CRASH_AFTER": "3s"}}, nil)
+	if !errors.Is(err, ErrRolledBack) || !errors.Is(err, ErrCrashed) {
+		t.Fatalf("switch to a crashing release: %v, want ErrRolledBack and ErrCrashed", err)
+	}
+	if !strings.Contains(err.Error(), "web.1 exited (exit 1) during the 5s probation") || !strings.Contains(err.Error(), "rolled back to v1") {
+		t.Errorf("error = %q", err)
+	}
+	v2, _ := ta.Release(ctx, "hello", 2)
+	if v2.Status != "failed" || !strings.Contains(v2.Output, "crashing on purpose after 3s") {
+		t.Errorf("v2 = %s, output:\n%s", v2.Status, v2.Output)
+	}
+	if n := ta.activeRelease(t, "hello"); n != 1 {
+		t.Fatalf("active release = v%d, want v1", n)
+	}
+	ps := ta.procs(t, "hello")
+	if p := ps["web.1"]; len(ps) != 1 || p.Release != 1 || p.State != "running" {
+		t.Fatalf("processes after rollback = %+v, want web.1 of v1", ps)
+	}
+	if body, err := get(newClient(), fmt.Sprintf("http://127.0.0.1:%d/", ps["web.1"].Port)); err != nil || !strings.Contains(body, "hello from hello v1") {
+		t.Errorf("GET / after rollback = %q, %v", body, err)
+	}
+}
+
+// TestSafe_LivenessRestart ensures a running instance that fails its
+// check is restarted, with an event, that repeated failures go through
+// the crash backoff (the crash-loop notice), and that it is healthy again
+// once its check passes.
+func TestSafe_LivenessRestart(t *testing.T) {
+	ta := startAgent(t, testConfig(dataDir(t)))
+	ctx := context.Background()
+	ta.mustDeploy(t, "hello", tarball(t, map[string]string{
+		"Procfile":   "web: exec sleep 1000\n",
+		"berth.json": `{"processes":{"web":{"healthcheck":{"exec":"test ! -e \"$TMPDIR/sick\"","interval":"50ms","timeout":"2s","retries":2}}}}`,
+	}))
+	p1 := ta.procs(t, "hello")["web.1"]
+	if p1.Health != "healthy" || p1.Mode != "bind" {
+		t.Fatalf("web.1 = %+v, want healthy in bind mode", p1)
+	}
+	sick := ta.appDir("hello", "tmp", "sick")
+	if err := os.WriteFile(sick, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	hasEvent := func(kind, text string) bool {
+		evs, err := ta.Events(ctx, "hello", 0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return slices.ContainsFunc(evs, func(e api.Event) bool { return e.Kind == kind && strings.Contains(e.Message, text) })
+	}
+	waitFor(t, 20*time.Second, "a liveness restart", func() bool {
+		return hasEvent("unhealthy", "web.1 failed its health check (exec test ! -e \"$TMPDIR/sick\")")
+	})
+	waitFor(t, 20*time.Second, "the crash backoff of repeated liveness failures", func() bool {
+		return hasEvent("crash", "crash-looping")
+	})
+	if p := ta.procs(t, "hello")["web.1"]; p.Restarts < 3 || p.PID == p1.PID {
+		t.Fatalf("web.1 after liveness failures = %+v (first pid %d)", p, p1.PID)
+	}
+	if err := os.Remove(sick); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "web.1 healthy again", func() bool {
+		p := ta.procs(t, "hello")["web.1"]
+		return p.State == "running" && p.Health == "healthy"
+	})
+	if n := ta.activeRelease(t, "hello"); n != 1 {
+		t.Fatalf("a liveness failure changed the active release to v%d", n)
+	}
+}
+
+// TestSafe_NoChecksSwitchesAsBefore ensures a release without health
+// checks switches stop-then-start once its processes run for the settle
+// time, with each step reported, and shows no health.
+func TestSafe_NoChecksSwitchesAsBefore(t *testing.T) {
+	ta := startAgent(t, testConfig(dataDir(t)))
+	ctx := context.Background()
+	ta.mustDeploy(t, "hello", webApp(t, ""))
+	old := ta.procs(t, "hello")["web.1"]
+	var steps []string
+	v2, err := ta.SetConfig(ctx, "hello", api.ConfigChange{Set: map[string]string{"FOO": "x"}},
+		func(p api.Progress) { steps = append(steps, p.Step) })
+	if err != nil || v2.Status != "active" {
+		t.Fatalf("switch = %+v, %v", v2, err)
+	}
+	if want := []string{"record", "record", "stop", "start", "health", "probation", "done"}; !slices.Equal(steps, want) {
+		t.Errorf("steps = %v, want %v", steps, want)
+	}
+	cur := ta.procs(t, "hello")["web.1"]
+	if cur.Release != 2 || cur.PID == old.PID || cur.Mode != "bind" || cur.Health != "" || cur.State != "running" {
+		t.Fatalf("web.1 = %+v (old pid %d)", cur, old.PID)
+	}
+	if n := len(appProcs(t, ta.cfg.DataDir, "hello")); n != 1 {
+		t.Fatalf("%d processes, want 1", n)
+	}
+}
+
+// TestSafe_SocketKeepsAnswering ensures a socket-activated type gets its
+// stable port as fd 3 (LISTEN_FDS, LISTEN_PID) with PORT set, and that a
+// client sending requests throughout a deploy sees no failure: the new
+// instance starts on the same socket and the old one stops only after it
+// is healthy.
+func TestSafe_SocketKeepsAnswering(t *testing.T) {
+	ta := startAgent(t, safeConfig(t))
+	ta.mustDeploy(t, "hello", helloTar(t, socketManifest, "one"))
+	p1 := ta.procs(t, "hello")["web.1"]
+	env := procEnv(t, p1.PID)
+	if env["LISTEN_FDS"] != "1" || env["LISTEN_PID"] != strconv.Itoa(p1.PID) || env["PORT"] != strconv.Itoa(p1.Port) {
+		t.Errorf("env of web.1 (pid %d, port %d): LISTEN_FDS=%q LISTEN_PID=%q PORT=%q",
+			p1.PID, p1.Port, env["LISTEN_FDS"], env["LISTEN_PID"], env["PORT"])
+	}
+	lines, _ := ta.Logs(context.Background(), "hello", "web.1", 0)
+	if !slices.ContainsFunc(lines, func(l api.LogLine) bool { return strings.Contains(l.Text, "socket") }) {
+		t.Errorf("hello did not log that it serves the passed socket: %+v", lines)
+	}
+
+	url := fmt.Sprintf("http://127.0.0.1:%d/", p1.Port)
+	stop := make(chan struct{})
+	type result struct {
+		sent   int
+		failed []error
+		seen   map[string]bool
+	}
+	done := make(chan result)
+	go func() {
+		client := newClient()
+		r := result{seen: map[string]bool{}}
+		for {
+			select {
+			case <-stop:
+				done <- r
+				return
+			default:
+			}
+			body, err := get(client, url)
+			r.sent++
+			if err != nil {
+				r.failed = append(r.failed, err)
+				continue
+			}
+			if i := strings.Index(body, " v"); i >= 0 {
+				r.seen[strings.Fields(body[i:])[0]] = true
+			}
+		}
+	}()
+	var steps []string
+	_, err := ta.Deploy(context.Background(), api.DeployRequest{App: "hello", Body: bytes.NewReader(helloTar(t, socketManifest, "two"))},
+		func(p api.Progress) { steps = append(steps, p.Step) })
+	close(stop)
+	r := <-done
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.failed) > 0 || r.sent == 0 || !r.seen["v1"] || !r.seen["v2"] {
+		t.Fatalf("%d requests, %d failed (%v), releases answering %v: want none failed and both releases", r.sent, len(r.failed), r.failed, r.seen)
+	}
+	if slices.Contains(steps, "stop") || !slices.Contains(steps, "start") {
+		t.Errorf("steps = %v, want the old instance stopped as the new one started, not before", steps)
+	}
+	ps := ta.procs(t, "hello")
+	if p := ps["web.1"]; len(ps) != 1 || p.Release != 2 || p.Mode != "socket" || p.Port != p1.Port || p.PID == p1.PID {
+		t.Fatalf("processes after the switch = %+v", ps)
+	}
+	if n := len(appProcs(t, ta.cfg.DataDir, "hello")); n != 1 {
+		t.Fatalf("%d processes of hello, want 1", n)
+	}
+	t.Logf("%d requests during the switch, none failed", r.sent)
+}
+
+// TestSafe_FirstDeployFails ensures a first release that never becomes
+// healthy is marked failed and its processes stopped, since there is
+// nothing to roll back to.
+func TestSafe_FirstDeployFails(t *testing.T) {
+	ta := startAgent(t, testConfig(dataDir(t)))
+	_, _, err := ta.deploy(t, "hello", tarball(t, map[string]string{
+		"Procfile":   "web: exec sleep 1000\n",
+		"berth.json": `{"processes":{"web":{"healthcheck":{"exec":"echo not ready; exit 1","interval":"50ms","retries":2}}}}`,
+	}))
+	if !errors.Is(err, ErrRolledBack) || !strings.Contains(err.Error(), "no earlier release to roll back to") || !strings.Contains(err.Error(), "not ready") {
+		t.Fatalf("deploy = %v", err)
+	}
+	if n := ta.activeRelease(t, "hello"); n != 0 {
+		t.Fatalf("active release = v%d, want none", n)
+	}
+	if ps := ta.procs(t, "hello"); len(ps) != 0 {
+		t.Fatalf("processes = %+v, want none", ps)
+	}
+	if n := len(appProcs(t, ta.cfg.DataDir, "hello")); n != 0 {
+		t.Fatalf("%d processes of hello, want 0", n)
+	}
+}
+
+// TestSafe_BadCheckRefused ensures a health check the build store lets
+// through but the agent cannot probe fails the release before anything
+// is activated: the running release and its process are untouched.
+func TestSafe_BadCheckRefused(t *testing.T) {
+	ta := startAgent(t, testConfig(dataDir(t)))
+	ta.mustDeploy(t, "hello", webApp(t, ""))
+	old := ta.procs(t, "hello")["web.1"]
+	_, _, err := ta.deploy(t, "hello", tarball(t, map[string]string{
+		"Procfile":   webProcfile,
+		"berth.json": `{"processes":{"web":{"healthcheck":{"http":"/up#frag"}}}}`,
+	}))
+	wantKind(t, err, api.ErrInvalid)
+	if !strings.Contains(err.Error(), `"/up#frag"`) {
+		t.Errorf("error %q does not name the bad path", err)
+	}
+	if n := ta.activeRelease(t, "hello"); n != 1 {
+		t.Fatalf("active release = v%d, want v1", n)
+	}
+	if p := ta.procs(t, "hello")["web.1"]; p.PID != old.PID || p.Release != 1 {
+		t.Fatalf("web.1 = %+v, want v1's untouched process %d", p, old.PID)
+	}
+}
