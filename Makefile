@@ -46,6 +46,8 @@ fuzz: ## fuzz each parser of untrusted input for FUZZTIME (default 60s)
 	$(GO) test ./state/build -run '^$$' -fuzz '^FuzzExtract$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./state/build -run '^$$' -fuzz '^FuzzProcfile$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./state/build -run '^$$' -fuzz '^FuzzManifest$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./agent/api -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./agent -run '^$$' -fuzz '^FuzzInboxTarget$$' -fuzztime $(FUZZTIME)
 
 e2e: e2e-systemd e2e-load ## all slow end-to-end suites
 

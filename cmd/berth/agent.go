@@ -13,6 +13,7 @@ import (
 
 	"github.com/berth-dev/berth/agent"
 	"github.com/berth-dev/berth/agent/api"
+	"github.com/berth-dev/berth/systemd"
 	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -152,6 +153,8 @@ func (m *Main) ParseFlags(args []string) error {
 		Level:      level,
 		Output:     m.Stderr,
 		JSONFormat: m.LogFormat == "json",
+		// journald stamps every line itself.
+		DisableTime: systemd.UnderJournal(),
 	})
 	m.Config.Version = version
 	return nil
@@ -271,6 +274,14 @@ func (m *Main) Run(ctx context.Context) error {
 // result to the agent. A bad setting keeps the old ones and is logged.
 func (m *Main) reload(a *agent.Agent) {
 	m.log.Info("reloading settings (SIGHUP)")
+	if err := systemd.Reloading(); err != nil {
+		m.log.Warn("cannot tell systemd about the reload", "error", err)
+	}
+	defer func() {
+		if err := systemd.Ready(); err != nil {
+			m.log.Warn("cannot tell systemd the reload is done", "error", err)
+		}
+	}()
 	n, err := m.parse(m.args)
 	if err == nil {
 		if lvl := hclog.LevelFromString(n.LogLevel); lvl != hclog.NoLevel {
