@@ -27,6 +27,9 @@ import (
 // runHelperAgent): the recovery test kills such an agent with SIGKILL.
 const helperEnv = "BERTH_AGENT_TEST_HELPER"
 
+// helperPortEnv is the helper agent's base port.
+const helperPortEnv = "BERTH_AGENT_TEST_BASE_PORT"
+
 func TestMain(m *testing.M) {
 	if dir := os.Getenv(helperEnv); dir != "" {
 		os.Exit(runHelperAgent(dir, os.Getenv("BERTH_AGENT_TEST_SOCKET")))
@@ -51,6 +54,9 @@ func runHelperAgent(dir, socket string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	cfg := testConfig(dir)
+	if p, err := strconv.Atoi(os.Getenv(helperPortEnv)); err == nil {
+		cfg.BasePort = p
+	}
 	if socket != "" {
 		cfg.SocketPath = socket
 		cfg.NoSocket = false

@@ -2,9 +2,11 @@ package agent
 
 import (
 	"context"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -17,14 +19,32 @@ import (
 // (run in a child process: this test binary in helper mode), a new agent
 // on the same data dir kills the processes the dead one left and ends
 // with exactly one set of processes, on the active release.
+//
+// In socket mode the agent owns web.1's socket: the new agent listens on
+// it again once the orphans are gone.
 func TestAgent_RecoveryAfterKill9(t *testing.T) {
+	t.Run("bind", func(t *testing.T) { recoveryAfterKill9(t, "", "bind") })
+	t.Run("socket", func(t *testing.T) {
+		recoveryAfterKill9(t, `{"processes":{"web":{"socket_activation":true}}}`, "socket")
+	})
+}
+
+func recoveryAfterKill9(t *testing.T, manifest, mode string) {
 	cfg := testConfig(dataDir(t))
+	cfg.BasePort = freeBasePort(t)
 	inbox := filepath.Join(cfg.DataDir, "inbox")
 	if err := os.MkdirAll(inbox, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	// The child deploys this from its inbox at start.
-	body := tarball(t, map[string]string{"Procfile": webProcfile + "worker: exec sleep 1002\n"})
+	files := map[string]string{"Procfile": webProcfile + "worker: exec sleep 1002\n"}
+	if manifest != "" {
+		// With a socket the supervisor execs the command from a shell
+		// that set LISTEN_PID: it must be one simple command.
+		files["Procfile"] = "web: sleep 1000\nworker: exec sleep 1002\n"
+		files["berth.json"] = manifest
+	}
+	body := tarball(t, files)
 	if err := os.WriteFile(filepath.Join(inbox, "crashy.tar.gz"), body, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -34,7 +54,7 @@ func TestAgent_RecoveryAfterKill9(t *testing.T) {
 	}
 	defer logf.Close()
 	child := exec.Command(os.Args[0], "-test.run=^$")
-	child.Env = append(os.Environ(), helperEnv+"="+cfg.DataDir)
+	child.Env = append(os.Environ(), helperEnv+"="+cfg.DataDir, helperPortEnv+"="+strconv.Itoa(cfg.BasePort))
 	child.Stdout, child.Stderr = logf, logf
 	if err := child.Start(); err != nil {
 		t.Fatal(err)
@@ -90,8 +110,15 @@ func TestAgent_RecoveryAfterKill9(t *testing.T) {
 		}
 	}
 	ps := ta.procs(t, "crashy")
-	if ps["web.1"].State != "running" || ps["worker.1"].State != "running" {
+	if ps["web.1"].State != "running" || ps["worker.1"].State != "running" || ps["web.1"].Mode != mode {
 		t.Fatalf("ps after recovery = %+v", ps)
+	}
+	if mode == "socket" {
+		c, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(ps["web.1"].Port)))
+		if err != nil {
+			t.Fatalf("web.1's socket is not listening after recovery: %v", err)
+		}
+		c.Close()
 	}
 	// The store records the new processes, not the old ones.
 	waitFor(t, 5*time.Second, "process records of the new agent", func() bool {
