@@ -27,10 +27,43 @@
 // runs the release phase (a failure marks the release failed and leaves
 // the old processes alone), activates the release in the store before it
 // touches any process (so a crash from then on ends with the new release
-// coming up at the next start), swaps apps/<app>/current, stops the old
-// instances and starts the new ones, and returns once they all run. From
-// the moment the release is recorded the switch no longer depends on the
-// client's request: only the agent's shutdown cuts it short.
+// coming up at the next start), swaps apps/<app>/current, replaces the
+// instances, waits until the new ones are up, and then watches them for
+// Config.Probation before it reports success. From the moment the release
+// is recorded the switch no longer depends on the client's request: only
+// the agent's shutdown cuts it short.
+//
+// Up means healthy for a type with a health check in berth.json (a
+// health.Monitor per process, deadline start_period + retries probes plus
+// a margin, bounded by Config.StartTimeout), and running for
+// Config.Settle for a type without one. If a new instance is not up in
+// time, fails its check, crash-loops, or exits or turns unhealthy during
+// probation, the switch rolls back: the release is marked failed with the
+// cause and the instance's last log lines and last check output, the
+// previous release is activated again and its processes brought back (or,
+// with no previous release, the app's processes are stopped), a
+// "rollback" event is recorded and the caller gets a *SwitchError. The
+// deploy call waits through probation so that `berth deploy` can say
+// exactly this; a release that fails later is a liveness matter.
+//
+// Modes. A type with socket_activation runs in socket mode: the agent
+// owns a listening socket on the instance's stable port, created once and
+// kept open across switches and restarts (closed when the slot goes away,
+// the app is destroyed or the agent stops; after a kill -9 the next agent
+// makes it again), and passes it as fd 3 with LISTEN_FDS=1 and LISTEN_PID
+// (and PORT). Its instances are named after their release
+// ("app/web.1@v8"), so on a switch the new one starts on the socket while
+// the old one gets its stop signal: connections neither accepts wait in
+// the kernel's queue, none is refused. The new instance's check starts
+// only once the old one is gone: a probe of the shared port could reach
+// either, so a check run while both accept would not speak for the new
+// one. Every other type runs in bind mode (the process binds $PORT
+// itself): the old instance stops, then the new one starts.
+//
+// Liveness. Once its switch is over, an instance whose check turns
+// unhealthy (retries failures in a row) gets its stop signal (SIGKILL
+// after its stop timeout) and an "unhealthy" event; the supervisor sees
+// the exit as a crash and restarts it with the crash backoff.
 //
 // # Locks
 //

@@ -1,13 +1,17 @@
 package agent
 
 import (
+	"errors"
 	"os"
 	"slices"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
+	"github.com/berth-dev/berth/agent/health"
 	"github.com/berth-dev/berth/state/build"
+	"github.com/berth-dev/berth/supervisor"
 )
 
 // TestProcessEnv ensures the process env is the release config plus what
@@ -146,5 +150,77 @@ func TestNew(t *testing.T) {
 	}
 	if os.Geteuid() == 0 && cfg.DefaultUser != "nobody" {
 		t.Fatalf("default user as root = %q, want nobody", cfg.DefaultUser)
+	}
+}
+
+// TestCheckOf ensures a manifest's health check gets the defaults of
+// the ones it leaves out, that none means no check, and that a check the
+// health package cannot probe is refused naming the bad value.
+func TestCheckOf(t *testing.T) {
+	if c, err := checkOf(nil); c != nil || err != nil {
+		t.Fatalf("checkOf(nil) = %v, %v", c, err)
+	}
+	c, err := checkOf(&build.Healthcheck{HTTP: "/up", Interval: build.Duration(time.Second), StartPeriod: build.Duration(5 * time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.HTTP != "/up" || c.Interval != time.Second || c.Timeout != health.DefaultTimeout || c.Retries != health.DefaultRetries || c.StartPeriod != 5*time.Second {
+		t.Fatalf("check = %+v", c)
+	}
+	for _, bad := range []build.Healthcheck{{HTTP: "/up#x"}, {}, {HTTP: "/up", TCP: true}, {Exec: "  "}} {
+		if _, err := checkOf(&bad); !errors.Is(err, health.ErrInvalidCheck) {
+			t.Errorf("checkOf(%+v) = %v, want ErrInvalidCheck", bad, err)
+		}
+	}
+}
+
+// TestHealthDeadline ensures a switch waits for the start period plus
+// the probes a check needs to fail, never longer than the start timeout.
+func TestHealthDeadline(t *testing.T) {
+	for _, tc := range []struct {
+		c     health.Check
+		limit time.Duration
+		want  time.Duration
+	}{
+		{health.Check{HTTP: "/", Interval: time.Second, Timeout: time.Second, StartPeriod: 10 * time.Second, Retries: 3}, time.Minute, 10*time.Second + 8*time.Second + time.Second},
+		{health.Check{TCP: true}, time.Minute, 4*(health.DefaultInterval+health.DefaultTimeout) + time.Second},
+		{health.Check{HTTP: "/", StartPeriod: time.Hour}, 30 * time.Second, 30 * time.Second},
+	} {
+		if got := healthDeadline(tc.c, tc.limit); got != tc.want {
+			t.Errorf("healthDeadline(%+v, %s) = %s, want %s", tc.c, tc.limit, got, tc.want)
+		}
+	}
+}
+
+// TestSplitName ensures supervisor names of both modes map to the app
+// and the instance users know.
+func TestSplitName(t *testing.T) {
+	for name, want := range map[string][2]string{
+		"hello/web.1":     {"hello", "web.1"},
+		"hello/web.1@v12": {"hello", "web.1"},
+		"a-b/worker.10":   {"a-b", "worker.10"},
+	} {
+		if app, inst := splitName(name); app != want[0] || inst != want[1] {
+			t.Errorf("splitName(%q) = %q, %q, want %q", name, app, inst, want)
+		}
+	}
+}
+
+// TestConfigValidate_Switching ensures negative switch timings are
+// refused naming the value, and that the probation and settle defaults
+// apply.
+func TestConfigValidate_Switching(t *testing.T) {
+	for _, cfg := range []Config{{StartTimeout: -time.Second}, {Settle: -time.Second}} {
+		_, err := New(Config{DataDir: t.TempDir(), StartTimeout: cfg.StartTimeout, Settle: cfg.Settle}, nil)
+		if err == nil || !strings.Contains(err.Error(), "-1s") {
+			t.Errorf("New(%+v) = %v, want an error naming -1s", cfg, err)
+		}
+	}
+	a, err := New(Config{DataDir: t.TempDir(), Backoff: supervisor.Backoff{Settle: 2 * time.Second}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg := a.config(); cfg.Probation != DefaultProbation || cfg.Settle != 2*time.Second {
+		t.Fatalf("defaults: probation %s, settle %s", cfg.Probation, cfg.Settle)
 	}
 }
