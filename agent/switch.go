@@ -361,8 +361,8 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 	}
 	a.instMu.Unlock()
 	a.markChanged()
-	// Old socket-mode instances get their stop signal as the new ones
-	// start: the socket stays open, so what neither accepts queues.
+	// Old socket-mode instances stop while the new ones start: the
+	// socket stays open, so what neither accepts queues.
 	var stopped chan error
 	waitStopped := func() error {
 		if stopped == nil {
@@ -373,10 +373,6 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 		return err
 	}
 	defer waitStopped()
-	if len(stopAlong) > 0 {
-		stopped = make(chan error, 1)
-		go func() { stopped <- a.stopInstances(ctx, app, stopAlong) }() // owned: waitStopped
-	}
 	var startErrs []error
 	for _, spec := range specs {
 		err := a.sup.Start(spec)
@@ -398,8 +394,13 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 			startErrs = append(startErrs, fmt.Errorf("start %s: %w", spec.Name, err))
 		}
 	}
-	// The checks start once the old instances are gone: a probe of a
+	// Once the new processes have exec'd, the old ones get their stop
+	// signal; the checks start once they are gone, since a probe of a
 	// shared socket could reach an old one.
+	if len(stopAlong) > 0 {
+		stopped = make(chan error, 1)
+		go func() { stopped <- a.stopInstances(ctx, app, stopAlong) }() // owned: waitStopped
+	}
 	stopErr := waitStopped()
 	for _, in := range insts {
 		a.startProber(in)
@@ -488,9 +489,17 @@ func (a *Agent) waitUp(ctx context.Context, cfg Config, insts []*instance, event
 			return err
 		}
 		if len(pending) == 0 {
+			n := 0
+			for _, in := range insts {
+				if in.Check != nil {
+					n++
+				}
+			}
 			switch {
+			case checked && n == len(insts):
+				p.step("health", "%d instance(s) healthy", len(insts))
 			case checked:
-				p.step("health", "%d instance(s) up (healthy, or running for %s without a check)", len(insts), cfg.Settle)
+				p.step("health", "%d instance(s) healthy, %d running for %s (no health check)", n, len(insts)-n, cfg.Settle)
 			case healthy:
 				p.step("health", "%d instance(s) running for %s (no health checks)", len(insts), cfg.Settle)
 			default:
