@@ -18,9 +18,10 @@ var (
 	// previous release keeps running.
 	ErrReleasePhase = errors.New("release phase failed")
 
-	// ErrStartTimeout is returned by a switch whose new instances did not
-	// all run within Config.StartTimeout. The release stays active and the
-	// supervisor keeps retrying the instances.
+	// ErrStartTimeout is wrapped by the error of a switch whose new
+	// instances did not all run within Config.StartTimeout (a switch
+	// then rolls back: see SwitchError), and of a scale whose new
+	// instances did not (they keep being retried).
 	ErrStartTimeout = errors.New("instances did not start in time")
 
 	// ErrCrashed is returned by a switch when a new instance crash-loops

@@ -452,22 +452,30 @@ func TestSafe_FirstDeployFails(t *testing.T) {
 // TestSafe_BadCheckRefused ensures a health check the build store lets
 // through but the agent cannot probe fails the release before anything
 // is activated: the running release and its process are untouched.
+// A tcp check is refused with socket activation, where it could not
+// fail.
 func TestSafe_BadCheckRefused(t *testing.T) {
 	ta := startAgent(t, testConfig(dataDir(t)))
 	ta.mustDeploy(t, "hello", webApp(t, ""))
 	old := ta.procs(t, "hello")["web.1"]
-	_, _, err := ta.deploy(t, "hello", tarball(t, map[string]string{
-		"Procfile":   webProcfile,
-		"berth.json": `{"processes":{"web":{"healthcheck":{"http":"/up#frag"}}}}`,
-	}))
-	wantKind(t, err, api.ErrInvalid)
-	if !strings.Contains(err.Error(), `"/up#frag"`) {
-		t.Errorf("error %q does not name the bad path", err)
-	}
-	if n := ta.activeRelease(t, "hello"); n != 1 {
-		t.Fatalf("active release = v%d, want v1", n)
-	}
-	if p := ta.procs(t, "hello")["web.1"]; p.PID != old.PID || p.Release != 1 {
-		t.Fatalf("web.1 = %+v, want v1's untouched process %d", p, old.PID)
+	for i, tc := range []struct{ manifest, want string }{
+		{`{"processes":{"web":{"healthcheck":{"http":"/up#frag"}}}}`, `"/up#frag"`},
+		{`{"processes":{"web":{"healthcheck":{"tcp":true},"socket_activation":true}}}`, "tcp health check cannot fail with socket_activation"},
+	} {
+		_, _, err := ta.deploy(t, "hello", tarball(t, map[string]string{"Procfile": webProcfile, "berth.json": tc.manifest}))
+		wantKind(t, err, api.ErrInvalid)
+		if !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("error %q does not say %q", err, tc.want)
+		}
+		rel, err := ta.Release(context.Background(), "hello", 2+i)
+		if err != nil || rel.Status != "failed" {
+			t.Errorf("v%d = %+v, %v, want failed", 2+i, rel, err)
+		}
+		if n := ta.activeRelease(t, "hello"); n != 1 {
+			t.Fatalf("active release = v%d, want v1", n)
+		}
+		if p := ta.procs(t, "hello")["web.1"]; p.PID != old.PID || p.Release != 1 {
+			t.Fatalf("web.1 = %+v, want v1's untouched process %d", p, old.PID)
+		}
 	}
 }

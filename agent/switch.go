@@ -797,8 +797,12 @@ func checkManifest(b *build.Build) error {
 		if _, err := parseSignal(pm.StopSignal); err != nil {
 			return fmt.Errorf("manifest of %s: %w", typ, err)
 		}
-		if _, err := checkOf(pm.Healthcheck); err != nil {
+		c, err := checkOf(pm.Healthcheck)
+		if err != nil {
 			return fmt.Errorf("manifest of %s: %w", typ, err)
+		}
+		if c != nil && c.TCP && pm.SocketActivation {
+			return fmt.Errorf("manifest of %s: a tcp health check cannot fail with socket_activation (the agent's socket completes every connect itself); use http or exec", typ)
 		}
 	}
 	return nil
