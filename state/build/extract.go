@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"strings"
 	"time"
 	"unsafe"
@@ -44,6 +45,12 @@ type extractor struct {
 	// check while a file's content is copied.
 	meter *meter
 	src   *eofReader
+
+	// sub is an os.Root for the directory subName, where the previous file
+	// was created: consecutive files of one directory are created with a
+	// single openat instead of a walk from the root.
+	sub     *os.Root
+	subName string
 
 	entries map[string]kind   // cleaned relative path -> what it is
 	links   map[string]string // symlink path -> target, for resolution
@@ -273,7 +280,12 @@ func (x *extractor) file(ctx context.Context, tr *tar.Reader, hdr *tar.Header, n
 		return &LimitError{Entry: hdr.Name, Limit: "MaxBytes", Max: x.limits.MaxBytes}
 	}
 	mode := fileMode(hdr.Mode)
-	f, err := x.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, mode)
+	dir, base := path.Split(name)
+	r, err := x.dirRoot(strings.TrimSuffix(dir, "/"))
+	if err != nil {
+		return fmt.Errorf("entry %q: %w", hdr.Name, err)
+	}
+	f, err := r.OpenFile(base, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, mode)
 	if err != nil {
 		return fmt.Errorf("entry %q: %w", hdr.Name, err)
 	}
@@ -295,6 +307,33 @@ func (x *extractor) file(ctx context.Context, tr *tar.Reader, hdr *tar.Header, n
 		err = fmt.Errorf("entry %q: %w", hdr.Name, cerr)
 	}
 	return err
+}
+
+// dirRoot returns an os.Root for the directory dir of the tree (already
+// checked to be a real directory), reusing the previous one if it is the
+// same directory.
+func (x *extractor) dirRoot(dir string) (*os.Root, error) {
+	if dir == "" {
+		return x.root, nil
+	}
+	if x.sub != nil && x.subName == dir {
+		return x.sub, nil
+	}
+	x.close()
+	r, err := x.root.OpenRoot(dir)
+	if err != nil {
+		return nil, err
+	}
+	x.sub, x.subName = r, dir
+	return r, nil
+}
+
+// close releases the cached directory root.
+func (x *extractor) close() {
+	if x.sub != nil {
+		x.sub.Close()
+		x.sub, x.subName = nil, ""
+	}
 }
 
 // copy writes an entry's content to f in large chunks, checking the context

@@ -390,6 +390,7 @@ func (s *Store) unpack(ctx context.Context, r io.Reader, tmp, expectedDigest str
 
 	start := time.Now()
 	x := newExtractor(root, s.limits, m)
+	defer x.close()
 	if err := x.run(ctx, async); err != nil {
 		return nil, err
 	}
