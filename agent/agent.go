@@ -110,6 +110,10 @@ type instance struct {
 	// spec is what the supervisor runs (exec checks use its env, dir
 	// and user; liveness restarts its stop signal and timeout).
 	spec supervisor.Spec
+	// upRestarts is the supervisor's restart count when the switch found
+	// the instance up; probation fails on any restart after it. Only the
+	// switch that started the instance (holding the app's lock) uses it.
+	upRestarts int
 }
 
 // slot is the instance's place in the formation, shared by the

@@ -539,6 +539,7 @@ func (a *Agent) upState(cfg Config, in *instance, healthy bool, begin, now time.
 		if st.State == supervisor.StateRunning {
 			settled := st.StartedAt.Add(cfg.Settle)
 			if !now.Before(settled) {
+				in.upRestarts = st.Restarts
 				return true, now, nil
 			}
 			return false, settled, nil
@@ -552,6 +553,7 @@ func (a *Agent) upState(cfg Config, in *instance, healthy bool, begin, now time.
 	status, last := in.prober.status(st.PID)
 	switch {
 	case st.State == supervisor.StateRunning && status == health.Healthy:
+		in.upRestarts = st.Restarts
 		return true, now, nil
 	case st.State == supervisor.StateRunning && status == health.Unhealthy:
 		return false, now, &instanceError{in, fmt.Errorf("%w: %s failed its health check (%s) %d times in a row; last check: %s",
@@ -581,12 +583,6 @@ func (a *Agent) probation(ctx context.Context, cfg Config, insts []*instance, ev
 	cfg.Probation = window
 	p.mark()
 	end := time.Now().Add(cfg.Probation)
-	restarts := map[string]int{}
-	for _, in := range insts {
-		if st, err := a.sup.Status(in.Name); err == nil {
-			restarts[in.Name] = st.Restarts
-		}
-	}
 	timer := time.NewTimer(cfg.Probation)
 	defer timer.Stop()
 	for {
@@ -596,7 +592,7 @@ func (a *Agent) probation(ctx context.Context, cfg Config, insts []*instance, ev
 			if err != nil {
 				return &instanceError{in, fmt.Errorf("%w: %s is gone during the %s probation: %v", ErrCrashed, in.Instance, cfg.Probation, err)}
 			}
-			if st.Restarts != restarts[in.Name] || st.State != supervisor.StateRunning {
+			if st.Restarts != in.upRestarts || st.State != supervisor.StateRunning {
 				return &instanceError{in, fmt.Errorf("%w: %s exited (%s) during the %s probation after the switch",
 					ErrCrashed, in.Instance, lastExit(st), cfg.Probation)}
 			}
