@@ -38,30 +38,30 @@ type Limits struct {
 	MaxRatio int64
 }
 
-// DefaultLimits are the limits a zero Limits field stands for.
-var DefaultLimits = Limits{
-	MaxBytes:   4 << 30,
-	MaxEntries: 100_000,
-	MaxPathLen: 4096,
-	MaxDepth:   64,
-	MaxRatio:   1000,
-}
+// The defaults a zero Limits field stands for.
+const (
+	DefaultMaxBytes   int64 = 4 << 30
+	DefaultMaxEntries       = 100_000
+	DefaultMaxPathLen       = 4096
+	DefaultMaxDepth         = 64
+	DefaultMaxRatio   int64 = 1000
+)
 
 func (l Limits) withDefaults() Limits {
 	if l.MaxBytes <= 0 {
-		l.MaxBytes = DefaultLimits.MaxBytes
+		l.MaxBytes = DefaultMaxBytes
 	}
 	if l.MaxEntries <= 0 {
-		l.MaxEntries = DefaultLimits.MaxEntries
+		l.MaxEntries = DefaultMaxEntries
 	}
 	if l.MaxPathLen <= 0 {
-		l.MaxPathLen = DefaultLimits.MaxPathLen
+		l.MaxPathLen = DefaultMaxPathLen
 	}
 	if l.MaxDepth <= 0 {
-		l.MaxDepth = DefaultLimits.MaxDepth
+		l.MaxDepth = DefaultMaxDepth
 	}
 	if l.MaxRatio <= 0 {
-		l.MaxRatio = DefaultLimits.MaxRatio
+		l.MaxRatio = DefaultMaxRatio
 	}
 	return l
 }
@@ -71,7 +71,7 @@ type Config struct {
 	// Dir holds the builds, one directory per digest ($DATA/builds). It is
 	// created if missing. Required.
 	Dir string
-	// Limits bounds each import; zero fields take DefaultLimits.
+	// Limits bounds each import; zero fields take the Default* constants.
 	Limits Limits
 }
 
