@@ -413,8 +413,8 @@ func TestSafe_SocketKeepsAnswering(t *testing.T) {
 	if len(r.failed) > 0 || r.sent == 0 || !r.seen["v1"] || !r.seen["v2"] {
 		t.Fatalf("%d requests, %d failed (%v), releases answering %v: want none failed and both releases", r.sent, len(r.failed), r.failed, r.seen)
 	}
-	if slices.Contains(steps, "stop") || !slices.Contains(steps, "start") {
-		t.Errorf("steps = %v, want the old instance stopped as the new one started, not before", steps)
+	if want := []string{"record", "start", "stop", "health", "probation", "done"}; !slices.Equal(steps[2:], want) {
+		t.Errorf("steps = %v, want upload, unpack, then %v: the old instance stopped once the new one started", steps, want)
 	}
 	ps := ta.procs(t, "hello")
 	if p := ps["web.1"]; len(ps) != 1 || p.Release != 2 || p.Mode != "socket" || p.Port != p1.Port || p.PID == p1.PID {

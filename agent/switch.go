@@ -361,18 +361,6 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 	}
 	a.instMu.Unlock()
 	a.markChanged()
-	// Old socket-mode instances stop while the new ones start: the
-	// socket stays open, so what neither accepts queues.
-	var stopped chan error
-	waitStopped := func() error {
-		if stopped == nil {
-			return nil
-		}
-		err := <-stopped
-		stopped = nil
-		return err
-	}
-	defer waitStopped()
 	var startErrs []error
 	for _, spec := range specs {
 		err := a.sup.Start(spec)
@@ -394,27 +382,25 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 			startErrs = append(startErrs, fmt.Errorf("start %s: %w", spec.Name, err))
 		}
 	}
-	// Once the new processes have exec'd, the old ones get their stop
-	// signal; the checks start once they are gone, since a probe of a
-	// shared socket could reach an old one.
-	if len(stopAlong) > 0 {
-		stopped = make(chan error, 1)
-		go func() { stopped <- a.stopInstances(ctx, app, stopAlong) }() // owned: waitStopped
-	}
-	stopErr := waitStopped()
-	for _, in := range insts {
-		a.startProber(in)
-	}
 	if err := errors.Join(startErrs...); err != nil {
+		for _, in := range insts {
+			a.startProber(in)
+		}
 		return insts, err
 	}
-	if stopErr != nil {
-		return insts, stopErr
-	}
+	p.step("start", "started %d instance(s) of v%d", len(insts), rel.Version)
+	// Once the new processes have exec'd, the old socket-mode ones get
+	// their stop signal: the socket stays open, so what neither accepts
+	// queues in the kernel. The checks start once they are gone, since a
+	// probe of a shared socket could reach an old one.
 	if len(stopAlong) > 0 {
-		p.step("start", "started %d instance(s) of v%d on the open sockets; %d old instance(s) stopped meanwhile", len(insts), rel.Version, len(stopAlong))
-	} else {
-		p.step("start", "started %d instance(s) of v%d", len(insts), rel.Version)
+		if err := a.stopInstances(ctx, app, stopAlong); err != nil {
+			return insts, err
+		}
+		p.step("stop", "stopped %d old instance(s); the new ones took over their sockets", len(stopAlong))
+	}
+	for _, in := range insts {
+		a.startProber(in)
 	}
 	if !healthy {
 		cfg.Settle = 0
