@@ -14,6 +14,10 @@ import (
 func benchAgent(b *testing.B) (*Agent, api.Release, func()) {
 	dir := dataDir(b)
 	cfg := testConfig(dir)
+	// The switch's own cost, not the waits an operator configures: the
+	// instances count as up once they ran 1ms, and no probation follows.
+	cfg.Settle = time.Millisecond
+	cfg.Probation = -1
 	a, err := New(cfg, testLogger())
 	if err != nil {
 		b.Fatal(err)
