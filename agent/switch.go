@@ -281,7 +281,8 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 		}
 	}
 
-	// Which old instances go before the new ones start, and which after.
+	// Which old instances stop before the new ones start, and which once
+	// they have started (socket mode).
 	var stopFirst, stopAlong []string
 	starting := map[string]*instance{}
 	for _, in := range insts {
