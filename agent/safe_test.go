@@ -479,3 +479,42 @@ func TestSafe_BadCheckRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestSafe_ModeChanges ensures a type can move between bind and socket
+// mode across deploys (the bind-mode process gives the port back before
+// the agent listens on it, and the agent's socket is closed before a
+// bind-mode process needs the port), and that scaling a socket-mode type
+// down closes the socket of the slot that went away.
+func TestSafe_ModeChanges(t *testing.T) {
+	ta := startAgent(t, safeConfig(t))
+	ctx := context.Background()
+	client := newClient()
+	for i, tc := range []struct{ manifest, mode string }{{bindManifest, "bind"}, {socketManifest, "socket"}, {bindManifest, "bind"}, {socketManifest, "socket"}} {
+		v := ta.mustDeploy(t, "hello", helloTar(t, tc.manifest, strconv.Itoa(i)))
+		p := ta.procs(t, "hello")["web.1"]
+		if p.Mode != tc.mode || p.Release != v.Version || p.Health != "healthy" {
+			t.Fatalf("deploy %d: web.1 = %+v, want healthy v%d in %s mode", i, p, v.Version, tc.mode)
+		}
+		if body, err := get(client, fmt.Sprintf("http://127.0.0.1:%d/", p.Port)); err != nil || !strings.Contains(body, fmt.Sprintf("v%d", v.Version)) {
+			t.Fatalf("deploy %d: GET / = %q, %v", i, body, err)
+		}
+	}
+	if _, err := ta.Scale(ctx, "hello", map[string]int{"web": 2}); err != nil {
+		t.Fatal(err)
+	}
+	web2 := ta.procs(t, "hello")["web.2"]
+	if web2.Mode != "socket" || web2.Health != "healthy" {
+		t.Fatalf("web.2 = %+v", web2)
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(web2.Port))
+	if _, err := get(client, "http://"+addr+"/"); err != nil {
+		t.Fatalf("web.2 does not answer: %v", err)
+	}
+	if _, err := ta.Scale(ctx, "hello", map[string]int{"web": 1}); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := net.Dial("tcp", addr); err == nil {
+		c.Close()
+		t.Fatalf("web.2's port %d still listens after scaling down", web2.Port)
+	}
+}
