@@ -194,8 +194,14 @@ func TestSafe_UnhealthyReleaseRolledBack(t *testing.T) {
 			}
 
 			var steps []string
+			failedStep := ""
 			_, err := ta.SetConfig(ctx, "hello", api.ConfigChange{Set: map[string]string{"HELLO_FAIL_HEALTH": "1"}},
-				func(p api.Progress) { steps = append(steps, p.Step) })
+				func(p api.Progress) {
+					steps = append(steps, p.Step)
+					if strings.HasPrefix(p.Message, "v2 failed") {
+						failedStep = p.Step
+					}
+				})
 			if !errors.Is(err, ErrRolledBack) || !errors.Is(err, ErrUnhealthy) {
 				t.Fatalf("unhealthy switch: %v, want ErrRolledBack and ErrUnhealthy", err)
 			}
@@ -205,8 +211,8 @@ func TestSafe_UnhealthyReleaseRolledBack(t *testing.T) {
 				}
 			}
 			t.Logf("switch error: %v", err)
-			if !slices.Contains(steps, "rollback") {
-				t.Errorf("steps = %v, want a rollback step", steps)
+			if failedStep != "health" || !slices.Contains(steps, "rollback") {
+				t.Errorf("steps = %v (failed step %q), want the failed health step and a rollback step", steps, failedStep)
 			}
 
 			v2, err := ta.Release(ctx, "hello", 2)

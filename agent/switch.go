@@ -750,10 +750,14 @@ func (a *Agent) activate(app string, rel state.Release, b *build.Build, kind str
 	events, unsubscribe := a.sup.Subscribe(64)
 	defer unsubscribe()
 	insts, err := a.converge(sctx, app, rel, b, true, true, p)
+	failedStep := "health"
 	if err == nil {
+		failedStep = "probation"
 		err = a.probation(sctx, a.config(), insts, events, p)
 	}
 	if err != nil {
+		// The step that failed, with the time it took.
+		p.step(failedStep, "v%d failed: %v", rel.Version, err)
 		if sctx.Err() != nil {
 			// Shutting down: the next start brings the active release up.
 			return state.Release{}, fmt.Errorf("v%d is active but the agent stopped before its processes were up: %w", rel.Version, err)
@@ -797,7 +801,6 @@ func checkManifest(b *build.Build) error {
 // processes back, stops what is left of rel's, records an event and
 // returns the *SwitchError that says all of it.
 func (a *Agent) rollBack(app string, rel, prev state.Release, cause error, p *progress) error {
-	p.mark()
 	serr := &SwitchError{App: app, Version: rel.Version, RolledBackTo: prev.Version, Reason: cause.Error(), Err: cause}
 	var ie *instanceError
 	if errors.As(cause, &ie) {
