@@ -26,7 +26,7 @@ var (
 
 	// ErrCrashed is returned by a switch when a new instance crash-loops
 	// instead of running, or exits during the probation window.
-	ErrCrashed = errors.New("instance crashed on start")
+	ErrCrashed = errors.New("instance crashed")
 
 	// ErrUnhealthy is returned by a switch when a new instance fails its
 	// health check (Retries failures after its start period), does not
