@@ -46,9 +46,10 @@
 // # Socket activation
 //
 // Spec.ListenFiles are passed as fds 3, 4, ... with LISTEN_FDS=n, and
-// the command runs as /bin/sh -c 'LISTEN_PID=$$; export LISTEN_PID; exec
-// Command', so LISTEN_PID is the pid of the app itself (sd_listen_fds
-// checks it). Command must then be a single simple command.
+// a simple command runs as /bin/sh -c 'LISTEN_PID=$$; export LISTEN_PID;
+// exec Command', so LISTEN_PID is the pid of the app itself (sd_listen_fds
+// checks it). A compound command runs as written after the assignment:
+// `migrate; exec app` gives app the shell's pid, as Procfiles are written.
 //
 // # Logs
 //

@@ -102,12 +102,20 @@ func outputPipe(name, stream string) (r, w *os.File, err error) {
 // command returns the program, argv and environment for a spec: a
 // simple command is exec'd directly (as sh would exec it), anything else
 // goes through /bin/sh -c. With ListenFiles the shell sets LISTEN_PID to
-// its own pid and execs the command, so the pid is the app's.
+// its own pid and execs a simple command, so the pid is the app's; a
+// compound command runs as written (its final `exec app` keeps the pid).
 func command(sp *Spec) (path string, argv, env []string) {
 	env = sp.Env
 	if n := len(sp.ListenFiles); n > 0 {
 		env = append(append(make([]string, 0, len(env)+1), env...), "LISTEN_FDS="+strconv.Itoa(n))
-		return "/bin/sh", []string{"/bin/sh", "-c", "LISTEN_PID=$$; export LISTEN_PID; exec " + sp.Command}, env
+		script := "LISTEN_PID=$$; export LISTEN_PID; "
+		if simpleWords(sp.Command) != nil {
+			// The app replaces the shell, so LISTEN_PID is its pid.
+			script += "exec "
+		}
+		// Anything else runs as written: a compound command whose last
+		// part is `exec app` gives app the shell's pid (Procfile style).
+		return "/bin/sh", []string{"/bin/sh", "-c", script + sp.Command}, env
 	}
 	if words := simpleWords(sp.Command); words != nil {
 		if p := lookPath(words[0], env, sp.Dir); p != "" {

@@ -108,9 +108,11 @@ type Spec struct {
 	// ListenFiles are passed to the process as fds 3, 4, ... with
 	// LISTEN_FDS=<n> and LISTEN_PID=<pid> in its environment
 	// (systemd's socket activation protocol). The command is then run
-	// as /bin/sh -c 'LISTEN_PID=$$ ... exec Command' so that the pid
-	// is the app's own: Command must be a single simple command. The
-	// files stay owned by the caller.
+	// as /bin/sh -c 'LISTEN_PID=$$; export LISTEN_PID; exec Command'
+	// when it is a simple command, so that the pid is the app's own; a
+	// compound command runs as written after the assignment, and must
+	// end in `exec app` for app to keep that pid. The files stay owned
+	// by the caller.
 	ListenFiles []*os.File
 }
 

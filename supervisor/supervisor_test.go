@@ -244,7 +244,8 @@ func TestSupervisor_RunsAsNobody(t *testing.T) {
 }
 
 // Ensures socket activation: the listener arrives as fd 3 with
-// LISTEN_FDS=1 and LISTEN_PID the app's own pid.
+// LISTEN_FDS=1 and LISTEN_PID the app's own pid, for a simple command and
+// for a compound one that ends in exec (as Procfiles are written).
 func TestSupervisor_ListenFiles(t *testing.T) {
 	s := startSup(t, Config{})
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -257,16 +258,19 @@ func TestSupervisor_ListenFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	spec := Spec{Name: "sock", Command: helperCmd("listen"), Env: helperEnv(), ListenFiles: []*os.File{f}}
-	if err := s.Start(spec); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "verdict", func() bool { return len(tailTexts(s, spec.Name)) > 0 })
-	if got := tailTexts(s, spec.Name)[0]; got != "listen pid-ok=true fd-ok=true" {
-		t.Fatalf("helper says %q", got)
-	}
-	if _, err := s.Stop(context.Background(), spec.Name); err != nil {
-		t.Fatal(err)
+	for name, cmd := range map[string]string{
+		"simple":   helperCmd("listen"),
+		"compound": "echo before; exec " + helperCmd("listen"),
+	} {
+		spec := Spec{Name: name, Command: cmd, Env: helperEnv(), ListenFiles: []*os.File{f}}
+		if err := s.Start(spec); err != nil {
+			t.Fatal(err)
+		}
+		const want = "listen pid-ok=true fd-ok=true"
+		eventually(t, name+" verdict", func() bool { return slices.Contains(tailTexts(s, spec.Name), want) })
+		if _, err := s.Stop(context.Background(), spec.Name); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
