@@ -807,11 +807,13 @@ func (a *Agent) rollBack(app string, rel, prev state.Release, cause error, p *pr
 		serr.Output = a.failureOutput(ie.inst)
 	}
 	a.log.Warn("switch failed; rolling back", "app", app, "version", rel.Version, "to", prev.Version, "error", cause)
-	if err := a.store.MarkFailed(app, rel.Version, serr.Reason, serr.Output); err != nil {
-		a.log.Error("mark release failed", "app", app, "version", rel.Version, "error", err)
-	}
+	// One transaction: a crash can never leave the app with neither
+	// release active. If it fails, the db still says rel is active, and
+	// rel's processes are left as they are to match it.
 	var restoreErr error
-	if prev.Version != 0 {
+	if err := a.store.FailAndActivate(app, rel.Version, serr.Reason, serr.Output, prev.Version); err != nil {
+		restoreErr = err
+	} else if prev.Version != 0 {
 		restoreErr = a.restore(app, prev, p)
 	} else {
 		names := slices.Collect(maps.Keys(a.appInstances(app)))
@@ -832,13 +834,11 @@ func (a *Agent) rollBack(app string, rel, prev state.Release, cause error, p *pr
 	return serr
 }
 
-// restore makes prev active again and converges the app's processes on
-// it: instances of prev that still run (a socket-mode switch fails before
-// it stops them) are kept, the failed release's are stopped.
+// restore converges the app's processes on prev, which the caller has
+// made active again: instances of prev that still run (a socket-mode
+// switch fails before it stops them) are kept, the failed release's are
+// stopped.
 func (a *Agent) restore(app string, prev state.Release, p *progress) error {
-	if _, err := a.store.Activate(app, prev.Version); err != nil {
-		return fmt.Errorf("activate v%d: %w", prev.Version, err)
-	}
 	b, err := a.builds.Get(prev.Build)
 	if err != nil {
 		return fmt.Errorf("build %s of v%d: %w", shortDigest(prev.Build), prev.Version, err)

@@ -145,47 +145,53 @@ func (s *Store) CreateRelease(app string, nr NewRelease) (Release, error) {
 // returns a zero Release.
 func (s *Store) Activate(app string, version int) (prev Release, err error) {
 	err = s.db.Update(func(tx *bolt.Tx) error {
-		r, b, err := loadRelease(tx, app, version)
-		if err != nil {
-			return err
-		}
-		switch r.Status {
-		case StatusActive:
-			return nil
-		case StatusPending, StatusSuperseded:
-		default:
-			return fmt.Errorf("%w: %s v%d is %s", ErrBadTransition, app, version, r.Status)
-		}
-		rec, err := loadApp(tx, app)
-		if err != nil {
-			return err
-		}
-		if rec.Active != 0 {
-			old, _, err := loadRelease(tx, app, rec.Active)
-			if err != nil {
-				return fmt.Errorf("previously active release: %w", err)
-			}
-			old.Status = StatusSuperseded
-			if err := putRelease(b, &old); err != nil {
-				return err
-			}
-			prev = old
-		}
-		r.Status = StatusActive
-		r.Reason = ""
-		if err := putRelease(b, &r); err != nil {
-			return err
-		}
-		rec.Active = version
-		if err := saveApp(tx, rec); err != nil {
-			return err
-		}
-		return putJSON(tx.Bucket(bucketConfig), []byte(app), r.Config)
+		prev, err = activate(tx, app, version)
+		return err
 	})
 	if err != nil {
 		return Release{}, fmt.Errorf("activate release: %w", err)
 	}
 	return prev, nil
+}
+
+// activate is Activate inside tx.
+func activate(tx *bolt.Tx, app string, version int) (prev Release, err error) {
+	r, b, err := loadRelease(tx, app, version)
+	if err != nil {
+		return prev, err
+	}
+	switch r.Status {
+	case StatusActive:
+		return prev, nil
+	case StatusPending, StatusSuperseded:
+	default:
+		return prev, fmt.Errorf("%w: %s v%d is %s", ErrBadTransition, app, version, r.Status)
+	}
+	rec, err := loadApp(tx, app)
+	if err != nil {
+		return prev, err
+	}
+	if rec.Active != 0 {
+		old, _, err := loadRelease(tx, app, rec.Active)
+		if err != nil {
+			return prev, fmt.Errorf("previously active release: %w", err)
+		}
+		old.Status = StatusSuperseded
+		if err := putRelease(b, &old); err != nil {
+			return prev, err
+		}
+		prev = old
+	}
+	r.Status = StatusActive
+	r.Reason = ""
+	if err := putRelease(b, &r); err != nil {
+		return prev, err
+	}
+	rec.Active = version
+	if err := saveApp(tx, rec); err != nil {
+		return prev, err
+	}
+	return prev, putJSON(tx.Bucket(bucketConfig), []byte(app), r.Config)
 }
 
 // MarkFailed records that a pending or active release failed, with the
@@ -196,37 +202,63 @@ func (s *Store) Activate(app string, version int) (prev Release, err error) {
 // A superseded release cannot fail (ErrBadTransition); marking a failed
 // release again replaces its reason and output.
 func (s *Store) MarkFailed(app string, version int, reason, output string) error {
-	if len(output) > MaxOutputBytes {
-		cut := len(output) - MaxOutputBytes
-		output = fmt.Sprintf("[... %d bytes of output dropped ...]\n", cut) + output[cut:]
-	}
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		r, b, err := loadRelease(tx, app, version)
-		if err != nil {
-			return err
-		}
-		switch r.Status {
-		case StatusPending, StatusActive, StatusFailed:
-		default:
-			return fmt.Errorf("%w: %s v%d is %s", ErrBadTransition, app, version, r.Status)
-		}
-		if r.Status == StatusActive {
-			rec, err := loadApp(tx, app)
-			if err != nil {
-				return err
-			}
-			rec.Active = 0
-			if err := saveApp(tx, rec); err != nil {
-				return err
-			}
-		}
-		r.Status, r.Reason, r.Output = StatusFailed, reason, output
-		return putRelease(b, &r)
+		return markFailed(tx, app, version, reason, output)
 	})
 	if err != nil {
 		return fmt.Errorf("mark release failed: %w", err)
 	}
 	return nil
+}
+
+// FailAndActivate undoes a failed switch in one transaction: it marks
+// failed as failed (as MarkFailed) and makes to the active release (as
+// Activate), so a crash can never leave the app between the two with no
+// active release. to 0 activates nothing (a first deploy that failed).
+func (s *Store) FailAndActivate(app string, failed int, reason, output string, to int) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		if err := markFailed(tx, app, failed, reason, output); err != nil {
+			return err
+		}
+		if to == 0 {
+			return nil
+		}
+		_, err := activate(tx, app, to)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("fail v%d and activate v%d: %w", failed, to, err)
+	}
+	return nil
+}
+
+// markFailed is MarkFailed inside tx.
+func markFailed(tx *bolt.Tx, app string, version int, reason, output string) error {
+	if len(output) > MaxOutputBytes {
+		cut := len(output) - MaxOutputBytes
+		output = fmt.Sprintf("[... %d bytes of output dropped ...]\n", cut) + output[cut:]
+	}
+	r, b, err := loadRelease(tx, app, version)
+	if err != nil {
+		return err
+	}
+	switch r.Status {
+	case StatusPending, StatusActive, StatusFailed:
+	default:
+		return fmt.Errorf("%w: %s v%d is %s", ErrBadTransition, app, version, r.Status)
+	}
+	if r.Status == StatusActive {
+		rec, err := loadApp(tx, app)
+		if err != nil {
+			return err
+		}
+		rec.Active = 0
+		if err := saveApp(tx, rec); err != nil {
+			return err
+		}
+	}
+	r.Status, r.Reason, r.Output = StatusFailed, reason, output
+	return putRelease(b, &r)
 }
 
 // Release returns one release of the app: ErrAppNotFound for an unknown

@@ -371,3 +371,60 @@ func TestStore_ReferencedBuilds(t *testing.T) {
 		}
 	}
 }
+
+// Ensures FailAndActivate undoes a switch in one transaction: the failed
+// release is failed, the previous one active again with its config, and a
+// refused target changes nothing at all (the failed mark is not kept
+// either).
+func TestStore_FailAndActivate(t *testing.T) {
+	s := openTest(t)
+	mustApp(t, s, "web")
+	r1 := mustRelease(t, s, "web", NewRelease{Build: testDigest(1), Config: map[string]string{"V": "1"}})
+	r2 := mustRelease(t, s, "web", NewRelease{Build: testDigest(2), Config: map[string]string{"V": "2"}})
+	r3 := mustRelease(t, s, "web", NewRelease{Build: testDigest(3), Config: map[string]string{"V": "3"}})
+	for _, v := range []int{r1.Version, r2.Version} {
+		if _, err := s.Activate("web", v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.MarkFailed("web", r3.Version, "broken", ""); err != nil {
+		t.Fatal(err)
+	}
+
+	// A failed release cannot become active: nothing changes, v2 stays
+	// active and is not marked failed.
+	before := dump(t, s)
+	if err := s.FailAndActivate("web", r2.Version, "unhealthy", "out", r3.Version); !errors.Is(err, ErrBadTransition) {
+		t.Fatalf("FailAndActivate to a failed release = %v, want ErrBadTransition", err)
+	}
+	if after := dump(t, s); after != before {
+		t.Fatalf("a refused FailAndActivate changed the store:\nbefore %s\nafter  %s", before, after)
+	}
+
+	if err := s.FailAndActivate("web", r2.Version, "unhealthy", "last lines", r1.Version); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := s.Release("web", r2.Version)
+	if got.Status != StatusFailed || got.Reason != "unhealthy" || got.Output != "last lines" {
+		t.Errorf("v2 = %+v, want failed with reason and output", got)
+	}
+	if n, v := activeCount(t, s, "web"); n != 1 || v != r1.Version {
+		t.Errorf("active releases = %d (v%d), want exactly v1", n, v)
+	}
+	if cfg, _ := s.Config("web"); !maps.Equal(cfg, r1.Config) {
+		t.Errorf("config = %v, want v1's", cfg)
+	}
+
+	// to 0: a first deploy that failed leaves no active release.
+	mustApp(t, s, "fresh")
+	f1 := mustRelease(t, s, "fresh", NewRelease{Build: testDigest(4)})
+	if _, err := s.Activate("fresh", f1.Version); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.FailAndActivate("fresh", f1.Version, "crashed", "", 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ActiveRelease("fresh"); !errors.Is(err, ErrNoActiveRelease) {
+		t.Errorf("ActiveRelease(fresh) = %v, want ErrNoActiveRelease", err)
+	}
+}
