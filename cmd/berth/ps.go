@@ -29,8 +29,9 @@ func newPsCmd(g *globals) *cobra.Command {
 }
 
 // printProcesses prints the ps table: instance, state, pid, release,
-// port, uptime, restarts; the app column when several apps are shown and
-// the health column when a process has a health check.
+// port, uptime, restarts, switch mode (socket: start-then-stop on an
+// agent-owned socket; bind: stop-then-start); the app column when several
+// apps are shown and the health column when a process has a health check.
 func printProcesses(g *globals, out io.Writer, procs []api.Process, withApp bool) error {
 	if g.json {
 		return writeJSON(out, procs)
@@ -47,7 +48,7 @@ func printProcesses(g *globals, out io.Writer, procs []api.Process, withApp bool
 	if withHealth {
 		header = append(header, "HEALTH")
 	}
-	header = append(header, "COMMAND")
+	header = append(header, "MODE", "COMMAND")
 	if withApp {
 		header = append([]string{"APP"}, header...)
 	}
@@ -76,7 +77,7 @@ func printProcesses(g *globals, out io.Writer, procs []api.Process, withApp bool
 		if withHealth {
 			row = append(row, orDash(p.Health))
 		}
-		row = append(row, p.Command)
+		row = append(row, orDash(p.Mode), p.Command)
 		if withApp {
 			row = append([]string{p.App}, row...)
 		}
