@@ -308,6 +308,9 @@ func logRequests(next http.Handler, log io.Writer) http.Handler {
 		if rec.status == 0 {
 			rec.status = http.StatusOK
 		}
+		if r.URL.Path == "/up" && rec.status < 300 {
+			return // a passing health check every second would drown the log
+		}
 		fmt.Fprintf(log, "%s %s %d %s\n", r.Method, r.URL.Path, rec.status, time.Since(start).Round(time.Microsecond))
 	})
 }

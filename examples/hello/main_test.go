@@ -69,7 +69,8 @@ func envMap(m map[string]string) func(string) string {
 }
 
 // TestHandler ensures the routes answer what the agent's health check and
-// the load test expect, and that every request is logged.
+// the load test expect, and that every request is logged except a
+// passing health check.
 func TestHandler(t *testing.T) {
 	s := settings{App: "hello", Release: "v7", Process: "web.1", Greeting: "hi"}
 	tests := []struct {
@@ -94,6 +95,12 @@ func TestHandler(t *testing.T) {
 			h.ServeHTTP(rec, httptest.NewRequest(tt.method, tt.path, nil))
 			if rec.Code != tt.wantStatus || rec.Body.String() != tt.wantBody {
 				t.Errorf("%s %s = %d %q, want %d %q", tt.method, tt.path, rec.Code, rec.Body.String(), tt.wantStatus, tt.wantBody)
+			}
+			if tt.path == "/up" && tt.wantStatus < 300 {
+				if log.Len() != 0 {
+					t.Errorf("a passing health check was logged: %q", log.String())
+				}
+				return
 			}
 			wantLog := fmt.Sprintf("%s %s %d ", tt.method, tt.path, tt.wantStatus)
 			if !strings.HasPrefix(log.String(), wantLog) || strings.Count(log.String(), "\n") != 1 {
@@ -216,11 +223,15 @@ func TestServe_CancelShutsDown(t *testing.T) {
 	if body != "ok\n" {
 		t.Errorf("GET /up = %q", body)
 	}
+	get(t, "http://"+ln.Addr().String()+"/")
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("serve after cancel: %v", err)
 	}
-	for _, want := range []string{"release v1", "listening on " + ln.Addr().String(), "GET /up 200", "hello: stopped"} {
+	if strings.Contains(out.String(), "GET /up 200") {
+		t.Errorf("a passing health check was logged:\n%s", out.String())
+	}
+	for _, want := range []string{"release v1", "listening on " + ln.Addr().String(), "GET / 200", "hello: stopped"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}
