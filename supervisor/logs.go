@@ -45,30 +45,38 @@ func newPools() *pools {
 }
 
 // batch is one chunk of output formatted for the file: out holds the
-// stored lines, ends the end offset of each line in out.
+// stored lines, ends the end offset of each line in out. All lines of a
+// batch come from one read of one pipe and share one timestamp, taken
+// when the read returned: the prefix is formatted once per batch.
 type batch struct {
 	out  []byte
 	ends []int
-	ts   [timeWidth]byte
-	now  time.Time
+	// pre is the stored prefix "TIME STREAM+ ": pre[:plain] without the
+	// "+" (a whole line), with "+" left out by copying pre[:plain-1] and
+	// appending "+ " (a piece of a split line).
+	pre   [timeWidth + len(" stdout+ ")]byte
+	plain int
+	now   time.Time
 }
 
-func (b *batch) reset(now time.Time) {
+func (b *batch) reset(now time.Time, stream string) {
 	b.out = b.out[:0]
 	b.ends = b.ends[:0]
 	b.now = now
-	var tmp [64]byte
-	copy(b.ts[:], now.UTC().AppendFormat(tmp[:0], timeLayout))
+	p := now.UTC().AppendFormat(b.pre[:0], timeLayout)
+	p = append(p, ' ')
+	p = append(p, stream...)
+	p = append(p, ' ')
+	b.plain = len(p)
 }
 
-func (b *batch) add(stream string, text []byte, split bool) {
-	b.out = append(b.out, b.ts[:]...)
-	b.out = append(b.out, ' ')
-	b.out = append(b.out, stream...)
+func (b *batch) add(text []byte, split bool) {
 	if split {
-		b.out = append(b.out, '+')
+		b.out = append(b.out, b.pre[:b.plain-1]...)
+		b.out = append(b.out, '+', ' ')
+	} else {
+		b.out = append(b.out, b.pre[:b.plain]...)
 	}
-	b.out = append(b.out, ' ')
 	b.out = append(b.out, text...)
 	b.out = append(b.out, '\n')
 	b.ends = append(b.ends, len(b.out))
@@ -339,7 +347,7 @@ func (ls *logSink) close() {
 
 // segment is a copy of the last lines of a batch.
 type segment struct {
-	b batch // out, ends and now; ts unused
+	b batch // out, ends and now; pre unused
 }
 
 // remember keeps the last lines of b (at most m) in the ring and drops
@@ -441,8 +449,8 @@ func (p *pipeReader) run() {
 	}
 	if len(p.partial) > 0 {
 		b := p.ls.s.pools.batches.Get().(*batch)
-		b.reset(time.Now())
-		b.add(p.stream, p.partial, false)
+		b.reset(time.Now(), p.stream)
+		b.add(p.partial, false)
 		p.ls.store(b)
 		p.partial = nil
 	}
@@ -452,7 +460,7 @@ func (p *pipeReader) run() {
 // consume splits a chunk into lines and stores them as one batch.
 func (p *pipeReader) consume(data []byte, now time.Time) {
 	b := p.ls.s.pools.batches.Get().(*batch)
-	b.reset(now)
+	b.reset(now, p.stream)
 	// Size the output once: the data, plus a prefix per line and piece.
 	lines := bytes.Count(data, []byte{'\n'}) + (len(data)+len(p.partial))/p.maxLine + 2
 	// Pooled batches get room for a full read of ordinary lines, so
@@ -490,10 +498,10 @@ func (p *pipeReader) consume(data []byte, now time.Time) {
 // emit adds a whole line, split into marked pieces if it is too long.
 func (p *pipeReader) emit(b *batch, line []byte) {
 	for len(line) > p.maxLine {
-		b.add(p.stream, line[:p.maxLine], true)
+		b.add(line[:p.maxLine], true)
 		line = line[p.maxLine:]
 	}
-	b.add(p.stream, line, false)
+	b.add(line, false)
 }
 
 // carry keeps an unfinished line for the next chunk; pieces beyond
@@ -501,7 +509,7 @@ func (p *pipeReader) emit(b *batch, line []byte) {
 func (p *pipeReader) carry(b *batch, data []byte) {
 	p.partial = append(p.partial, data...)
 	for len(p.partial) > p.maxLine {
-		b.add(p.stream, p.partial[:p.maxLine], true)
+		b.add(p.partial[:p.maxLine], true)
 		p.partial = append(p.partial[:0], p.partial[p.maxLine:]...)
 	}
 }
