@@ -447,29 +447,30 @@ func (p *pipeReader) run() {
 	if buf != nil {
 		p.ls.s.pools.bufs.Put(buf)
 	}
+	p.flush(time.Now())
+	p.f.Close()
+}
+
+// flush stores the trailing partial line, if any, at the end of output.
+func (p *pipeReader) flush(now time.Time) {
 	if len(p.partial) > 0 {
 		b := p.ls.s.pools.batches.Get().(*batch)
-		b.reset(time.Now(), p.stream)
+		b.reset(now, p.stream)
 		b.add(p.partial, false)
 		p.ls.store(b)
 		p.partial = nil
 	}
-	p.f.Close()
 }
 
 // consume splits a chunk into lines and stores them as one batch.
 func (p *pipeReader) consume(data []byte, now time.Time) {
 	b := p.ls.s.pools.batches.Get().(*batch)
 	b.reset(now, p.stream)
-	// Size the output once: the data, plus a prefix per line and piece.
-	lines := bytes.Count(data, []byte{'\n'}) + (len(data)+len(p.partial))/p.maxLine + 2
-	// Pooled batches get room for a full read of ordinary lines, so
-	// they are not reallocated as read sizes vary.
-	if need := len(data) + len(p.partial) + lines*int(lineOverhead); cap(b.out) < need {
-		b.out = make([]byte, 0, max(need, readBufSize*3/2))
-	}
-	if cap(b.ends) < lines {
-		b.ends = make([]int, 0, max(lines, readBufSize/64))
+	// Pooled batches get room for a full read of 100-byte lines, so they
+	// are rarely reallocated; shorter lines grow them by appending.
+	if cap(b.out) == 0 {
+		b.out = make([]byte, 0, readBufSize*3/2)
+		b.ends = make([]int, 0, readBufSize/64)
 	}
 	if len(p.partial) > 0 {
 		i := bytes.IndexByte(data, '\n')
@@ -483,7 +484,10 @@ func (p *pipeReader) consume(data []byte, now time.Time) {
 		p.partial = nil
 		data = data[i+1:]
 	}
-	for len(data) > 0 {
+	for {
+		if data = p.formatLines(b, data); len(data) == 0 {
+			break
+		}
 		i := bytes.IndexByte(data, '\n')
 		if i < 0 {
 			p.carry(b, data)
@@ -493,6 +497,26 @@ func (p *pipeReader) consume(data []byte, now time.Time) {
 		data = data[i+1:]
 	}
 	p.ls.store(b)
+}
+
+// formatLines adds the whole lines of up to maxLine bytes at the start
+// of data to b, the common case kept tight: the batch's prefix, then the
+// line with its newline. It returns the rest of data, which starts with
+// a longer line or an unfinished one (or is empty).
+func (p *pipeReader) formatLines(b *batch, data []byte) []byte {
+	pre, out, ends := b.pre[:b.plain], b.out, b.ends
+	for {
+		i := bytes.IndexByte(data, '\n')
+		if i < 0 || i > p.maxLine {
+			break
+		}
+		out = append(out, pre...)
+		out = append(out, data[:i+1]...)
+		ends = append(ends, len(out))
+		data = data[i+1:]
+	}
+	b.out, b.ends = out, ends
+	return data
 }
 
 // emit adds a whole line, split into marked pieces if it is too long.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -270,6 +271,58 @@ func TestLogs_ReadLogFileTailOfBigFile(t *testing.T) {
 			k := 10000 - want + i
 			if l.Text != fmt.Sprintf("line %d %s", k, strings.Repeat("y", k%97)) || l.Stream != "stderr" {
 				t.Fatalf("n=%d: line %d = %q", n, i, l.Text)
+			}
+		}
+	}
+}
+
+// Ensures output cut into reads at arbitrary places is stored line by
+// line exactly: empty lines kept, lines of up to MaxLine whole, longer
+// ones in MaxLine pieces marked Split but the last, the unfinished last
+// line stored at the end, and nothing lost or reordered.
+func TestLogs_SplitsLinesAcrossReads(t *testing.T) {
+	const maxLine = 64
+	rng := rand.New(rand.NewPCG(4, 2026))
+	for round := 0; round < 50; round++ {
+		// Lines of lengths around 0, maxLine and 2*maxLine and beyond.
+		var input []byte
+		var want []LogLine
+		nlines := 1 + rng.IntN(200)
+		for i := 0; i < nlines; i++ {
+			n := []int{0, 1, maxLine - 1, maxLine, maxLine + 1, 2 * maxLine, 2*maxLine + 1, rng.IntN(5 * maxLine)}[rng.IntN(8)]
+			line := make([]byte, n)
+			for j := range line {
+				line[j] = 'a' + byte(rng.IntN(26))
+			}
+			last := i == nlines-1 && rng.IntN(2) == 0 // unfinished: no newline
+			input = append(input, line...)
+			if !last {
+				input = append(input, '\n')
+			} else if n == 0 {
+				break // nothing to store
+			}
+			for len(line) > maxLine {
+				want = append(want, LogLine{Text: string(line[:maxLine]), Split: true})
+				line = line[maxLine:]
+			}
+			want = append(want, LogLine{Text: string(line)})
+		}
+		s := New(Config{}, nil)
+		ls := newLogSink(s, "app/web.1", LogConfig{Memory: 1 << 20})
+		p := &pipeReader{stream: "stderr", ls: ls, maxLine: maxLine}
+		for data := input; len(data) > 0; {
+			k := min(len(data), 1+rng.IntN(3*maxLine))
+			p.consume(data[:k], time.Now())
+			data = data[k:]
+		}
+		p.flush(time.Now())
+		got := ls.tail(0)
+		if len(got) != len(want) {
+			t.Fatalf("round %d: %d lines stored, want %d", round, len(got), len(want))
+		}
+		for i := range want {
+			if g := got[i]; g.Text != want[i].Text || g.Split != want[i].Split || g.Stream != "stderr" || g.Name != "app/web.1" {
+				t.Fatalf("round %d: line %d = %+v, want text %q split %v", round, i, g, want[i].Text, want[i].Split)
 			}
 		}
 	}
