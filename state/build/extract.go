@@ -60,6 +60,12 @@ type extractor struct {
 	nFiles   int
 	written  int64 // regular file bytes, for MaxBytes
 	buf      []byte
+
+	// Small files are created and written by a pool of writer goroutines
+	// (see writers); lanes maps a directory to the writer that creates
+	// all of its files.
+	w     *writers
+	lanes map[string]int
 }
 
 func newExtractor(root *os.Root, limits Limits, m *meter) *extractor {
@@ -70,6 +76,7 @@ func newExtractor(root *os.Root, limits Limits, m *meter) *extractor {
 		entries: map[string]kind{"": kindDir},
 		links:   make(map[string]string),
 		buf:     make([]byte, copyBufSize),
+		lanes:   make(map[string]int),
 	}
 }
 
@@ -94,9 +101,14 @@ func (e *eofReader) Read(p []byte) (int, error) {
 // link resolves).
 func (x *extractor) run(ctx context.Context, src io.Reader) error {
 	x.src = &eofReader{r: src}
+	x.w = startWriters(ctx, x.root, numWriters())
+	defer x.w.stop()
 	tr := tar.NewReader(x.src)
 	for {
 		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := x.w.failed(); err != nil {
 			return err
 		}
 		hdr, err := tr.Next()
@@ -114,6 +126,9 @@ func (x *extractor) run(ctx context.Context, src io.Reader) error {
 		if err := x.entry(ctx, tr, hdr); err != nil {
 			return err
 		}
+	}
+	if err := x.w.wait(); err != nil {
+		return err
 	}
 	for name, target := range x.links {
 		if reason := x.escapes(name, target); reason != "" {
@@ -281,7 +296,11 @@ func (x *extractor) file(ctx context.Context, tr *tar.Reader, hdr *tar.Header, n
 	}
 	mode := fileMode(hdr.Mode)
 	dir, base := path.Split(name)
-	r, err := x.dirRoot(strings.TrimSuffix(dir, "/"))
+	dir = strings.TrimSuffix(dir, "/")
+	if hdr.Size <= maxQueuedFile {
+		return x.queueFile(ctx, tr, hdr, name, dir, base, mode)
+	}
+	r, err := x.dirRoot(dir)
 	if err != nil {
 		return fmt.Errorf("entry %q: %w", hdr.Name, err)
 	}
@@ -456,6 +475,11 @@ func (x *extractor) hardlink(hdr *tar.Header, name string) error {
 		return &UnsafeEntryError{Entry: hdr.Name, Reason: fmt.Sprintf("hard link target %q is not an earlier entry of the archive", hdr.Linkname)}
 	default:
 		return &UnsafeEntryError{Entry: hdr.Name, Reason: fmt.Sprintf("hard link target %q is not a regular file", hdr.Linkname)}
+	}
+	// The target may still be queued for a writer: link to it only once
+	// it is complete.
+	if err := x.w.wait(); err != nil {
+		return err
 	}
 	if err := x.root.Link(target, name); err != nil {
 		return fmt.Errorf("entry %q: %w", hdr.Name, err)

@@ -5,10 +5,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -302,5 +304,73 @@ func TestStore_ImportSparse(t *testing.T) {
 	got, err := os.ReadFile(filepath.Join(b.Dir, "holes"))
 	if err != nil || len(got) != 1<<20 || got[len(got)-1] != 1 || bytes.Count(got, []byte{0}) != 1<<20-1 {
 		t.Fatalf("sparse file: %d bytes, %v", len(got), err)
+	}
+}
+
+// TestStore_ImportManyDirs ensures files handed to the writer pool land
+// with the right content, mode and mtime when many directories are
+// written at once, interleaved with files too large to queue (written by
+// the extractor itself), empty files, files directly in the root, and
+// hard links to files that may still be queued.
+func TestStore_ImportManyDirs(t *testing.T) {
+	type want struct {
+		body string
+		mode os.FileMode
+		mt   time.Time
+	}
+	wants := map[string]want{}
+	ents := []ent{procfile}
+	wants["Procfile"] = want{procfile.body, 0o444, time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)}
+	big := strings.Repeat("0123456789abcdef", (maxQueuedFile+4096)/16)
+	for d := range 12 {
+		for i := range 30 {
+			name := fmt.Sprintf("d%02d/f%02d", d, i)
+			e := ent{name: name, typ: tar.TypeReg, body: fmt.Sprintf("%s %d\n", name, d*i), mode: 0o644,
+				mt: time.Date(2020, 1, 1+d, i, 0, 0, 0, time.UTC)}
+			w := want{e.body, 0o444, e.mt}
+			switch {
+			case i == 7:
+				e.body, w.body = big+name, big+name
+			case i == 11:
+				e.body, w.body = "", ""
+			case i%5 == 0:
+				e.mode, w.mode = 0o755, 0o555
+			}
+			ents = append(ents, e)
+			wants[name] = w
+		}
+		// A hard link in another directory to the file just queued, and
+		// a file in the root between directories.
+		target := fmt.Sprintf("d%02d/f29", d)
+		ents = append(ents, hardlink(fmt.Sprintf("links/l%02d", d), target), file(fmt.Sprintf("root%02d", d), target))
+		wants[fmt.Sprintf("links/l%02d", d)] = wants[target]
+		wants[fmt.Sprintf("root%02d", d)] = want{target, 0o444, time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)}
+	}
+	s := newStore(t, Limits{})
+	b, err := importBytes(t, s, mkTar(t, ents...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Files != len(wants) {
+		t.Errorf("Files = %d, want %d", b.Files, len(wants))
+	}
+	for name, w := range wants {
+		p := filepath.Join(b.Dir, name)
+		got, err := os.ReadFile(p)
+		if err != nil || string(got) != w.body {
+			t.Errorf("%s = %.40q (%d bytes), %v; want %.40q (%d bytes)", name, got, len(got), err, w.body, len(w.body))
+			continue
+		}
+		fi, err := os.Stat(p)
+		if err != nil || fi.Mode() != w.mode || !fi.ModTime().Equal(w.mt) {
+			t.Errorf("%s: mode %v mtime %v (%v), want %v %v", name, fi.Mode(), fi.ModTime(), err, w.mode, w.mt)
+		}
+	}
+	for d := range 12 {
+		a, _ := os.Stat(filepath.Join(b.Dir, fmt.Sprintf("links/l%02d", d)))
+		c, _ := os.Stat(filepath.Join(b.Dir, fmt.Sprintf("d%02d/f29", d)))
+		if !os.SameFile(a, c) {
+			t.Errorf("links/l%02d is not a hard link to d%02d/f29", d, d)
+		}
 	}
 }
