@@ -54,11 +54,13 @@
 // # Logs
 //
 // stdout and stderr go through one pipe each, read by one goroutine per
-// pipe that holds a read buffer only while output flows; a writer
-// goroutine per instance runs only while output waits for the disk (at
-// most 8 MiB may wait; beyond that the app is slowed, never a line lost).
-// Lines are stored whole, each with a timestamp and its stream, in
-// LogConfig.Path, one per line:
+// pipe that holds a read buffer only while output flows. The reader
+// writes what it read to the file itself, right after formatting it;
+// while one stream's reader writes, the other's queues its batches (at
+// most 8 MiB; beyond that the app is slowed, never a line lost). Lines
+// are stored whole, each with a timestamp and its stream, in
+// LogConfig.Path, one per line. The lines of one read share one
+// timestamp (the time the read returned), formatted once per read:
 //
 //	2026-11-26T13:43:46.123456Z stdout text of the line
 //	2026-11-26T13:43:46.123456Z stderr+ first piece of a long line

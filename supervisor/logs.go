@@ -140,9 +140,9 @@ type logSink struct {
 	name string
 	cfg  LogConfig
 
-	// file, size, failed and written belong to the writer goroutine
-	// (writeLoop), of which at most one runs; close takes them over once
-	// it has finished.
+	// file, size, failed and written belong to the writer: the one
+	// pipe reader at a time that has set writing (see drain); close
+	// takes them over once it has finished.
 	file    *os.File // nil until the first line, or after a failed open
 	size    int64
 	failed  bool // the last open or write failed: logged once
@@ -152,7 +152,7 @@ type logSink struct {
 	cond    *sync.Cond // on mu: signals queue progress and the writer's end
 	queue   []*batch   // formatted batches waiting for the writer
 	queued  int        // bytes in queue
-	writing bool       // a writeLoop goroutine runs
+	writing bool       // a pipe reader is writing queued batches (drain)
 	// ring keeps the most recent lines for Tail as copies of formatted
 	// batches (one copy per chunk read, not one allocation per line):
 	// segments are dropped from the front once the rest hold Memory lines.
@@ -168,10 +168,11 @@ func newLogSink(s *Supervisor, name string, cfg LogConfig) *logSink {
 }
 
 // store hands a formatted batch to the ring, the followers, the sink and
-// (through the writer goroutine) the file, and takes ownership of b. It
-// never blocks on a reader of the output; it waits only when more than
-// maxQueued bytes are waiting for the disk, so a disk slower than the app
-// slows the app down instead of losing lines.
+// the file, and takes ownership of b. It never blocks on a reader of the
+// output. The calling pipe reader writes the file itself unless the
+// other stream's reader is writing; then it queues b and waits only when
+// more than maxQueued bytes are waiting for the disk. Either way a disk
+// slower than the app slows the app down instead of losing lines.
 func (ls *logSink) store(b *batch) {
 	if len(b.ends) == 0 {
 		ls.s.pools.releaseBatch(b)
@@ -196,20 +197,23 @@ func (ls *logSink) store(b *batch) {
 	ls.queue = append(ls.queue, b)
 	ls.queued += len(b.out)
 	if !ls.writing {
+		// This reader writes until the queue is empty: the batch it has
+		// just formatted is still in the CPU's cache, and no goroutine
+		// is handed work. A reader that finds another one writing (the
+		// other stream) queues its batch and returns to its pipe.
 		ls.writing = true
-		ls.s.wg.Add(1)
-		go ls.writeLoop()
+		ls.drain()
+		return
 	}
 	for ls.queued > maxQueued && !ls.closed {
 		ls.cond.Wait()
 	}
 }
 
-// writeLoop writes queued batches to the file until the queue is empty,
-// then exits: an idle instance has no writer goroutine.
-func (ls *logSink) writeLoop() {
-	defer ls.s.wg.Done()
-	ls.mu.Lock()
+// drain writes queued batches to the file until the queue is empty.
+// Called with mu held and writing set by the caller, which becomes the
+// writer; mu is released while writing and held again on return.
+func (ls *logSink) drain() {
 	for len(ls.queue) > 0 {
 		q := ls.queue
 		ls.queue = nil
@@ -226,7 +230,6 @@ func (ls *logSink) writeLoop() {
 	}
 	ls.writing = false
 	ls.cond.Broadcast()
-	ls.mu.Unlock()
 }
 
 func (p *pools) releaseBatch(b *batch) {
@@ -237,7 +240,7 @@ func (p *pools) releaseBatch(b *batch) {
 }
 
 // writeFile appends the batch to the log file, rotating at line
-// boundaries so no file grows past MaxSize. Only the writer goroutine
+// boundaries so no file grows past MaxSize. Only the writer (see drain)
 // calls it.
 func (ls *logSink) writeFile(b *batch) {
 	start := 0
