@@ -11,6 +11,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Stored line format, one per line in the log files:
@@ -27,7 +29,8 @@ const (
 	lineOverhead = int64(timeWidth + len(" stdout+ ") + 1)
 	readBufSize  = 1 << 20
 	pipeSize     = 1 << 20
-	maxQueued    = 8 << 20 // bytes of output that may wait for the disk per instance
+	maxQueued    = 8 << 20  // bytes of output that may wait for the disk per instance
+	preallocMin  = 64 << 10 // writes at least this big allocate their blocks first
 )
 
 // pools holds the buffers of pipe readers, shared by all instances of a
@@ -147,6 +150,8 @@ type logSink struct {
 	size    int64
 	failed  bool // the last open or write failed: logged once
 	written int64
+	// noPrealloc is set once the file system refused fallocate.
+	noPrealloc bool
 
 	mu      sync.Mutex // guards the fields below; taken by pipe readers per chunk
 	cond    *sync.Cond // on mu: signals queue progress and the writer's end
@@ -259,6 +264,9 @@ func (ls *logSink) writeFile(b *batch) {
 			}
 		}
 		if end > start {
+			if end-start >= preallocMin && !ls.noPrealloc {
+				ls.prealloc(end - start)
+			}
 			n, err := ls.file.Write(b.out[start:end])
 			ls.size += int64(n)
 			ls.written += int64(n)
@@ -273,6 +281,20 @@ func (ls *logSink) writeFile(b *batch) {
 		}
 	}
 	ls.failed = false
+}
+
+// prealloc allocates the n bytes the next write appends, without
+// changing the file's size, so the write fills allocated (unwritten)
+// blocks: on ext4 that costs a third less CPU than a delayed-allocation
+// write of the same bytes, which reserves and maps every page. Nothing
+// is allocated beyond what is written next, so an idle instance's file
+// holds no spare blocks. Best effort: a file system without fallocate
+// is not asked again, and any other error leaves it to the write.
+func (ls *logSink) prealloc(n int) {
+	err := unix.Fallocate(int(ls.file.Fd()), unix.FALLOC_FL_KEEP_SIZE, ls.size, int64(n))
+	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS) {
+		ls.noPrealloc = true
+	}
 }
 
 func (ls *logSink) fail(op string, err error) {

@@ -327,3 +327,48 @@ func TestLogs_SplitsLinesAcrossReads(t *testing.T) {
 		}
 	}
 }
+
+// Ensures big writes, whose blocks are allocated before they are
+// written, leave every log file with the size of its lines and no
+// blocks allocated beyond them, and lose no line.
+func TestLogs_BigWritesAllocateNoSpareBlocks(t *testing.T) {
+	s := startSup(t, Config{})
+	path := filepath.Join(t.TempDir(), "big.log")
+	const n, size = 60_000, 100 // about 8 MB stored, in reads far above preallocMin
+	spec := Spec{Name: "spew", Command: helperCmd("spew", fmt.Sprint(n), fmt.Sprint(size)), Env: helperEnv(),
+		Backoff: noRestart, Log: LogConfig{Path: path, MaxSize: 2 << 20, MaxFiles: 3}}
+	events, cancel := s.Subscribe(100)
+	defer cancel()
+	if err := s.Start(spec); err != nil {
+		t.Fatal(err)
+	}
+	nextEvent(t, events, spec.Name, inState(StateBackoff))
+	if _, err := s.Stop(context.Background(), spec.Name); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{path, path + ".1"} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Blocks in use: the data rounded up to 4 KiB, and one block of
+		// slack for an extent tree.
+		used := fi.Sys().(*syscall.Stat_t).Blocks * 512
+		if limit := (fi.Size()+4095)/4096*4096 + 4096; fi.Size() == 0 || used > limit {
+			t.Errorf("%s: size %d, %d bytes of blocks allocated (at most %d)", p, fi.Size(), used, limit)
+		}
+	}
+	lines, err := ReadLogFile(path, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := n - len(lines)
+	if first <= 0 {
+		t.Fatalf("read %d lines; some should have been rotated out", len(lines))
+	}
+	for i, l := range lines {
+		if want := fmt.Sprint(first+i) + " "; !strings.HasPrefix(l.Text, want) || len(l.Text) != size-1 {
+			t.Fatalf("line %d = %.20q (%d bytes), want prefix %q", i, l.Text, len(l.Text), want)
+		}
+	}
+}
