@@ -393,11 +393,11 @@ func BenchmarkRestartAll20Quick(b *testing.B) {
 
 // BenchmarkLogCapture measures an instance writing 200 MB of 100-byte
 // lines through the supervisor into rotated log files, beside the same
-// program writing straight to a file. The two alternate for 3 rounds
+// program writing straight to a file. The two alternate for 5 rounds
 // and the medians are compared, so a burst of load on the shared machine
 // does not decide the ratio.
 func BenchmarkLogCapture(b *testing.B) {
-	const lines, size, rounds = 2_000_000, 100, 3
+	const lines, size, rounds = 2_000_000, 100, 5
 	const mb = float64(lines*size) / 1e6
 	dir := b.TempDir()
 	spew := []string{"spew", strconv.Itoa(lines), strconv.Itoa(size)}
