@@ -114,6 +114,10 @@ type instance struct {
 	// the instance up; probation fails on any restart after it. Only the
 	// switch that started the instance (holding the app's lock) uses it.
 	upRestarts int
+	// verified is the last check of the instance made on a socket it
+	// shared with the old instance of its slot (the probes it answered);
+	// only the switch that started it uses it.
+	verified health.Result
 }
 
 // slot is the instance's place in the formation, shared by the

@@ -53,11 +53,23 @@
 // makes it again), and passes it as fd 3 with LISTEN_FDS=1 and LISTEN_PID
 // (and PORT). Its instances are named after their release
 // ("app/web.1@v8"), so on a switch the new one starts on the socket while
-// the old one gets its stop signal: connections neither accepts wait in
-// the kernel's queue, none is refused. The new instance's check starts
-// only once the old one is gone: a probe of the shared port could reach
-// either, so a check run while both accept would not speak for the new
-// one. Every other type runs in bind mode (the process binds $PORT
+// the old one still serves, and the old one gets its stop signal only
+// once the new one is up: connections neither accepts wait in the
+// kernel's queue, none is refused. While both accept, an HTTP check of
+// the new instance is attributed (owner.go): the probe keeps its
+// connection open (keep-alive), the kernel names the socket the server
+// accepted for it (sock_diag, else /proc/net/tcp and tcp6), and only a
+// probe whose socket is among the open files of the new instance's
+// process group counts; one the old instance answered is retried a few
+// milliseconds later. The old instance's own checks pause meanwhile, so
+// the new one's failures never restart it. A new instance that fails its
+// check or crash-loops is rolled back with the old one untouched. An exec
+// check runs in the new instance itself; a type without a check runs for
+// Config.Settle first. If no probe reaches the new instance (after its
+// start period, Retries probes in a row, each retried ownerAttempts
+// times), the switch logs it once and falls back: the old instance stops
+// first and the check probes the port, which only the new one serves
+// then. Every other type runs in bind mode (the process binds $PORT
 // itself): the old instance stops, then the new one starts.
 //
 // Liveness. Once its switch is over, an instance whose check turns

@@ -52,9 +52,13 @@ type prober struct {
 	// unhealthy receives the pid of a live process that turned unhealthy.
 	unhealthy chan int
 	// live enables liveness restarts.
-	live   atomic.Bool
-	ctx    context.Context // ends when the instance is forgotten
-	cancel context.CancelFunc
+	live atomic.Bool
+	// held pauses the checks (see hold).
+	held atomic.Bool
+	// started is set once run's goroutine is started.
+	started atomic.Bool
+	ctx     context.Context // ends when the instance is forgotten
+	cancel  context.CancelFunc
 
 	mu  sync.Mutex // guards pid and mon
 	pid int        // the process mon probes (0: none runs)
@@ -72,9 +76,9 @@ func (a *Agent) newProber(inst *instance) *prober {
 		unhealthy: make(chan int, 1), ctx: ctx, cancel: cancel}
 }
 
-// startProber starts probing inst's check; forget stops it.
+// startProber starts probing inst's check, once; forget stops it.
 func (a *Agent) startProber(inst *instance) {
-	if pr := inst.prober; pr != nil {
+	if pr := inst.prober; pr != nil && pr.started.CompareAndSwap(false, true) {
 		a.healthWG.Go(func() { pr.run(pr.ctx) })
 	}
 }
@@ -112,7 +116,13 @@ func (pr *prober) run(ctx context.Context) {
 		if err == nil && st.State == supervisor.StateRunning {
 			pid = st.PID
 		}
-		if pid != cur {
+		if pr.held.Load() {
+			// Paused: no probe runs; status keeps the last one's answer,
+			// and resume starts a fresh monitor.
+			stopMon()
+			stopMon = func() {}
+			cur = -1
+		} else if pid != cur {
 			stopMon()
 			stopMon = func() {}
 			cur = pid
@@ -141,7 +151,7 @@ func (pr *prober) run(ctx context.Context) {
 			return
 		case <-pr.kick:
 		case bad := <-pr.unhealthy:
-			if bad == cur {
+			if bad == cur && !pr.held.Load() {
 				pr.restart(ctx, bad)
 			}
 		}
@@ -152,7 +162,7 @@ func (pr *prober) run(ctx context.Context) {
 func (pr *prober) changed(pid int, s health.Status) {
 	pr.a.healthChanged.notify()
 	pr.a.markChanged()
-	if s == health.Unhealthy && pr.live.Load() {
+	if s == health.Unhealthy && pr.live.Load() && !pr.held.Load() {
 		select {
 		case pr.unhealthy <- pid:
 		default:
@@ -222,6 +232,22 @@ func (pr *prober) restart(ctx context.Context, pid int) {
 				return
 			}
 		}
+	}
+}
+
+// hold pauses the checks of an old socket-mode instance while a new one
+// shares its socket: an HTTP probe of the port could reach the new one,
+// and its failures must not restart the old one. Nothing it probes while
+// held counts; resume starts over with a fresh monitor.
+func (pr *prober) hold() {
+	pr.held.Store(true)
+	pr.poke()
+}
+
+// resume ends a hold.
+func (pr *prober) resume() {
+	if pr.held.CompareAndSwap(true, false) {
+		pr.poke()
 	}
 }
 

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/agent/api"
+	"github.com/berth-dev/berth/supervisor"
 )
 
 // helloDir holds the examples/hello binary, built once per test binary
@@ -419,8 +420,8 @@ func TestSafe_SocketKeepsAnswering(t *testing.T) {
 	if len(r.failed) > 0 || r.sent == 0 || !r.seen["v1"] || !r.seen["v2"] {
 		t.Fatalf("%d requests, %d failed (%v), releases answering %v: want none failed and both releases", r.sent, len(r.failed), r.failed, r.seen)
 	}
-	if want := []string{"record", "start", "stop", "health", "probation", "done"}; !slices.Equal(steps[2:], want) {
-		t.Errorf("steps = %v, want upload, unpack, then %v: the old instance stopped once the new one started", steps, want)
+	if want := []string{"record", "start", "health", "stop", "probation", "done"}; !slices.Equal(steps[2:], want) {
+		t.Errorf("steps = %v, want upload, unpack, then %v: the old instance stopped once the new one was healthy", steps, want)
 	}
 	ps := ta.procs(t, "hello")
 	if p := ps["web.1"]; len(ps) != 1 || p.Release != 2 || p.Mode != "socket" || p.Port != p1.Port || p.PID == p1.PID {
@@ -522,5 +523,166 @@ func TestSafe_ModeChanges(t *testing.T) {
 	if c, err := net.Dial("tcp", addr); err == nil {
 		c.Close()
 		t.Fatalf("web.2's port %d still listens after scaling down", web2.Port)
+	}
+}
+
+// clientLoop sends GET / to url until stop is closed and tells which
+// releases answered and what failed.
+type clientLoop struct {
+	stop chan struct{}
+	done chan struct{}
+	mu   sync.Mutex
+	sent int
+	fail []error
+	seen []string // the release of each answer, in order
+}
+
+func startClientLoop(url string) *clientLoop {
+	c := &clientLoop{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(c.done)
+		client := newClient()
+		for {
+			select {
+			case <-c.stop:
+				return
+			default:
+			}
+			body, err := get(client, url)
+			c.mu.Lock()
+			c.sent++
+			if err != nil {
+				c.fail = append(c.fail, err)
+			} else if i := strings.Index(body, " v"); i >= 0 {
+				c.seen = append(c.seen, strings.Fields(body[i:])[0])
+			}
+			c.mu.Unlock()
+		}
+	}()
+	return c
+}
+
+// answers returns how many answers the loop has had so far.
+func (c *clientLoop) answers() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.seen)
+}
+
+func (c *clientLoop) finish() {
+	close(c.stop)
+	<-c.done
+}
+
+// TestSafe_SocketRollbackKeepsOld ensures a socket-mode release that
+// never becomes healthy is rolled back while the old instance keeps
+// serving: its health is probed on the shared socket (probes the old one
+// answers do not count), the old process is never sent its stop signal
+// (same pid, no restart, only the new one's shutdown in the log), a
+// client sending requests throughout sees no failure, and only v1
+// answers after the rollback.
+func TestSafe_SocketRollbackKeepsOld(t *testing.T) {
+	ta := startAgent(t, safeConfig(t))
+	ctx := context.Background()
+	ta.mustDeploy(t, "hello", helloTar(t, socketManifest, "one"))
+	p1 := ta.procs(t, "hello")["web.1"]
+	loop := startClientLoop(fmt.Sprintf("http://127.0.0.1:%d/", p1.Port))
+	defer func() {
+		select {
+		case <-loop.stop:
+		default:
+			loop.finish()
+		}
+	}()
+	waitFor(t, 10*time.Second, "the client's first answers", func() bool { return loop.answers() > 10 })
+
+	var steps []string
+	_, err := ta.SetConfig(ctx, "hello", api.ConfigChange{Set: map[string]string{"HELLO_FAIL_HEALTH": "1"}},
+		func(p api.Progress) { steps = append(steps, p.Step) })
+	if !errors.Is(err, ErrRolledBack) || !errors.Is(err, ErrUnhealthy) || !strings.Contains(err.Error(), "503") {
+		t.Fatalf("switch to a release that never becomes healthy: %v, want a rollback for its 503s", err)
+	}
+	if i := slices.Index(steps, "rollback"); i < 0 || slices.Contains(steps[:slices.Index(steps, "health")+1], "stop") {
+		t.Errorf("steps = %v: want the failed health step and the rollback with no stop before it", steps)
+	}
+	after := loop.answers()
+	waitFor(t, 10*time.Second, "answers after the rollback", func() bool { return loop.answers() > after+50 })
+	loop.finish()
+
+	if len(loop.fail) > 0 {
+		t.Fatalf("%d of %d requests failed: %v", len(loop.fail), loop.sent, loop.fail)
+	}
+	for _, v := range loop.seen[after:] {
+		if v != "v1" {
+			t.Fatalf("%s answered after the rollback; want only v1 (answers after it: %v)", v, loop.seen[after:])
+		}
+	}
+	ps := ta.procs(t, "hello")
+	p := ps["web.1"]
+	if len(ps) != 1 || p.Release != 1 || p.PID != p1.PID || p.Restarts != 0 || !p.StartedAt.Equal(p1.StartedAt) || p.State != "running" {
+		t.Fatalf("web.1 after the rollback = %+v, want v1's untouched process %d", p, p1.PID)
+	}
+	if n := len(appProcs(t, ta.cfg.DataDir, "hello")); n != 1 {
+		t.Fatalf("%d processes of hello, want 1", n)
+	}
+	// The slot's log file holds both releases' lines.
+	lines, err := supervisor.ReadLogFile(ta.appDir("hello", "logs", "web.1.log"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shutdowns, started := 0, 0
+	for _, l := range lines {
+		if strings.Contains(l.Text, "hello: shutting down") {
+			shutdowns++
+		}
+		if strings.Contains(l.Text, "hello: release v2 of hello") {
+			started++
+		}
+	}
+	if shutdowns != 1 || started != 1 {
+		t.Errorf("web.1's log: %d shutdowns and %d starts of v2, want 1 of each (v2's; v1 never got a stop signal)", shutdowns, started)
+	}
+	// Its checks, paused while v2 shared the socket, go on.
+	waitFor(t, 10*time.Second, "web.1 of v1 healthy", func() bool { return ta.procs(t, "hello")["web.1"].Health == "healthy" })
+	t.Logf("%d requests, none failed; %d answered after the rollback, all by v1", loop.sent, len(loop.seen)-after)
+}
+
+// TestSafe_SocketFallback ensures a switch whose probes never reach the
+// new instance while the old one shares its socket (here it accepts
+// nothing for its first 2 s) falls back to stopping the old one first and
+// probing through the port: the connections queue in the kernel, none
+// fails, and the new release becomes active.
+func TestSafe_SocketFallback(t *testing.T) {
+	const manifest = `{"processes":{"web":{"healthcheck":{"http":"/up","interval":"100ms","timeout":"4s","retries":3},"socket_activation":true,"stop_timeout":"5s"}}}`
+	ta := startAgent(t, safeConfig(t))
+	ctx := context.Background()
+	ta.mustDeploy(t, "hello", helloTar(t, manifest, "one"))
+	p1 := ta.procs(t, "hello")["web.1"]
+	loop := startClientLoop(fmt.Sprintf("http://127.0.0.1:%d/", p1.Port))
+	waitFor(t, 10*time.Second, "the client's first answers", func() bool { return loop.answers() > 10 })
+	var steps []string
+	v2, err := ta.SetConfig(ctx, "hello", api.ConfigChange{Set: map[string]string{"HELLO_START_DELAY": "2s"}},
+		func(p api.Progress) { steps = append(steps, p.Step) })
+	after := loop.answers()
+	if err == nil {
+		waitFor(t, 10*time.Second, "answers after the switch", func() bool { return loop.answers() > after+20 })
+	}
+	loop.finish()
+	if err != nil || v2.Status != "active" {
+		t.Fatalf("switch = %+v, %v", v2, err)
+	}
+	if want := []string{"record", "start", "stop", "health", "probation", "done"}; !slices.Equal(steps[1:], want) {
+		t.Errorf("steps = %v, want record, then %v: the old instance stopped before the new one's check", steps, want)
+	}
+	if len(loop.fail) > 0 {
+		t.Fatalf("%d of %d requests failed: %v", len(loop.fail), loop.sent, loop.fail)
+	}
+	if p := ta.procs(t, "hello")["web.1"]; p.Release != 2 || p.Health != "healthy" || p.PID == p1.PID {
+		t.Fatalf("web.1 after the switch = %+v", p)
+	}
+	for _, v := range loop.seen[after:] {
+		if v != "v2" {
+			t.Fatalf("%s answered after the switch, want v2", v)
+		}
 	}
 }

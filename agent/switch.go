@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -227,11 +228,12 @@ func (a *Agent) specFor(cfg Config, app string, rel state.Release, b *build.Buil
 //
 // An instance of a socket-activated type whose slot runs a socket-mode
 // instance already starts on the same socket (which the agent keeps
-// open) while the old one gets its stop signal: connections neither
-// accepts queue in the kernel, none is refused. Its health check starts
-// once the old one is gone, since a probe of the shared port could reach
-// either. Every other old instance is stopped before the new ones start
-// (stop-then-start).
+// open) beside the old one, and the old one gets its stop signal only
+// once the new one is up (overlapUp): an HTTP check counts only the
+// probes the new instance answered (verifyShared), and when none reaches
+// it the old one stops first and the check probes the port. If a new
+// instance fails, the old ones were never stopped. Every other old
+// instance is stopped before the new ones start (stop-then-start).
 func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *build.Build, restart, healthy bool, p *progress) ([]*instance, error) {
 	cfg := a.config()
 	appRec, err := a.store.App(app)
@@ -284,6 +286,8 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 	// Which old instances stop before the new ones start, and which once
 	// they have started (socket mode).
 	var stopFirst, stopAlong []string
+	var held []*instance          // old instances whose HTTP checks pause while a new one shares their socket
+	overlaps := map[string]bool{} // slots whose new instance starts beside the old one
 	starting := map[string]*instance{}
 	for _, in := range insts {
 		starting[in.Instance] = in
@@ -312,9 +316,15 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 				overlap = false
 			}
 		}
+		if overlap {
+			overlaps[slot] = true
+		}
 		for _, old := range olds {
 			if overlap {
 				stopAlong = append(stopAlong, old.Name)
+				if old.prober != nil && old.Check.HTTP != "" && healthy {
+					held = append(held, old)
+				}
 			} else {
 				stopFirst = append(stopFirst, old.Name)
 			}
@@ -356,6 +366,16 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 	p.mark()
 	events, unsubscribe := a.sup.Subscribe(4 * len(specs))
 	defer unsubscribe()
+	for _, old := range held {
+		old.prober.hold()
+	}
+	defer func() {
+		// Still running (the switch failed before they stopped): their
+		// checks go on.
+		for _, old := range held {
+			old.prober.resume()
+		}
+	}()
 	a.instMu.Lock()
 	for _, in := range insts {
 		a.insts[in.Name] = in
@@ -390,21 +410,39 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 		return insts, err
 	}
 	p.step("start", "started %d instance(s) of v%d", len(insts), rel.Version)
-	// Once the new processes have exec'd, the old socket-mode ones get
-	// their stop signal: the socket stays open, so what neither accepts
-	// queues in the kernel. The checks start once they are gone, since a
-	// probe of a shared socket could reach an old one.
+	if !healthy {
+		cfg.Settle = 0
+	}
 	if len(stopAlong) > 0 {
+		quiet := false
+		if healthy {
+			fallback, err := a.overlapUp(ctx, cfg, insts, overlaps, events, p)
+			if err != nil {
+				return insts, err
+			}
+			quiet = len(fallback) == 0
+			if !quiet {
+				a.log.Warn("no health probe reached the new instances while the old ones shared their sockets; stopping the old ones first and probing through the port",
+					"app", app, "version", rel.Version, "instances", strings.Join(fallback, ","))
+			}
+		}
 		if err := a.stopInstances(ctx, app, stopAlong); err != nil {
 			return insts, err
 		}
-		p.step("stop", "stopped %d old instance(s); the new ones took over their sockets", len(stopAlong))
+		if healthy {
+			p.step("stop", "stopped %d old instance(s); the new ones serve their sockets", len(stopAlong))
+		} else {
+			p.step("stop", "stopped %d old instance(s); the new ones took over their sockets", len(stopAlong))
+		}
+		if quiet {
+			// Every new instance is up already; this starts the checks
+			// of those verified on the shared socket and confirms them
+			// without reporting a second health step.
+			p = newProgress(nil)
+		}
 	}
 	for _, in := range insts {
 		a.startProber(in)
-	}
-	if !healthy {
-		cfg.Settle = 0
 	}
 	if err := a.waitUp(ctx, cfg, insts, events, healthy, p); err != nil {
 		return insts, err
@@ -415,6 +453,65 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 
 	a.pruneSockets(app, nil)
 	return insts, nil
+}
+
+// overlapUp waits, while the old socket-mode instances still serve, until
+// the new ones are up. A new instance of an overlapping slot with an HTTP
+// check is probed on the shared socket, counting only the probes it
+// answered (verifyShared); every other one gets its prober now and is
+// waited for as waitUp does (an exec check runs in the new instance
+// itself; a type without a check runs for the settle time). It returns
+// the instances no probe reached, which the caller checks once the old
+// ones are gone, or the *instanceError of the first that failed.
+func (a *Agent) overlapUp(ctx context.Context, cfg Config, insts []*instance, overlaps map[string]bool, events <-chan supervisor.Event, p *progress) ([]string, error) {
+	var verify, others []*instance
+	for _, in := range insts {
+		if overlaps[in.Instance] && in.Check != nil && in.Check.HTTP != "" {
+			verify = append(verify, in)
+		} else {
+			others = append(others, in)
+			a.startProber(in)
+		}
+	}
+	vctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	results := make([]verifyResult, len(verify))
+	errs := make([]error, len(verify)+1)
+	var wg sync.WaitGroup
+	for i, in := range verify {
+		wg.Go(func() {
+			results[i], errs[i+1] = a.verifyShared(vctx, cfg, in)
+			if errs[i+1] != nil {
+				cancel()
+			}
+		})
+	}
+	if len(others) > 0 {
+		if errs[0] = a.waitUp(vctx, cfg, others, events, true, newProgress(nil)); errs[0] != nil {
+			cancel()
+		}
+	}
+	wg.Wait()
+	// The failure that cut the others short, not what the cut did.
+	for _, err := range errs {
+		var ie *instanceError
+		if errors.As(err, &ie) {
+			return nil, err
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	var unreached []string
+	for i, in := range verify {
+		if results[i] == verifyUnreached {
+			unreached = append(unreached, in.Instance)
+		}
+	}
+	if len(unreached) == 0 {
+		p.step("health", "%d instance(s) healthy while the old ones still served", len(insts))
+	}
+	return unreached, nil
 }
 
 // stopInstances stops and forgets the named instances.
@@ -868,7 +965,11 @@ func (a *Agent) failureOutput(in *instance) string {
 	}
 	if in.prober != nil {
 		st, _ := a.sup.Status(in.Name)
-		if _, last := in.prober.status(st.PID); !last.Time.IsZero() {
+		last := in.verified
+		if _, l := in.prober.status(st.PID); !l.Time.IsZero() {
+			last = l
+		}
+		if !last.Time.IsZero() {
 			fmt.Fprintf(&sb, "last health check (%s) at %s, %s:\n%s\n", in.Check, last.Time.Format(time.RFC3339Nano),
 				map[bool]string{true: "ok", false: "failed"}[last.OK], strings.TrimRight(last.Output, "\n"))
 		}
