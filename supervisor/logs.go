@@ -54,9 +54,8 @@ func newPools() *pools {
 type batch struct {
 	out  []byte
 	ends []int
-	// pre is the stored prefix "TIME STREAM+ ": pre[:plain] without the
-	// "+" (a whole line), with "+" left out by copying pre[:plain-1] and
-	// appending "+ " (a piece of a split line).
+	// pre[:plain] is the prefix of a whole line, "TIME STREAM "; a piece
+	// of a split line gets pre[:plain-1] and "+ ".
 	pre   [timeWidth + len(" stdout+ ")]byte
 	plain int
 	now   time.Time
