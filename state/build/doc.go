@@ -11,7 +11,10 @@
 // tree, no write through a symlink, no hard link to anything but an earlier
 // file, no devices or FIFOs, no replacing an entry) and against Limits
 // (total bytes, entries, path length, depth, and a decompression ratio
-// checked as the stream is read so that bombs stop early). The tree is made
+// checked as the stream is read so that bombs stop early). The stream is
+// read in order by one goroutine; small files are then created and written
+// by a few writer goroutines, each owning whole directories, because the
+// kernel serializes file creation per directory. The tree is made
 // read-only (files 0444 or 0555, directories 0555; no setuid, setgid or
 // sticky bit; owned by the importing user), flushed with one syncfs(2)
 // after per-file writeback was started during extraction, and renamed to
