@@ -138,11 +138,18 @@ func (x *extractor) run(ctx context.Context, src io.Reader) error {
 	return nil
 }
 
-// readErr classifies an error from reading the archive: limit and context
-// errors pass through, everything else is corruption.
+// readErr classifies an error from reading the archive: limit errors pass
+// through, named after the entry being read; context errors pass through;
+// everything else is corruption.
 func (x *extractor) readErr(err error, entry string) error {
 	var le *LimitError
-	if errors.As(err, &le) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+	if errors.As(err, &le) {
+		if le.Entry == "" {
+			le.Entry = entry // a cap the reader hit while reading this entry
+		}
+		return err
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}
 	if errors.Is(err, io.ErrUnexpectedEOF) {
@@ -384,10 +391,6 @@ func (x *extractor) copy(ctx context.Context, f *os.File, tr *tar.Reader, hdr *t
 			}
 		}
 		if err != nil {
-			var le *LimitError
-			if errors.As(err, &le) && le.Entry == "" {
-				le.Entry = hdr.Name
-			}
 			return x.readErr(err, hdr.Name)
 		}
 	}

@@ -3,7 +3,6 @@ package build
 import (
 	"archive/tar"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -218,10 +217,6 @@ func (x *extractor) queueFile(ctx context.Context, tr *tar.Reader, hdr *tar.Head
 		}
 	}
 	if err != nil {
-		var le *LimitError
-		if errors.As(err, &le) && le.Entry == "" {
-			le.Entry = hdr.Name
-		}
 		return x.readErr(err, hdr.Name)
 	}
 	lane, ok := x.lanes[dir]
