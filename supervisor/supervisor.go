@@ -351,13 +351,46 @@ func (s *Supervisor) Tail(name string, n int) ([]LogLine, error) {
 	return in.logs.tail(n), nil
 }
 
-// subscriber is one Subscribe call.
-type subscriber struct {
+// mailbox is the bounded channel of one subscriber or follower. Offers
+// never block: when the channel is full the value is dropped and
+// counted, and the next value delivered carries the count.
+type mailbox[T any] struct {
 	mu     sync.Mutex // guards ch sends, closed and missed
-	ch     chan Event
+	ch     chan T
 	closed bool
 	missed int
 }
+
+// offer sends v, as withMissed marks it with how many values were lost
+// before it, unless the mailbox is closed. A value dropped because the
+// channel is full adds one to dropped.
+func (m *mailbox[T]) offer(v T, withMissed func(T, int) T, dropped *atomic.Uint64) {
+	m.mu.Lock()
+	if !m.closed {
+		select {
+		case m.ch <- withMissed(v, m.missed):
+			m.missed = 0
+		default:
+			m.missed++
+			dropped.Add(1)
+		}
+	}
+	m.mu.Unlock()
+}
+
+// close closes the channel; later offers are ignored.
+func (m *mailbox[T]) close() {
+	m.mu.Lock()
+	m.closed = true
+	close(m.ch)
+	m.mu.Unlock()
+}
+
+func eventWithMissed(e Event, n int) Event    { e.Missed = n; return e }
+func lineWithMissed(l LogLine, n int) LogLine { l.Missed = n; return l }
+
+// subscriber is one Subscribe call.
+type subscriber = mailbox[Event]
 
 // Subscribe returns a channel of every state change, in order per
 // instance. Publishing never blocks the supervisor: when the channel's
@@ -375,10 +408,7 @@ func (s *Supervisor) Subscribe(buf int) (<-chan Event, func()) {
 			s.subsMu.Lock()
 			delete(s.subs, sub)
 			s.subsMu.Unlock()
-			sub.mu.Lock()
-			sub.closed = true
-			close(sub.ch)
-			sub.mu.Unlock()
+			sub.close()
 		})
 	}
 }
@@ -394,29 +424,14 @@ func (s *Supervisor) publish(ev Event) {
 	s.subsMu.RLock()
 	defer s.subsMu.RUnlock()
 	for sub := range s.subs {
-		sub.mu.Lock()
-		if !sub.closed {
-			e := ev
-			e.Missed = sub.missed
-			select {
-			case sub.ch <- e:
-				sub.missed = 0
-			default:
-				sub.missed++
-				s.droppedEvents.Add(1)
-			}
-		}
-		sub.mu.Unlock()
+		sub.offer(ev, eventWithMissed, &s.droppedEvents)
 	}
 }
 
 // follower is one FollowLogs call.
 type follower struct {
-	match  func(string) bool
-	mu     sync.Mutex // guards ch sends, closed and missed
-	ch     chan LogLine
-	closed bool
-	missed int
+	match func(string) bool
+	mailbox[LogLine]
 }
 
 // FollowLogs returns a channel of the lines stored from now on by the
@@ -425,7 +440,7 @@ type follower struct {
 // never slows the app or the files, and the next line it gets carries
 // the count in Missed. cancel ends the follow and closes the channel.
 func (s *Supervisor) FollowLogs(match func(name string) bool, buf int) (<-chan LogLine, func()) {
-	f := &follower{match: match, ch: make(chan LogLine, max(buf, 1))}
+	f := &follower{match: match, mailbox: mailbox[LogLine]{ch: make(chan LogLine, max(buf, 1))}}
 	s.followMu.Lock()
 	s.follows[f] = struct{}{}
 	s.nfollow.Add(1)
@@ -437,10 +452,7 @@ func (s *Supervisor) FollowLogs(match func(name string) bool, buf int) (<-chan L
 			delete(s.follows, f)
 			s.nfollow.Add(-1)
 			s.followMu.Unlock()
-			f.mu.Lock()
-			f.closed = true
-			close(f.ch)
-			f.mu.Unlock()
+			f.close()
 		})
 	}
 }
@@ -467,18 +479,7 @@ func (s *Supervisor) deliverLines(ls *logSink, b *batch) {
 			sink(l, ls.cfg.Fields)
 		}
 		for _, f := range fs {
-			f.mu.Lock()
-			if !f.closed {
-				l.Missed = f.missed
-				select {
-				case f.ch <- l:
-					f.missed = 0
-				default:
-					f.missed++
-					s.dropped.Add(1)
-				}
-			}
-			f.mu.Unlock()
+			f.offer(l, lineWithMissed, &s.dropped)
 		}
 	}
 }
