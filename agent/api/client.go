@@ -109,9 +109,6 @@ func kindOfStatus(status int) string {
 			return k.kind
 		}
 	}
-	if status == http.StatusForbidden {
-		return KindForbidden
-	}
 	return KindInternal
 }
 

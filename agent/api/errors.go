@@ -28,6 +28,11 @@ var (
 	ErrUnavailable = errors.New("unavailable")
 )
 
+// errForbidden is the kind of the server's answer to a peer that may not
+// use the API; only ServeHTTP's credential check gives it, so it is not
+// exported for backends to wrap.
+var errForbidden = errors.New("forbidden")
+
 // ErrSocketInUse is returned by Listen when a live agent already answers
 // on the socket path.
 var ErrSocketInUse = errors.New("socket in use")
@@ -56,6 +61,7 @@ var kinds = []struct {
 	{ErrNotFound, KindNotFound, http.StatusNotFound},
 	{ErrConflict, KindConflict, http.StatusConflict},
 	{ErrInvalid, KindInvalid, http.StatusBadRequest},
+	{errForbidden, KindForbidden, http.StatusForbidden},
 }
 
 // KindOf returns the ErrorBody kind of err: the first error kind of this
@@ -75,9 +81,6 @@ func StatusOf(kind string) int {
 		if k.kind == kind {
 			return k.status
 		}
-	}
-	if kind == KindForbidden {
-		return http.StatusForbidden
 	}
 	return http.StatusInternalServerError
 }

@@ -360,6 +360,7 @@ func TestServer_ErrorKinds(t *testing.T) {
 		{ErrConflict, 409, ErrConflict},
 		{fmt.Errorf("%w: %w", ErrInvalid, ErrTooLarge), 413, ErrTooLarge},
 		{ErrUnavailable, 503, ErrUnavailable},
+		{fmt.Errorf("%w: uid 1000", errForbidden), 403, errForbidden},
 		{errors.New("disk on fire"), 500, nil},
 	} {
 		b := &errBackend{fakeBackend: newFake(), err: tt.err}
