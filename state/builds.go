@@ -1,6 +1,7 @@
 package state
 
 import (
+	"encoding/json"
 	"fmt"
 	"sort"
 	"time"
@@ -66,8 +67,8 @@ func (s *Store) Builds() ([]BuildRecord, error) {
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketBuilds).ForEach(func(k, v []byte) error {
 			var b BuildRecord
-			if _, err := getJSON(tx.Bucket(bucketBuilds), k, &b); err != nil {
-				return err
+			if err := json.Unmarshal(v, &b); err != nil {
+				return fmt.Errorf("decode record %q: %w", k, err)
 			}
 			out = append(out, b)
 			return nil
