@@ -54,26 +54,35 @@ func releaseBucket(tx *bolt.Tx, app string) (*bolt.Bucket, error) {
 	return b, nil
 }
 
-func loadRelease(tx *bolt.Tx, app string, version int) (Release, *bolt.Bucket, error) {
-	var r Release
-	if _, err := loadApp(tx, app); err != nil {
-		return r, nil, err
+// loadRelease reads one release of the app, with the app's record and
+// its releases bucket, so callers need not load the app again.
+func loadRelease(tx *bolt.Tx, app string, version int) (Release, appRecord, *bolt.Bucket, error) {
+	rec, err := loadApp(tx, app)
+	if err != nil {
+		return Release{}, rec, nil, err
 	}
 	b, err := releaseBucket(tx, app)
 	if err != nil {
-		return r, nil, err
+		return Release{}, rec, nil, err
 	}
+	r, err := getRelease(b, app, version)
+	return r, rec, b, err
+}
+
+// getRelease reads one release from the app's releases bucket b.
+func getRelease(b *bolt.Bucket, app string, version int) (Release, error) {
+	var r Release
 	if version <= 0 {
-		return r, nil, fmt.Errorf("%w: %s v%d", ErrReleaseNotFound, app, version)
+		return r, fmt.Errorf("%w: %s v%d", ErrReleaseNotFound, app, version)
 	}
 	ok, err := getJSON(b, itob(uint64(version)), &r)
 	if err != nil {
-		return r, nil, err
+		return r, err
 	}
 	if !ok {
-		return r, nil, fmt.Errorf("%w: %s v%d", ErrReleaseNotFound, app, version)
+		return r, fmt.Errorf("%w: %s v%d", ErrReleaseNotFound, app, version)
 	}
-	return r, b, nil
+	return r, nil
 }
 
 func putRelease(b *bolt.Bucket, r *Release) error {
@@ -156,7 +165,7 @@ func (s *Store) Activate(app string, version int) (prev Release, err error) {
 
 // activate is Activate inside tx.
 func activate(tx *bolt.Tx, app string, version int) (prev Release, err error) {
-	r, b, err := loadRelease(tx, app, version)
+	r, rec, b, err := loadRelease(tx, app, version)
 	if err != nil {
 		return prev, err
 	}
@@ -167,12 +176,8 @@ func activate(tx *bolt.Tx, app string, version int) (prev Release, err error) {
 	default:
 		return prev, fmt.Errorf("%w: %s v%d is %s", ErrBadTransition, app, version, r.Status)
 	}
-	rec, err := loadApp(tx, app)
-	if err != nil {
-		return prev, err
-	}
 	if rec.Active != 0 {
-		old, _, err := loadRelease(tx, app, rec.Active)
+		old, err := getRelease(b, app, rec.Active)
 		if err != nil {
 			return prev, fmt.Errorf("previously active release: %w", err)
 		}
@@ -238,7 +243,7 @@ func markFailed(tx *bolt.Tx, app string, version int, reason, output string) err
 		cut := len(output) - MaxOutputBytes
 		output = fmt.Sprintf("[... %d bytes of output dropped ...]\n", cut) + output[cut:]
 	}
-	r, b, err := loadRelease(tx, app, version)
+	r, rec, b, err := loadRelease(tx, app, version)
 	if err != nil {
 		return err
 	}
@@ -248,10 +253,6 @@ func markFailed(tx *bolt.Tx, app string, version int, reason, output string) err
 		return fmt.Errorf("%w: %s v%d is %s", ErrBadTransition, app, version, r.Status)
 	}
 	if r.Status == StatusActive {
-		rec, err := loadApp(tx, app)
-		if err != nil {
-			return err
-		}
 		rec.Active = 0
 		if err := saveApp(tx, rec); err != nil {
 			return err
@@ -267,7 +268,7 @@ func (s *Store) Release(app string, version int) (Release, error) {
 	var r Release
 	err := s.db.View(func(tx *bolt.Tx) error {
 		var err error
-		r, _, err = loadRelease(tx, app, version)
+		r, _, _, err = loadRelease(tx, app, version)
 		return err
 	})
 	if err != nil {
@@ -287,7 +288,11 @@ func (s *Store) ActiveRelease(app string) (Release, error) {
 		if rec.Active == 0 {
 			return fmt.Errorf("%w: %s", ErrNoActiveRelease, app)
 		}
-		r, _, err = loadRelease(tx, app, rec.Active)
+		b, err := releaseBucket(tx, app)
+		if err != nil {
+			return err
+		}
+		r, err = getRelease(b, app, rec.Active)
 		return err
 	})
 	if err != nil {
