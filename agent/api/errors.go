@@ -64,12 +64,31 @@ var kinds = []struct {
 	{errForbidden, KindForbidden, http.StatusForbidden},
 }
 
+// KindedError is an error that names its own ErrorBody kind: a typed
+// error of a package this one must not import (the agent's *SwitchError,
+// say) implements it to be classified without wrapping a sentinel.
+type KindedError interface {
+	error
+	// APIKind returns one of the Kind constants.
+	APIKind() string
+}
+
 // KindOf returns the ErrorBody kind of err: the first error kind of this
-// package that err wraps, or "internal".
+// package that err wraps, else the kind a KindedError in err's chain
+// names (when it is one of the kinds above), else "internal".
 func KindOf(err error) string {
 	for _, k := range kinds {
 		if errors.Is(err, k.err) {
 			return k.kind
+		}
+	}
+	var ke KindedError
+	if errors.As(err, &ke) {
+		kind := ke.APIKind()
+		for _, k := range kinds {
+			if k.kind == kind {
+				return kind
+			}
 		}
 	}
 	return KindInternal

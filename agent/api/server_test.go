@@ -362,6 +362,9 @@ func TestServer_ErrorKinds(t *testing.T) {
 		{ErrUnavailable, 503, ErrUnavailable},
 		{fmt.Errorf("%w: uid 1000", errForbidden), 403, errForbidden},
 		{errors.New("disk on fire"), 500, nil},
+		{fmt.Errorf("deploy: %w", &kindedErr{KindConflict}), 409, ErrConflict},
+		{fmt.Errorf("%w: %w", ErrUnavailable, &kindedErr{KindConflict}), 503, ErrUnavailable},
+		{&kindedErr{"no_such_kind"}, 500, nil},
 	} {
 		b := &errBackend{fakeBackend: newFake(), err: tt.err}
 		ts := startServer(t, ServerConfig{Backend: b})
@@ -379,6 +382,13 @@ func TestServer_ErrorKinds(t *testing.T) {
 		ts.stop(t)
 	}
 }
+
+// kindedErr is a typed error that names its own kind, as the agent's
+// errors do where they wrap no sentinel of this package.
+type kindedErr struct{ kind string }
+
+func (e *kindedErr) Error() string   { return "release failed its health check (kind " + e.kind + ")" }
+func (e *kindedErr) APIKind() string { return e.kind }
 
 // errBackend fails Apps with err.
 type errBackend struct {
