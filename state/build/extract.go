@@ -46,11 +46,8 @@ type extractor struct {
 	meter *meter
 	src   *eofReader
 
-	// sub is an os.Root for the directory subName, where the previous file
-	// was created: consecutive files of one directory are created with a
-	// single openat instead of a walk from the root.
-	sub     *os.Root
-	subName string
+	// sub holds an os.Root for the directory of the previous large file.
+	sub dirRoots
 
 	entries map[string]kind   // cleaned relative path -> what it is
 	links   map[string]string // symlink path -> target, for resolution
@@ -71,6 +68,7 @@ type extractor struct {
 func newExtractor(root *os.Root, limits Limits, m *meter) *extractor {
 	return &extractor{
 		root:    root,
+		sub:     dirRoots{root: root},
 		limits:  limits,
 		meter:   m,
 		entries: map[string]kind{"": kindDir},
@@ -307,7 +305,7 @@ func (x *extractor) file(ctx context.Context, tr *tar.Reader, hdr *tar.Header, n
 	if hdr.Size <= maxQueuedFile {
 		return x.queueFile(ctx, tr, hdr, name, dir, base, mode)
 	}
-	r, err := x.dirRoot(dir)
+	r, err := x.sub.get(dir)
 	if err != nil {
 		return fmt.Errorf("entry %q: %w", hdr.Name, err)
 	}
@@ -317,48 +315,64 @@ func (x *extractor) file(ctx context.Context, tr *tar.Reader, hdr *tar.Header, n
 	}
 	x.entries[name] = kindFile
 	x.nFiles++
-	err = x.copy(ctx, f, tr, hdr)
+	return closeFile(f, hdr.Name, mode, hdr.ModTime, x.copy(ctx, f, tr, hdr))
+}
+
+// close releases the directory root the extractor holds open.
+func (x *extractor) close() { x.sub.close() }
+
+// closeFile finishes a file whose content was written, err being the
+// writing's error: unless there was one, it starts the file's writeback
+// and sets its final mode and mtime. It always closes the file.
+func closeFile(f *os.File, entry string, mode fs.FileMode, mtime time.Time, err error) error {
 	if err == nil {
 		startWriteback(f, 0, 0)
-	}
-	if err == nil {
 		// The umask may have cleared read bits; the apps run as another
 		// user and must be able to read the build.
 		err = f.Chmod(mode)
 	}
-	if err == nil && !hdr.ModTime.IsZero() {
-		err = setMtime(f, hdr.ModTime)
+	if err == nil && !mtime.IsZero() {
+		err = setMtime(f, mtime)
 	}
 	if cerr := f.Close(); err == nil && cerr != nil {
-		err = fmt.Errorf("entry %q: %w", hdr.Name, cerr)
+		err = fmt.Errorf("entry %q: %w", entry, cerr)
 	}
 	return err
 }
 
-// dirRoot returns an os.Root for the directory dir of the tree (already
+// dirRoots caches an os.Root for sub, the directory where the previous
+// file was created: consecutive files of one directory are created with
+// a single openat instead of a walk from the root.
+type dirRoots struct {
+	root    *os.Root
+	sub     *os.Root
+	subName string
+}
+
+// get returns an os.Root for the directory dir of the tree (already
 // checked to be a real directory), reusing the previous one if it is the
 // same directory.
-func (x *extractor) dirRoot(dir string) (*os.Root, error) {
+func (d *dirRoots) get(dir string) (*os.Root, error) {
 	if dir == "" {
-		return x.root, nil
+		return d.root, nil
 	}
-	if x.sub != nil && x.subName == dir {
-		return x.sub, nil
+	if d.sub != nil && d.subName == dir {
+		return d.sub, nil
 	}
-	x.close()
-	r, err := x.root.OpenRoot(dir)
+	d.close()
+	r, err := d.root.OpenRoot(dir)
 	if err != nil {
 		return nil, err
 	}
-	x.sub, x.subName = r, dir
+	d.sub, d.subName = r, dir
 	return r, nil
 }
 
 // close releases the cached directory root.
-func (x *extractor) close() {
-	if x.sub != nil {
-		x.sub.Close()
-		x.sub, x.subName = nil, ""
+func (d *dirRoots) close() {
+	if d.sub != nil {
+		d.sub.Close()
+		d.sub, d.subName = nil, ""
 	}
 }
 

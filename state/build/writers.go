@@ -86,39 +86,12 @@ func startWriters(ctx context.Context, root *os.Root, n int) *writers {
 // only drains the queue.
 func (w *writers) loop(q <-chan fileJob) {
 	defer w.wg.Done()
-	var sub *os.Root // the root of the directory subName
-	var subName string
-	defer func() {
-		if sub != nil {
-			sub.Close()
-		}
-	}()
+	sub := dirRoots{root: w.root}
+	defer sub.close()
 	for j := range q {
 		if w.failed() == nil {
-			if err := w.ctx.Err(); err != nil {
+			if err := w.write(&sub, j); err != nil {
 				w.fail(err)
-			} else {
-				r := w.root
-				if j.dir != "" && (sub == nil || subName != j.dir) {
-					if sub != nil {
-						sub.Close()
-						sub, subName = nil, ""
-					}
-					s, err := w.root.OpenRoot(j.dir)
-					if err != nil {
-						w.fail(fmt.Errorf("entry %q: %w", j.entry, err))
-					} else {
-						sub, subName = s, j.dir
-					}
-				}
-				if j.dir != "" {
-					r = sub
-				}
-				if r != nil {
-					if err := writeFile(r, j); err != nil {
-						w.fail(err)
-					}
-				}
 			}
 		}
 		w.mu.Lock()
@@ -129,8 +102,16 @@ func (w *writers) loop(q <-chan fileJob) {
 	}
 }
 
-// writeFile creates j's file in r with its final mode and mtime.
-func writeFile(r *os.Root, j fileJob) error {
+// write creates j's file with its final mode and mtime, in the directory
+// sub holds or opens.
+func (w *writers) write(sub *dirRoots, j fileJob) error {
+	if err := w.ctx.Err(); err != nil {
+		return err
+	}
+	r, err := sub.get(j.dir)
+	if err != nil {
+		return fmt.Errorf("entry %q: %w", j.entry, err)
+	}
 	f, err := r.OpenFile(j.base, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, j.mode)
 	if err != nil {
 		return fmt.Errorf("entry %q: %w", j.entry, err)
@@ -140,19 +121,7 @@ func writeFile(r *os.Root, j fileJob) error {
 			err = fmt.Errorf("entry %q: %w", j.entry, err)
 		}
 	}
-	if err == nil {
-		startWriteback(f, 0, 0)
-		// The umask may have cleared read bits; the apps run as another
-		// user and must be able to read the build.
-		err = f.Chmod(j.mode)
-	}
-	if err == nil && !j.mtime.IsZero() {
-		err = setMtime(f, j.mtime)
-	}
-	if cerr := f.Close(); err == nil && cerr != nil {
-		err = fmt.Errorf("entry %q: %w", j.entry, cerr)
-	}
-	return err
+	return closeFile(f, j.entry, j.mode, j.mtime, err)
 }
 
 // fail records err if it is the first.
