@@ -104,13 +104,9 @@ func newConfigUnsetCmd(g *globals) *cobra.Command {
 }
 
 func configChange(cmd *cobra.Command, g *globals, app string, change api.ConfigChange) error {
-	start := g.env.now()
-	out := cmd.OutOrStdout()
-	rel, err := g.client().SetConfig(cmd.Context(), app, change, stepPrinter(g, out))
-	if err != nil {
-		return err
-	}
-	return printRelease(g, out, rel, g.env.now().Sub(start))
+	return releaseOp(g, cmd.OutOrStdout(), func(progress api.ProgressFunc) (api.Release, error) {
+		return g.client().SetConfig(cmd.Context(), app, change, progress)
+	})
 }
 
 func newConfigGetCmd(g *globals) *cobra.Command {

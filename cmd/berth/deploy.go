@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"os"
@@ -59,7 +58,13 @@ FILE names a tarball on the agent's host instead and nothing is uploaded.`,
 				}
 				req.Body = body
 			}
-			return deploy(cmd.Context(), g, cmd.OutOrStdout(), req)
+			return releaseOp(g, cmd.OutOrStdout(), func(progress api.ProgressFunc) (api.Release, error) {
+				rel, err := g.client().Deploy(cmd.Context(), req, progress)
+				if err != nil {
+					return rel, fmt.Errorf("deploy %s: %w", app, err)
+				}
+				return rel, nil
+			})
 		},
 	}
 	cmd.Flags().StringVar(&digest, "digest", "", "the tarball's expected sha256 (hex); the agent refuses a mismatch")
@@ -67,13 +72,20 @@ FILE names a tarball on the agent's host instead and nothing is uploaded.`,
 	return cmd
 }
 
-func deploy(ctx context.Context, g *globals, out io.Writer, req api.DeployRequest) error {
+// releaseOp runs a long operation that makes a new active release
+// (deploy, rollback, config set and unset): it prints the steps as they
+// come, then the release with the time the whole operation took.
+func releaseOp(g *globals, out io.Writer, op func(api.ProgressFunc) (api.Release, error)) error {
 	start := g.env.now()
-	rel, err := g.client().Deploy(ctx, req, stepPrinter(g, out))
+	rel, err := op(stepPrinter(g, out))
 	if err != nil {
-		return fmt.Errorf("deploy %s: %w", req.App, err)
+		return err
 	}
-	return printRelease(g, out, rel, g.env.now().Sub(start))
+	if g.json {
+		return writeJSON(out, rel)
+	}
+	fmt.Fprintf(out, "Released %s v%d (build %s, %s) in %s: %s\n", rel.App, rel.Version, short(rel.Build), rel.Status, elapsed(g.env.now().Sub(start)), rel.Description)
+	return nil
 }
 
 // stepPrinter prints the steps of a long operation with their timings
@@ -88,15 +100,6 @@ func stepPrinter(g *globals, out io.Writer) api.ProgressFunc {
 		}
 		fmt.Fprintf(out, "  %-14s %7s  %s\n", p.Step, elapsed(p.Elapsed), p.Message)
 	}
-}
-
-// printRelease prints the release an operation made active.
-func printRelease(g *globals, out io.Writer, rel api.Release, took time.Duration) error {
-	if g.json {
-		return writeJSON(out, rel)
-	}
-	fmt.Fprintf(out, "Released %s v%d (build %s, %s) in %s: %s\n", rel.App, rel.Version, short(rel.Build), rel.Status, elapsed(took), rel.Description)
-	return nil
 }
 
 // uploadBar reports upload progress on a terminal, at most every 100ms.

@@ -21,13 +21,9 @@ func newRollbackCmd(g *globals) *cobra.Command {
 					return usagef(cmd.CommandPath(), "bad release version %q: want vN or N, such as v3", args[0])
 				}
 			}
-			start := g.env.now()
-			out := cmd.OutOrStdout()
-			rel, err := g.client().Rollback(cmd.Context(), app, v, stepPrinter(g, out))
-			if err != nil {
-				return err
-			}
-			return printRelease(g, out, rel, g.env.now().Sub(start))
+			return releaseOp(g, cmd.OutOrStdout(), func(progress api.ProgressFunc) (api.Release, error) {
+				return g.client().Rollback(cmd.Context(), app, v, progress)
+			})
 		},
 	}
 }
