@@ -228,7 +228,7 @@ func (x *extractor) entry(ctx context.Context, tr *tar.Reader, hdr *tar.Header) 
 		}
 		return &UnsafeEntryError{Entry: hdr.Name, Reason: "replaces the build root"}
 	}
-	if err := x.parents(hdr.Name, parts); err != nil {
+	if err := x.parents(hdr.Name, name, parts); err != nil {
 		return err
 	}
 	existing := x.entries[name]
@@ -261,10 +261,13 @@ func (x *extractor) entry(ctx context.Context, tr *tar.Reader, hdr *tar.Header) 
 }
 
 // parents makes sure every parent of an entry is a directory, creating the
-// missing ones, and refuses paths that go through a symlink or a file.
-func (x *extractor) parents(entry string, parts []string) error {
-	for i := 1; i < len(parts); i++ {
-		p := strings.Join(parts[:i], "/")
+// missing ones, and refuses paths that go through a symlink or a file. name
+// is the clean path, parts its components: each parent is a prefix of name.
+func (x *extractor) parents(entry, name string, parts []string) error {
+	end := -1
+	for _, part := range parts[:len(parts)-1] {
+		end += 1 + len(part)
+		p := name[:end]
 		switch x.entries[p] {
 		case kindDir:
 		case kindSymlink:
