@@ -34,11 +34,7 @@ func newReleasesCmd(g *globals) *cobra.Command {
 			now := g.env.now()
 			t := newTable(out, "VERSION", "STATUS", "BUILD", "CONFIG", "CREATED", "DESCRIPTION")
 			for _, r := range rels {
-				status := r.Status
-				if r.Reason != "" {
-					status += " (" + r.Reason + ")"
-				}
-				t.row(fmt.Sprintf("v%d", r.Version), status, short(r.Build), fmt.Sprintf("%d vars", len(r.ConfigKeys)), ago(now, r.CreatedAt), r.Description)
+				t.row(fmt.Sprintf("v%d", r.Version), releaseStatus(r), short(r.Build), fmt.Sprintf("%d vars", len(r.ConfigKeys)), ago(now, r.CreatedAt), r.Description)
 			}
 			return t.flush()
 		},
@@ -57,9 +53,9 @@ func newReleasesInfoCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			v, err := api.ParseVersion(args[0])
+			v, err := versionArg(cmd, args[0])
 			if err != nil {
-				return usagef(cmd.CommandPath(), "bad release version %q: want vN or N, such as v3", args[0])
+				return err
 			}
 			r, err := g.client().Release(cmd.Context(), app, v)
 			if err != nil {
@@ -70,11 +66,7 @@ func newReleasesInfoCmd(g *globals) *cobra.Command {
 				return writeJSON(out, r)
 			}
 			t := newTable(out, "Release:", fmt.Sprintf("%s v%d", r.App, r.Version))
-			status := r.Status
-			if r.Reason != "" {
-				status += " (" + r.Reason + ")"
-			}
-			t.row("Status:", status)
+			t.row("Status:", releaseStatus(r))
 			t.row("Build:", r.Build)
 			t.row("Created:", fmt.Sprintf("%s (%s)", r.CreatedAt.UTC().Format("2006-01-02 15:04:05 MST"), ago(g.env.now(), r.CreatedAt)))
 			t.row("Description:", r.Description)
@@ -96,6 +88,25 @@ func newReleasesInfoCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
+}
+
+// releaseStatus is a release's status, with its reason when it has one:
+// "failed (web.1 is not healthy)".
+func releaseStatus(r api.Release) string {
+	if r.Reason == "" {
+		return r.Status
+	}
+	return r.Status + " (" + r.Reason + ")"
+}
+
+// versionArg parses a release version argument ("v3" or "3"); a bad one
+// is a usage error of cmd.
+func versionArg(cmd *cobra.Command, s string) (int, error) {
+	v, err := api.ParseVersion(s)
+	if err != nil {
+		return 0, usagef(cmd.CommandPath(), "bad release version %q: want vN or N, such as v3", s)
+	}
+	return v, nil
 }
 
 // sortedKeys returns m's keys in order.

@@ -17,8 +17,8 @@ func newRollbackCmd(g *globals) *cobra.Command {
 			}
 			v := 0
 			if len(args) == 1 {
-				if v, err = api.ParseVersion(args[0]); err != nil {
-					return usagef(cmd.CommandPath(), "bad release version %q: want vN or N, such as v3", args[0])
+				if v, err = versionArg(cmd, args[0]); err != nil {
+					return err
 				}
 			}
 			return releaseOp(g, cmd.OutOrStdout(), func(progress api.ProgressFunc) (api.Release, error) {
