@@ -42,8 +42,6 @@ func (a *Agent) watchSupervisor(events <-chan supervisor.Event, done <-chan stru
 		if ev.Missed > 0 {
 			a.log.Warn("supervisor events were lost; re-reading process states", "missed", ev.Missed)
 			a.resyncRecords()
-		}
-		if ev.Missed > 0 {
 			a.pokeProbers()
 		}
 		inst := a.instance(ev.Name)
