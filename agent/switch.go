@@ -660,11 +660,9 @@ func (a *Agent) upState(cfg Config, in *instance, healthy bool, begin, now time.
 // any exit (a crash, since nothing else stops them meanwhile) or a turn
 // to unhealthy fails it with an *instanceError.
 func (a *Agent) probation(ctx context.Context, cfg Config, insts []*instance, events <-chan supervisor.Event, p *progress) error {
-	window := cfg.Probation
-	if window <= 0 || len(insts) == 0 {
+	if cfg.Probation <= 0 || len(insts) == 0 {
 		return nil
 	}
-	cfg.Probation = window
 	p.mark()
 	end := time.Now().Add(cfg.Probation)
 	timer := time.NewTimer(cfg.Probation)
