@@ -142,13 +142,12 @@ type logSink struct {
 	name string
 	cfg  LogConfig
 
-	// file, size, failed and written belong to the writer: the one
-	// pipe reader at a time that has set writing (see drain); close
-	// takes them over once it has finished.
-	file    *os.File // nil until the first line, or after a failed open
-	size    int64
-	failed  bool // the last open or write failed: logged once
-	written int64
+	// file, size and failed belong to the writer: the one pipe reader
+	// at a time that has set writing (see drain); close takes them over
+	// once it has finished.
+	file   *os.File // nil until the first line, or after a failed open
+	size   int64
+	failed bool // the last open or write failed: logged once
 	// noPrealloc is set once the file system refused fallocate.
 	noPrealloc bool
 
@@ -268,7 +267,6 @@ func (ls *logSink) writeFile(b *batch) {
 			}
 			n, err := ls.file.Write(b.out[start:end])
 			ls.size += int64(n)
-			ls.written += int64(n)
 			if err != nil {
 				ls.fail("write log file", err)
 				return
