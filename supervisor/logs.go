@@ -618,19 +618,33 @@ func readStored(path string, n int) ([]LogLine, error) {
 		return nil, fmt.Errorf("read log %s: %w", path, err)
 	}
 	off := fi.Size()
-	var data []byte
 	const block = 64 << 10
-	for off > 0 && (n <= 0 || bytes.Count(data, []byte{'\n'}) <= n) {
+	// Read blocks backwards, newest first, counting the newlines of each
+	// block once, and join them once at the end.
+	var chunks [][]byte
+	size, newlines := 0, 0
+	for off > 0 && (n <= 0 || newlines <= n) {
 		k := min(off, block)
 		if n <= 0 {
 			k = off
 		}
 		off -= k
-		chunk := make([]byte, k, int(k)+len(data))
+		chunk := make([]byte, k)
 		if _, err := f.ReadAt(chunk, off); err != nil && !errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("read log %s: %w", path, err)
 		}
-		data = append(chunk, data...)
+		chunks = append(chunks, chunk)
+		size += len(chunk)
+		newlines += bytes.Count(chunk, []byte{'\n'})
+	}
+	var data []byte
+	if len(chunks) == 1 {
+		data = chunks[0]
+	} else if len(chunks) > 1 {
+		data = make([]byte, 0, size)
+		for i := len(chunks) - 1; i >= 0; i-- {
+			data = append(data, chunks[i]...)
+		}
 	}
 	if off > 0 { // the first line is cut: drop it
 		if i := bytes.IndexByte(data, '\n'); i >= 0 {
