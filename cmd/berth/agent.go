@@ -19,27 +19,25 @@ import (
 	"github.com/spf13/pflag"
 )
 
-// settings are what ParseFlags reads: the agent's Config and the log
-// settings.
+// settings are what ParseFlags reads (and a reload reads again): the
+// agent's Config and the log settings.
 type settings struct {
-	Config              agent.Config
+	// Config is the agent's configuration.
+	Config agent.Config
+	// LogLevel is trace, debug, info, warn or error; LogFormat is text or
+	// json.
 	LogLevel, LogFormat string
-	EnvFile             string
+	// EnvFile is an optional file of BERTH_*=value lines, read by
+	// ParseFlags and again on every reload (like systemd's
+	// EnvironmentFile=, but re-read on SIGHUP).
+	EnvFile string
 }
 
 // Main is the agent program (`berth agent`): ParseFlags reads its
 // settings, Run runs the agent until its context ends, Close stops a Run
 // in progress. Tests drive it in-process the same way main does.
 type Main struct {
-	// Config is the agent's configuration, set by ParseFlags.
-	Config agent.Config
-	// LogLevel is trace, debug, info, warn or error; LogFormat is text or
-	// json. Set by ParseFlags.
-	LogLevel, LogFormat string
-	// EnvFile is an optional file of BERTH_*=value lines, read by
-	// ParseFlags and again on every reload (like systemd's
-	// EnvironmentFile=, but re-read on SIGHUP).
-	EnvFile string
+	settings // set by ParseFlags
 
 	// Stderr receives the agent's log; nil means os.Stderr.
 	Stderr io.Writer
@@ -48,9 +46,8 @@ type Main struct {
 	// Reload delivers SIGHUP: each receive reloads the settings.
 	Reload <-chan os.Signal
 
-	args  []string
-	log   hclog.Logger
-	level hclog.Level
+	args []string
+	log  hclog.Logger
 
 	mu     sync.Mutex // guards cancel and done
 	cancel context.CancelFunc
@@ -139,7 +136,7 @@ func (m *Main) ParseFlags(args []string) error {
 	if err != nil {
 		return err
 	}
-	m.Config, m.LogLevel, m.LogFormat, m.EnvFile = st.Config, st.LogLevel, st.LogFormat, st.EnvFile
+	m.settings = st
 	level := hclog.LevelFromString(m.LogLevel)
 	if level == hclog.NoLevel {
 		return usagef("berth agent", "bad log level %q: want trace, debug, info, warn or error", m.LogLevel)
@@ -147,7 +144,6 @@ func (m *Main) ParseFlags(args []string) error {
 	if m.LogFormat != "text" && m.LogFormat != "json" {
 		return usagef("berth agent", "bad log format %q: want text or json", m.LogFormat)
 	}
-	m.level = level
 	m.log = hclog.New(&hclog.LoggerOptions{
 		Name:       "berth",
 		Level:      level,
