@@ -75,15 +75,13 @@ func (in installer) install(ctx context.Context, c UnitConfig, log hclog.Logger)
 	if err := writeFileAtomic(servicePath, []byte(service), 0o644); err != nil {
 		return fmt.Errorf("install: %w", err)
 	}
-	staleSocket := false
 	_, err = os.Stat(socketPath)
 	newSocket := c.SocketActivation && errors.Is(err, os.ErrNotExist)
+	staleSocket := !c.SocketActivation && err == nil
 	if c.SocketActivation {
 		if err := writeFileAtomic(socketPath, []byte(RenderSocket(c)), 0o644); err != nil {
 			return fmt.Errorf("install: %w", err)
 		}
-	} else if _, err := os.Stat(socketPath); err == nil {
-		staleSocket = true
 	}
 	log.Info("wrote unit files", "dir", in.unitDir, "socket_activation", c.SocketActivation)
 
