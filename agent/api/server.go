@@ -167,20 +167,23 @@ func (s *Server) routes() {
 	m.HandleFunc("GET /v1/events", s.handleEvents)
 }
 
-// errorBody turns err into the wire error.
-func errorBody(err error) ErrorBody {
-	return ErrorBody{Error: err.Error(), Kind: KindOf(err)}
-}
-
-// writeError answers with err's status and ErrorBody.
-func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
-	body := errorBody(err)
+// failure turns err into the wire error and its status, and logs it: as
+// an error when the status says the agent failed (5xx), else at debug
+// level, since the client hears about it.
+func (s *Server) failure(r *http.Request, err error) (ErrorBody, int) {
+	body := ErrorBody{Error: err.Error(), Kind: KindOf(err)}
 	status := StatusOf(body.Kind)
 	if status >= 500 {
 		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "error", err)
 	} else {
 		s.log.Debug("request refused", "method", r.Method, "path", r.URL.Path, "status", status, "error", err)
 	}
+	return body, status
+}
+
+// writeError answers with err's status and ErrorBody.
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	body, status := s.failure(r, err)
 	writeJSON(w, status, body)
 }
 
@@ -469,8 +472,7 @@ func (s *Server) endFollow(r *http.Request, st *stream, err error) {
 		st.send(streamError{Error: &body}) //nolint:errcheck // last line
 	case r.Context().Err() != nil, errors.Is(err, errStreamClosed):
 	case err != nil:
-		body := errorBody(err)
-		s.log.Debug("stream ended with an error", "path", r.URL.Path, "error", err)
+		body, _ := s.failure(r, err)
 		st.send(streamError{Error: &body}) //nolint:errcheck // last line
 	}
 }
@@ -511,10 +513,7 @@ func (s *Server) progressOp(w http.ResponseWriter, r *http.Request, op func(cont
 			s.writeError(w, r, err)
 			return
 		}
-		body := errorBody(err)
-		if StatusOf(body.Kind) >= 500 {
-			s.log.Error("operation failed", "method", r.Method, "path", r.URL.Path, "error", err)
-		}
+		body, _ := s.failure(r, err)
 		st.send(Progress{Time: time.Now(), Step: "done", Message: "failed: " + body.Error, Elapsed: time.Since(start), Done: true, Error: &body}) //nolint:errcheck // last message
 		return
 	}
