@@ -90,13 +90,10 @@ func decodeJSON(r io.Reader, v any) error {
 // that it names at least one type and has no negative count.
 func decodeFormation(r io.Reader) (map[string]int, error) {
 	var f map[string]int
-	if err := decodeJSON(r, &f); err != nil {
-		if err == io.EOF {
-			return nil, fmt.Errorf("%w: request body: empty formation, want {\"TYPE\": COUNT}", ErrInvalid)
-		}
+	if err := decodeJSON(r, &f); err != nil && err != io.EOF {
 		return nil, err
 	}
-	if len(f) == 0 {
+	if len(f) == 0 { // an empty body too
 		return nil, fmt.Errorf("%w: request body: empty formation, want {\"TYPE\": COUNT}", ErrInvalid)
 	}
 	for typ, n := range f {
