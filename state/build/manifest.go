@@ -6,7 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sort"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 )
@@ -129,12 +130,7 @@ func ParseManifest(data []byte) (Manifest, error) {
 
 // validate checks the values the JSON decoder cannot.
 func (m Manifest) validate() error {
-	types := make([]string, 0, len(m.Processes))
-	for t := range m.Processes {
-		types = append(types, t)
-	}
-	sort.Strings(types) // report the first error deterministically
-	for _, t := range types {
+	for _, t := range m.types() { // sorted: the first error is deterministic
 		p := m.Processes[t]
 		if !ValidProcessType(t) {
 			return fmt.Errorf("%w: invalid process type %q", ErrManifest, t)
@@ -176,15 +172,13 @@ func (m Manifest) validate() error {
 // checkTypes returns an error wrapping ErrManifest if the manifest names a
 // process type that the Procfile does not declare.
 func (m Manifest) checkTypes(p Procfile) error {
-	types := make([]string, 0, len(m.Processes))
-	for t := range m.Processes {
-		types = append(types, t)
-	}
-	sort.Strings(types)
-	for _, t := range types {
+	for _, t := range m.types() {
 		if _, ok := p.Command(t); !ok {
 			return fmt.Errorf("%w: process type %q is not declared in the Procfile (declared: %s)", ErrManifest, t, strings.Join(p.Types(), ", "))
 		}
 	}
 	return nil
 }
+
+// types returns the process types the manifest names, sorted.
+func (m Manifest) types() []string { return slices.Sorted(maps.Keys(m.Processes)) }
