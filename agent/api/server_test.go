@@ -232,6 +232,8 @@ func TestServer_StrictDecode(t *testing.T) {
 		{"PATCH", "/v1/apps/web/config", big, 413, "larger than 1048576 bytes"},
 		{"PUT", "/v1/apps/web/formation", `{"web":-1}`, 400, `negative count -1 for \"web\"`},
 		{"PUT", "/v1/apps/web/formation", `{}`, 400, "empty formation"},
+		{"PUT", "/v1/apps/web/formation", ``, 400, `empty formation, want {\"TYPE\": COUNT}`},
+		{"PUT", "/v1/apps/web/formation", `null`, 400, "empty formation"},
 		{"PUT", "/v1/apps/web/formation", `{"web":"2"}`, 400, "cannot unmarshal string"},
 		{"POST", "/v1/apps/web/rollback", `{"version":-2}`, 400, "bad version -2"},
 		{"POST", "/v1/apps/web/rollback", `{"v":2}`, 400, `unknown field \"v\"`},
