@@ -152,11 +152,11 @@ func (m *Main) ParseFlags(args []string) error {
 		// journald stamps every line itself.
 		DisableTime: systemd.UnderJournal(),
 	})
-	m.Config.Version = version
 	return nil
 }
 
-// parse returns the settings of args, the environment and the env file.
+// parse returns the settings of args, the environment and the env file,
+// with the Config carrying this program's version.
 func (m *Main) parse(args []string) (settings, error) {
 	var n settings
 	fs := n.flagSet()
@@ -194,6 +194,7 @@ func (m *Main) parse(args []string) (settings, error) {
 			return n, err
 		}
 	}
+	n.Config.Version = version
 	return n, nil
 }
 
@@ -283,7 +284,6 @@ func (m *Main) reload(a *agent.Agent) {
 		if lvl := hclog.LevelFromString(n.LogLevel); lvl != hclog.NoLevel {
 			m.log.SetLevel(lvl)
 		}
-		n.Config.Version = version
 		err = a.Reload(n.Config)
 	}
 	if err != nil {
