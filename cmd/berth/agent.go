@@ -137,16 +137,9 @@ func (m *Main) ParseFlags(args []string) error {
 		return err
 	}
 	m.settings = st
-	level := hclog.LevelFromString(m.LogLevel)
-	if level == hclog.NoLevel {
-		return usagef("berth agent", "bad log level %q: want trace, debug, info, warn or error", m.LogLevel)
-	}
-	if m.LogFormat != "text" && m.LogFormat != "json" {
-		return usagef("berth agent", "bad log format %q: want text or json", m.LogFormat)
-	}
 	m.log = hclog.New(&hclog.LoggerOptions{
 		Name:       "berth",
-		Level:      level,
+		Level:      hclog.LevelFromString(m.LogLevel),
 		Output:     m.Stderr,
 		JSONFormat: m.LogFormat == "json",
 		// journald stamps every line itself.
@@ -156,7 +149,7 @@ func (m *Main) ParseFlags(args []string) error {
 }
 
 // parse returns the settings of args, the environment and the env file,
-// with the Config carrying this program's version.
+// checked, with the Config carrying this program's version.
 func (m *Main) parse(args []string) (settings, error) {
 	var n settings
 	fs := n.flagSet()
@@ -193,6 +186,12 @@ func (m *Main) parse(args []string) (settings, error) {
 		if err := fromEnv(func(k string) string { return vars[k] }, n.EnvFile+": "); err != nil {
 			return n, err
 		}
+	}
+	if hclog.LevelFromString(n.LogLevel) == hclog.NoLevel {
+		return n, usagef("berth agent", "bad log level %q: want trace, debug, info, warn or error", n.LogLevel)
+	}
+	if n.LogFormat != "text" && n.LogFormat != "json" {
+		return n, usagef("berth agent", "bad log format %q: want text or json", n.LogFormat)
 	}
 	n.Config.Version = version
 	return n, nil
@@ -281,9 +280,7 @@ func (m *Main) reload(a *agent.Agent) {
 	}()
 	n, err := m.parse(m.args)
 	if err == nil {
-		if lvl := hclog.LevelFromString(n.LogLevel); lvl != hclog.NoLevel {
-			m.log.SetLevel(lvl)
-		}
+		m.log.SetLevel(hclog.LevelFromString(n.LogLevel))
 		err = a.Reload(n.Config)
 	}
 	if err != nil {

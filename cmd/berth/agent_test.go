@@ -12,7 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berth-dev/berth/agent"
 	"github.com/berth-dev/berth/agent/api"
+	"github.com/hashicorp/go-hclog"
 )
 
 // TestMain_ParseFlags ensures a flag beats the environment, which beats
@@ -55,6 +57,36 @@ func TestMain_ParseFlags(t *testing.T) {
 		if ck.got != ck.want {
 			t.Errorf("%s: got %v, want %v", ck.name, ck.got, ck.want)
 		}
+	}
+}
+
+// TestMain_ReloadBadLogLevel ensures a reload that reads a bad log level
+// (here from the re-read env file) is refused whole, as ParseFlags refuses
+// it: the error is logged and the level stays as it was.
+func TestMain_ReloadBadLogLevel(t *testing.T) {
+	dir := t.TempDir()
+	envFile := filepath.Join(dir, "berth.env")
+	if err := os.WriteFile(envFile, []byte("BERTH_LOG_LEVEL=debug\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	log := &lockedBuffer{}
+	m := &Main{Getenv: func(string) string { return "" }, Stderr: log}
+	if err := m.ParseFlags([]string{"--data-dir", filepath.Join(dir, "data"), "--env-file", envFile}); err != nil {
+		t.Fatal(err)
+	}
+	a, err := agent.New(m.Config, m.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(envFile, []byte("BERTH_LOG_LEVEL=loud\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m.reload(a)
+	if out := log.String(); !strings.Contains(out, "reload failed; keeping the current settings") || !strings.Contains(out, `bad log level \"loud\"`) {
+		t.Errorf("reload with BERTH_LOG_LEVEL=loud logged:\n%s\nwant the reload refused for the bad level", out)
+	}
+	if got := m.log.GetLevel(); got != hclog.Debug {
+		t.Errorf("log level after the refused reload: %v, want debug", got)
 	}
 }
 
