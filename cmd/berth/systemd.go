@@ -37,8 +37,9 @@ func (f *systemdFlags) register(cmd *cobra.Command) {
 	fs.StringArrayVar(&f.env, "env", nil, "agent setting for the unit's environment, as BERTH_NAME=value (repeatable)")
 }
 
-// config turns the flags into a validated unit config.
-func (f *systemdFlags) config() (systemd.UnitConfig, error) {
+// config turns the flags into a validated unit config; a bad flag value
+// is a usage error of cmd.
+func (f *systemdFlags) config(cmd *cobra.Command) (systemd.UnitConfig, error) {
 	bin := f.binary
 	if bin == "" {
 		exe, err := os.Executable()
@@ -62,7 +63,7 @@ func (f *systemdFlags) config() (systemd.UnitConfig, error) {
 	for _, kv := range f.env {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || k == "" {
-			return c, fmt.Errorf("--env %q: want NAME=value", kv)
+			return c, usagef(cmd.CommandPath(), "--env %q: want NAME=value", kv)
 		}
 		if c.Env == nil {
 			c.Env = map[string]string{}
@@ -70,7 +71,7 @@ func (f *systemdFlags) config() (systemd.UnitConfig, error) {
 		c.Env[k] = v
 	}
 	if err := c.Validate(); err != nil {
-		return c, err
+		return c, &usageError{cmd: cmd.CommandPath(), err: err}
 	}
 	return c, nil
 }
@@ -83,15 +84,17 @@ func newSystemdCmd() *cobra.Command {
 		Short: "Print or install the systemd units that run the agent",
 		Long: "berth runs as a systemd service (Type=notify, Restart=always, watchdog, delegated cgroup),\n" +
 			"so the agent and every app's active release come back after a crash or a reboot.",
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
 
 	var unitFlags systemdFlags
 	unit := &cobra.Command{
 		Use:   "unit",
 		Short: "Print berth.service (and berth.socket with --socket-activation)",
-		Args:  cobra.NoArgs,
+		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := unitFlags.config()
+			c, err := unitFlags.config(cmd)
 			if err != nil {
 				return err
 			}
@@ -109,9 +112,9 @@ func newSystemdCmd() *cobra.Command {
 	install := &cobra.Command{
 		Use:   "install",
 		Short: "Write the units to " + systemd.UnitDir + ", create the socket group, enable and start berth",
-		Args:  cobra.NoArgs,
+		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := installFlags.config()
+			c, err := installFlags.config(cmd)
 			if err != nil {
 				return err
 			}
