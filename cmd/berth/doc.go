@@ -29,6 +29,8 @@ commands take the app with -a APP, else $BERTH_APP.
 	berth logs [-f] [-n N] [INSTANCE]   the last N lines of output, and follow with -f
 	berth events [-f] [-n N]            the last N events (of the app with -a), and follow
 	berth version                       the CLI's and the agent's versions
+	berth systemd unit [flags]          print berth.service (and berth.socket with --socket-activation)
+	berth systemd install [flags]       write the units, create the socket group, enable and start berth
 
 # Exit codes
 
