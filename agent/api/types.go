@@ -101,7 +101,7 @@ type AgentInfo struct {
 // ErrorBody is the JSON body of every error response.
 type ErrorBody struct {
 	Error string `json:"error"`
-	Kind  string `json:"kind"` // invalid, not_found, conflict, too_large, unavailable, internal
+	Kind  string `json:"kind"` // invalid, not_found, conflict, too_large, unavailable, forbidden, internal
 }
 
 // DeployRequest describes a deploy. Exactly one of Body and Path is set.
