@@ -351,20 +351,29 @@ func listenAddr(t *testing.T, startup string) string {
 	return net.JoinHostPort("127.0.0.1", port)
 }
 
-// TestBinary_SocketActivation ensures the binary serves on a socket passed
-// as fd 3 with LISTEN_FDS=1 and its own LISTEN_PID, without binding PORT,
-// and exits 0 on SIGTERM.
-func TestBinary_SocketActivation(t *testing.T) {
+// passedSocket listens on a loopback port and returns the listener and a
+// duplicate of its descriptor to pass to hello as fd 3; the test closes
+// both when it ends.
+func passedSocket(t *testing.T) (net.Listener, *os.File) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	t.Cleanup(func() { ln.Close() })
 	f, err := ln.(*net.TCPListener).File()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	t.Cleanup(func() { f.Close() })
+	return ln, f
+}
+
+// TestBinary_SocketActivation ensures the binary serves on a socket passed
+// as fd 3 with LISTEN_FDS=1 and its own LISTEN_PID, without binding PORT,
+// and exits 0 on SIGTERM.
+func TestBinary_SocketActivation(t *testing.T) {
+	ln, f := passedSocket(t)
 	_, port, _ := net.SplitHostPort(ln.Addr().String())
 	env := []string{
 		"LISTEN_FDS=1",
@@ -494,16 +503,7 @@ func TestBinary_BadEnv(t *testing.T) {
 // accepted and leaves the rest queued for the second, so a client sending
 // on new connections throughout sees no failure.
 func TestBinary_HandoverDropsNothing(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	f, err := ln.(*net.TCPListener).File()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	ln, f := passedSocket(t)
 	url := "http://" + ln.Addr().String() + "/"
 
 	old := startHello(t, []string{"LISTEN_FDS=1", "BERTH_RELEASE=v1"}, "$$", f)
