@@ -195,6 +195,15 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	enc.Encode(v) //nolint:errcheck // the client went away; nothing to do
 }
 
+// orEmpty returns s, or an empty slice for nil, so a list answers [] and
+// not null.
+func orEmpty[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
+
 // reply writes v as JSON with status 200, or the error.
 func (s *Server) reply(w http.ResponseWriter, r *http.Request, v any, err error) {
 	if err != nil {
@@ -214,10 +223,7 @@ func (s *Server) handleInfo(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleApps(w http.ResponseWriter, r *http.Request) {
 	apps, err := s.cfg.Backend.Apps(r.Context())
-	if apps == nil {
-		apps = []App{}
-	}
-	s.reply(w, r, apps, err)
+	s.reply(w, r, orEmpty(apps), err)
 }
 
 func (s *Server) handleCreateApp(w http.ResponseWriter, r *http.Request) {
@@ -299,10 +305,7 @@ func (s *Server) handleDeploy(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleReleases(w http.ResponseWriter, r *http.Request) {
 	rels, err := s.cfg.Backend.Releases(r.Context(), r.PathValue("app"))
-	if rels == nil {
-		rels = []Release{}
-	}
-	s.reply(w, r, rels, err)
+	s.reply(w, r, orEmpty(rels), err)
 }
 
 func (s *Server) handleRelease(w http.ResponseWriter, r *http.Request) {
@@ -354,18 +357,12 @@ func (s *Server) handleScale(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	procs, err := s.cfg.Backend.Scale(r.Context(), r.PathValue("app"), f)
-	if procs == nil {
-		procs = []Process{}
-	}
-	s.reply(w, r, procs, err)
+	s.reply(w, r, orEmpty(procs), err)
 }
 
 func (s *Server) handleProcesses(w http.ResponseWriter, r *http.Request) {
 	procs, err := s.cfg.Backend.Processes(r.Context(), r.PathValue("app"))
-	if procs == nil {
-		procs = []Process{}
-	}
-	s.reply(w, r, procs, err)
+	s.reply(w, r, orEmpty(procs), err)
 }
 
 func (s *Server) handleRestart(w http.ResponseWriter, r *http.Request) {

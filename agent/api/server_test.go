@@ -209,6 +209,17 @@ func TestServer_Routes(t *testing.T) {
 	}
 }
 
+// TestServer_EmptyLists ensures an empty list answers [], not null, so a
+// client in any language can iterate it.
+func TestServer_EmptyLists(t *testing.T) {
+	ts := startServer(t, ServerConfig{})
+	for _, path := range []string{"/v1/apps", "/v1/ps"} {
+		if status, body := ts.raw(t, "GET", path, ""); status != 200 || strings.TrimSpace(body) != "[]" {
+			t.Errorf("GET %s with nothing there: %d %q, want 200 []", path, status, body)
+		}
+	}
+}
+
 // TestServer_StrictDecode ensures malformed bodies are refused with a
 // message naming the problem and reach no backend method.
 func TestServer_StrictDecode(t *testing.T) {
