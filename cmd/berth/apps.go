@@ -42,7 +42,8 @@ func newAppsCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-// checkAppArg validates an app name given as an argument.
+// checkAppArg validates an app name (an argument, -a or $BERTH_APP); a
+// bad one is a usage error of cmd.
 func checkAppArg(cmd *cobra.Command, name string) error {
 	if err := state.ValidateAppName(name); err != nil {
 		return usagef(cmd.CommandPath(), "%v", err)

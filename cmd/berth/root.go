@@ -2,7 +2,6 @@ package main
 
 import (
 	"github.com/berth-dev/berth/agent/api"
-	"github.com/berth-dev/berth/state"
 	"github.com/spf13/cobra"
 )
 
@@ -38,8 +37,8 @@ func (g *globals) appName(cmd *cobra.Command) (string, error) {
 	if app == "" {
 		return "", usagef(cmd.CommandPath(), "no app given: use -a APP or set BERTH_APP")
 	}
-	if err := state.ValidateAppName(app); err != nil {
-		return "", usagef(cmd.CommandPath(), "%v", err)
+	if err := checkAppArg(cmd, app); err != nil {
+		return "", err
 	}
 	return app, nil
 }
