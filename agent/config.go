@@ -112,44 +112,28 @@ func (cfg Config) withDefaults() Config {
 	if cfg.DefaultUser == "" && os.Geteuid() == 0 {
 		cfg.DefaultUser = "nobody"
 	}
-	if cfg.BasePort == 0 {
-		cfg.BasePort = DefaultBasePort
-	}
-	if cfg.StopTimeout == 0 {
-		cfg.StopTimeout = DefaultStopTimeout
-	}
-	if cfg.Retention == 0 {
-		cfg.Retention = DefaultRetention
-	}
-	if cfg.LogMaxSize == 0 {
-		cfg.LogMaxSize = DefaultLogMaxSize
-	}
-	if cfg.LogMaxFiles == 0 {
-		cfg.LogMaxFiles = DefaultLogMaxFiles
-	}
-	if cfg.LockTimeout == 0 {
-		cfg.LockTimeout = DefaultLockTimeout
-	}
-	if cfg.StartTimeout == 0 {
-		cfg.StartTimeout = DefaultStartTimeout
-	}
-	if cfg.Settle == 0 {
-		cfg.Settle = cfg.Backoff.Settle
-	}
-	if cfg.Settle == 0 {
-		cfg.Settle = DefaultSettle
-	}
-	if cfg.Probation == 0 {
-		cfg.Probation = DefaultProbation
-	}
-	if cfg.ReleasePhaseTimeout == 0 {
-		cfg.ReleasePhaseTimeout = DefaultReleasePhaseTimeout
-	}
-	if cfg.InboxQuiet == 0 {
-		cfg.InboxQuiet = DefaultInboxQuiet
-	}
+	setDefault(&cfg.BasePort, DefaultBasePort)
+	setDefault(&cfg.StopTimeout, DefaultStopTimeout)
+	setDefault(&cfg.Retention, DefaultRetention)
+	setDefault(&cfg.LogMaxSize, DefaultLogMaxSize)
+	setDefault(&cfg.LogMaxFiles, DefaultLogMaxFiles)
+	setDefault(&cfg.LockTimeout, DefaultLockTimeout)
+	setDefault(&cfg.StartTimeout, DefaultStartTimeout)
+	setDefault(&cfg.Settle, cfg.Backoff.Settle)
+	setDefault(&cfg.Settle, DefaultSettle)
+	setDefault(&cfg.Probation, DefaultProbation)
+	setDefault(&cfg.ReleasePhaseTimeout, DefaultReleasePhaseTimeout)
+	setDefault(&cfg.InboxQuiet, DefaultInboxQuiet)
 	cfg.AllowEnv = slices.Clone(cfg.AllowEnv)
 	return cfg
+}
+
+// setDefault sets *field to def when it holds its zero value.
+func setDefault[T comparable](field *T, def T) {
+	var zero T
+	if *field == zero {
+		*field = def
+	}
 }
 
 // path returns a path under the data dir.
