@@ -398,24 +398,16 @@ func (a *Agent) verifyShared(ctx context.Context, cfg Config, in *instance) (ver
 		reachedOnce      bool
 	)
 	for {
-		st, err := a.sup.Status(in.Name)
+		st, err := a.newStatus(in)
 		if err != nil {
-			return 0, &instanceError{in, fmt.Errorf("%w: %s is not supervised: %v", ErrCrashed, in.Instance, err)}
-		}
-		if st.State == supervisor.StateCrashed {
-			return 0, &instanceError{in, fmt.Errorf("%w: %s keeps exiting (%s)", ErrCrashed, in.Instance, lastExit(st))}
+			return 0, err
 		}
 		now := time.Now()
 		if !now.Before(deadline) {
 			if !reachedOnce && st.State == supervisor.StateRunning {
 				return verifyUnreached, nil
 			}
-			what := "last check: " + lastOutput(in.verified)
-			if st.State != supervisor.StateRunning {
-				what = fmt.Sprintf("it is %s (%s)", st.State, lastExit(st))
-			}
-			return 0, &instanceError{in, fmt.Errorf("%w: %s did not pass its health check (%s) within %s; %s",
-				ErrUnhealthy, in.Instance, in.Check, limit, what)}
+			return 0, notHealthyInTime(in, st, limit, in.verified)
 		}
 		wait := c.Interval
 		if st.State == supervisor.StateRunning {
@@ -438,8 +430,7 @@ func (a *Agent) verifyShared(ctx context.Context, cfg Config, in *instance) (ver
 					failures++
 				}
 				if failures >= c.Retries {
-					return 0, &instanceError{in, fmt.Errorf("%w: %s failed its health check (%s) %d times in a row; last check: %s",
-						ErrUnhealthy, in.Instance, in.Check, c.Retries, lastOutput(r))}
+					return 0, unhealthyError(in, r)
 				}
 			case !inStart:
 				misses++

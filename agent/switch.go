@@ -612,12 +612,9 @@ func (a *Agent) waitUp(ctx context.Context, cfg Config, insts []*instance, event
 // upState says whether in is up; if not, when to look again, or why it
 // never will be.
 func (a *Agent) upState(cfg Config, in *instance, healthy bool, begin, now time.Time) (bool, time.Time, error) {
-	st, err := a.sup.Status(in.Name)
+	st, err := a.newStatus(in)
 	if err != nil {
-		return false, now, &instanceError{in, fmt.Errorf("%w: %s is not supervised: %v", ErrCrashed, in.Instance, err)}
-	}
-	if st.State == supervisor.StateCrashed {
-		return false, now, &instanceError{in, fmt.Errorf("%w: %s keeps exiting (%s)", ErrCrashed, in.Instance, lastExit(st))}
+		return false, now, err
 	}
 	if in.Check == nil || !healthy {
 		if st.State == supervisor.StateRunning {
@@ -640,20 +637,47 @@ func (a *Agent) upState(cfg Config, in *instance, healthy bool, begin, now time.
 		in.upRestarts = st.Restarts
 		return true, now, nil
 	case st.State == supervisor.StateRunning && status == health.Unhealthy:
-		return false, now, &instanceError{in, fmt.Errorf("%w: %s failed its health check (%s) %d times in a row; last check: %s",
-			ErrUnhealthy, in.Instance, in.Check, in.Check.Retries, lastOutput(last))}
+		return false, now, unhealthyError(in, last)
 	}
 	limit := healthDeadline(*in.Check, cfg.StartTimeout)
 	deadline := begin.Add(limit)
 	if !now.Before(deadline) {
-		what := "last check: " + lastOutput(last)
-		if st.State != supervisor.StateRunning {
-			what = fmt.Sprintf("it is %s (%s)", st.State, lastExit(st))
-		}
-		return false, now, &instanceError{in, fmt.Errorf("%w: %s did not pass its health check (%s) within %s; %s",
-			ErrUnhealthy, in.Instance, in.Check, limit, what)}
+		return false, now, notHealthyInTime(in, st, limit, last)
 	}
 	return false, deadline, nil
+}
+
+// newStatus returns the supervisor's status of a new instance, or the
+// *instanceError saying it will never be up: it is not supervised, or it
+// crash-loops.
+func (a *Agent) newStatus(in *instance) (supervisor.Status, error) {
+	st, err := a.sup.Status(in.Name)
+	if err != nil {
+		return st, &instanceError{in, fmt.Errorf("%w: %s is not supervised: %v", ErrCrashed, in.Instance, err)}
+	}
+	if st.State == supervisor.StateCrashed {
+		return st, &instanceError{in, fmt.Errorf("%w: %s keeps exiting (%s)", ErrCrashed, in.Instance, lastExit(st))}
+	}
+	return st, nil
+}
+
+// unhealthyError says a new instance failed its check Retries times in a
+// row; last is the last check.
+func unhealthyError(in *instance, last health.Result) error {
+	return &instanceError{in, fmt.Errorf("%w: %s failed its health check (%s) %d times in a row; last check: %s",
+		ErrUnhealthy, in.Instance, in.Check, in.Check.Retries, lastOutput(last))}
+}
+
+// notHealthyInTime says a new instance did not pass its check within
+// limit: with the last check's output while it runs, else with its state
+// and last exit.
+func notHealthyInTime(in *instance, st supervisor.Status, limit time.Duration, last health.Result) error {
+	what := "last check: " + lastOutput(last)
+	if st.State != supervisor.StateRunning {
+		what = fmt.Sprintf("it is %s (%s)", st.State, lastExit(st))
+	}
+	return &instanceError{in, fmt.Errorf("%w: %s did not pass its health check (%s) within %s; %s",
+		ErrUnhealthy, in.Instance, in.Check, limit, what)}
 }
 
 // probation watches the new instances for cfg.Probation after a switch:
