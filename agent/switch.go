@@ -816,11 +816,7 @@ func (a *Agent) activate(app string, rel state.Release, b *build.Build, kind str
 	// phase half run); only shutdown cuts it short.
 	sctx := a.opCtx
 	if err := checkManifest(b); err != nil {
-		reason := err.Error()
-		if merr := a.store.MarkFailed(app, rel.Version, reason, ""); merr != nil {
-			a.log.Error("mark release failed", "app", app, "version", rel.Version, "error", merr)
-		}
-		a.appendEvent(app, "failure", fmt.Sprintf("v%d %s; v%d not activated", rel.Version, reason, rel.Version))
+		a.failPending(app, rel.Version, err.Error(), "")
 		return state.Release{}, fmt.Errorf("%w: v%d not activated: %w", api.ErrInvalid, rel.Version, err)
 	}
 	if command, ok := b.Procfile.Command("release"); ok {
@@ -832,10 +828,7 @@ func (a *Agent) activate(app string, rel state.Release, b *build.Build, kind str
 			if errors.As(err, &rpe) {
 				reason = "release phase: " + rpe.Reason
 			}
-			if merr := a.store.MarkFailed(app, rel.Version, reason, out); merr != nil {
-				a.log.Error("mark release failed", "app", app, "version", rel.Version, "error", merr)
-			}
-			a.appendEvent(app, "failure", fmt.Sprintf("v%d %s; v%d not activated", rel.Version, reason, rel.Version))
+			a.failPending(app, rel.Version, reason, out)
 			return state.Release{}, err
 		}
 		p.step("release-phase", "release phase of v%d succeeded", rel.Version)
@@ -892,6 +885,16 @@ func (a *Agent) activate(app string, rel state.Release, b *build.Build, kind str
 	}
 	p.step("done", "v%d %s", out.Version, out.Description)
 	return out, nil
+}
+
+// failPending marks a release that was never activated failed, with the
+// reason and output, and records a "failure" event; the active release
+// is untouched.
+func (a *Agent) failPending(app string, version int, reason, output string) {
+	if err := a.store.MarkFailed(app, version, reason, output); err != nil {
+		a.log.Error("mark release failed", "app", app, "version", version, "error", err)
+	}
+	a.appendEvent(app, "failure", fmt.Sprintf("v%d %s; v%d not activated", version, reason, version))
 }
 
 // checkManifest refuses, before anything is activated, a manifest
