@@ -500,6 +500,9 @@ func (a *Agent) shutdown(cancelOps context.CancelFunc) {
 	a.log.Info("stopped app processes", "count", len(names))
 }
 
+// errShuttingDown is what a Backend call gets once shutdown began.
+var errShuttingDown = fmt.Errorf("%w: %w (shutting down)", api.ErrUnavailable, ErrNotRunning)
+
 // begin registers a Backend operation; it fails once shutdown began or
 // before Run is ready. Call end when done.
 func (a *Agent) begin() error {
@@ -511,7 +514,7 @@ func (a *Agent) begin() error {
 	a.opMu.Lock()
 	defer a.opMu.Unlock()
 	if a.closing {
-		return fmt.Errorf("%w: %w (shutting down)", api.ErrUnavailable, ErrNotRunning)
+		return errShuttingDown
 	}
 	a.ops.Add(1)
 	return nil
@@ -535,7 +538,7 @@ func (a *Agent) lockApp(ctx context.Context, app string) (func(), error) {
 	case <-ctx.Done():
 		return nil, fmt.Errorf("wait for the change in progress on app %q: %w", app, ctx.Err())
 	case <-a.opCtx.Done():
-		return nil, fmt.Errorf("%w: %w (shutting down)", api.ErrUnavailable, ErrNotRunning)
+		return nil, errShuttingDown
 	}
 }
 

@@ -357,7 +357,7 @@ func (a *Agent) FollowLogs(ctx context.Context, app, instance string, send func(
 		case <-ctx.Done():
 			return nil
 		case <-a.opCtx.Done():
-			return fmt.Errorf("%w: %w (shutting down)", api.ErrUnavailable, ErrNotRunning)
+			return errShuttingDown
 		case l, ok := <-lines:
 			if !ok {
 				return nil
@@ -428,7 +428,7 @@ func (a *Agent) FollowEvents(ctx context.Context, app string, since uint64, send
 		case <-ctx.Done():
 			return nil
 		case <-a.opCtx.Done():
-			return fmt.Errorf("%w: %w (shutting down)", api.ErrUnavailable, ErrNotRunning)
+			return errShuttingDown
 		case <-woken:
 		}
 	}
