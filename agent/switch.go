@@ -296,17 +296,13 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 	for slot, olds := range bySlot {
 		in := starting[slot]
 		if in == nil {
-			if slices.Contains(want, slot) {
-				// Kept: stop instances of other releases beside it.
-				for _, old := range olds {
-					if old.Release != rel.Version {
-						stopFirst = append(stopFirst, old.Name)
-					}
-				}
-				continue
-			}
+			// A kept slot stops only the instances of other releases
+			// beside it; a slot the formation no longer has stops all.
+			kept := slices.Contains(want, slot)
 			for _, old := range olds {
-				stopFirst = append(stopFirst, old.Name)
+				if !kept || old.Release != rel.Version {
+					stopFirst = append(stopFirst, old.Name)
+				}
 			}
 			continue
 		}
