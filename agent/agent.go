@@ -311,11 +311,11 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	a.startAll(ctx)
 
 	if !cfg.NoSocket {
-		ln, err := a.listen(cfg)
+		ln, gid, err := a.listen(cfg)
 		if err != nil {
 			return err
 		}
-		srv := api.NewServer(api.ServerConfig{Backend: a, GID: a.socketGID(cfg), Version: cfg.Version}, a.root.Named("api"))
+		srv := api.NewServer(api.ServerConfig{Backend: a, GID: gid, Version: cfg.Version}, a.root.Named("api"))
 		srvCtx, stopSrv := context.WithCancel(context.Background())
 		var srvWG sync.WaitGroup
 		srvWG.Go(func() {
@@ -441,36 +441,33 @@ func (a *Agent) statusLine() string {
 }
 
 // listen returns the socket systemd passed, or listens on the configured
-// path.
-func (a *Agent) listen(cfg Config) (net.Listener, error) {
+// path, and the socket group's gid for the server. An unknown socket
+// group is an error only for a socket the agent makes itself; with one
+// systemd passed, the agent's own group stands in.
+func (a *Agent) listen(cfg Config) (net.Listener, int, error) {
 	lns, err := systemd.Listeners()
 	if err != nil {
-		return nil, fmt.Errorf("socket activation: %w", err)
+		return nil, 0, fmt.Errorf("socket activation: %w", err)
 	}
+	gid, gerr := lookupGroup(cfg.SocketGroup)
 	if len(lns) > 0 {
 		for _, extra := range lns[1:] {
 			extra.Close()
 		}
 		a.log.Info("using the socket passed by systemd", "addr", lns[0].Addr().String())
-		return lns[0], nil
+		if gerr != nil {
+			gid = os.Getegid()
+		}
+		return lns[0], gid, nil
 	}
-	gid, err := lookupGroup(cfg.SocketGroup)
-	if err != nil {
-		return nil, err
+	if gerr != nil {
+		return nil, 0, gerr
 	}
 	ln, err := api.Listen(cfg.SocketPath, gid)
 	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", cfg.SocketPath, err)
+		return nil, 0, fmt.Errorf("listen on %s: %w", cfg.SocketPath, err)
 	}
-	return ln, nil
-}
-
-func (a *Agent) socketGID(cfg Config) int {
-	gid, err := lookupGroup(cfg.SocketGroup)
-	if err != nil {
-		return os.Getegid()
-	}
-	return gid
+	return ln, gid, nil
 }
 
 // shutdown refuses new operations, waits for those in flight, then stops
