@@ -580,6 +580,6 @@ func (n *notifier) notify() {
 	defer n.mu.Unlock()
 	if n.ch != nil {
 		close(n.ch)
+		n.ch = nil // the next wait makes a fresh one
 	}
-	n.ch = make(chan struct{})
 }
