@@ -224,23 +224,7 @@ func groupHolds(pgid int, inode uint64) bool {
 		return false
 	}
 	link := "socket:[" + strconv.FormatUint(inode, 10) + "]"
-	if pidHolds(pgid, link) {
-		return true
-	}
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return false
-	}
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == pgid {
-			continue
-		}
-		if st, err := readProcStat(pid); err == nil && st.PGID == pgid && pidHolds(pid, link) {
-			return true
-		}
-	}
-	return false
+	return pidHolds(pgid, link) || anyInGroup(pgid, func(pid int, _ procStat) bool { return pid != pgid && pidHolds(pid, link) })
 }
 
 // pidHolds reports whether one of pid's open files is link.

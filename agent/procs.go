@@ -313,6 +313,12 @@ func waitGroupGone(ctx context.Context, pgid int, timeout time.Duration) error {
 
 // groupAlive reports whether any live process is in the process group.
 func groupAlive(pgid int) bool {
+	return anyInGroup(pgid, func(_ int, st procStat) bool { return st.State != 'Z' && st.State != 'X' })
+}
+
+// anyInGroup reports whether match holds for a process of the process
+// group pgid, walking /proc.
+func anyInGroup(pgid int, match func(pid int, st procStat) bool) bool {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
 		return false
@@ -322,8 +328,7 @@ func groupAlive(pgid int) bool {
 		if err != nil {
 			continue
 		}
-		st, err := readProcStat(pid)
-		if err == nil && st.PGID == pgid && st.State != 'Z' && st.State != 'X' {
+		if st, err := readProcStat(pid); err == nil && st.PGID == pgid && match(pid, st) {
 			return true
 		}
 	}
