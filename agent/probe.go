@@ -164,10 +164,16 @@ func (pr *prober) changed(pid int, s health.Status) {
 	pr.a.healthChanged.notify()
 	pr.a.markChanged()
 	if s == health.Unhealthy && pr.live.Load() && !pr.held.Load() {
-		select {
-		case pr.unhealthy <- pid:
-		default:
-		}
+		pr.flagUnhealthy(pid)
+	}
+}
+
+// flagUnhealthy hands run the pid of a live process that turned
+// unhealthy, unless one is waiting for it already.
+func (pr *prober) flagUnhealthy(pid int) {
+	select {
+	case pr.unhealthy <- pid:
+	default:
 	}
 }
 
@@ -263,10 +269,7 @@ func (pr *prober) setLive() {
 		return
 	}
 	if s, _ := mon.Last(); s == health.Unhealthy {
-		select {
-		case pr.unhealthy <- pid:
-		default:
-		}
+		pr.flagUnhealthy(pid)
 	}
 }
 
