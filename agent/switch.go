@@ -973,6 +973,8 @@ func (a *Agent) restore(app string, prev state.Release, p *progress) error {
 // failing instance's last log lines and its last health check's output.
 func (a *Agent) failureOutput(in *instance) string {
 	var sb strings.Builder
+	// An exit is reported before its last lines are read: let them in.
+	a.sup.WaitOutput(in.Name, time.Second)
 	lines, err := a.sup.Tail(in.Name, 20)
 	if err != nil {
 		lines, _ = supervisor.ReadLogFile(in.LogPath, 20)

@@ -16,6 +16,7 @@ type proc struct {
 	pid    int
 	exited chan struct{} // closed by the reaper once exit is set
 	exit   Exit
+	output chan struct{} // closed once its output pipes reached end of file
 }
 
 // instance is one supervised instance across its restarts.
@@ -45,6 +46,7 @@ type instance struct {
 	halting     bool        // a Stop or Restart is in progress: exits are not restarted
 	announced   bool        // starting was published with the exit that caused it
 	gone        bool        // stopped and forgotten
+	lastExited  *proc       // the process that exited last, for WaitOutput
 	pipes       map[*os.File]struct{}
 	idle        chan struct{} // closed while no pipe reader runs
 }
@@ -148,6 +150,7 @@ func (in *instance) exited(p *proc, ws syscall.WaitStatus, at time.Time) {
 	p.exit = exit
 	close(p.exited)
 	in.lastExit = &exit
+	in.lastExited = p
 	if in.proc == p {
 		in.proc = nil
 	}
@@ -296,8 +299,9 @@ func (in *instance) drain(ctx context.Context) {
 	<-idle
 }
 
-// addReader starts a reader goroutine for the read end of an output pipe.
-func (in *instance) addReader(f *os.File, stream string) {
+// addReader starts a reader goroutine for the read end of an output
+// pipe; done is called once the pipe reached end of file.
+func (in *instance) addReader(f *os.File, stream string, done func()) {
 	in.mu.Lock()
 	if len(in.pipes) == 0 {
 		in.idle = make(chan struct{})
@@ -309,6 +313,7 @@ func (in *instance) addReader(f *os.File, stream string) {
 	go func() {
 		defer in.s.wg.Done()
 		pr.run()
+		done()
 		in.mu.Lock()
 		delete(in.pipes, f)
 		if len(in.pipes) == 0 {

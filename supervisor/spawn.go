@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -39,17 +40,27 @@ func (s *Supervisor) startInstance(in *instance) error {
 	}
 	var p *proc
 	err = s.fork(sp, path, argv, env, outW, errW, cgroup, func(pid int) exitFunc {
-		p = &proc{pid: pid, exited: make(chan struct{})}
+		p = &proc{pid: pid, exited: make(chan struct{}), output: make(chan struct{})}
 		in.started(p)
 		return func(ws syscall.WaitStatus, at time.Time) { in.exited(p, ws, at) }
 	})
 	if err != nil {
 		outR.Close()
 		errR.Close()
+		if p != nil {
+			close(p.output)
+		}
 		return err
 	}
-	in.addReader(outR, "stdout")
-	in.addReader(errR, "stderr")
+	var left atomic.Int32
+	left.Store(2)
+	done := func() {
+		if left.Add(-1) == 0 {
+			close(p.output)
+		}
+	}
+	in.addReader(outR, "stdout", done)
+	in.addReader(errR, "stderr", done)
 	return nil
 }
 

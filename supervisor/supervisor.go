@@ -351,6 +351,34 @@ func (s *Supervisor) Tail(name string, n int) ([]LogLine, error) {
 	return in.logs.tail(n), nil
 }
 
+// WaitOutput waits up to timeout until everything the instance's last
+// exited process wrote has been read and stored (its output pipes reached
+// end of file), and reports whether it was. An exit is reported as soon as
+// the reaper sees it, possibly before the last lines are read, and a
+// settled process is restarted at once: a caller that reads Tail right
+// after a crash (to say why a release failed) calls this first. With no
+// exited process it returns true at once.
+func (s *Supervisor) WaitOutput(name string, timeout time.Duration) (bool, error) {
+	in, err := s.lookup(name)
+	if err != nil {
+		return false, err
+	}
+	in.mu.Lock()
+	p := in.lastExited
+	in.mu.Unlock()
+	if p == nil {
+		return true, nil
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-p.output:
+		return true, nil
+	case <-t.C:
+		return false, nil
+	}
+}
+
 // mailbox is the bounded channel of one subscriber or follower. Offers
 // never block: when the channel is full the value is dropped and
 // counted, and the next value delivered carries the count.

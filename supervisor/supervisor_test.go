@@ -568,3 +568,37 @@ func TestSupervisor_ForeignZombieDoesNotBlockReaper(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Ensures WaitOutput lets a caller read an exited process's last line:
+// the exit is published as soon as it is reaped, while 2 MB of output may
+// still be in the pipe, and after WaitOutput returns true the tail ends
+// with the last line the process wrote.
+func TestSupervisor_WaitOutputAfterExit(t *testing.T) {
+	s := startSup(t, Config{})
+	events, cancel := s.Subscribe(64)
+	defer cancel()
+	spec := Spec{Name: "spew", Command: helperCmd("spew", "20000", "100"), Env: helperEnv(),
+		Backoff: Backoff{Initial: time.Minute, Max: time.Minute, Settle: time.Minute}}
+	if err := s.Start(spec); err != nil {
+		t.Fatal(err)
+	}
+	for ev := range events {
+		if ev.Name == spec.Name && ev.Exit != nil {
+			break
+		}
+	}
+	ok, err := s.WaitOutput(spec.Name, 10*time.Second)
+	if err != nil || !ok {
+		t.Fatalf("WaitOutput = %v, %v; want true", ok, err)
+	}
+	lines, err := s.Tail(spec.Name, 1)
+	if err != nil || len(lines) != 1 || !strings.HasPrefix(lines[0].Text, "19999 ") {
+		t.Fatalf("last line after WaitOutput = %+v, %v; want the 20000th line", lines, err)
+	}
+	if _, err := s.WaitOutput("nope", time.Millisecond); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("WaitOutput(nope) = %v, want ErrNotFound", err)
+	}
+	if _, err := s.Stop(context.Background(), spec.Name); err != nil {
+		t.Fatal(err)
+	}
+}
