@@ -3,6 +3,8 @@ package agent
 import (
 	"errors"
 	"fmt"
+
+	"github.com/berth-dev/berth/agent/api"
 )
 
 // Sentinel errors of the agent. Errors returned through api.Backend also
@@ -66,6 +68,10 @@ func (e *SwitchError) Error() string {
 // Unwrap returns ErrRolledBack and the cause.
 func (e *SwitchError) Unwrap() []error { return []error{ErrRolledBack, e.Err} }
 
+// APIKind is conflict: the request was valid and carried out, but the
+// release it made did not come up, so a client should not retry it as is.
+func (e *SwitchError) APIKind() string { return api.KindConflict }
+
 // ReleasePhaseError reports a failed release phase: the release's version,
 // how the command ended and the tail of its output.
 type ReleasePhaseError struct {
@@ -83,3 +89,7 @@ func (e *ReleasePhaseError) Error() string {
 
 // Unwrap returns ErrReleasePhase.
 func (e *ReleasePhaseError) Unwrap() error { return ErrReleasePhase }
+
+// APIKind is conflict, as for SwitchError: the release phase of a valid
+// request failed.
+func (e *ReleasePhaseError) APIKind() string { return api.KindConflict }
