@@ -59,16 +59,21 @@
 // while one stream's reader writes, the other's queues its batches (at
 // most 8 MiB; beyond that the app is slowed, never a line lost). Lines
 // are stored whole, each with a timestamp and its stream, in
-// LogConfig.Path, one per line. The lines of one read share one
-// timestamp (the time the read returned), formatted once per read:
+// LogConfig.Path. The lines of one read share one timestamp (the time
+// the read returned), written once per read in a header line that
+// starts with the ASCII record separator; the lines follow as the app
+// wrote them (see the format in logs.go):
 //
-//	2026-11-26T13:43:46.123456Z stdout text of the line
-//	2026-11-26T13:43:46.123456Z stderr+ first piece of a long line
+//	␞2026-11-26T13:43:46.123456Z stdout
+//	text of the line
+//	␞2026-11-26T13:43:46.123456Z stderr+
+//	first piece of a long line
 //
-// rotated by size to Path.1 ... Path.<MaxFiles-1> (ReadLogFile reads
-// them back); lines
-// longer than MaxLine are split into marked pieces, never dropped; a
-// trailing partial line is stored when the pipe closes. The last
+// Files are rotated by size to Path.1 ... Path.<MaxFiles-1> (ReadLogFile
+// reads them back; the blocks of the file rotated out are freed by
+// another goroutine); lines longer than MaxLine are split into marked
+// pieces, never dropped; a trailing partial line is stored when the pipe
+// closes. The last
 // LogConfig.Memory lines stay in memory for Tail. Followers (FollowLogs)
 // and event subscribers (Subscribe) get bounded channels: one that falls
 // behind loses lines or events, is told how many in the next one it gets

@@ -15,18 +15,36 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Stored line format, one per line in the log files:
+// Stored format of the log files. A header line, which starts with the
+// ASCII record separator (0x1E, shown here as ␞), gives the time and the
+// stream of the lines that follow it, up to the next header; the lines
+// themselves are stored as the app wrote them:
 //
-//	2026-11-26T13:43:46.123456Z stdout text of the line
-//	2026-11-26T13:43:46.123456Z stderr+ first piece of a long line
+//	␞2026-11-26T13:43:46.123456Z stdout
+//	text of a line
+//	another line from the same read
+//	␞2026-11-26T13:43:46.130001Z stderr+
+//	first piece of a long line
+//	␞2026-11-26T13:43:46.130001Z stderr
+//	its last piece
 //
-// The time is UTC with microseconds (fixed width), the stream is stdout
-// or stderr, and a "+" after it marks a piece that continues in the next
-// piece of the same stream.
+// The time is UTC with microseconds (fixed width): when the read that
+// got the lines returned, so the lines of one read share one header. A
+// "+" after the stream marks lines that are pieces of a longer line,
+// each continued in the next. A line the app started with the record
+// separator is stored with one more in front, so it never reads as a
+// header. Every file starts with a header and can be read on its own.
+//
+// The format keeps the file a plain text file (grep, less and tail -f
+// show the app's lines) and costs a header per read, not a prefix per
+// line: a file holds a third more of 100-byte lines than with a stamp on
+// each, and capture writes that much less.
 const (
+	recordSep    = 0x1e
 	timeLayout   = "2006-01-02T15:04:05.000000Z"
 	timeWidth    = len(timeLayout)
-	lineOverhead = int64(timeWidth + len(" stdout+ ") + 1)
+	headerMax    = len("\x1e") + timeWidth + len(" stdout+\n")
+	lineOverhead = int64(headerMax + 2) // a header, an escape and a newline
 	readBufSize  = 1 << 20
 	pipeSize     = 1 << 20
 	maxQueued    = 8 << 20  // bytes of output that may wait for the disk per instance
@@ -47,72 +65,168 @@ func newPools() *pools {
 	return p
 }
 
-// batch is one chunk of output formatted for the file: out holds the
-// stored lines, ends the end offset of each line in out. All lines of a
-// batch come from one read of one pipe and share one timestamp, taken
-// when the read returned: the prefix is formatted once per batch.
+// batch is one chunk of output in the stored format: the lines of one
+// read of one pipe, which share one timestamp, taken when the read
+// returned. out starts with a header; hdrs holds the offset of each
+// header line in out (a second one appears only around pieces of a long
+// line).
 type batch struct {
 	out  []byte
-	ends []int
-	// pre[:plain] is the prefix of a whole line, "TIME STREAM "; a piece
-	// of a split line gets pre[:plain-1] and "+ ".
-	pre   [timeWidth + len(" stdout+ ")]byte
-	plain int
-	now   time.Time
+	hdrs []int
+	// stamp is the header of whole lines, "␞TIME STREAM\n"; a header of
+	// pieces is stamp without its newline, then "+\n".
+	stamp [headerMax]byte
+	plain int  // len of the header in stamp
+	split int8 // the split flag of the last header in out; -1 for none
 }
 
 func (b *batch) reset(now time.Time, stream string) {
 	b.out = b.out[:0]
-	b.ends = b.ends[:0]
-	b.now = now
-	p := now.UTC().AppendFormat(b.pre[:0], timeLayout)
+	b.hdrs = b.hdrs[:0]
+	b.split = -1
+	p := append(b.stamp[:0], recordSep)
+	p = now.UTC().AppendFormat(p, timeLayout)
 	p = append(p, ' ')
 	p = append(p, stream...)
-	p = append(p, ' ')
+	p = append(p, '\n')
 	b.plain = len(p)
 }
 
-func (b *batch) add(text []byte, split bool) {
+// header starts lines with the given split flag, adding a header unless
+// the last one has that flag.
+func (b *batch) header(split bool) {
+	var f int8
 	if split {
-		b.out = append(b.out, b.pre[:b.plain-1]...)
-		b.out = append(b.out, '+', ' ')
+		f = 1
+	}
+	if b.split == f {
+		return
+	}
+	b.split = f
+	b.hdrs = append(b.hdrs, len(b.out))
+	if split {
+		b.out = append(b.out, b.stamp[:b.plain-1]...)
+		b.out = append(b.out, '+', '\n')
 	} else {
-		b.out = append(b.out, b.pre[:b.plain]...)
+		b.out = append(b.out, b.stamp[:b.plain]...)
+	}
+}
+
+// add stores one line (or piece) of text, escaping a leading separator.
+func (b *batch) add(text []byte, split bool) {
+	b.header(split)
+	if len(text) > 0 && text[0] == recordSep {
+		b.out = append(b.out, recordSep)
 	}
 	b.out = append(b.out, text...)
 	b.out = append(b.out, '\n')
-	b.ends = append(b.ends, len(b.out))
 }
 
-// line returns the i-th line of the batch.
-func (b *batch) line(name string, i int) LogLine {
-	start := 0
-	if i > 0 {
-		start = b.ends[i-1]
-	}
-	s := b.out[start+timeWidth+1 : b.ends[i]-1] // "stdout[+] text"
-	l := LogLine{Name: name, Time: b.now, Stream: "stdout"}
-	if s[3] == 'e' {
-		l.Stream = "stderr"
-	}
-	s = s[6:]
-	if s[0] == '+' {
-		l.Split = true
-		s = s[1:]
-	}
-	l.Text = string(s[1:])
-	return l
+// addLines stores whole lines, each with its newline, that need no
+// escape and no split (see plainLines): one copy for all of them.
+func (b *batch) addLines(lines []byte) {
+	b.header(false)
+	b.out = append(b.out, lines...)
 }
 
-// parseStored parses one stored line (without its newline).
-func parseStored(s []byte) (LogLine, bool) {
+// headerAt returns the header line in force at offset off of out, and
+// its offset.
+func (b *batch) headerAt(off int) (int, []byte) {
+	i := sort.SearchInts(b.hdrs, off+1) - 1 // the last header at or before off
+	h := b.hdrs[i]
+	return h, b.out[h : h+bytes.IndexByte(b.out[h:], '\n')+1]
+}
+
+// lineParser reads stored lines in order, keeping the header in force.
+type lineParser struct {
+	name   string
+	legacy bool // lines before the first header may be in the old format
+	have   bool // a header has been read
+	time   time.Time
+	stream string
+	split  bool
+}
+
+// parse reads stored lines (each ending in a newline but perhaps the
+// last) and calls fn with each line of output, in order.
+func (p *lineParser) parse(data []byte, fn func(LogLine)) {
+	for len(data) > 0 {
+		i := bytes.IndexByte(data, '\n')
+		if i < 0 {
+			i = len(data)
+		}
+		if l, ok := p.line(data[:i]); ok {
+			fn(l)
+		}
+		data = data[min(i+1, len(data)):]
+	}
+}
+
+// line parses one stored line without its newline: a header is taken in
+// (ok false), anything else is a line of output. Lines before the first
+// header have no time or stream, unless they are in the one-line format
+// of earlier versions (legacy) and the reader is at a file's start.
+func (p *lineParser) line(s []byte) (LogLine, bool) {
+	if len(s) > 0 && s[0] == recordSep {
+		if len(s) > 1 && s[1] == recordSep {
+			s = s[1:]
+		} else if p.header(s) {
+			return LogLine{}, false
+		}
+		// An unreadable header is kept as text.
+	}
+	if !p.have {
+		if p.legacy {
+			if l, ok := parseLegacy(s); ok {
+				l.Name = p.name
+				return l, true
+			}
+		}
+		return LogLine{Name: p.name, Text: string(s)}, true
+	}
+	return LogLine{Name: p.name, Time: p.time, Stream: p.stream, Split: p.split, Text: string(s)}, true
+}
+
+// header takes in a header line (without its newline) if it is one.
+func (p *lineParser) header(s []byte) bool {
+	if !isHeader(s) {
+		return false
+	}
+	t, err := time.Parse(timeLayout, string(s[1:1+timeWidth]))
+	if err != nil {
+		return false
+	}
+	p.have, p.time = true, t
+	p.stream, p.split = "stdout", s[len(s)-1] == '+'
+	if s[2+timeWidth+3] == 'e' {
+		p.stream = "stderr"
+	}
+	return true
+}
+
+// isHeader reports whether a stored line (without its newline) has the
+// shape of a header; header parses the time.
+func isHeader(s []byte) bool {
+	if len(s) < 1+timeWidth+7 || s[0] != recordSep || s[1] == recordSep || s[1+timeWidth] != ' ' {
+		return false
+	}
+	st := s[2+timeWidth:]
+	if st[len(st)-1] == '+' {
+		st = st[:len(st)-1]
+	}
+	return string(st) == "stdout" || string(st) == "stderr"
+}
+
+// parseLegacy parses one line in the format of earlier versions, with a
+// stamp on each line: "TIME STREAM[+] text".
+func parseLegacy(s []byte) (LogLine, bool) {
 	if len(s) < timeWidth+8 || s[timeWidth] != ' ' {
-		return LogLine{Text: string(s)}, false
+		return LogLine{}, false
 	}
 	rest := s[timeWidth+1:]
 	sp := bytes.IndexByte(rest, ' ')
 	if sp < 0 {
-		return LogLine{Text: string(s)}, false
+		return LogLine{}, false
 	}
 	stream, split := rest[:sp], false
 	if n := len(stream); n > 0 && stream[n-1] == '+' {
@@ -125,11 +239,11 @@ func parseStored(s []byte) (LogLine, bool) {
 	case "stderr":
 		l.Stream = "stderr"
 	default:
-		return LogLine{Text: string(s)}, false
+		return LogLine{}, false
 	}
 	t, err := time.Parse(timeLayout, string(s[:timeWidth]))
 	if err != nil {
-		return LogLine{Text: string(s)}, false
+		return LogLine{}, false
 	}
 	l.Time, l.Split, l.Text = t, split, string(rest[sp+1:])
 	return l, true
@@ -150,6 +264,13 @@ type logSink struct {
 	failed bool // the last open or write failed: logged once
 	// noPrealloc is set once the file system refused fallocate.
 	noPrealloc bool
+	// torn is set when the file may not end with a newline (a failed
+	// write, a crash): the next write starts with one, so its header
+	// starts a line.
+	torn bool
+	// reclaim tracks the goroutines giving back the blocks of rotated-out
+	// files (see discard); close waits for them.
+	reclaim sync.WaitGroup
 
 	mu      sync.Mutex // guards the fields below; taken by pipe readers per chunk
 	cond    *sync.Cond // on mu: signals queue progress and the writer's end
@@ -177,7 +298,7 @@ func newLogSink(s *Supervisor, name string, cfg LogConfig) *logSink {
 // more than maxQueued bytes are waiting for the disk. Either way a disk
 // slower than the app slows the app down instead of losing lines.
 func (ls *logSink) store(b *batch) {
-	if len(b.ends) == 0 {
+	if len(b.out) == 0 {
 		ls.s.pools.releaseBatch(b)
 		return
 	}
@@ -237,47 +358,73 @@ func (ls *logSink) drain() {
 
 func (p *pools) releaseBatch(b *batch) {
 	if cap(b.out) > 4*readBufSize {
-		b.out, b.ends = nil, nil // do not keep a huge buffer in the pool
+		b.out, b.hdrs = nil, nil // do not keep a huge buffer in the pool
 	}
 	p.batches.Put(b)
 }
 
 // writeFile appends the batch to the log file, rotating at line
-// boundaries so no file grows past MaxSize. Only the writer (see drain)
-// calls it.
+// boundaries so no file grows past MaxSize; a file started in the middle
+// of the batch gets the header in force there first. Only the writer
+// (see drain) calls it.
 func (ls *logSink) writeFile(b *batch) {
-	start := 0
-	for start < len(b.out) {
+	out := b.out
+	for start := 0; start < len(out); {
 		if ls.file == nil && !ls.open() {
 			return
 		}
-		room := ls.cfg.MaxSize - ls.size
-		end := len(b.out)
+		var hdr []byte
+		if at, h := b.headerAt(start); at != start {
+			hdr = h
+		}
+		if ls.torn {
+			hdr = append([]byte{'\n'}, hdr...)
+		}
+		room := ls.cfg.MaxSize - ls.size - int64(len(hdr))
+		end := len(out)
 		if int64(end-start) > room {
 			// The last line end that still fits.
-			i := sort.Search(len(b.ends), func(i int) bool { return int64(b.ends[i]-start) > room })
 			end = start
-			if i > 0 && b.ends[i-1] > start {
-				end = b.ends[i-1]
+			if room > 0 {
+				end += bytes.LastIndexByte(out[start:start+int(room)], '\n') + 1
+			}
+			if end == start && ls.size == 0 {
+				// Validate keeps a line within an empty file; never loop.
+				end += bytes.IndexByte(out[start:], '\n') + 1
 			}
 		}
 		if end > start {
-			if end-start >= preallocMin && !ls.noPrealloc {
-				ls.prealloc(end - start)
+			if n := len(hdr) + end - start; n >= preallocMin && !ls.noPrealloc {
+				ls.prealloc(n)
 			}
-			n, err := ls.file.Write(b.out[start:end])
-			ls.size += int64(n)
-			if err != nil {
-				ls.fail("write log file", err)
+			if len(hdr) > 0 && !ls.put(hdr) {
+				return
+			}
+			if !ls.put(out[start:end]) {
 				return
 			}
 			start = end
 		}
-		if start < len(b.out) {
+		if start < len(out) {
 			ls.rotate()
 		}
 	}
 	ls.failed = false
+}
+
+// put appends p to the file.
+func (ls *logSink) put(p []byte) bool {
+	n, err := ls.file.Write(p)
+	ls.size += int64(n)
+	if err != nil {
+		if n > 0 {
+			ls.torn = true
+		}
+		ls.fail("write log file", err)
+		return false
+	}
+	ls.torn = false
+	return true
 }
 
 // prealloc allocates the n bytes the next write appends, without
@@ -306,7 +453,7 @@ func (ls *logSink) open() bool {
 		ls.fail("create log directory", err)
 		return false
 	}
-	f, err := os.OpenFile(ls.cfg.Path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	f, err := os.OpenFile(ls.cfg.Path, os.O_RDWR|os.O_APPEND|os.O_CREATE, 0o640)
 	if err != nil {
 		ls.fail("open log file", err)
 		return false
@@ -317,7 +464,14 @@ func (ls *logSink) open() bool {
 		ls.fail("stat log file", err)
 		return false
 	}
-	ls.file, ls.size = f, fi.Size()
+	ls.file, ls.size, ls.torn = f, fi.Size(), false
+	if ls.size > 0 {
+		// A crash may have cut the last line (and a full disk a write).
+		var last [1]byte
+		if _, err := f.ReadAt(last[:], ls.size-1); err != nil || last[0] != '\n' {
+			ls.torn = true
+		}
+	}
 	return true
 }
 
@@ -330,7 +484,7 @@ func (ls *logSink) rotate() {
 	}
 	p := ls.cfg.Path
 	if ls.cfg.MaxFiles <= 1 {
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := ls.discard(p); err != nil {
 			ls.fail("rotate log file", err)
 		}
 		return
@@ -338,8 +492,7 @@ func (ls *logSink) rotate() {
 	// Remove the oldest first, so no rename replaces an existing file:
 	// ext4 flushes the data of a file renamed over another one
 	// (auto_da_alloc), which would stall the writer on each rotation.
-	oldest := fmt.Sprintf("%s.%d", p, ls.cfg.MaxFiles-1)
-	if err := os.Remove(oldest); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := ls.discard(fmt.Sprintf("%s.%d", p, ls.cfg.MaxFiles-1)); err != nil {
 		ls.fail("rotate log file", err)
 	}
 	for i := ls.cfg.MaxFiles - 1; i >= 2; i-- {
@@ -352,11 +505,37 @@ func (ls *logSink) rotate() {
 	}
 }
 
+// discard removes the file at path (absent is fine) and leaves freeing
+// its blocks and page cache to another goroutine: the kernel frees them
+// at the last close of an unlinked file, so the writer unlinks while it
+// holds the file open and a goroutine closes it. Freeing a 10 MiB file
+// costs as much CPU as writing a few MiB, which would otherwise stall the
+// writer, and with it the app, at every rotation. A crash in between
+// loses nothing: the kernel closes the descriptor and frees the file.
+func (ls *logSink) discard(path string) error {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	if errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	if err != nil {
+		// Not openable (a dangling link, no permission): unlink it here.
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		return nil
+	}
+	if err := unix.Unlink(path); err != nil && !errors.Is(err, unix.ENOENT) {
+		unix.Close(fd)
+		return &os.PathError{Op: "remove", Path: path, Err: err}
+	}
+	ls.reclaim.Go(func() { unix.Close(fd) })
+	return nil
+}
+
 // close closes the file; later batches are dropped. Called once no pipe
-// reader is left.
+// reader is left. It returns once rotated-out files are freed.
 func (ls *logSink) close() {
 	ls.mu.Lock()
-	defer ls.mu.Unlock()
 	for ls.writing {
 		ls.cond.Wait()
 	}
@@ -365,39 +544,60 @@ func (ls *logSink) close() {
 		ls.file.Close()
 		ls.file = nil
 	}
+	ls.mu.Unlock()
+	ls.reclaim.Wait()
 }
 
-// segment is a copy of the last lines of a batch.
+// segment is a copy of the last lines of a batch in the stored format,
+// starting with a header.
 type segment struct {
-	b batch // out, ends and now; pre unused
+	out   []byte
+	lines int // lines of output in out
 }
 
-// remember keeps the last lines of b (at most m) in the ring and drops
-// old segments no longer needed for m lines. Called with mu held.
+// remember keeps the last lines of b (at least m of them, or all) in the
+// ring and drops old segments no longer needed for m lines. Called with
+// mu held. It copies the smallest power-of-two tail (from 64 KiB) that
+// holds m lines, found with vector counts of newlines, rather than
+// walking back line by line: at most twice the bytes, few instructions.
 func (ls *logSink) remember(b *batch, m int) {
-	k := min(m, len(b.ends))
-	start := 0
-	if k < len(b.ends) {
-		start = b.ends[len(b.ends)-k-1]
+	start, k := 0, 0
+	for w := 64 << 10; ; w *= 2 {
+		if w >= len(b.out) {
+			k = bytes.Count(b.out, []byte{'\n'}) - len(b.hdrs)
+			break
+		}
+		// Enough whole lines of output even if all headers are in it.
+		if c := bytes.Count(b.out[len(b.out)-w:], []byte{'\n'}); c > m+len(b.hdrs) {
+			start = len(b.out) - w
+			start += bytes.IndexByte(b.out[start:], '\n') + 1 // the first whole line
+			k = c - 1
+			for _, h := range b.hdrs {
+				if h >= start {
+					k--
+				}
+			}
+			break
+		}
 	}
 	var seg segment
-	// Reuse the oldest segment's buffers when it is no longer needed.
-	if len(ls.ring) > 0 && ls.ringLines-len(ls.ring[0].b.ends)+k >= m {
+	// Reuse the oldest segment's buffer when it is no longer needed.
+	if len(ls.ring) > 0 && ls.ringLines-ls.ring[0].lines+k >= m {
 		seg = ls.ring[0]
-		ls.ringLines -= len(seg.b.ends)
+		ls.ringLines -= seg.lines
 		ls.ring[0] = segment{}
 		ls.ring = ls.ring[1:]
 	}
-	seg.b.out = append(seg.b.out[:0], b.out[start:]...)
-	seg.b.ends = seg.b.ends[:0]
-	for _, e := range b.ends[len(b.ends)-k:] {
-		seg.b.ends = append(seg.b.ends, e-start)
+	seg.out = seg.out[:0]
+	if at, h := b.headerAt(start); at != start {
+		seg.out = append(seg.out, h...)
 	}
-	seg.b.now = b.now
+	seg.out = append(seg.out, b.out[start:]...)
+	seg.lines = k
 	ls.ring = append(ls.ring, seg)
 	ls.ringLines += k
-	for len(ls.ring) > 1 && ls.ringLines-len(ls.ring[0].b.ends) >= m {
-		ls.ringLines -= len(ls.ring[0].b.ends)
+	for len(ls.ring) > 1 && ls.ringLines-ls.ring[0].lines >= m {
+		ls.ringLines -= ls.ring[0].lines
 		ls.ring[0] = segment{}
 		ls.ring = ls.ring[1:]
 	}
@@ -412,16 +612,18 @@ func (ls *logSink) tail(n int) []LogLine {
 	if n <= 0 || n > total {
 		n = total
 	}
-	out := make([]LogLine, n)
-	i := n
-	for si := len(ls.ring) - 1; si >= 0 && i > 0; si-- {
-		seg := &ls.ring[si].b
-		for li := len(seg.ends) - 1; li >= 0 && i > 0; li-- {
-			i--
-			out[i] = seg.line(ls.name, li)
-		}
+	// The newest segments that hold n lines, parsed in order.
+	si, have := len(ls.ring), 0
+	for si > 0 && have < n {
+		si--
+		have += ls.ring[si].lines
 	}
-	return out
+	out := make([]LogLine, 0, have)
+	for _, seg := range ls.ring[si:] {
+		p := lineParser{name: ls.name}
+		p.parse(seg.out, func(l LogLine) { out = append(out, l) })
+	}
+	return out[len(out)-n:]
 }
 
 // pipeReader turns the bytes of one pipe into stored lines.
@@ -488,11 +690,10 @@ func (p *pipeReader) flush(now time.Time) {
 func (p *pipeReader) consume(data []byte, now time.Time) {
 	b := p.ls.s.pools.batches.Get().(*batch)
 	b.reset(now, p.stream)
-	// Pooled batches get room for a full read of 100-byte lines, so they
-	// are rarely reallocated; shorter lines grow them by appending.
+	// Pooled batches get room for a full read and a few headers, so
+	// they are rarely reallocated.
 	if cap(b.out) == 0 {
-		b.out = make([]byte, 0, readBufSize*3/2)
-		b.ends = make([]int, 0, readBufSize/64)
+		b.out = make([]byte, 0, readBufSize+4<<10)
 	}
 	if len(p.partial) > 0 {
 		i := bytes.IndexByte(data, '\n')
@@ -506,10 +707,13 @@ func (p *pipeReader) consume(data []byte, now time.Time) {
 		p.partial = nil
 		data = data[i+1:]
 	}
-	for {
-		if data = p.formatLines(b, data); len(data) == 0 {
-			break
+	for len(data) > 0 {
+		if n := p.plainLines(data); n > 0 {
+			b.addLines(data[:n])
+			data = data[n:]
+			continue
 		}
+		// A line to split or escape, or an unfinished one.
 		i := bytes.IndexByte(data, '\n')
 		if i < 0 {
 			p.carry(b, data)
@@ -521,24 +725,34 @@ func (p *pipeReader) consume(data []byte, now time.Time) {
 	p.ls.store(b)
 }
 
-// formatLines adds the whole lines of up to maxLine bytes at the start
-// of data to b, the common case kept tight: the batch's prefix, then the
-// line with its newline. It returns the rest of data, which starts with
-// a longer line or an unfinished one (or is empty).
-func (p *pipeReader) formatLines(b *batch, data []byte) []byte {
-	pre, out, ends := b.pre[:b.plain], b.out, b.ends
-	for {
-		i := bytes.IndexByte(data, '\n')
-		if i < 0 || i > p.maxLine {
+// plainLines returns the length of the longest start of data made of
+// whole lines that are stored as they are: none longer than maxLine,
+// none starting with the record separator. This is the common case, and
+// it looks at few bytes per line: one vector scan for the separator, and
+// per maxLine bytes of output one backward scan for the last newline
+// (every maxLine+1 bytes from a line start hold a newline unless that
+// line is too long).
+func (p *pipeReader) plainLines(data []byte) int {
+	data = data[:bytes.LastIndexByte(data, '\n')+1]
+	for from := 0; ; {
+		i := bytes.IndexByte(data[from:], recordSep)
+		if i < 0 {
 			break
 		}
-		out = append(out, pre...)
-		out = append(out, data[:i+1]...)
-		ends = append(ends, len(out))
-		data = data[i+1:]
+		if i += from; i == 0 || data[i-1] == '\n' {
+			data = data[:i]
+			break
+		}
+		from = i + 1
 	}
-	b.out, b.ends = out, ends
-	return data
+	for start := 0; start < len(data); {
+		q := bytes.LastIndexByte(data[start:min(len(data), start+p.maxLine+1)], '\n')
+		if q < 0 {
+			return start // the line at start is too long
+		}
+		start += q + 1
+	}
+	return len(data)
 }
 
 // emit adds a whole line, split into marked pieces if it is too long.
@@ -604,9 +818,10 @@ func ReadLogFile(path string, n int) ([]LogLine, error) {
 	return out, nil
 }
 
-// readStored parses the last n lines of one file (all if n <= 0),
-// reading it backwards from the end so a short tail of a big file is
-// cheap.
+// readStored returns the last n lines of output stored in one file (all
+// if n <= 0). For a tail it reads the file backwards in growing blocks
+// until they hold n lines and the header before them, so the tail of a
+// big file is cheap.
 func readStored(path string, n int) ([]LogLine, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -618,50 +833,65 @@ func readStored(path string, n int) ([]LogLine, error) {
 		return nil, fmt.Errorf("read log %s: %w", path, err)
 	}
 	off := fi.Size()
-	const block = 64 << 10
-	// Read blocks backwards, newest first, counting the newlines of each
-	// block once, and join them once at the end.
-	var chunks [][]byte
-	size, newlines := 0, 0
-	for off > 0 && (n <= 0 || newlines <= n) {
-		k := min(off, block)
-		if n <= 0 {
-			k = off
+	var data []byte
+	for block := int64(64 << 10); ; block *= 2 {
+		k := off
+		if n > 0 {
+			k = min(off, block)
 		}
 		off -= k
-		chunk := make([]byte, k)
-		if _, err := f.ReadAt(chunk, off); err != nil && !errors.Is(err, io.EOF) {
+		buf := make([]byte, int(k)+len(data))
+		if _, err := f.ReadAt(buf[:k], off); err != nil && !errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("read log %s: %w", path, err)
 		}
-		chunks = append(chunks, chunk)
-		size += len(chunk)
-		newlines += bytes.Count(chunk, []byte{'\n'})
-	}
-	var data []byte
-	if len(chunks) == 1 {
-		data = chunks[0]
-	} else if len(chunks) > 1 {
-		data = make([]byte, 0, size)
-		for i := len(chunks) - 1; i >= 0; i-- {
-			data = append(data, chunks[i]...)
+		copy(buf[k:], data)
+		data = buf
+		region := data
+		if off > 0 { // the first line may be cut: drop it
+			i := bytes.IndexByte(region, '\n')
+			if i < 0 {
+				continue
+			}
+			region = region[i+1:]
 		}
-	}
-	if off > 0 { // the first line is cut: drop it
-		if i := bytes.IndexByte(data, '\n'); i >= 0 {
-			data = data[i+1:]
+		var lines []LogLine
+		keep := func(l LogLine) { lines = append(lines, l) }
+		p := lineParser{legacy: off == 0}
+		if n > 0 {
+			if hdr, from, ok := tailStart(region, n); ok {
+				p.parse(region[hdr:hdr+bytes.IndexByte(region[hdr:], '\n')+1], keep)
+				region = region[from:]
+			} else if off > 0 {
+				continue
+			}
 		}
+		p.parse(region, keep)
+		if n > 0 && len(lines) > n {
+			lines = lines[len(lines)-n:]
+		}
+		return lines, nil
 	}
-	data = bytes.TrimSuffix(data, []byte{'\n'})
-	if len(data) == 0 {
-		return nil, nil
+}
+
+// tailStart finds, in whole stored lines, where the last n lines of
+// output start (from) and the header in force there (hdr). ok is false
+// if they are not all there or no header comes before them.
+func tailStart(region []byte, n int) (hdr, from int, ok bool) {
+	r := bytes.TrimSuffix(region, []byte{'\n'})
+	count := 0
+	for e := len(r); ; {
+		s := bytes.LastIndexByte(r[:e], '\n') + 1
+		if isHeader(r[s:e]) {
+			if count >= n {
+				return s, from, true
+			}
+		} else if count < n {
+			count++
+			from = s
+		}
+		if s == 0 {
+			return 0, 0, false
+		}
+		e = s - 1
 	}
-	raw := bytes.Split(data, []byte{'\n'})
-	if n > 0 && len(raw) > n {
-		raw = raw[len(raw)-n:]
-	}
-	lines := make([]LogLine, len(raw))
-	for i, r := range raw {
-		lines[i], _ = parseStored(r)
-	}
-	return lines, nil
 }

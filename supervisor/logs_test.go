@@ -42,6 +42,12 @@ func TestLogs_Rotation(t *testing.T) {
 			t.Errorf("%s: size %d, want in (0, 4096] and rotated files full", p, fi.Size())
 		}
 	}
+	for _, p := range []string{path, path + ".1", path + ".2"} {
+		// Each file starts with a header, so it reads on its own.
+		if b, _ := os.ReadFile(p); len(b) == 0 || b[0] != recordSep {
+			t.Errorf("%s does not start with a header: %.40q", p, b)
+		}
+	}
 	if _, err := os.Stat(path + ".3"); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("%s.3 exists: only 3 files may be kept", path)
 	}
@@ -51,7 +57,7 @@ func TestLogs_Rotation(t *testing.T) {
 	}
 	// 2 full files of whole lines and the live one; the newest lines
 	// are all there, in order.
-	perFile := 4096 / (size + int(lineOverhead) - 1)
+	perFile := (4096 - headerMax) / size
 	if len(lines) < 2*perFile+1 || len(lines) > 3*perFile {
 		t.Fatalf("read %d lines", len(lines))
 	}
@@ -133,8 +139,8 @@ func TestLogs_SlowFollowerDoesNotBlock(t *testing.T) {
 	}
 	// The app writes all its lines and the file gets them while nobody reads.
 	eventually(t, "all lines in the file", func() bool {
-		b, _ := os.ReadFile(path)
-		return strings.Count(string(b), "\n") == n
+		l, _ := ReadLogFile(path, 0)
+		return len(l) == n
 	})
 	eventually(t, "all lines offered to the follower", func() bool { return s.DroppedLines() == n-1 })
 	first := <-lines
@@ -175,27 +181,103 @@ func TestLogs_Sink(t *testing.T) {
 	}
 }
 
-// Ensures stored lines parse back, and foreign lines are kept whole.
+// Ensures stored lines parse back: headers give the time and stream of
+// the lines after them, an escaped separator is the app's, lines before
+// any header or under a broken one are kept whole as text, and files of
+// earlier versions (a stamp on each line) still read.
 func TestLogs_ParseStored(t *testing.T) {
+	const ts = "2026-11-26T13:43:46.123456Z"
+	stored := "\x1e" + ts + " stdout\nhello world\n\n" +
+		"\x1e\x1eapp line starting with the separator\n" +
+		"\x1e" + ts + " stderr+\npiece\n" +
+		"\x1e" + ts + " stderr\nlast\n" +
+		"\x1e2026-13-26T13:43:46.123456Z stdout\n" + // not a time: text, under the last header
+		"\x1enot a header\n" +
+		"torn"
+	want := []LogLine{
+		{Stream: "stdout", Text: "hello world"},
+		{Stream: "stdout", Text: ""},
+		{Stream: "stdout", Text: "\x1eapp line starting with the separator"},
+		{Stream: "stderr", Split: true, Text: "piece"},
+		{Stream: "stderr", Text: "last"},
+		{Stream: "stderr", Text: "\x1e2026-13-26T13:43:46.123456Z stdout"},
+		{Stream: "stderr", Text: "\x1enot a header"},
+		{Stream: "stderr", Text: "torn"},
+	}
+	at, _ := time.Parse(timeLayout, ts)
+	var got []LogLine
+	p := lineParser{name: "x"}
+	p.parse([]byte(stored), func(l LogLine) { got = append(got, l) })
+	if len(got) != len(want) {
+		t.Fatalf("%d lines, want %d: %+v", len(got), len(want), got)
+	}
+	for i, w := range want {
+		w.Name, w.Time = "x", at
+		if got[i] != w {
+			t.Errorf("line %d = %+v, want %+v", i, got[i], w)
+		}
+	}
+
+	// Before any header: text, or the one-line format of earlier versions
+	// when reading from a file's start.
 	cases := []struct {
 		in     string
-		ok     bool
+		legacy bool
 		stream string
 		split  bool
 		text   string
 	}{
-		{"2026-11-26T13:43:46.123456Z stdout hello world", true, "stdout", false, "hello world"},
-		{"2026-11-26T13:43:46.123456Z stderr+ piece", true, "stderr", true, "piece"},
-		{"2026-11-26T13:43:46.123456Z stdout ", true, "stdout", false, ""},
-		{"2026-11-26T13:43:46.123456Z other text", false, "", false, "2026-11-26T13:43:46.123456Z other text"},
-		{"not a stored line", false, "", false, "not a stored line"},
-		{"2026-13-26T13:43:46.123456Z stdout bad month", false, "", false, "2026-13-26T13:43:46.123456Z stdout bad month"},
+		{ts + " stdout hello world", true, "stdout", false, "hello world"},
+		{ts + " stderr+ piece", true, "stderr", true, "piece"},
+		{ts + " stdout ", true, "stdout", false, ""},
+		{ts + " stdout hello", false, "", false, ts + " stdout hello"},
+		{ts + " other text", true, "", false, ts + " other text"},
+		{"not a stored line", true, "", false, "not a stored line"},
+		{"2026-13-26T13:43:46.123456Z stdout bad month", true, "", false, "2026-13-26T13:43:46.123456Z stdout bad month"},
 	}
 	for _, c := range cases {
-		l, ok := parseStored([]byte(c.in))
-		if ok != c.ok || l.Stream != c.stream || l.Split != c.split || l.Text != c.text {
-			t.Errorf("parseStored(%q) = %+v, %v", c.in, l, ok)
+		p := lineParser{legacy: c.legacy}
+		l, ok := p.line([]byte(c.in))
+		if !ok || l.Stream != c.stream || l.Split != c.split || l.Text != c.text {
+			t.Errorf("line(%q), legacy %v = %+v, %v", c.in, c.legacy, l, ok)
 		}
+	}
+}
+
+// Ensures output appended to a file whose last line was cut (a crash, a
+// full disk) starts on a line of its own: the cut line and the new ones
+// read back whole, each under its own header.
+func TestLogs_AppendAfterTornLine(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "torn.log")
+	old := "\x1e2026-11-26T13:43:46.123456Z stderr\nold line\ncut in the mid"
+	if err := os.WriteFile(path, []byte(old), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	s := startSup(t, Config{})
+	spec := Spec{Name: "torn", Env: []string{"PATH=/usr/bin:/bin"}, Backoff: noRestart, Log: LogConfig{Path: path},
+		Command: `echo new line; exec sleep 1000`}
+	if err := s.Start(spec); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the new line in memory", func() bool { return len(tailTexts(s, "torn")) == 1 })
+	if _, err := s.Stop(context.Background(), spec.Name); err != nil {
+		t.Fatal(err)
+	}
+	lines, err := ReadLogFile(path, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []struct{ text, stream string }{{"old line", "stderr"}, {"cut in the mid", "stderr"}, {"new line", "stdout"}}
+	if len(lines) != len(want) {
+		t.Fatalf("read %+v", lines)
+	}
+	for i, w := range want {
+		if lines[i].Text != w.text || lines[i].Stream != w.stream {
+			t.Errorf("line %d = %+v, want %q on %s", i, lines[i], w.text, w.stream)
+		}
+	}
+	if last, err := ReadLogFile(path, 1); err != nil || len(last) != 1 || last[0].Text != "new line" || last[0].Stream != "stdout" {
+		t.Errorf("last line %+v, %v", last, err)
 	}
 }
 
@@ -248,29 +330,42 @@ func TestLogs_UnwritablePath(t *testing.T) {
 }
 
 // Ensures reading the tail of a big file backwards in blocks cuts at line
-// boundaries: the lines returned are exactly the last ones.
+// boundaries and finds the header in force: the lines returned are
+// exactly the last ones, with their stream, however far back their
+// header is; and a file of the earlier one-line format still reads.
 func TestLogs_ReadLogFileTailOfBigFile(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "big.log")
-	var sb strings.Builder
-	for i := 0; i < 10000; i++ {
-		fmt.Fprintf(&sb, "2026-11-26T13:43:46.123456Z stderr line %d %s\n", i, strings.Repeat("y", i%97))
+	const total = 10000
+	text := func(i int) string { return fmt.Sprintf("line %d %s", i, strings.Repeat("y", i%97)) }
+	stream := func(i int) string { return []string{"stdout", "stderr"}[i/3000%2] }
+	// Headers every 3000 lines (about 200 KiB), so a short tail must read
+	// back past several blocks to find its header.
+	var cur, legacy strings.Builder
+	for i := 0; i < total; i++ {
+		if i%3000 == 0 {
+			fmt.Fprintf(&cur, "\x1e2026-11-26T13:43:46.123456Z %s\n", stream(i))
+		}
+		fmt.Fprintf(&cur, "%s\n", text(i))
+		fmt.Fprintf(&legacy, "2026-11-26T13:43:46.123456Z %s %s\n", stream(i), text(i))
 	}
-	if err := os.WriteFile(path, []byte(sb.String()), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range []int{1, 3, 700, 2000, 10000, 20000} {
-		lines, err := ReadLogFile(path, n)
-		if err != nil {
+	for name, content := range map[string]string{"current": cur.String(), "legacy": legacy.String()} {
+		path := filepath.Join(t.TempDir(), "big.log")
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		want := min(n, 10000)
-		if len(lines) != want {
-			t.Fatalf("n=%d: %d lines", n, len(lines))
-		}
-		for i, l := range lines {
-			k := 10000 - want + i
-			if l.Text != fmt.Sprintf("line %d %s", k, strings.Repeat("y", k%97)) || l.Stream != "stderr" {
-				t.Fatalf("n=%d: line %d = %q", n, i, l.Text)
+		for _, n := range []int{1, 3, 700, 2000, 3001, total, 2 * total} {
+			lines, err := ReadLogFile(path, n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := min(n, total)
+			if len(lines) != want {
+				t.Fatalf("%s, n=%d: %d lines", name, n, len(lines))
+			}
+			for i, l := range lines {
+				k := total - want + i
+				if l.Text != text(k) || l.Stream != stream(k) || l.Time.IsZero() {
+					t.Fatalf("%s, n=%d: line %d = %+v, want %q on %s", name, n, i, l, text(k), stream(k))
+				}
 			}
 		}
 	}
@@ -293,6 +388,9 @@ func TestLogs_SplitsLinesAcrossReads(t *testing.T) {
 			line := make([]byte, n)
 			for j := range line {
 				line[j] = 'a' + byte(rng.IntN(26))
+				if rng.IntN(20) == 0 {
+					line[j] = recordSep // stored escaped where it starts a line
+				}
 			}
 			last := i == nlines-1 && rng.IntN(2) == 0 // unfinished: no newline
 			input = append(input, line...)
@@ -308,7 +406,8 @@ func TestLogs_SplitsLinesAcrossReads(t *testing.T) {
 			want = append(want, LogLine{Text: string(line)})
 		}
 		s := New(Config{}, nil)
-		ls := newLogSink(s, "app/web.1", LogConfig{Memory: 1 << 20})
+		path := filepath.Join(t.TempDir(), "split.log")
+		ls := newLogSink(s, "app/web.1", LogConfig{Memory: 1 << 20, Path: path, MaxSize: 1 << 30, MaxFiles: 2})
 		p := &pipeReader{stream: "stderr", ls: ls, maxLine: maxLine}
 		for data := input; len(data) > 0; {
 			k := min(len(data), 1+rng.IntN(3*maxLine))
@@ -316,13 +415,19 @@ func TestLogs_SplitsLinesAcrossReads(t *testing.T) {
 			data = data[k:]
 		}
 		p.flush(time.Now())
-		got := ls.tail(0)
-		if len(got) != len(want) {
-			t.Fatalf("round %d: %d lines stored, want %d", round, len(got), len(want))
+		ls.close()
+		file, err := ReadLogFile(path, 0)
+		if err != nil && len(want) > 0 {
+			t.Fatal(err)
 		}
-		for i := range want {
-			if g := got[i]; g.Text != want[i].Text || g.Split != want[i].Split || g.Stream != "stderr" || g.Name != "app/web.1" {
-				t.Fatalf("round %d: line %d = %+v, want text %q split %v", round, i, g, want[i].Text, want[i].Split)
+		for what, got := range map[string][]LogLine{"memory": ls.tail(0), "file": file} {
+			if len(got) != len(want) {
+				t.Fatalf("round %d, %s: %d lines stored, want %d", round, what, len(got), len(want))
+			}
+			for i := range want {
+				if g := got[i]; g.Text != want[i].Text || g.Split != want[i].Split || g.Stream != "stderr" || g.Time.IsZero() {
+					t.Fatalf("round %d, %s: line %d = %+v, want text %q split %v", round, what, i, g, want[i].Text, want[i].Split)
+				}
 			}
 		}
 	}
@@ -334,7 +439,7 @@ func TestLogs_SplitsLinesAcrossReads(t *testing.T) {
 func TestLogs_BigWritesAllocateNoSpareBlocks(t *testing.T) {
 	s := startSup(t, Config{})
 	path := filepath.Join(t.TempDir(), "big.log")
-	const n, size = 60_000, 100 // about 8 MB stored, in reads far above preallocMin
+	const n, size = 80_000, 100 // about 8 MB stored, in reads far above preallocMin
 	spec := Spec{Name: "spew", Command: helperCmd("spew", fmt.Sprint(n), fmt.Sprint(size)), Env: helperEnv(),
 		Backoff: noRestart, Log: LogConfig{Path: path, MaxSize: 2 << 20, MaxFiles: 3}}
 	events, cancel := s.Subscribe(100)

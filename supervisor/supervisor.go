@@ -501,13 +501,13 @@ func (s *Supervisor) deliverLines(ls *logSink, b *batch) {
 	if len(fs) == 0 && sink == nil {
 		return
 	}
-	for i := range b.ends {
-		l := b.line(ls.name, i)
+	p := lineParser{name: ls.name}
+	p.parse(b.out, func(l LogLine) {
 		if sink != nil {
 			sink(l, ls.cfg.Fields)
 		}
 		for _, f := range fs {
 			f.offer(l, lineWithMissed, &s.dropped)
 		}
-	}
+	})
 }
