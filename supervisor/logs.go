@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/bits"
 	"os"
 	"path/filepath"
 	"sort"
@@ -46,6 +47,7 @@ const (
 	headerMax    = len("\x1e") + timeWidth + len(" stdout+\n")
 	lineOverhead = int64(headerMax + 2) // a header, an escape and a newline
 	readBufSize  = 1 << 20
+	headroom     = 4 << 10 // before the read data in a read buffer (see consumeBuf)
 	pipeSize     = 1 << 20
 	maxQueued    = 8 << 20  // bytes of output that may wait for the disk per instance
 	preallocMin  = 64 << 10 // writes at least this big allocate their blocks first
@@ -54,13 +56,13 @@ const (
 // pools holds the buffers of pipe readers, shared by all instances of a
 // Supervisor: an idle pipe holds none.
 type pools struct {
-	bufs    sync.Pool // *[]byte of readBufSize: read buffers
+	bufs    sync.Pool // *[]byte of headroom+readBufSize: read buffers
 	batches sync.Pool // *batch: formatted output of one read
 }
 
 func newPools() *pools {
 	p := &pools{}
-	p.bufs.New = func() any { b := make([]byte, readBufSize); return &b }
+	p.bufs.New = func() any { b := make([]byte, headroom+readBufSize); return &b }
 	p.batches.New = func() any { return &batch{} }
 	return p
 }
@@ -73,6 +75,10 @@ func newPools() *pools {
 type batch struct {
 	out  []byte
 	hdrs []int
+	// own is the batch's buffer; out is own[:n], or a view of read, a
+	// read buffer the batch has taken over (see consumeBuf).
+	own  []byte
+	read *[]byte
 	// stamp is the header of whole lines, "␞TIME STREAM\n"; a header of
 	// pieces is stamp without its newline, then "+\n".
 	stamp [headerMax]byte
@@ -81,7 +87,7 @@ type batch struct {
 }
 
 func (b *batch) reset(now time.Time, stream string) {
-	b.out = b.out[:0]
+	b.out = b.own[:0]
 	b.hdrs = b.hdrs[:0]
 	b.split = -1
 	p := append(b.stamp[:0], recordSep)
@@ -282,6 +288,7 @@ type logSink struct {
 	// segments are dropped from the front once the rest hold Memory lines.
 	ring      []segment
 	ringLines int
+	spare     []byte // the buffer of the last segment dropped, for the next one
 	closed    bool
 }
 
@@ -357,9 +364,16 @@ func (ls *logSink) drain() {
 }
 
 func (p *pools) releaseBatch(b *batch) {
-	if cap(b.out) > 4*readBufSize {
-		b.out, b.hdrs = nil, nil // do not keep a huge buffer in the pool
+	if b.read != nil {
+		p.bufs.Put(b.read)
+		b.read = nil
+	} else {
+		b.own = b.out[:0] // keep what appends grew
 	}
+	if cap(b.own) > 4*readBufSize {
+		b.own, b.hdrs = nil, nil // do not keep a huge buffer in the pool
+	}
+	b.out = nil
 	p.batches.Put(b)
 }
 
@@ -588,16 +602,29 @@ func (ls *logSink) remember(b *batch, m int) {
 		ls.ring[0] = segment{}
 		ls.ring = ls.ring[1:]
 	}
-	seg.out = seg.out[:0]
-	if at, h := b.headerAt(start); at != start {
-		seg.out = append(seg.out, h...)
+	var h []byte
+	if at, hdr := b.headerAt(start); at != start {
+		h = hdr
 	}
+	if need := len(h) + len(b.out) - start; cap(seg.out) < need {
+		if cap(ls.spare) >= need {
+			seg.out, ls.spare = ls.spare, nil
+		} else {
+			// Sizes vary with every read: grow to a power of two, so
+			// a reused buffer rarely needs growing again.
+			seg.out = make([]byte, 0, 1<<bits.Len(uint(need)))
+		}
+	}
+	seg.out = append(seg.out[:0], h...)
 	seg.out = append(seg.out, b.out[start:]...)
 	seg.lines = k
 	ls.ring = append(ls.ring, seg)
 	ls.ringLines += k
 	for len(ls.ring) > 1 && ls.ringLines-ls.ring[0].lines >= m {
 		ls.ringLines -= ls.ring[0].lines
+		if cap(ls.ring[0].out) > cap(ls.spare) {
+			ls.spare = ls.ring[0].out
+		}
 		ls.ring[0] = segment{}
 		ls.ring = ls.ring[1:]
 	}
@@ -651,7 +678,7 @@ func (p *pipeReader) run() {
 			if buf == nil {
 				buf = p.ls.s.pools.bufs.Get().(*[]byte)
 			}
-			n, rerr = syscall.Read(int(fd), *buf)
+			n, rerr = syscall.Read(int(fd), (*buf)[headroom:])
 			if rerr == syscall.EAGAIN {
 				// Idle: wait in the runtime poller, holding no buffer.
 				p.ls.s.pools.bufs.Put(buf)
@@ -666,7 +693,9 @@ func (p *pipeReader) run() {
 		if err != nil || rerr != nil || n <= 0 {
 			break
 		}
-		p.consume((*buf)[:n], time.Now())
+		if p.consumeBuf(buf, n, time.Now()) {
+			buf = nil // a batch has it now
+		}
 	}
 	if buf != nil {
 		p.ls.s.pools.bufs.Put(buf)
@@ -686,6 +715,45 @@ func (p *pipeReader) flush(now time.Time) {
 	}
 }
 
+// consumeBuf stores the n bytes read into (*buf)[headroom:], like
+// consume. In the common case, whole lines that need no escape or split
+// (and perhaps the end of a line begun in the last read), it copies
+// nothing: it puts the header and the line's beginning in the headroom
+// before the data, and the batch takes the buffer over (it reports
+// true; the caller gets another).
+func (p *pipeReader) consumeBuf(buf *[]byte, n int, now time.Time) bool {
+	data := (*buf)[headroom : headroom+n]
+	first := 0 // length of the line that ends one begun in the last read
+	if len(p.partial) > 0 {
+		first = bytes.IndexByte(data, '\n') + 1
+		if first == 0 || len(p.partial)+first-1 > p.maxLine || p.partial[0] == recordSep ||
+			len(p.partial)+headerMax > headroom {
+			p.consume(data, now)
+			return false
+		}
+	}
+	end := first + p.plainLines(data[first:])
+	if end == 0 || bytes.LastIndexByte(data, '\n')+1 != end || len(data)-end > p.maxLine {
+		p.consume(data, now) // a line to split or escape
+		return false
+	}
+	b := p.ls.s.pools.batches.Get().(*batch)
+	b.reset(now, p.stream)
+	start := headroom - len(p.partial)
+	copy((*buf)[start:], p.partial)
+	start -= b.plain
+	copy((*buf)[start:], b.stamp[:b.plain])
+	b.out, b.read = (*buf)[start:headroom+end], buf
+	b.hdrs = append(b.hdrs, 0)
+	b.split = 0
+	p.partial = nil
+	if end < len(data) {
+		p.carry(nil, data[end:]) // shorter than maxLine: nothing to store
+	}
+	p.ls.store(b)
+	return true
+}
+
 // consume splits a chunk into lines and stores them as one batch.
 func (p *pipeReader) consume(data []byte, now time.Time) {
 	b := p.ls.s.pools.batches.Get().(*batch)
@@ -693,7 +761,8 @@ func (p *pipeReader) consume(data []byte, now time.Time) {
 	// Pooled batches get room for a full read and a few headers, so
 	// they are rarely reallocated.
 	if cap(b.out) == 0 {
-		b.out = make([]byte, 0, readBufSize+4<<10)
+		b.own = make([]byte, 0, readBufSize+4<<10)
+		b.out = b.own
 	}
 	if len(p.partial) > 0 {
 		i := bytes.IndexByte(data, '\n')

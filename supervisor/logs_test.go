@@ -411,7 +411,15 @@ func TestLogs_SplitsLinesAcrossReads(t *testing.T) {
 		p := &pipeReader{stream: "stderr", ls: ls, maxLine: maxLine}
 		for data := input; len(data) > 0; {
 			k := min(len(data), 1+rng.IntN(3*maxLine))
-			p.consume(data[:k], time.Now())
+			if rng.IntN(2) == 0 {
+				p.consume(data[:k], time.Now())
+			} else { // as a pipe reader: the batch may take the buffer
+				buf := s.pools.bufs.Get().(*[]byte)
+				copy((*buf)[headroom:], data[:k])
+				if !p.consumeBuf(buf, k, time.Now()) {
+					s.pools.bufs.Put(buf)
+				}
+			}
 			data = data[k:]
 		}
 		p.flush(time.Now())
