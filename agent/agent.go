@@ -204,6 +204,7 @@ func (a *Agent) Reload(cfg Config) error {
 		"base_port":    cfg.BasePort != old.BasePort,
 		"lock_timeout": cfg.LockTimeout != old.LockTimeout,
 		"journal":      cfg.Journal != old.Journal,
+		"inbox_quiet":  cfg.InboxQuiet != old.InboxQuiet,
 	}
 	for name, changed := range fixed {
 		if changed {

@@ -5,9 +5,12 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
 
 	"github.com/berth-dev/berth/agent/api"
 )
@@ -118,6 +121,33 @@ func TestAgent_SetAppUser(t *testing.T) {
 	fi, err := os.Stat(filepath.Join(ta.cfg.DataDir, "apps", "hello", "tmp"))
 	if err != nil || fi.Mode().Perm() != 0o700 {
 		t.Fatalf("TMPDIR = %v, %v", fi, err)
+	}
+}
+
+// TestAgent_ReloadWarnsOfFixedSettings ensures a reload that changes a
+// setting read only at start keeps the old value and says so.
+func TestAgent_ReloadWarnsOfFixedSettings(t *testing.T) {
+	cfg := testConfig(dataDir(t))
+	var buf strings.Builder
+	a, err := New(cfg, hclog.New(&hclog.LoggerOptions{Output: &buf, Level: hclog.Info}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := cfg
+	next.InboxQuiet = cfg.withDefaults().InboxQuiet + time.Second
+	next.SocketPath = cfg.SocketPath + ".other"
+	next.Retention = 3
+	if err := a.Reload(next); err != nil {
+		t.Fatal(err)
+	}
+	got := a.config()
+	if got.InboxQuiet != cfg.withDefaults().InboxQuiet || got.SocketPath != cfg.withDefaults().SocketPath || got.Retention != 3 {
+		t.Errorf("after reload: inbox quiet %v, socket %s, retention %d", got.InboxQuiet, got.SocketPath, got.Retention)
+	}
+	for _, name := range []string{"inbox_quiet", "socket"} {
+		if !strings.Contains(buf.String(), "setting changes only when the agent restarts: setting="+name) {
+			t.Errorf("no warning for %s in:\n%s", name, buf.String())
+		}
 	}
 }
 

@@ -281,6 +281,9 @@ func (m *Main) reload(a *agent.Agent) {
 	n, err := m.parse(m.args)
 	if err == nil {
 		m.log.SetLevel(hclog.LevelFromString(n.LogLevel))
+		if n.LogFormat != m.LogFormat {
+			m.log.Warn("setting changes only when the agent restarts", "setting", "log_format")
+		}
 		err = a.Reload(n.Config)
 	}
 	if err != nil {
