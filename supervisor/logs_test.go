@@ -4,13 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
 )
 
 // noRestart keeps an exited process down, so its output can be checked.
@@ -484,4 +488,111 @@ func TestLogs_BigWritesAllocateNoSpareBlocks(t *testing.T) {
 			t.Fatalf("line %d = %.20q (%d bytes), want prefix %q", i, l.Text, len(l.Text), want)
 		}
 	}
+}
+
+// Ensures a full disk under the log files (a real 64 KiB tmpfs, so the
+// ENOSPC comes from the kernel) loses file output only: the app is not
+// held up and exits, every line stays in memory, the file reads back as
+// whole lines, the loss is logged once, and once space is free again the
+// next output is stored on a line of its own.
+func TestLogs_FullDisk(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatalf("mounting the small tmpfs this test fills needs root; euid %d", os.Geteuid())
+	}
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=64k,mode=0755"); err != nil {
+		t.Fatalf("mount a small tmpfs on %s: %v", dir, err)
+	}
+	t.Cleanup(func() {
+		if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil {
+			t.Errorf("unmount %s: %v", dir, err)
+		}
+	})
+	filler := filepath.Join(dir, "filler")
+	if err := os.WriteFile(filler, make([]byte, 16<<10), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var logs strings.Builder
+	var logsMu sync.Mutex
+	s := New(Config{}, hclog.New(&hclog.LoggerOptions{Output: lockedWriter{&logsMu, &logs}, Level: hclog.Warn}))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	path := filepath.Join(dir, "spew.log")
+	const n, size = 5000, 100 // 500 kB: far more than the filesystem holds
+	spec := Spec{Name: "spew", Command: helperCmd("spew", fmt.Sprint(n), fmt.Sprint(size)), Env: helperEnv(),
+		Backoff: noRestart, Log: LogConfig{Path: path, MaxSize: 1 << 20, MaxFiles: 2, Memory: n}}
+	events, cancelEvents := s.Subscribe(100)
+	defer cancelEvents()
+	if err := s.Start(spec); err != nil {
+		t.Fatal(err)
+	}
+	nextEvent(t, events, spec.Name, inState(StateBackoff)) // the app finished: not held up
+	mem, _ := s.Tail(spec.Name, 0)
+	if len(mem) != n || !strings.HasPrefix(mem[n-1].Text, fmt.Sprint(n-1)+" ") {
+		t.Fatalf("%d lines in memory, want all %d", len(mem), n)
+	}
+	file, err := ReadLogFile(path, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(file) == 0 || len(file) >= n {
+		t.Fatalf("%d lines in the file of a full disk", len(file))
+	}
+	for i, l := range file[:len(file)-1] { // the last may be cut by the full disk
+		if want := fmt.Sprint(i) + " "; !strings.HasPrefix(l.Text, want) || len(l.Text) != size-1 || l.Stream != "stdout" {
+			t.Fatalf("line %d = %.20q (%d bytes, %s)", i, l.Text, len(l.Text), l.Stream)
+		}
+	}
+	logsMu.Lock()
+	warned := strings.Count(logs.String(), "log output lost")
+	logsMu.Unlock()
+	if warned != 1 {
+		t.Errorf("%d warnings of lost output, want 1:\n%s", warned, logs.String())
+	}
+
+	// Free space: the next run's line is stored whole after what is there.
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	spec.Command = "echo after the disk was full"
+	spec.Env = []string{"PATH=/usr/bin:/bin"}
+	if _, err := s.Stop(context.Background(), spec.Name); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(spec); err != nil {
+		t.Fatal(err)
+	}
+	nextEvent(t, events, spec.Name, inState(StateBackoff))
+	if _, err := s.Stop(context.Background(), spec.Name); err != nil {
+		t.Fatal(err)
+	}
+	again, err := ReadLogFile(path, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(again) != len(file)+1 {
+		t.Fatalf("%d lines after space was freed, want %d", len(again), len(file)+1)
+	}
+	if last := again[len(again)-1]; last.Text != "after the disk was full" || last.Stream != "stdout" {
+		t.Fatalf("last line %+v", last)
+	}
+}
+
+// lockedWriter serializes writes to w.
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
