@@ -283,67 +283,17 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 		}
 	}
 
-	// Which old instances stop before the new ones start, and which once
-	// they have started (socket mode).
-	var stopFirst, stopAlong []string
-	var held []*instance          // old instances whose HTTP checks pause while a new one shares their socket
-	overlaps := map[string]bool{} // slots whose new instance starts beside the old one
-	starting := map[string]*instance{}
-	for _, in := range insts {
-		starting[in.Instance] = in
-	}
-	keepSockets := map[string]bool{}
-	for slot, olds := range bySlot {
-		in := starting[slot]
-		if in == nil {
-			// A kept slot stops only the instances of other releases
-			// beside it; a slot the formation no longer has stops all.
-			kept := slices.Contains(want, slot)
-			for _, old := range olds {
-				if !kept || old.Release != rel.Version {
-					stopFirst = append(stopFirst, old.Name)
-				}
-			}
-			continue
-		}
-		overlap := in.Mode == "socket" && a.hasSocket(in.slot())
-		for _, old := range olds {
-			if old.Mode != "socket" || old.Name == in.Name {
-				overlap = false
-			}
-		}
-		if overlap {
-			overlaps[slot] = true
-		}
-		for _, old := range olds {
-			if overlap {
-				stopAlong = append(stopAlong, old.Name)
-				if old.prober != nil && old.Check.HTTP != "" && healthy {
-					held = append(held, old)
-				}
-			} else {
-				stopFirst = append(stopFirst, old.Name)
-			}
-		}
-	}
-	for _, in := range insts {
-		if in.Mode == "socket" {
-			keepSockets[in.slot()] = true
-		}
-	}
-	slices.Sort(stopFirst)
-	slices.Sort(stopAlong)
-
-	if len(stopFirst) > 0 {
+	plan := a.planStops(bySlot, want, insts, rel.Version, healthy)
+	if len(plan.stopFirst) > 0 {
 		p.mark()
-		if err := a.stopInstances(ctx, app, stopFirst); err != nil {
+		if err := a.stopInstances(ctx, app, plan.stopFirst); err != nil {
 			return nil, err
 		}
-		p.step("stop", "stopped %d old instance(s) before starting the new ones", len(stopFirst))
+		p.step("stop", "stopped %d old instance(s) before starting the new ones", len(plan.stopFirst))
 	}
 	// Bind-mode instances need their port back from a socket no longer
 	// used; socket-mode ones get theirs (made now if it is new).
-	a.pruneSockets(app, keepSockets)
+	a.pruneSockets(app, plan.keepSockets)
 	for i, in := range insts {
 		if in.Mode != "socket" {
 			continue
@@ -362,13 +312,13 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 	p.mark()
 	events, unsubscribe := a.sup.Subscribe(4 * len(specs))
 	defer unsubscribe()
-	for _, old := range held {
+	for _, old := range plan.held {
 		old.prober.hold()
 	}
 	defer func() {
 		// Still running (the switch failed before they stopped): their
 		// checks go on.
-		for _, old := range held {
+		for _, old := range plan.held {
 			old.prober.resume()
 		}
 	}()
@@ -378,28 +328,7 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 	}
 	a.instMu.Unlock()
 	a.markChanged()
-	var startErrs []error
-	for _, spec := range specs {
-		err := a.sup.Start(spec)
-		if errors.Is(err, supervisor.ErrExists) {
-			// Supervised but not ours (a previous start whose record
-			// we lost): replace it.
-			if _, serr := a.sup.Stop(ctx, spec.Name); serr == nil || errors.Is(serr, supervisor.ErrNotFound) {
-				err = a.sup.Start(spec)
-			}
-		}
-		var spawn *supervisor.SpawnError
-		switch {
-		case errors.As(err, &spawn):
-			// Supervised and retried with backoff, but the switch failed.
-			startErrs = append(startErrs, err)
-		case err != nil:
-			// Not supervised at all: forget it.
-			a.forget(spec.Name)
-			startErrs = append(startErrs, fmt.Errorf("start %s: %w", spec.Name, err))
-		}
-	}
-	if err := errors.Join(startErrs...); err != nil {
+	if err := a.startSpecs(ctx, specs); err != nil {
 		for _, in := range insts {
 			a.startProber(in)
 		}
@@ -409,10 +338,10 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 	if !healthy {
 		cfg.Settle = 0
 	}
-	if len(stopAlong) > 0 {
+	if len(plan.stopAlong) > 0 {
 		quiet := false
 		if healthy {
-			fallback, err := a.overlapUp(ctx, cfg, insts, overlaps, events, p)
+			fallback, err := a.overlapUp(ctx, cfg, insts, plan.overlaps, events, p)
 			if err != nil {
 				return insts, err
 			}
@@ -422,13 +351,13 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 					"app", app, "version", rel.Version, "instances", strings.Join(fallback, ","))
 			}
 		}
-		if err := a.stopInstances(ctx, app, stopAlong); err != nil {
+		if err := a.stopInstances(ctx, app, plan.stopAlong); err != nil {
 			return insts, err
 		}
 		if healthy {
-			p.step("stop", "stopped %d old instance(s); the new ones serve their sockets", len(stopAlong))
+			p.step("stop", "stopped %d old instance(s); the new ones serve their sockets", len(plan.stopAlong))
 		} else {
-			p.step("stop", "stopped %d old instance(s); the new ones took over their sockets", len(stopAlong))
+			p.step("stop", "stopped %d old instance(s); the new ones took over their sockets", len(plan.stopAlong))
 		}
 		if quiet {
 			// Every new instance is up already; this starts the checks
@@ -449,6 +378,96 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 
 	a.pruneSockets(app, nil)
 	return insts, nil
+}
+
+// stopPlan says which old instances a switch stops, and when.
+type stopPlan struct {
+	stopFirst []string        // before the new instances start
+	stopAlong []string        // once the new ones, sharing their sockets, are up
+	held      []*instance     // old instances whose HTTP checks pause while a new one shares their socket
+	overlaps  map[string]bool // slots whose new instance starts beside the old one
+	// keepSockets holds the slots whose socket the new instances use.
+	keepSockets map[string]bool
+}
+
+// planStops decides, from the app's instances by slot (bySlot), the slots
+// of the formation (want) and the instances about to start (insts) of
+// version, which old instances stop before the new ones start and which
+// once they are up (see converge).
+func (a *Agent) planStops(bySlot map[string][]*instance, want []string, insts []*instance, version int, healthy bool) stopPlan {
+	plan := stopPlan{overlaps: map[string]bool{}, keepSockets: map[string]bool{}}
+	starting := map[string]*instance{}
+	for _, in := range insts {
+		starting[in.Instance] = in
+		if in.Mode == "socket" {
+			plan.keepSockets[in.slot()] = true
+		}
+	}
+	for slot, olds := range bySlot {
+		in := starting[slot]
+		if in == nil {
+			// A kept slot stops only the instances of other releases
+			// beside it; a slot the formation no longer has stops all.
+			kept := slices.Contains(want, slot)
+			for _, old := range olds {
+				if !kept || old.Release != version {
+					plan.stopFirst = append(plan.stopFirst, old.Name)
+				}
+			}
+			continue
+		}
+		overlap := in.Mode == "socket" && a.hasSocket(in.slot())
+		for _, old := range olds {
+			if old.Mode != "socket" || old.Name == in.Name {
+				overlap = false
+			}
+		}
+		if overlap {
+			plan.overlaps[slot] = true
+		}
+		for _, old := range olds {
+			if overlap {
+				plan.stopAlong = append(plan.stopAlong, old.Name)
+				if old.prober != nil && old.Check.HTTP != "" && healthy {
+					plan.held = append(plan.held, old)
+				}
+			} else {
+				plan.stopFirst = append(plan.stopFirst, old.Name)
+			}
+		}
+	}
+	slices.Sort(plan.stopFirst)
+	slices.Sort(plan.stopAlong)
+	return plan
+}
+
+// startSpecs hands the specs to the supervisor, replacing an instance
+// of the same name it supervises without the agent's record. An instance
+// whose spawn failed stays supervised (retried with backoff); one the
+// supervisor refused is forgotten. It returns every failure.
+func (a *Agent) startSpecs(ctx context.Context, specs []supervisor.Spec) error {
+	var errs []error
+	for _, spec := range specs {
+		err := a.sup.Start(spec)
+		if errors.Is(err, supervisor.ErrExists) {
+			// Supervised but not ours (a previous start whose record
+			// we lost): replace it.
+			if _, serr := a.sup.Stop(ctx, spec.Name); serr == nil || errors.Is(serr, supervisor.ErrNotFound) {
+				err = a.sup.Start(spec)
+			}
+		}
+		var spawn *supervisor.SpawnError
+		switch {
+		case errors.As(err, &spawn):
+			// Supervised and retried with backoff, but the switch failed.
+			errs = append(errs, err)
+		case err != nil:
+			// Not supervised at all: forget it.
+			a.forget(spec.Name)
+			errs = append(errs, fmt.Errorf("start %s: %w", spec.Name, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // overlapUp waits, while the old socket-mode instances still serve, until
