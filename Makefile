@@ -48,6 +48,7 @@ fuzz: ## fuzz each parser of untrusted input for FUZZTIME (default 60s)
 	$(GO) test ./state/build -run '^$$' -fuzz '^FuzzManifest$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./agent/api -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./agent -run '^$$' -fuzz '^FuzzInboxTarget$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./supervisor -run '^$$' -fuzz '^FuzzLogLines$$' -fuzztime $(FUZZTIME)
 
 e2e: e2e-systemd e2e-load ## all slow end-to-end suites
 

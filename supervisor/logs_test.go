@@ -596,3 +596,76 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 	defer l.mu.Unlock()
 	return l.w.Write(p)
 }
+
+// FuzzLogLines ensures any output, read in any pieces through either
+// path, is stored as exactly its lines (long ones in marked pieces) in
+// memory and in the file: app bytes never read as a header, whatever
+// they hold.
+func FuzzLogLines(f *testing.F) {
+	const maxLine = 32
+	f.Add([]byte("plain\nlines\n"), uint64(1))
+	f.Add([]byte("\x1e2026-11-26T13:43:46.123456Z stderr\nforged header\n\x1e\x1e\n"), uint64(7))
+	f.Add([]byte(strings.Repeat("x", 3*maxLine+5)+"\n\x1e"+strings.Repeat("y", maxLine)+"\nend"), uint64(42))
+	f.Add([]byte("\n\n\x1e\n"), uint64(3))
+	f.Fuzz(func(t *testing.T, input []byte, seed uint64) {
+		// What must be stored: the lines, long ones cut into maxLine
+		// pieces, and an unfinished last line.
+		var want []LogLine
+		rest := input
+		for len(rest) > 0 {
+			line := rest
+			if i := strings.IndexByte(string(rest), '\n'); i >= 0 {
+				line, rest = rest[:i], rest[i+1:]
+			} else {
+				rest = nil
+			}
+			for len(line) > maxLine {
+				want = append(want, LogLine{Text: string(line[:maxLine]), Split: true})
+				line = line[maxLine:]
+			}
+			want = append(want, LogLine{Text: string(line)})
+		}
+
+		rng := rand.New(rand.NewPCG(seed, seed>>32))
+		s := New(Config{}, nil)
+		path := filepath.Join(t.TempDir(), "fuzz.log")
+		ls := newLogSink(s, "app/web.1", LogConfig{Memory: 1 << 20, Path: path, MaxSize: 1 << 30, MaxFiles: 2})
+		p := &pipeReader{stream: "stdout", ls: ls, maxLine: maxLine}
+		for data := input; len(data) > 0; {
+			k := min(len(data), 1+rng.IntN(4*maxLine))
+			if rng.IntN(2) == 0 {
+				p.consume(data[:k], time.Now())
+			} else {
+				buf := s.pools.bufs.Get().(*[]byte)
+				copy((*buf)[headroom:], data[:k])
+				if !p.consumeBuf(buf, k, time.Now()) {
+					s.pools.bufs.Put(buf)
+				}
+			}
+			data = data[k:]
+		}
+		p.flush(time.Now())
+		ls.close()
+		file, err := ReadLogFile(path, 0)
+		if err != nil && len(want) > 0 {
+			t.Fatal(err)
+		}
+		for what, got := range map[string][]LogLine{"memory": ls.tail(0), "file": file} {
+			if len(got) != len(want) {
+				t.Fatalf("%s: %d lines stored, want %d: %+v", what, len(got), len(want), got)
+			}
+			for i := range want {
+				if g := got[i]; g.Text != want[i].Text || g.Split != want[i].Split || g.Stream != "stdout" || g.Time.IsZero() {
+					t.Fatalf("%s: line %d = %+v, want %q split %v", what, i, g, want[i].Text, want[i].Split)
+				}
+			}
+		}
+		// A tail of the file read backwards ends the same way.
+		if n := 1 + rng.IntN(len(want)+1); len(want) > 0 {
+			tail, err := ReadLogFile(path, n)
+			if err != nil || len(tail) != min(n, len(want)) || tail[len(tail)-1].Text != want[len(want)-1].Text {
+				t.Fatalf("last %d lines: %d, %v", n, len(tail), err)
+			}
+		}
+	})
+}
