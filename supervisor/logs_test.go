@@ -534,6 +534,9 @@ func TestLogs_FullDisk(t *testing.T) {
 		t.Fatal(err)
 	}
 	nextEvent(t, events, spec.Name, inState(StateBackoff)) // the app finished: not held up
+	if ok, err := s.WaitOutput(spec.Name, 30*time.Second); !ok || err != nil {
+		t.Fatalf("output not all read: %v, %v", ok, err)
+	}
 	mem, _ := s.Tail(spec.Name, 0)
 	if len(mem) != n || !strings.HasPrefix(mem[n-1].Text, fmt.Sprint(n-1)+" ") {
 		t.Fatalf("%d lines in memory, want all %d", len(mem), n)
