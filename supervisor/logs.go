@@ -671,15 +671,15 @@ func (p *pipeReader) run() {
 		return
 	}
 	var buf *[]byte
-	for {
+	for eof := false; !eof; {
 		var n int
 		var rerr error
 		err := rc.Read(func(fd uintptr) bool {
 			if buf == nil {
 				buf = p.ls.s.pools.bufs.Get().(*[]byte)
 			}
-			n, rerr = syscall.Read(int(fd), (*buf)[headroom:])
-			if rerr == syscall.EAGAIN {
+			n, eof, rerr = readChunks(int(fd), (*buf)[headroom:])
+			if n == 0 && rerr == syscall.EAGAIN {
 				// Idle: wait in the runtime poller, holding no buffer.
 				p.ls.s.pools.bufs.Put(buf)
 				buf = nil
@@ -687,14 +687,11 @@ func (p *pipeReader) run() {
 			}
 			return true
 		})
-		if rerr == syscall.EINTR {
-			continue
-		}
-		if err != nil || rerr != nil || n <= 0 {
-			break
-		}
-		if p.consumeBuf(buf, n, time.Now()) {
+		if n > 0 && p.consumeBuf(buf, n, time.Now()) {
 			buf = nil // a batch has it now
+		}
+		if err != nil || (rerr != nil && rerr != syscall.EAGAIN) {
+			break
 		}
 	}
 	if buf != nil {
@@ -702,6 +699,34 @@ func (p *pipeReader) run() {
 	}
 	p.flush(time.Now())
 	p.f.Close()
+}
+
+// readChunk is the most one read takes from a pipe: the kernel holds the
+// pipe's lock while it copies, and the app cannot write meanwhile, so a
+// full buffer is filled by several shorter reads.
+const readChunk = 128 << 10
+
+// readChunks fills buf from the pipe fd in reads of at most readChunk
+// bytes, until buf is full, the pipe has no more (a short read, or
+// EAGAIN), or end of file (eof). EINTR is retried.
+func readChunks(fd int, buf []byte) (n int, eof bool, err error) {
+	for n < len(buf) {
+		want := min(len(buf), n+readChunk)
+		k, err := syscall.Read(fd, buf[n:want])
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err != nil:
+			return n, false, err
+		case k == 0:
+			return n, true, nil
+		}
+		n += k
+		if n < want {
+			return n, false, nil
+		}
+	}
+	return n, false, nil
 }
 
 // flush stores the trailing partial line, if any, at the end of output.
