@@ -36,7 +36,9 @@ test: ## gofmt check, go vet, go test -race ./... (fuzz targets run their seed c
 	$(GO) test -race -timeout 15m ./...
 
 bench: ## run the benchmarks once each and print their figures (BENCHTIME=1x)
-	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -timeout 60m ./...
+	# -p 1: one package at a time, so no package's benchmarks share the
+	# machine with another's (they compare berth with a floor in one run).
+	$(GO) test -p 1 -run '^$$' -bench . -benchtime $(BENCHTIME) -timeout 60m ./...
 
 lint: ## gofmt and go vet
 	@fmt=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$fmt" ]; then echo "gofmt needed:"; echo "$$fmt"; exit 1; fi

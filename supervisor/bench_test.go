@@ -23,6 +23,11 @@ import (
 // measured in the same run (see the issue's table). Run with
 // `make bench` (-benchtime 1x): each does its work once.
 
+// quiesce writes back dirty pages (of earlier benchmarks, or of other
+// packages' under make bench) so the kernel's writeback does not take
+// CPU from one side of a comparison and not the other.
+func quiesce() { syscall.Sync() }
+
 func summary(format string, args ...any) {
 	fmt.Printf("berth-bench: "+format+"\n", args...)
 }
@@ -133,6 +138,7 @@ func runSup(b *testing.B) (*Supervisor, func()) {
 // beside a bare `while true; do prog; done` bash loop.
 func BenchmarkCrashToRestart(b *testing.B) {
 	const samples = 200
+	quiesce()
 	sock := newStampSock(b)
 	prog := helperCmd("stamp", sock.path, "20ms")
 	env := helperEnv()
@@ -168,6 +174,7 @@ func BenchmarkCrashToRestart(b *testing.B) {
 // kill + wait.
 func BenchmarkStartStop100(b *testing.B) {
 	const n = 100
+	quiesce()
 	env := []string{"PATH=/usr/bin:/bin"}
 	fl := exec.Command("/bin/bash", "-c", `s=$(date +%s%N); for i in $(seq 100); do sleep 1000 & done; m=$(date +%s%N); kill $(jobs -p); wait; e=$(date +%s%N); echo $((m-s)) $((e-m))`)
 	fl.Env = env
@@ -289,6 +296,7 @@ func BenchmarkRestartAll20(b *testing.B) {
 		_, stdin, kill := runBash(b, `pids=(); for i in $(seq 20); do `+prog+` & pids+=($!); done; read x; `+
 			`for i in ${!pids[@]}; do kill -TERM ${pids[$i]}; wait ${pids[$i]}; `+prog+` & done; wait`, env)
 		ready.wait(b, n)
+		quiesce()
 		t0 := time.Now()
 		io.WriteString(stdin, "go\n")
 		floors = append(floors, ready.wait(b, n).Sub(t0))
@@ -303,6 +311,7 @@ func BenchmarkRestartAll20(b *testing.B) {
 			}
 		}
 		ready.wait(b, n)
+		quiesce()
 		t1 := time.Now()
 		var wg sync.WaitGroup
 		for _, name := range names {
@@ -357,6 +366,7 @@ func BenchmarkRestartAll20Quick(b *testing.B) {
 		_, stdin, kill := runBash(b, `pids=(); for i in $(seq 20); do `+prog+` & pids+=($!); done; read x; `+restart+`; wait`, env)
 		defer kill()
 		waitStarts()
+		quiesce()
 		t0 := time.Now()
 		io.WriteString(stdin, "go\n")
 		return waitStarts().Sub(t0)
@@ -375,6 +385,7 @@ func BenchmarkRestartAll20Quick(b *testing.B) {
 			}
 		}
 		waitStarts()
+		quiesce()
 		t1 := time.Now()
 		var wg sync.WaitGroup
 		for _, name := range names {
@@ -421,7 +432,7 @@ func BenchmarkLogCapture(b *testing.B) {
 		floorCmd := exec.Command(os.Args[0], spew...)
 		floorCmd.Env = helperEnv()
 		floorCmd.Stdout = f
-		syscall.Sync() // each side starts with no dirty pages of the other to write back
+		quiesce() // each side starts with no dirty pages of the other to write back
 		t0 := time.Now()
 		if err := floorCmd.Run(); err != nil {
 			b.Fatal(err)
@@ -434,7 +445,7 @@ func BenchmarkLogCapture(b *testing.B) {
 		s, stop := runSup(b)
 		events, cancel := s.Subscribe(16)
 		path := filepath.Join(dir, fmt.Sprintf("spew%d.log", r))
-		syscall.Sync()
+		quiesce()
 		cpu0 := selfCPU()
 		t1 := time.Now()
 		err = s.Start(Spec{Name: "spew", Command: helperCmd(spew[0], spew[1:]...), Env: helperEnv(),
