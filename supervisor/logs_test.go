@@ -409,40 +409,51 @@ func TestLogs_SplitsLinesAcrossReads(t *testing.T) {
 			}
 			want = append(want, LogLine{Text: string(line)})
 		}
-		s := New(Config{}, nil)
-		path := filepath.Join(t.TempDir(), "split.log")
-		ls := newLogSink(s, "app/web.1", LogConfig{Memory: 1 << 20, Path: path, MaxSize: 1 << 30, MaxFiles: 2})
-		p := &pipeReader{stream: "stderr", ls: ls, maxLine: maxLine}
-		for data := input; len(data) > 0; {
-			k := min(len(data), 1+rng.IntN(3*maxLine))
-			if rng.IntN(2) == 0 {
-				p.consume(data[:k], time.Now())
-			} else { // as a pipe reader: the batch may take the buffer
-				buf := s.pools.bufs.Get().(*[]byte)
-				copy((*buf)[headroom:], data[:k])
-				if !p.consumeBuf(buf, k, time.Now()) {
-					s.pools.bufs.Put(buf)
-				}
+		t.Run(fmt.Sprint("round ", round), func(t *testing.T) { checkCapture(t, rng, input, want, maxLine) })
+	}
+}
+
+// checkCapture feeds input to a pipe reader in pieces of random sizes,
+// each through one of its two paths at random (consume, or consumeBuf
+// as the reader does), and checks that exactly the lines want (their
+// Text and Split) are stored, in memory and in the file. It returns the
+// file's path.
+func checkCapture(t *testing.T, rng *rand.Rand, input []byte, want []LogLine, maxLine int) string {
+	t.Helper()
+	s := New(Config{}, nil)
+	path := filepath.Join(t.TempDir(), "capture.log")
+	ls := newLogSink(s, "app/web.1", LogConfig{Memory: 1 << 20, Path: path, MaxSize: 1 << 30, MaxFiles: 2})
+	p := &pipeReader{stream: "stderr", ls: ls, maxLine: maxLine}
+	for data := input; len(data) > 0; {
+		k := min(len(data), 1+rng.IntN(4*maxLine))
+		if rng.IntN(2) == 0 {
+			p.consume(data[:k], time.Now())
+		} else {
+			buf := s.pools.bufs.Get().(*[]byte)
+			copy((*buf)[headroom:], data[:k])
+			if !p.consumeBuf(buf, k, time.Now()) {
+				s.pools.bufs.Put(buf)
 			}
-			data = data[k:]
 		}
-		p.flush(time.Now())
-		ls.close()
-		file, err := ReadLogFile(path, 0)
-		if err != nil && len(want) > 0 {
-			t.Fatal(err)
+		data = data[k:]
+	}
+	p.flush(time.Now())
+	ls.close()
+	file, err := ReadLogFile(path, 0)
+	if err != nil && len(want) > 0 {
+		t.Fatal(err)
+	}
+	for what, got := range map[string][]LogLine{"memory": ls.tail(0), "file": file} {
+		if len(got) != len(want) {
+			t.Fatalf("%s: %d lines stored, want %d: %+v", what, len(got), len(want), got)
 		}
-		for what, got := range map[string][]LogLine{"memory": ls.tail(0), "file": file} {
-			if len(got) != len(want) {
-				t.Fatalf("round %d, %s: %d lines stored, want %d", round, what, len(got), len(want))
-			}
-			for i := range want {
-				if g := got[i]; g.Text != want[i].Text || g.Split != want[i].Split || g.Stream != "stderr" || g.Time.IsZero() {
-					t.Fatalf("round %d, %s: line %d = %+v, want text %q split %v", round, what, i, g, want[i].Text, want[i].Split)
-				}
+		for i := range want {
+			if g := got[i]; g.Text != want[i].Text || g.Split != want[i].Split || g.Stream != "stderr" || g.Time.IsZero() {
+				t.Fatalf("%s: line %d = %+v, want text %q split %v", what, i, g, want[i].Text, want[i].Split)
 			}
 		}
 	}
+	return path
 }
 
 // Ensures big writes, whose blocks are allocated before they are
@@ -630,39 +641,7 @@ func FuzzLogLines(f *testing.F) {
 		}
 
 		rng := rand.New(rand.NewPCG(seed, seed>>32))
-		s := New(Config{}, nil)
-		path := filepath.Join(t.TempDir(), "fuzz.log")
-		ls := newLogSink(s, "app/web.1", LogConfig{Memory: 1 << 20, Path: path, MaxSize: 1 << 30, MaxFiles: 2})
-		p := &pipeReader{stream: "stdout", ls: ls, maxLine: maxLine}
-		for data := input; len(data) > 0; {
-			k := min(len(data), 1+rng.IntN(4*maxLine))
-			if rng.IntN(2) == 0 {
-				p.consume(data[:k], time.Now())
-			} else {
-				buf := s.pools.bufs.Get().(*[]byte)
-				copy((*buf)[headroom:], data[:k])
-				if !p.consumeBuf(buf, k, time.Now()) {
-					s.pools.bufs.Put(buf)
-				}
-			}
-			data = data[k:]
-		}
-		p.flush(time.Now())
-		ls.close()
-		file, err := ReadLogFile(path, 0)
-		if err != nil && len(want) > 0 {
-			t.Fatal(err)
-		}
-		for what, got := range map[string][]LogLine{"memory": ls.tail(0), "file": file} {
-			if len(got) != len(want) {
-				t.Fatalf("%s: %d lines stored, want %d: %+v", what, len(got), len(want), got)
-			}
-			for i := range want {
-				if g := got[i]; g.Text != want[i].Text || g.Split != want[i].Split || g.Stream != "stdout" || g.Time.IsZero() {
-					t.Fatalf("%s: line %d = %+v, want %q split %v", what, i, g, want[i].Text, want[i].Split)
-				}
-			}
-		}
+		path := checkCapture(t, rng, input, want, maxLine)
 		// A tail of the file read backwards ends the same way.
 		if n := 1 + rng.IntN(len(want)+1); len(want) > 0 {
 			tail, err := ReadLogFile(path, n)
