@@ -272,6 +272,40 @@ func (rf *readyFifo) wait(b *testing.B, n int) time.Time {
 	return last
 }
 
+// restartAll runs n instances of spec under a new Supervisor and, once
+// ready reports them all started, restarts them all concurrently (one
+// Restart call each); it returns the time until ready reports the n new
+// processes (the time of the latest).
+func restartAll(b *testing.B, n int, spec Spec, ready func() time.Time) time.Duration {
+	s, stop := runSup(b)
+	defer stop()
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("app/worker.%d", i)
+		spec.Name = names[i]
+		if err := s.Start(spec); err != nil {
+			b.Fatal(err)
+		}
+	}
+	ready()
+	quiesce()
+	t0 := time.Now()
+	var wg sync.WaitGroup
+	for _, name := range names {
+		wg.Go(func() {
+			if err := s.Restart(name); err != nil {
+				b.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	took := ready().Sub(t0)
+	if err := s.StopMany(context.Background(), names); err != nil {
+		b.Fatal(err)
+	}
+	return took
+}
+
 // BenchmarkRestartAll20 measures restarting all 20 instances of a
 // settled bash program (restartProg: TERM, wait for exit, start, until
 // all 20 new processes report ready), as the issue's table does, beside
@@ -302,31 +336,7 @@ func BenchmarkRestartAll20(b *testing.B) {
 		floors = append(floors, ready.wait(b, n).Sub(t0))
 		kill()
 
-		s, stop := runSup(b)
-		names := make([]string, n)
-		for i := range names {
-			names[i] = fmt.Sprintf("app/worker.%d", i)
-			if err := s.Start(Spec{Name: names[i], Command: prog, Env: env}); err != nil {
-				b.Fatal(err)
-			}
-		}
-		ready.wait(b, n)
-		quiesce()
-		t1 := time.Now()
-		var wg sync.WaitGroup
-		for _, name := range names {
-			wg.Go(func() {
-				if err := s.Restart(name); err != nil {
-					b.Error(err)
-				}
-			})
-		}
-		wg.Wait()
-		berths = append(berths, ready.wait(b, n).Sub(t1))
-		if err := s.StopMany(context.Background(), names); err != nil {
-			b.Fatal(err)
-		}
-		stop()
+		berths = append(berths, restartAll(b, n, Spec{Command: prog, Env: env}, func() time.Time { return ready.wait(b, n) }))
 	}
 	slices.Sort(floors)
 	slices.Sort(berths)
@@ -376,31 +386,7 @@ func BenchmarkRestartAll20Quick(b *testing.B) {
 		seqs = append(seqs, floor(`for i in ${!pids[@]}; do kill -TERM ${pids[$i]}; wait ${pids[$i]}; `+prog+` & done`))
 		pars = append(pars, floor(`kill -TERM ${pids[@]}; wait; for i in $(seq 20); do `+prog+` & done`))
 
-		s, stop := runSup(b)
-		names := make([]string, n)
-		for i := range names {
-			names[i] = fmt.Sprintf("app/web.%d", i)
-			if err := s.Start(Spec{Name: names[i], Command: prog, Env: env}); err != nil {
-				b.Fatal(err)
-			}
-		}
-		waitStarts()
-		quiesce()
-		t1 := time.Now()
-		var wg sync.WaitGroup
-		for _, name := range names {
-			wg.Go(func() {
-				if err := s.Restart(name); err != nil {
-					b.Error(err)
-				}
-			})
-		}
-		wg.Wait()
-		berths = append(berths, waitStarts().Sub(t1))
-		if err := s.StopMany(context.Background(), names); err != nil {
-			b.Fatal(err)
-		}
-		stop()
+		berths = append(berths, restartAll(b, n, Spec{Command: prog, Env: env}, waitStarts))
 	}
 	for _, d := range [][]time.Duration{seqs, pars, berths} {
 		slices.Sort(d)
