@@ -334,6 +334,59 @@ func TestSupervisor_StopManyAndShutdown(t *testing.T) {
 	}
 }
 
+// Ensures StopMany stops instances concurrently, so 50 that ignore
+// SIGTERM take about one stop timeout, not fifty: every one is told to
+// stop (state stopping, SIGTERM sent) before the first is killed, and
+// each is then killed by SIGKILL. An order of events, not a timing.
+func TestSupervisor_StopManyConcurrently(t *testing.T) {
+	s := startSup(t, Config{})
+	const n = 50
+	var names []string
+	for i := 0; i < n; i++ {
+		name := fmt.Sprintf("app/worker.%d", i)
+		if err := s.Start(Spec{Name: name, Command: helperCmd("ignoreterm"), Env: helperEnv(), StopTimeout: 500 * time.Millisecond}); err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, name)
+	}
+	for _, name := range names {
+		eventually(t, "ready", func() bool { return slices.Contains(tailTexts(s, name), "ready") })
+	}
+	events, cancel := s.Subscribe(4 * n)
+	defer cancel()
+	if err := s.StopMany(context.Background(), names); err != nil {
+		t.Fatal(err)
+	}
+	stopping, stopped := map[string]bool{}, map[string]bool{}
+	timeout := time.After(15 * time.Second)
+	for len(stopped) < n {
+		var ev Event
+		select {
+		case ev = <-events:
+		case <-timeout:
+			t.Fatalf("%d of %d stopped events within 15s", len(stopped), n)
+		}
+		if ev.Missed > 0 {
+			t.Fatalf("missed %d events", ev.Missed)
+		}
+		switch ev.State {
+		case StateStopping:
+			stopping[ev.Name] = true
+		case StateStopped:
+			if len(stopping) < n {
+				t.Fatalf("%s stopped when only %d of %d had been told to stop: stops are not concurrent", ev.Name, len(stopping), n)
+			}
+			if ev.Exit == nil || ev.Exit.Signal != syscall.SIGKILL {
+				t.Errorf("%s: exit %v, want SIGKILL after the stop timeout", ev.Name, ev.Exit)
+			}
+			stopped[ev.Name] = true
+		}
+	}
+	if len(s.List()) != 0 {
+		t.Fatalf("instances left: %v", s.List())
+	}
+}
+
 // Ensures bad specs are refused with an error naming the field, and start
 // nothing; duplicate and unknown names get their sentinel errors.
 func TestSupervisor_BadInput(t *testing.T) {
