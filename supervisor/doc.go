@@ -73,9 +73,9 @@
 // reads them back; the blocks of the file rotated out are freed by
 // another goroutine); lines longer than MaxLine are split into marked
 // pieces, never dropped; a trailing partial line is stored when the pipe
-// closes. The last
-// LogConfig.Memory lines stay in memory for Tail. Followers (FollowLogs)
-// and event subscribers (Subscribe) get bounded channels: one that falls
-// behind loses lines or events, is told how many in the next one it gets
-// (Missed), and never slows the app, the files or the supervisor.
+// closes. The last LogConfig.Memory lines stay in memory for Tail.
+// Followers (FollowLogs) and event subscribers (Subscribe) get bounded
+// channels: one that falls behind loses lines or events, is told how
+// many in the next one it gets (Missed), and never slows the app, the
+// files or the supervisor.
 package supervisor
