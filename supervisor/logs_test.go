@@ -91,6 +91,52 @@ func TestLogs_Rotation(t *testing.T) {
 	}
 }
 
+// Ensures heavy output on stdout and stderr at once (one stream's reader
+// writing the file while the other's queues) keeps every line, each
+// under its own stream, in order within its stream, in the files (across
+// rotations) and in memory.
+func TestLogs_BothStreamsAtOnce(t *testing.T) {
+	s := startSup(t, Config{})
+	path := filepath.Join(t.TempDir(), "both.log")
+	const n = 100_000 // about 2 x 11 MB: some rotations of 4 MiB
+	spec := Spec{Name: "both", Command: helperCmd("spew2", fmt.Sprint(n)), Env: helperEnv(), Backoff: noRestart,
+		Log: LogConfig{Path: path, MaxSize: 4 << 20, MaxFiles: 10, Memory: 2 * n}}
+	events, cancel := s.Subscribe(100)
+	defer cancel()
+	if err := s.Start(spec); err != nil {
+		t.Fatal(err)
+	}
+	nextEvent(t, events, spec.Name, inState(StateBackoff))
+	if ok, err := s.WaitOutput(spec.Name, 30*time.Second); !ok || err != nil {
+		t.Fatalf("output not all read: %v, %v", ok, err)
+	}
+	mem, _ := s.Tail(spec.Name, 0)
+	if _, err := s.Stop(context.Background(), spec.Name); err != nil {
+		t.Fatal(err)
+	}
+	file, err := ReadLogFile(path, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for what, lines := range map[string][]LogLine{"file": file, "memory": mem} {
+		next := map[string]int{}
+		for _, l := range lines {
+			var stream string
+			var i int
+			if _, err := fmt.Sscanf(l.Text, "%s %d", &stream, &i); err != nil || stream != l.Stream {
+				t.Fatalf("%s: line %q stored as %s", what, l.Text, l.Stream)
+			}
+			if i != next[stream] || l.Text != fmt.Sprintf("%s %d %s", stream, i, strings.Repeat("z", i%150)) {
+				t.Fatalf("%s: %s line %d is %.30q, want line %d", what, stream, i, l.Text, next[stream])
+			}
+			next[stream]++
+		}
+		if next["stdout"] != n || next["stderr"] != n {
+			t.Fatalf("%s: %d stdout and %d stderr lines, want %d each", what, next["stdout"], next["stderr"], n)
+		}
+	}
+}
+
 // Ensures a line longer than MaxLine is split into marked pieces that
 // join back to the whole line, and a trailing partial line is stored at
 // exit, in memory and in the file.

@@ -38,6 +38,7 @@ func TestMain(m *testing.M) {
 //	spew N SIZE         print N lines of SIZE bytes (newline included), exit 0
 //	spewwait N          print N short lines, wait for SIGUSR1, print "after", block
 //	long MAXLINE        print "short", a line of 2.5*MAXLINE x, then "tail" without newline, exit
+//	spew2 N             print "stdout I" and "stderr I" for I in 0..N-1 to each stream at once, exit
 //	listen              check socket activation, print the verdict, block
 //	stamp SOCK DELAY    send "start <ns>" to the unix datagram socket SOCK, stay DELAY,
 //	                    send "exit <ns>", exit 1 (DELAY 0: wait for SIGTERM, exit 0)
@@ -53,6 +54,21 @@ func helper(mode string, args []string) {
 			fmt.Println(kv)
 		}
 		block()
+	case "spew2":
+		n, _ := strconv.Atoi(args[0])
+		var wg sync.WaitGroup
+		for _, f := range []*os.File{os.Stdout, os.Stderr} {
+			wg.Go(func() {
+				w := bufio.NewWriterSize(f, 64<<10)
+				name := map[*os.File]string{os.Stdout: "stdout", os.Stderr: "stderr"}[f]
+				for i := 0; i < n; i++ {
+					fmt.Fprintf(w, "%s %d %s\n", name, i, strings.Repeat("z", i%150))
+				}
+				w.Flush()
+			})
+		}
+		wg.Wait()
+		os.Exit(0)
 	case "ignoreterm":
 		signal.Ignore(syscall.SIGTERM)
 		fmt.Println("ready")
