@@ -311,10 +311,10 @@ func restartAll(b *testing.B, n int, spec Spec, ready func() time.Time) time.Dur
 // all 20 new processes report ready), as the table does, beside
 // the floor: a bare bash loop doing TERM, wait and start one instance
 // after the other for the same program. Berth restarts the 20
-// concurrently (one Restart call each). The two alternate for 5 rounds
+// concurrently (one Restart call each). The two alternate for 7 rounds
 // and the medians are compared.
 func BenchmarkRestartAll20(b *testing.B) {
-	const n, rounds = 20, 5
+	const n, rounds = 20, 7
 	dir := b.TempDir()
 	script := filepath.Join(dir, "prog.sh")
 	if err := os.WriteFile(script, []byte(restartProg), 0o644); err != nil {
@@ -401,11 +401,11 @@ func BenchmarkRestartAll20Quick(b *testing.B) {
 
 // BenchmarkLogCapture measures an instance writing 200 MB of 100-byte
 // lines through the supervisor into rotated log files, beside the same
-// program writing straight to a file. The two alternate for 5 rounds
+// program writing straight to a file. The two alternate for 7 rounds
 // and the medians are compared, so a burst of load on the shared machine
 // does not decide the ratio.
 func BenchmarkLogCapture(b *testing.B) {
-	const lines, size, rounds = 2_000_000, 100, 5
+	const lines, size, rounds = 2_000_000, 100, 7
 	const mb = float64(lines*size) / 1e6
 	dir := b.TempDir()
 	spew := []string{"spew", strconv.Itoa(lines), strconv.Itoa(size)}
