@@ -119,7 +119,7 @@ func (x *extractor) run(ctx context.Context, src io.Reader) error {
 			break
 		}
 		if err != nil && !errors.Is(err, tar.ErrInsecurePath) {
-			return x.readErr(err, "")
+			return x.readErr(ctx, err, "")
 		}
 		if err := x.entry(ctx, tr, hdr); err != nil {
 			return err
@@ -136,27 +136,18 @@ func (x *extractor) run(ctx context.Context, src io.Reader) error {
 	return nil
 }
 
-// readErr classifies an error from reading the archive: limit errors pass
-// through, named after the entry being read; context errors pass through;
-// everything else is corruption.
-func (x *extractor) readErr(err error, entry string) error {
+// readErr classifies an error from reading the archive (see corrupt),
+// naming the entry being read (if any) in the error, and in a limit the
+// reader hit while reading it.
+func (x *extractor) readErr(ctx context.Context, err error, entry string) error {
 	var le *LimitError
-	if errors.As(err, &le) {
-		if le.Entry == "" {
-			le.Entry = entry // a cap the reader hit while reading this entry
-		}
-		return err
+	if errors.As(err, &le) && le.Entry == "" {
+		le.Entry = entry
 	}
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return err
+	if entry == "" {
+		return corrupt(ctx, err, "")
 	}
-	if errors.Is(err, io.ErrUnexpectedEOF) {
-		err = errors.New("truncated")
-	}
-	if entry != "" {
-		return fmt.Errorf("%w: entry %q: %v", ErrCorrupt, entry, err)
-	}
-	return fmt.Errorf("%w: %v", ErrCorrupt, err)
+	return corrupt(ctx, err, fmt.Sprintf("entry %q", entry))
 }
 
 // cleanName checks a tar entry name (or hard link target) and returns it as
@@ -408,7 +399,7 @@ func (x *extractor) copy(ctx context.Context, f *os.File, tr *tar.Reader, hdr *t
 			}
 		}
 		if err != nil {
-			return x.readErr(err, hdr.Name)
+			return x.readErr(ctx, err, hdr.Name)
 		}
 	}
 	return nil

@@ -137,7 +137,7 @@ func openStream(ctx context.Context, r io.Reader, m *meter) (*stream, error) {
 		s.format = formatGzip
 		zr, err := gzip.NewReader(s.in)
 		if err != nil {
-			return nil, inputErr(ctx, err, "gzip")
+			return nil, corrupt(ctx, err, "gzip stream")
 		}
 		dec = zr
 	case bytes.HasPrefix(head, []byte{0x28, 0xb5, 0x2f, 0xfd}) ||
@@ -145,7 +145,7 @@ func openStream(ctx context.Context, r io.Reader, m *meter) (*stream, error) {
 		s.format = formatZstd
 		zr, err := zstd.NewReader(s.in, zstd.WithDecoderMaxWindow(maxZstdWindow), zstd.WithDecoderMaxMemory(maxZstdWindow))
 		if err != nil {
-			return nil, inputErr(ctx, err, "zstd")
+			return nil, corrupt(ctx, err, "zstd stream")
 		}
 		s.closer = zr.Close
 		dec = zr
@@ -197,8 +197,12 @@ func isTarHeader(b []byte) bool {
 	return want == sum
 }
 
-// inputErr classifies an error from reading or decompressing the upload.
-func inputErr(ctx context.Context, err error, what string) error {
+// corrupt classifies an error met while reading or unpacking the
+// upload. A limit (*LimitError) and the caller's cancel pass through as
+// they are; anything else means the input is corrupt, and the error says
+// where it was found: what is the stream or entry ("gzip stream",
+// `entry "bin/app"`), or "" for the tar archive as a whole.
+func corrupt(ctx context.Context, err error, what string) error {
 	var le *LimitError
 	if errors.As(err, &le) {
 		return err
@@ -207,7 +211,10 @@ func inputErr(ctx context.Context, err error, what string) error {
 		return cerr
 	}
 	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-		return fmt.Errorf("%w: %s stream truncated", ErrCorrupt, what)
+		err = errors.New("truncated")
+	}
+	if what == "" {
+		return fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
 	return fmt.Errorf("%w: %s: %v", ErrCorrupt, what, err)
 }
@@ -224,14 +231,14 @@ const maxTrailing = 16 << 20
 func (s *stream) finish(ctx context.Context, dec io.Reader) (string, error) {
 	n, err := io.Copy(io.Discard, io.LimitReader(dec, maxTrailing+1))
 	if err != nil {
-		return "", inputErr(ctx, err, s.format.String())
+		return "", corrupt(ctx, err, s.format.String()+" stream")
 	}
 	if n > maxTrailing {
 		return "", fmt.Errorf("%w: more than %d bytes after the end of the tar archive", ErrCorrupt, maxTrailing)
 	}
 	n, err = io.Copy(io.Discard, io.LimitReader(s.in, maxTrailing+1))
 	if err != nil {
-		return "", inputErr(ctx, err, s.format.String())
+		return "", corrupt(ctx, err, s.format.String()+" stream")
 	}
 	if n > maxTrailing {
 		return "", fmt.Errorf("%w: more than %d bytes after the end of the %s stream", ErrCorrupt, maxTrailing, s.format)

@@ -186,7 +186,7 @@ func (x *extractor) queueFile(ctx context.Context, tr *tar.Reader, hdr *tar.Head
 		}
 	}
 	if err != nil {
-		return x.readErr(err, hdr.Name)
+		return x.readErr(ctx, err, hdr.Name)
 	}
 	lane, ok := x.lanes[dir]
 	if !ok {
