@@ -1,17 +1,22 @@
 package agent
 
 import (
+	"bytes"
 	"context"
+	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/berth-dev/berth/agent/api"
 	"github.com/berth-dev/berth/state"
 )
 
@@ -176,4 +181,143 @@ func TestAgent_PendingAtStart(t *testing.T) {
 	if n := len(appProcs(t, ta.cfg.DataDir, "hello")); n != 1 {
 		t.Fatalf("%d processes of hello, want 1", n)
 	}
+}
+
+// TestAgent_Kill9DuringSwitches ensures a kill -9 of the agent at a
+// random moment while config changes switch the app's processes loses
+// nothing. The agent runs in a child process (this test binary in helper
+// mode) and is killed in 5 rounds while a client sets config vars one
+// after the other; after each kill a new agent on the same data dir must
+// have versions without gaps, exactly one active release holding every
+// change that was acknowledged, and exactly one set of processes, of
+// that release, with those vars: none left over from the killed agent.
+func TestAgent_Kill9DuringSwitches(t *testing.T) {
+	cfg := testConfig(dataDir(t))
+	cfg.BasePort = freeBasePort(t)
+	socket := filepath.Join(filepath.Dir(cfg.DataDir), "k.sock")
+	logf, err := os.Create(filepath.Join(t.TempDir(), "children.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	childLog := func() string {
+		b, _ := os.ReadFile(logf.Name())
+		lines := strings.Split(string(b), "\n")
+		return strings.Join(lines[max(0, len(lines)-30):], "\n")
+	}
+	ctx := context.Background()
+	var acked []string // config keys whose change was acknowledged
+
+	// check verifies what survived, through rels (from the new agent).
+	check := func(round int, rels []api.Release) {
+		t.Helper()
+		active := 0
+		for i, r := range rels {
+			if r.Version != len(rels)-i && r.Version != i+1 {
+				t.Fatalf("round %d: versions have a gap: %+v", round, rels)
+			}
+			if r.Status == "active" {
+				if active != 0 {
+					t.Fatalf("round %d: two active releases: v%d and v%d", round, active, r.Version)
+				}
+				active = r.Version
+				for _, k := range acked {
+					if !slices.Contains(r.ConfigKeys, k) {
+						t.Fatalf("round %d: acknowledged change %s is not in the active release v%d %v", round, k, r.Version, r.ConfigKeys)
+					}
+				}
+			}
+		}
+		if active == 0 {
+			t.Fatalf("round %d: no active release: %+v", round, rels)
+		}
+		want := "v" + strconv.Itoa(active)
+		var procs map[int]string
+		waitFor(t, 30*time.Second, "one process of the active release", func() bool {
+			procs = appProcs(t, cfg.DataDir, "hello")
+			if len(procs) != 1 {
+				return false
+			}
+			for _, rel := range procs {
+				return rel == want
+			}
+			return false
+		})
+		for pid := range procs {
+			env := procEnv(t, pid)
+			for _, k := range acked {
+				if env[k] != "1" {
+					t.Fatalf("round %d: process %d of %s lacks acknowledged %s", round, pid, want, k)
+				}
+			}
+		}
+	}
+
+	for round := 0; round < 5; round++ {
+		child := exec.Command(os.Args[0], "-test.run=^$")
+		child.Env = append(os.Environ(), helperEnv+"="+cfg.DataDir, helperPortEnv+"="+strconv.Itoa(cfg.BasePort),
+			"BERTH_AGENT_TEST_SOCKET="+socket)
+		child.Stdout, child.Stderr = logf, logf
+		if err := child.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if child.ProcessState == nil {
+				child.Process.Signal(syscall.SIGTERM)
+				child.Wait()
+			}
+		})
+		c := api.NewClient(socket)
+		waitFor(t, 30*time.Second, "the child agent to answer", func() bool {
+			if child.ProcessState != nil {
+				t.Fatalf("child agent exited: %s", childLog())
+			}
+			_, err := c.Info(ctx)
+			return err == nil
+		})
+		if round == 0 {
+			if _, err := c.Deploy(ctx, api.DeployRequest{App: "hello", Body: bytes.NewReader(webApp(t, "")), Source: "cli"}, nil); err != nil {
+				t.Fatalf("deploy: %v\n%s", err, childLog())
+			}
+		} else {
+			rels, err := c.Releases(ctx, "hello")
+			if err != nil {
+				t.Fatalf("releases after the kill: %v\n%s", err, childLog())
+			}
+			check(round, rels)
+		}
+
+		// Config changes one after the other until the kill.
+		done := make(chan []string)
+		go func() {
+			var ok []string
+			defer func() { done <- ok }()
+			for i := 0; ; i++ {
+				key := fmt.Sprintf("K%d_%d", round, i)
+				if _, err := c.SetConfig(ctx, "hello", api.ConfigChange{Set: map[string]string{key: "1"}}, nil); err != nil {
+					return // the agent is gone
+				}
+				ok = append(ok, key)
+			}
+		}()
+		time.Sleep(time.Duration(100+rand.IntN(1400)) * time.Millisecond)
+		if err := child.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		child.Wait()
+		acked = append(acked, <-done...)
+		c.Close()
+	}
+	if len(acked) == 0 {
+		t.Fatalf("no config change was acknowledged in 5 rounds; the test proves nothing\n%s", childLog())
+	}
+
+	// The last word goes to an agent in this process.
+	ta := startAgent(t, cfg)
+	rels, err := ta.Releases(ctx, "hello")
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(5, rels)
+	t.Logf("%d acknowledged changes over 5 kills; %d releases", len(acked), len(rels))
 }
