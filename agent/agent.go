@@ -301,8 +301,10 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	a.startedAt = time.Now()
 
 	// A previous agent that died without stopping its apps left
-	// processes behind: kill them before starting new ones.
+	// processes behind: kill them before starting new ones, those it
+	// recorded and those it had no time to record.
 	a.killLeftovers(ctx)
+	a.killStrays(ctx)
 	a.failInterrupted()
 	close(a.ready)
 	// From here on Backend calls are served; make sure everything we

@@ -287,6 +287,58 @@ func (a *Agent) killLeftovers(ctx context.Context) {
 	}
 }
 
+// killStrays kills the app processes of this data dir that no record
+// names, with their process groups, and waits until they are gone. A
+// previous agent killed between starting a process and recording it
+// leaves such a stray behind, which killLeftovers cannot know of. A
+// process is ours when the environment it was started with has
+// BERTH_APP=<app> and the TMPDIR this agent gives that app's processes
+// (apps/<app>/tmp under the data dir): processEnv sets both, and neither
+// can be configured. Called at start, before any app process runs.
+func (a *Agent) killStrays(ctx context.Context) {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		a.log.Error("look for stray app processes", "error", err)
+		return
+	}
+	own, self := unix.Getpgrp(), os.Getpid()
+	groups := map[int]string{} // pgid -> app
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == self {
+			continue
+		}
+		st, err := readProcStat(pid)
+		if err != nil || st.State == 'Z' || st.PGID <= 1 || st.PGID == own {
+			continue
+		}
+		env, err := os.ReadFile("/proc/" + e.Name() + "/environ")
+		if err != nil {
+			continue
+		}
+		var app, tmp string
+		for kv := range bytes.SplitSeq(env, []byte{0}) {
+			if v, ok := bytes.CutPrefix(kv, []byte("BERTH_APP=")); ok {
+				app = string(v)
+			} else if v, ok := bytes.CutPrefix(kv, []byte("TMPDIR=")); ok {
+				tmp = string(v)
+			}
+		}
+		if app != "" && tmp == a.appDir(app, "tmp") {
+			groups[st.PGID] = app
+		}
+	}
+	for pgid, app := range groups {
+		a.log.Warn("killing an app process the previous agent started but did not record", "app", app, "pgid", pgid)
+		if err := syscall.Kill(-pgid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+			a.log.Error("kill stray process group", "pgid", pgid, "error", err)
+		}
+		if err := waitGroupGone(ctx, pgid, 10*time.Second); err != nil {
+			a.log.Error("stray process group did not go away", "pgid", pgid, "error", err)
+		}
+	}
+}
+
 // waitGroupGone waits until no live (non-zombie) process is in the
 // process group. The processes are not our children (their parent died),
 // so there is nothing to wait4 on: it polls /proc, bounded by timeout.

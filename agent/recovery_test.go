@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -184,13 +185,16 @@ func TestAgent_PendingAtStart(t *testing.T) {
 }
 
 // TestAgent_Kill9DuringSwitches ensures a kill -9 of the agent at a
-// random moment while config changes switch the app's processes loses
-// nothing. The agent runs in a child process (this test binary in helper
-// mode) and is killed in 5 rounds while a client sets config vars one
-// after the other; after each kill a new agent on the same data dir must
-// have versions without gaps, exactly one active release holding every
-// change that was acknowledged, and exactly one set of processes, of
-// that release, with those vars: none left over from the killed agent.
+// random moment while deploys and config changes switch the app's
+// processes loses nothing. The agent runs in a child process (this test
+// binary in helper mode) and is killed in 5 rounds while a client
+// alternates config changes and deploys of new builds; after each kill a
+// new agent on the same data dir must have versions without gaps,
+// exactly one active release holding every config change that was
+// acknowledged, the builds of the active and the newest releases whole
+// (and no unpacking left half done), and exactly one set of
+// processes, of that release, with those vars: none left over from the
+// killed agent.
 func TestAgent_Kill9DuringSwitches(t *testing.T) {
 	cfg := testConfig(dataDir(t))
 	cfg.BasePort = freeBasePort(t)
@@ -207,6 +211,7 @@ func TestAgent_Kill9DuringSwitches(t *testing.T) {
 	}
 	ctx := context.Background()
 	var acked []string // config keys whose change was acknowledged
+	deploys := 0       // deploys acknowledged
 
 	// check verifies what survived, through rels (from the new agent).
 	check := func(round int, rels []api.Release) {
@@ -231,18 +236,39 @@ func TestAgent_Kill9DuringSwitches(t *testing.T) {
 		if active == 0 {
 			t.Fatalf("round %d: no active release: %+v", round, rels)
 		}
+		builds := filepath.Join(cfg.DataDir, "builds")
+		entries, err := os.ReadDir(builds)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			if strings.HasPrefix(e.Name(), ".tmp-") {
+				t.Fatalf("round %d: a half-unpacked build is left: %s", round, e.Name())
+			}
+		}
+		newest := 0
+		for _, r := range rels {
+			newest = max(newest, r.Version)
+		}
+		for _, r := range rels {
+			if r.Version <= newest-DefaultRetention && r.Status != "active" {
+				continue // its build may be gone: only the newest releases keep theirs
+			}
+			if _, err := os.Stat(filepath.Join(builds, r.Build, "Procfile")); err != nil {
+				t.Fatalf("round %d: the build %.12s of v%d (%s) is not whole: %v", round, r.Build, r.Version, r.Status, err)
+			}
+		}
 		want := "v" + strconv.Itoa(active)
 		var procs map[int]string
-		waitFor(t, 30*time.Second, "one process of the active release", func() bool {
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 			procs = appProcs(t, cfg.DataDir, "hello")
-			if len(procs) != 1 {
-				return false
+			if len(procs) == 1 && slices.Contains(slices.Collect(maps.Values(procs)), want) {
+				break
 			}
-			for _, rel := range procs {
-				return rel == want
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: processes %v after 30s, want one of %s; releases %+v\nagent log:\n%s", round, procs, want, rels, childLog())
 			}
-			return false
-		})
+		}
 		for pid := range procs {
 			env := procEnv(t, pid)
 			for _, k := range acked {
@@ -287,17 +313,26 @@ func TestAgent_Kill9DuringSwitches(t *testing.T) {
 			check(round, rels)
 		}
 
-		// Config changes one after the other until the kill.
-		done := make(chan []string)
+		// Config changes and deploys one after the other until the kill.
+		done := make(chan struct{})
+		var keys, deployed []string
 		go func() {
-			var ok []string
-			defer func() { done <- ok }()
+			defer close(done)
 			for i := 0; ; i++ {
+				if i%2 == 1 {
+					body := webBuild(t, fmt.Sprintf("build %d of round %d", i, round))
+					rel, err := c.Deploy(ctx, api.DeployRequest{App: "hello", Body: bytes.NewReader(body), Source: "cli"}, nil)
+					if err != nil {
+						return // the agent is gone
+					}
+					deployed = append(deployed, rel.Build)
+					continue
+				}
 				key := fmt.Sprintf("K%d_%d", round, i)
 				if _, err := c.SetConfig(ctx, "hello", api.ConfigChange{Set: map[string]string{key: "1"}}, nil); err != nil {
-					return // the agent is gone
+					return
 				}
-				ok = append(ok, key)
+				keys = append(keys, key)
 			}
 		}()
 		time.Sleep(time.Duration(100+rand.IntN(1400)) * time.Millisecond)
@@ -305,7 +340,9 @@ func TestAgent_Kill9DuringSwitches(t *testing.T) {
 			t.Fatal(err)
 		}
 		child.Wait()
-		acked = append(acked, <-done...)
+		<-done
+		acked = append(acked, keys...)
+		deploys += len(deployed)
 		c.Close()
 	}
 	if len(acked) == 0 {
@@ -319,5 +356,51 @@ func TestAgent_Kill9DuringSwitches(t *testing.T) {
 		t.Fatal(err)
 	}
 	check(5, rels)
-	t.Logf("%d acknowledged changes over 5 kills; %d releases", len(acked), len(rels))
+	t.Logf("%d acknowledged config changes and %d deploys over 5 kills; %d releases", len(acked), deploys, len(rels))
+}
+
+// TestAgent_KillsStrays ensures an agent at start kills an app process of
+// its data dir that no record names (a previous agent died between
+// starting and recording it), with the rest of its process group, and
+// leaves alone a look-alike of another data dir.
+func TestAgent_KillsStrays(t *testing.T) {
+	cfg := testConfig(dataDir(t))
+	start := func(tmp string) *exec.Cmd {
+		// A shell with a child in its group, as a Procfile command has.
+		cmd := exec.Command("/bin/sh", "-c", "sleep 1000 & wait")
+		cmd.Env = []string{"PATH=/usr/bin:/bin", "BERTH_APP=hello", "BERTH_RELEASE=v3", "TMPDIR=" + tmp}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			cmd.Wait()
+		})
+		return cmd
+	}
+	stray := start(filepath.Join(cfg.DataDir, "apps", "hello", "tmp"))
+	other := start(filepath.Join(filepath.Dir(cfg.DataDir), "other-data", "apps", "hello", "tmp"))
+	waitFor(t, 10*time.Second, "the sleeps to start", func() bool {
+		return anyInGroup(stray.Process.Pid, func(pid int, st procStat) bool { return pid != stray.Process.Pid }) &&
+			anyInGroup(other.Process.Pid, func(pid int, st procStat) bool { return pid != other.Process.Pid })
+	})
+	exited := make(chan error, 1)
+	go func() { exited <- stray.Wait() }()
+
+	startAgent(t, cfg)
+	select {
+	case err := <-exited:
+		if ws, ok := stray.ProcessState.Sys().(syscall.WaitStatus); !ok || ws.Signal() != syscall.SIGKILL {
+			t.Errorf("stray exited with %v, want SIGKILL", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the stray of this data dir still runs after the agent started")
+	}
+	if groupAlive(stray.Process.Pid) {
+		t.Error("the stray's child (same process group) still runs")
+	}
+	if !groupAlive(other.Process.Pid) {
+		t.Error("the process of another data dir was killed")
+	}
 }
