@@ -13,7 +13,9 @@
 // (failing at once, having started nothing, when another agent holds the
 // data dir), opens the build store, starts the supervisor, kills the
 // processes a previous agent left behind (found by the process records in
-// the store: pid, process group and start time), marks releases left
+// the store: pid, process group and start time; and, for one started
+// but not yet recorded when that agent died, by the BERTH_APP and TMPDIR
+// of its environment), marks releases left
 // pending by an interrupted switch failed, starts every app on its active
 // release and formation, serves the socket, tells systemd it is ready and
 // watches the inbox. When its context ends it stops every app process
