@@ -194,8 +194,22 @@ func TestAgent_PendingAtStart(t *testing.T) {
 // acknowledged, the builds of the active and the newest releases whole
 // (and no unpacking left half done), and exactly one set of
 // processes, of that release, with those vars: none left over from the
-// killed agent.
+// killed agent. In socket mode the new instance of a switch starts
+// beside the old one on the agent's socket.
 func TestAgent_Kill9DuringSwitches(t *testing.T) {
+	t.Run("bind", func(t *testing.T) { kill9DuringSwitches(t, "") })
+	t.Run("socket", func(t *testing.T) { kill9DuringSwitches(t, `{"processes":{"web":{"socket_activation":true}}}`) })
+}
+
+func kill9DuringSwitches(t *testing.T, manifest string) {
+	// Each build differs by its README; a socket-activated command must
+	// be one simple command.
+	build := func(marker string) []byte {
+		if manifest == "" {
+			return webBuild(t, marker)
+		}
+		return tarball(t, map[string]string{"Procfile": "web: sleep 1000\n", "berth.json": manifest, "README": marker})
+	}
 	cfg := testConfig(dataDir(t))
 	cfg.BasePort = freeBasePort(t)
 	socket := filepath.Join(filepath.Dir(cfg.DataDir), "k.sock")
@@ -214,7 +228,7 @@ func TestAgent_Kill9DuringSwitches(t *testing.T) {
 	deploys := 0       // deploys acknowledged
 
 	// check verifies what survived, through rels (from the new agent).
-	check := func(round int, rels []api.Release) {
+	check := func(round int, rels []api.Release, ps func() ([]api.Process, error)) {
 		t.Helper()
 		active := 0
 		for i, r := range rels {
@@ -269,6 +283,18 @@ func TestAgent_Kill9DuringSwitches(t *testing.T) {
 				t.Fatalf("round %d: processes %v after 30s, want one of %s; releases %+v\nagent log:\n%s", round, procs, want, rels, childLog())
 			}
 		}
+		if manifest != "" {
+			// The agent listens on the instance's socket again.
+			list, err := ps()
+			if err != nil || len(list) != 1 || list[0].Mode != "socket" {
+				t.Fatalf("round %d: processes %+v, %v; want web.1 in socket mode", round, list, err)
+			}
+			conn, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(list[0].Port)))
+			if err != nil {
+				t.Fatalf("round %d: web.1's socket is not listening: %v", round, err)
+			}
+			conn.Close()
+		}
 		for pid := range procs {
 			env := procEnv(t, pid)
 			for _, k := range acked {
@@ -302,7 +328,7 @@ func TestAgent_Kill9DuringSwitches(t *testing.T) {
 			return err == nil
 		})
 		if round == 0 {
-			if _, err := c.Deploy(ctx, api.DeployRequest{App: "hello", Body: bytes.NewReader(webApp(t, "")), Source: "cli"}, nil); err != nil {
+			if _, err := c.Deploy(ctx, api.DeployRequest{App: "hello", Body: bytes.NewReader(build("first")), Source: "cli"}, nil); err != nil {
 				t.Fatalf("deploy: %v\n%s", err, childLog())
 			}
 		} else {
@@ -310,7 +336,7 @@ func TestAgent_Kill9DuringSwitches(t *testing.T) {
 			if err != nil {
 				t.Fatalf("releases after the kill: %v\n%s", err, childLog())
 			}
-			check(round, rels)
+			check(round, rels, func() ([]api.Process, error) { return c.Processes(ctx, "hello") })
 		}
 
 		// Config changes and deploys one after the other until the kill.
@@ -320,7 +346,7 @@ func TestAgent_Kill9DuringSwitches(t *testing.T) {
 			defer close(done)
 			for i := 0; ; i++ {
 				if i%2 == 1 {
-					body := webBuild(t, fmt.Sprintf("build %d of round %d", i, round))
+					body := build(fmt.Sprintf("build %d of round %d", i, round))
 					rel, err := c.Deploy(ctx, api.DeployRequest{App: "hello", Body: bytes.NewReader(body), Source: "cli"}, nil)
 					if err != nil {
 						return // the agent is gone
@@ -355,7 +381,7 @@ func TestAgent_Kill9DuringSwitches(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	check(5, rels)
+	check(5, rels, func() ([]api.Process, error) { return ta.Processes(ctx, "hello") })
 	t.Logf("%d acknowledged config changes and %d deploys over 5 kills; %d releases", len(acked), deploys, len(rels))
 }
 
