@@ -185,17 +185,18 @@ func TestAgent_PendingAtStart(t *testing.T) {
 }
 
 // TestAgent_Kill9DuringSwitches ensures a kill -9 of the agent at a
-// random moment while deploys and config changes switch the app's
-// processes loses nothing. The agent runs in a child process (this test
-// binary in helper mode) and is killed in 5 rounds while a client
-// alternates config changes and deploys of new builds; after each kill a
-// new agent on the same data dir must have versions without gaps,
-// exactly one active release holding every config change that was
-// acknowledged, the builds of the active and the newest releases whole
-// (and no unpacking left half done), and exactly one set of
-// processes, of that release, with those vars: none left over from the
-// killed agent. In socket mode the new instance of a switch starts
-// beside the old one on the agent's socket.
+// random moment while deploys, config changes and scaling switch the
+// app's processes loses nothing. The agent runs in a child process (this
+// test binary in helper mode) and is killed in 5 rounds while a client
+// changes config, deploys new builds and scales web between 1 and 2, one
+// after the other. After each kill a new agent on the same data dir must
+// have versions without gaps, exactly one active release holding every
+// config change that was acknowledged, the builds of the active and the
+// newest releases whole (and no unpacking left half done), and as many
+// processes as the app's formation says, all of the active release, with
+// those vars: none left over from the killed agent. In socket mode the
+// new instance of a switch starts beside the old one on the agent's
+// socket, which must listen again after the kill.
 func TestAgent_Kill9DuringSwitches(t *testing.T) {
 	t.Run("bind", func(t *testing.T) { kill9DuringSwitches(t, "") })
 	t.Run("socket", func(t *testing.T) { kill9DuringSwitches(t, `{"processes":{"web":{"socket_activation":true}}}`) })
@@ -227,9 +228,22 @@ func kill9DuringSwitches(t *testing.T, manifest string) {
 	var acked []string // config keys whose change was acknowledged
 	deploys := 0       // deploys acknowledged
 
-	// check verifies what survived, through rels (from the new agent).
-	check := func(round int, rels []api.Release, ps func() ([]api.Process, error)) {
+	// check verifies what survived, asking the new agent.
+	check := func(round int, agent interface {
+		Apps(context.Context) ([]api.App, error)
+		Releases(context.Context, string) ([]api.Release, error)
+		Processes(context.Context, string) ([]api.Process, error)
+	}) {
 		t.Helper()
+		rels, err := agent.Releases(ctx, "hello")
+		if err != nil {
+			t.Fatalf("round %d: releases after the kill: %v\n%s", round, err, childLog())
+		}
+		apps, err := agent.Apps(ctx)
+		if err != nil || len(apps) != 1 {
+			t.Fatalf("round %d: apps %+v, %v", round, apps, err)
+		}
+		scale := apps[0].Formation["web"]
 		active := 0
 		for i, r := range rels {
 			if r.Version != len(rels)-i && r.Version != i+1 {
@@ -276,24 +290,26 @@ func kill9DuringSwitches(t *testing.T, manifest string) {
 		var procs map[int]string
 		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 			procs = appProcs(t, cfg.DataDir, "hello")
-			if len(procs) == 1 && slices.Contains(slices.Collect(maps.Values(procs)), want) {
+			if len(procs) == scale && !slices.ContainsFunc(slices.Collect(maps.Values(procs)), func(rel string) bool { return rel != want }) {
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("round %d: processes %v after 30s, want one of %s; releases %+v\nagent log:\n%s", round, procs, want, rels, childLog())
+				t.Fatalf("round %d: processes %v after 30s, want %d of %s; releases %+v\nagent log:\n%s", round, procs, scale, want, rels, childLog())
 			}
 		}
 		if manifest != "" {
-			// The agent listens on the instance's socket again.
-			list, err := ps()
-			if err != nil || len(list) != 1 || list[0].Mode != "socket" {
-				t.Fatalf("round %d: processes %+v, %v; want web.1 in socket mode", round, list, err)
+			// The agent listens on the instances' sockets again.
+			list, err := agent.Processes(ctx, "hello")
+			if err != nil || len(list) != scale {
+				t.Fatalf("round %d: processes %+v, %v; want %d", round, list, err, scale)
 			}
-			conn, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(list[0].Port)))
-			if err != nil {
-				t.Fatalf("round %d: web.1's socket is not listening: %v", round, err)
+			for _, p := range list {
+				conn, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p.Port)))
+				if err != nil || p.Mode != "socket" {
+					t.Fatalf("round %d: %s (%s mode): socket not listening: %v", round, p.Instance, p.Mode, err)
+				}
+				conn.Close()
 			}
-			conn.Close()
 		}
 		for pid := range procs {
 			env := procEnv(t, pid)
@@ -332,20 +348,23 @@ func kill9DuringSwitches(t *testing.T, manifest string) {
 				t.Fatalf("deploy: %v\n%s", err, childLog())
 			}
 		} else {
-			rels, err := c.Releases(ctx, "hello")
-			if err != nil {
-				t.Fatalf("releases after the kill: %v\n%s", err, childLog())
-			}
-			check(round, rels, func() ([]api.Process, error) { return c.Processes(ctx, "hello") })
+			check(round, c)
 		}
 
-		// Config changes and deploys one after the other until the kill.
+		// Config changes, deploys and scaling, one after the other until
+		// the kill.
 		done := make(chan struct{})
 		var keys, deployed []string
 		go func() {
 			defer close(done)
 			for i := 0; ; i++ {
-				if i%2 == 1 {
+				if i%3 == 2 {
+					if _, err := c.Scale(ctx, "hello", map[string]int{"web": 1 + i%2}); err != nil {
+						return
+					}
+					continue
+				}
+				if i%3 == 1 {
 					body := build(fmt.Sprintf("build %d of round %d", i, round))
 					rel, err := c.Deploy(ctx, api.DeployRequest{App: "hello", Body: bytes.NewReader(body), Source: "cli"}, nil)
 					if err != nil {
@@ -377,11 +396,11 @@ func kill9DuringSwitches(t *testing.T, manifest string) {
 
 	// The last word goes to an agent in this process.
 	ta := startAgent(t, cfg)
+	check(5, ta)
 	rels, err := ta.Releases(ctx, "hello")
 	if err != nil {
 		t.Fatal(err)
 	}
-	check(5, rels, func() ([]api.Process, error) { return ta.Processes(ctx, "hello") })
 	t.Logf("%d acknowledged config changes and %d deploys over 5 kills; %d releases", len(acked), deploys, len(rels))
 }
 
