@@ -122,6 +122,13 @@ func decodeConfigChange(r io.Reader) (ConfigChange, error) {
 			return c, fmt.Errorf("%w: config change both sets and unsets %q", ErrInvalid, k)
 		}
 	}
+	// One form for "nothing": {"set":{}} is no set at all.
+	if len(c.Set) == 0 {
+		c.Set = nil
+	}
+	if len(c.Unset) == 0 {
+		c.Unset = nil
+	}
 	return c, nil
 }
 
