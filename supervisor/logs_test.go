@@ -28,12 +28,7 @@ func TestLogs_Rotation(t *testing.T) {
 	const n, size = 500, 50
 	spec := Spec{Name: "spew", Command: helperCmd("spew", fmt.Sprint(n), fmt.Sprint(size)), Env: helperEnv(),
 		Backoff: noRestart, Log: LogConfig{Path: path, MaxSize: 4096, MaxFiles: 3, MaxLine: 1000}}
-	events, cancel := s.Subscribe(100)
-	defer cancel()
-	if err := s.Start(spec); err != nil {
-		t.Fatal(err)
-	}
-	nextEvent(t, events, spec.Name, inState(StateBackoff))
+	runToExit(t, s, spec)
 	if _, err := s.Stop(context.Background(), spec.Name); err != nil {
 		t.Fatal(err)
 	}
@@ -101,15 +96,7 @@ func TestLogs_BothStreamsAtOnce(t *testing.T) {
 	const n = 100_000 // about 2 x 11 MB: some rotations of 4 MiB
 	spec := Spec{Name: "both", Command: helperCmd("spew2", fmt.Sprint(n)), Env: helperEnv(), Backoff: noRestart,
 		Log: LogConfig{Path: path, MaxSize: 4 << 20, MaxFiles: 10, Memory: 2 * n}}
-	events, cancel := s.Subscribe(100)
-	defer cancel()
-	if err := s.Start(spec); err != nil {
-		t.Fatal(err)
-	}
-	nextEvent(t, events, spec.Name, inState(StateBackoff))
-	if ok, err := s.WaitOutput(spec.Name, 30*time.Second); !ok || err != nil {
-		t.Fatalf("output not all read: %v, %v", ok, err)
-	}
+	runToExit(t, s, spec)
 	mem, _ := s.Tail(spec.Name, 0)
 	if _, err := s.Stop(context.Background(), spec.Name); err != nil {
 		t.Fatal(err)
@@ -511,12 +498,7 @@ func TestLogs_BigWritesAllocateNoSpareBlocks(t *testing.T) {
 	const n, size = 80_000, 100 // about 8 MB stored, in reads far above preallocMin
 	spec := Spec{Name: "spew", Command: helperCmd("spew", fmt.Sprint(n), fmt.Sprint(size)), Env: helperEnv(),
 		Backoff: noRestart, Log: LogConfig{Path: path, MaxSize: 2 << 20, MaxFiles: 3}}
-	events, cancel := s.Subscribe(100)
-	defer cancel()
-	if err := s.Start(spec); err != nil {
-		t.Fatal(err)
-	}
-	nextEvent(t, events, spec.Name, inState(StateBackoff))
+	runToExit(t, s, spec)
 	if _, err := s.Stop(context.Background(), spec.Name); err != nil {
 		t.Fatal(err)
 	}
@@ -585,15 +567,7 @@ func TestLogs_FullDisk(t *testing.T) {
 	const n, size = 5000, 100 // 500 kB: far more than the filesystem holds
 	spec := Spec{Name: "spew", Command: helperCmd("spew", fmt.Sprint(n), fmt.Sprint(size)), Env: helperEnv(),
 		Backoff: noRestart, Log: LogConfig{Path: path, MaxSize: 1 << 20, MaxFiles: 2, Memory: n}}
-	events, cancelEvents := s.Subscribe(100)
-	defer cancelEvents()
-	if err := s.Start(spec); err != nil {
-		t.Fatal(err)
-	}
-	nextEvent(t, events, spec.Name, inState(StateBackoff)) // the app finished: not held up
-	if ok, err := s.WaitOutput(spec.Name, 30*time.Second); !ok || err != nil {
-		t.Fatalf("output not all read: %v, %v", ok, err)
-	}
+	runToExit(t, s, spec) // the app finished: not held up
 	mem, _ := s.Tail(spec.Name, 0)
 	if len(mem) != n || !strings.HasPrefix(mem[n-1].Text, fmt.Sprint(n-1)+" ") {
 		t.Fatalf("%d lines in memory, want all %d", len(mem), n)
@@ -626,10 +600,7 @@ func TestLogs_FullDisk(t *testing.T) {
 	if _, err := s.Stop(context.Background(), spec.Name); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Start(spec); err != nil {
-		t.Fatal(err)
-	}
-	nextEvent(t, events, spec.Name, inState(StateBackoff))
+	runToExit(t, s, spec)
 	if _, err := s.Stop(context.Background(), spec.Name); err != nil {
 		t.Fatal(err)
 	}
@@ -642,6 +613,21 @@ func TestLogs_FullDisk(t *testing.T) {
 	}
 	if last := again[len(again)-1]; last.Text != "after the disk was full" || last.Stream != "stdout" {
 		t.Fatalf("last line %+v", last)
+	}
+}
+
+// runToExit starts spec, which must not restart (Backoff noRestart), and
+// returns once its process has exited and all its output is stored.
+func runToExit(t *testing.T, s *Supervisor, spec Spec) {
+	t.Helper()
+	events, cancel := s.Subscribe(100)
+	defer cancel()
+	if err := s.Start(spec); err != nil {
+		t.Fatal(err)
+	}
+	nextEvent(t, events, spec.Name, inState(StateBackoff))
+	if ok, err := s.WaitOutput(spec.Name, 30*time.Second); !ok || err != nil {
+		t.Fatalf("%s: output not all read: %v, %v", spec.Name, ok, err)
 	}
 }
 
