@@ -59,18 +59,7 @@ func recoveryAfterKill9(t *testing.T, manifest, mode string) {
 		t.Fatal(err)
 	}
 	defer logf.Close()
-	child := exec.Command(os.Args[0], "-test.run=^$")
-	child.Env = append(os.Environ(), helperEnv+"="+cfg.DataDir, helperPortEnv+"="+strconv.Itoa(cfg.BasePort))
-	child.Stdout, child.Stderr = logf, logf
-	if err := child.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if child.ProcessState == nil {
-			child.Process.Signal(syscall.SIGTERM)
-			child.Wait()
-		}
-	})
+	child := startChildAgent(t, cfg, "", logf)
 	childLog := func() string { b, _ := os.ReadFile(logf.Name()); return string(b) }
 	waitFor(t, 30*time.Second, "the child agent to run 2 processes", func() bool {
 		if child.ProcessState != nil {
@@ -142,6 +131,30 @@ func recoveryAfterKill9(t *testing.T, manifest, mode string) {
 		}
 		return true
 	})
+}
+
+// startChildAgent runs an agent on cfg's data dir and base port in a
+// child process (this test binary in helper mode), serving socket unless
+// it is empty, with its output to out. The test may SIGKILL it; one
+// still running at the end gets SIGTERM.
+func startChildAgent(t *testing.T, cfg Config, socket string, out *os.File) *exec.Cmd {
+	t.Helper()
+	child := exec.Command(os.Args[0], "-test.run=^$")
+	child.Env = append(os.Environ(), helperEnv+"="+cfg.DataDir, helperPortEnv+"="+strconv.Itoa(cfg.BasePort))
+	if socket != "" {
+		child.Env = append(child.Env, "BERTH_AGENT_TEST_SOCKET="+socket)
+	}
+	child.Stdout, child.Stderr = out, out
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if child.ProcessState == nil {
+			child.Process.Signal(syscall.SIGTERM)
+			child.Wait()
+		}
+	})
+	return child
 }
 
 // TestAgent_PendingAtStart ensures a release left pending by an agent
@@ -322,19 +335,7 @@ func kill9DuringSwitches(t *testing.T, manifest string) {
 	}
 
 	for round := 0; round < 5; round++ {
-		child := exec.Command(os.Args[0], "-test.run=^$")
-		child.Env = append(os.Environ(), helperEnv+"="+cfg.DataDir, helperPortEnv+"="+strconv.Itoa(cfg.BasePort),
-			"BERTH_AGENT_TEST_SOCKET="+socket)
-		child.Stdout, child.Stderr = logf, logf
-		if err := child.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			if child.ProcessState == nil {
-				child.Process.Signal(syscall.SIGTERM)
-				child.Wait()
-			}
-		})
+		child := startChildAgent(t, cfg, socket, logf)
 		c := api.NewClient(socket)
 		waitFor(t, 30*time.Second, "the child agent to answer", func() bool {
 			if child.ProcessState != nil {
