@@ -274,12 +274,7 @@ func (a *Agent) killLeftovers(ctx context.Context) {
 		alive := err == nil && st.StartTime == rec.StartTime && st.State != 'Z'
 		if alive && rec.PGID > 1 && rec.PGID != own {
 			a.log.Warn("killing process left by the previous agent", "name", rec.Name, "pid", rec.PID, "pgid", rec.PGID)
-			if err := syscall.Kill(-rec.PGID, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
-				a.log.Error("kill leftover process group", "pgid", rec.PGID, "error", err)
-			}
-			if err := waitGroupGone(ctx, rec.PGID, 10*time.Second); err != nil {
-				a.log.Error("leftover process group did not go away", "pgid", rec.PGID, "error", err)
-			}
+			a.killGroup(ctx, rec.PGID)
 		}
 		if err := a.store.DeleteProc(rec.Name); err != nil {
 			a.log.Error("delete process record", "name", rec.Name, "error", err)
@@ -296,25 +291,15 @@ func (a *Agent) killLeftovers(ctx context.Context) {
 // (apps/<app>/tmp under the data dir): processEnv sets both, and neither
 // can be configured. Called at start, before any app process runs.
 func (a *Agent) killStrays(ctx context.Context) {
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		a.log.Error("look for stray app processes", "error", err)
-		return
-	}
-	own, self := unix.Getpgrp(), os.Getpid()
+	own := unix.Getpgrp()
 	groups := map[int]string{} // pgid -> app
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == self {
-			continue
+	err := eachProc(func(pid int, st procStat) bool {
+		if st.State == 'Z' || st.PGID <= 1 || st.PGID == own {
+			return true
 		}
-		st, err := readProcStat(pid)
-		if err != nil || st.State == 'Z' || st.PGID <= 1 || st.PGID == own {
-			continue
-		}
-		env, err := os.ReadFile("/proc/" + e.Name() + "/environ")
+		env, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
 		if err != nil {
-			continue
+			return true
 		}
 		var app, tmp string
 		for kv := range bytes.SplitSeq(env, []byte{0}) {
@@ -327,15 +312,25 @@ func (a *Agent) killStrays(ctx context.Context) {
 		if app != "" && tmp == a.appDir(app, "tmp") {
 			groups[st.PGID] = app
 		}
+		return true
+	})
+	if err != nil {
+		a.log.Error("look for stray app processes", "error", err)
 	}
 	for pgid, app := range groups {
 		a.log.Warn("killing an app process the previous agent started but did not record", "app", app, "pgid", pgid)
-		if err := syscall.Kill(-pgid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
-			a.log.Error("kill stray process group", "pgid", pgid, "error", err)
-		}
-		if err := waitGroupGone(ctx, pgid, 10*time.Second); err != nil {
-			a.log.Error("stray process group did not go away", "pgid", pgid, "error", err)
-		}
+		a.killGroup(ctx, pgid)
+	}
+}
+
+// killGroup SIGKILLs a process group a previous agent left and waits
+// (up to 10 s) until it is gone.
+func (a *Agent) killGroup(ctx context.Context, pgid int) {
+	if err := syscall.Kill(-pgid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		a.log.Error("kill leftover process group", "pgid", pgid, "error", err)
+	}
+	if err := waitGroupGone(ctx, pgid, 10*time.Second); err != nil {
+		a.log.Error("leftover process group did not go away", "pgid", pgid, "error", err)
 	}
 }
 
@@ -371,20 +366,31 @@ func groupAlive(pgid int) bool {
 // anyInGroup reports whether match holds for a process of the process
 // group pgid, walking /proc.
 func anyInGroup(pgid int, match func(pid int, st procStat) bool) bool {
+	found := false
+	eachProc(func(pid int, st procStat) bool {
+		found = st.PGID == pgid && match(pid, st)
+		return !found
+	})
+	return found
+}
+
+// eachProc calls fn with each process in /proc and its stat, until fn
+// returns false. Processes that go away meanwhile are skipped.
+func eachProc(fn func(pid int, st procStat) bool) error {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
-		return false
+		return err
 	}
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
 			continue
 		}
-		if st, err := readProcStat(pid); err == nil && st.PGID == pgid && match(pid, st) {
-			return true
+		if st, err := readProcStat(pid); err == nil && !fn(pid, st) {
+			return nil
 		}
 	}
-	return false
+	return nil
 }
 
 // failInterrupted marks the releases a previous agent left pending (a
