@@ -307,9 +307,11 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	a.killStrays(ctx)
 	a.failInterrupted()
 	close(a.ready)
-	// From here on Backend calls are served; make sure everything we
-	// start is stopped again before the supervisor goes away.
-	defer a.shutdown(cancelOps)
+	// From here on Backend calls are served. The shutdown is written out
+	// in one place, in order (see shutdown): whatever started below is
+	// registered in sd, and stopped after the operations in flight ended.
+	var sd shutdownSteps
+	defer func() { a.shutdown(cancelOps, &sd) }()
 
 	a.startAll(ctx)
 
@@ -319,47 +321,31 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 			return err
 		}
 		srv := api.NewServer(api.ServerConfig{Backend: a, GID: gid, Version: cfg.Version}, a.root.Named("api"))
-		srvCtx, stopSrv := context.WithCancel(context.Background())
-		var srvWG sync.WaitGroup
-		srvWG.Go(func() {
-			if err := srv.Serve(srvCtx, ln); err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, net.ErrClosed) {
+		sd.server = goOwned(context.Background(), func(ctx context.Context) {
+			if err := srv.Serve(ctx, ln); err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, net.ErrClosed) {
 				a.log.Error("control socket server stopped", "error", err)
 			}
 		})
-		defer func() {
-			stopSrv()
-			srvWG.Wait()
-		}()
 		a.log.Info("serving", "socket", ln.Addr().String())
 	}
 
-	inboxCtx, stopInbox := context.WithCancel(ctx)
-	var inboxWG sync.WaitGroup
-	inboxWG.Go(func() {
-		if err := a.runInbox(inboxCtx); err != nil {
+	// The inbox also stops as soon as Run's context ends, before the
+	// ordered shutdown reaches it: it starts no new deploy then.
+	sd.inbox = goOwned(ctx, func(ctx context.Context) {
+		if err := a.runInbox(ctx); err != nil {
 			a.log.Error("inbox watcher stopped", "error", err)
 		}
 	})
-	defer func() {
-		stopInbox()
-		inboxWG.Wait()
-	}()
 
 	if err := systemd.Ready(); err != nil {
 		a.log.Warn("notify systemd", "error", err)
 	}
-	wdCtx, stopWD := context.WithCancel(context.Background())
-	var wdWG sync.WaitGroup
 	wd := &systemd.Watchdog{Check: a.alive}
-	wdWG.Go(func() {
-		if err := wd.Run(wdCtx, a.root.Named("systemd")); err != nil && !errors.Is(err, context.Canceled) {
+	sd.watchdog = goOwned(context.Background(), func(ctx context.Context) {
+		if err := wd.Run(ctx, a.root.Named("systemd")); err != nil && !errors.Is(err, context.Canceled) {
 			a.log.Warn("watchdog stopped", "error", err)
 		}
 	})
-	defer func() {
-		stopWD()
-		wdWG.Wait()
-	}()
 
 	close(a.up)
 	if err := a.mainLoop(ctx, supDone); err != nil {
@@ -370,6 +356,28 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		a.log.Warn("notify systemd", "error", err)
 	}
 	return nil
+}
+
+// goOwned runs fn in a goroutine with a context derived from parent and
+// returns the function that cancels that context and waits for fn to
+// return.
+func goOwned(parent context.Context, fn func(ctx context.Context)) func() {
+	ctx, cancel := context.WithCancel(parent)
+	done := make(chan struct{})
+	go func() { // owned: the returned function waits for done
+		defer close(done)
+		fn(ctx)
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
+}
+
+// shutdownSteps holds the stop functions of what Run started after the
+// store and the supervisor (nil for what it did not start).
+type shutdownSteps struct {
+	inbox, server, watchdog func()
 }
 
 // mainLoop answers watchdog pings and updates the systemd status line
@@ -473,14 +481,30 @@ func (a *Agent) listen(cfg Config) (net.Listener, int, error) {
 	return ln, gid, nil
 }
 
-// shutdown refuses new operations, waits for those in flight, then stops
-// every app process gracefully and forgets their records.
-func (a *Agent) shutdown(cancelOps context.CancelFunc) {
+// shutdown stops the agent in order, as tailscale and litestream do:
+// first what takes work, then what does it, then what it ran.
+//
+//  1. Refuse new operations (they get errShuttingDown) and cancel those
+//     in flight: a switch in its release phase or waiting for its
+//     instances is abandoned and recorded as interrupted (the previous
+//     release stays active, see interrupt), a follow stream ends. Wait
+//     until every operation has returned, so that its client got the
+//     "the agent is shutting down" error over a socket still served.
+//  2. Stop the inbox, the control socket's server and the watchdog.
+//  3. Stop every app process gracefully (its stop signal, SIGKILL after
+//     its stop timeout, all at once) and forget their records.
+func (a *Agent) shutdown(cancelOps context.CancelFunc, sd *shutdownSteps) {
 	a.opMu.Lock()
 	a.closing = true
 	a.opMu.Unlock()
 	cancelOps()
 	a.ops.Wait()
+
+	for _, stop := range []func(){sd.inbox, sd.server, sd.watchdog} {
+		if stop != nil {
+			stop()
+		}
+	}
 
 	a.instMu.Lock()
 	names := make([]string, 0, len(a.insts))
@@ -500,8 +524,9 @@ func (a *Agent) shutdown(cancelOps context.CancelFunc) {
 	a.log.Info("stopped app processes", "count", len(names))
 }
 
-// errShuttingDown is what a Backend call gets once shutdown began.
-var errShuttingDown = fmt.Errorf("%w: %w (shutting down)", api.ErrUnavailable, ErrNotRunning)
+// errShuttingDown is what a Backend call gets once shutdown began, and
+// what an operation cut short by it returns.
+var errShuttingDown = fmt.Errorf("%w: %w", api.ErrUnavailable, ErrShuttingDown)
 
 // begin registers a Backend operation; it fails once shutdown began or
 // before Run is ready. Call end when done.
@@ -521,6 +546,17 @@ func (a *Agent) begin() error {
 }
 
 func (a *Agent) end() { a.ops.Done() }
+
+// opContext returns a context that ends with ctx (the client's request)
+// or when shutdown begins, whichever comes first.
+func (a *Agent) opContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(a.opCtx, cancel)
+	return ctx, func() {
+		stop()
+		cancel()
+	}
+}
 
 // lockApp waits for the app's switching lock: one change per app at a
 // time, other apps are not affected. It returns the unlock function.

@@ -11,9 +11,15 @@ import (
 // wrap one of the api error kinds (api.ErrInvalid, api.ErrNotFound, ...).
 var (
 	// ErrNotRunning is returned by Backend methods called before Run has
-	// opened the store, or after it started shutting down. It comes
-	// wrapped in api.ErrUnavailable.
+	// opened the store. It comes wrapped in api.ErrUnavailable.
 	ErrNotRunning = errors.New("agent is not running")
+
+	// ErrShuttingDown is returned by Backend methods called once the
+	// agent began shutting down, and by operations it cut short: a switch
+	// abandoned in its release phase or while waiting for its instances
+	// (recorded as interrupted; the previous release stays active). It
+	// comes wrapped in api.ErrUnavailable.
+	ErrShuttingDown = errors.New("the agent is shutting down")
 
 	// ErrReleasePhase is wrapped by *ReleasePhaseError: the release phase
 	// of a new release failed, the release was marked failed and the

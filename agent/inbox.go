@@ -236,8 +236,10 @@ func (a *Agent) inboxDeploy(ctx context.Context, dir, path string) {
 			a.log.Info("inbox deploy done", "file", rel, "app", app, "release", r.Version)
 		}
 	}
-	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
-		return // shutting down: the file stays and is picked up next start
+	if (ctx.Err() != nil && errors.Is(err, ctx.Err())) || errors.Is(err, ErrShuttingDown) {
+		// Shutting down: the file stays and is deployed at the next
+		// start (a switch it began is recorded as interrupted).
+		return
 	}
 	sub := ".done"
 	if err != nil {

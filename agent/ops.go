@@ -246,13 +246,20 @@ func (a *Agent) Deploy(ctx context.Context, req api.DeployRequest, progressFn ap
 	start := time.Now()
 	cr.atEOF = func(n int64) { p.step("upload", "received %d bytes", n) }
 
+	// The upload ends early when the client goes away or the agent
+	// begins shutting down.
+	ictx, cancel := a.opContext(ctx)
+	defer cancel()
 	a.gcMu.RLock()
-	b, err := a.builds.Import(ctx, cr, req.Digest)
+	b, err := a.builds.Import(ictx, cr, req.Digest)
 	var unpin func()
 	if err == nil {
 		unpin = a.pin(b.Digest)
 	}
 	a.gcMu.RUnlock()
+	if err != nil && a.opCtx.Err() != nil {
+		return api.Release{}, fmt.Errorf("%w: deploy %s: the upload was cut short", errShuttingDown, req.App)
+	}
 	if err != nil {
 		a.appendEvent(req.App, "failure", fmt.Sprintf("deploy refused: %v", err))
 		return api.Release{}, mapErr(fmt.Errorf("deploy %s: %w", req.App, err))

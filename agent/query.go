@@ -33,7 +33,7 @@ func (a *Agent) startAll(ctx context.Context) {
 		if err != nil {
 			return
 		}
-		err = a.startApp(app.Name)
+		err = a.startApp(ctx, app.Name)
 		unlock()
 		if err != nil {
 			a.log.Error("start app", "app", app.Name, "error", err)
@@ -42,7 +42,9 @@ func (a *Agent) startAll(ctx context.Context) {
 	}
 }
 
-func (a *Agent) startApp(app string) error {
+func (a *Agent) startApp(ctx context.Context, app string) error {
+	ctx, cancel := a.opContext(ctx)
+	defer cancel()
 	rel, b, err := a.activeBuild(app)
 	if err != nil {
 		return err
@@ -50,7 +52,7 @@ func (a *Agent) startApp(app string) error {
 	if err := a.swapCurrent(app, b.Dir); err != nil {
 		a.log.Error("swap current link", "app", app, "error", err)
 	}
-	insts, err := a.converge(a.opCtx, app, rel, b, false, false, newProgress(nil))
+	insts, err := a.converge(ctx, app, rel, b, false, false, newProgress(nil))
 	setLive(insts)
 	if err != nil {
 		return err

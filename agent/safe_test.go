@@ -56,6 +56,12 @@ func helloBinary(t *testing.T) string {
 // tar; marker makes each build distinct.
 func helloTar(t *testing.T, manifest, marker string) []byte {
 	t.Helper()
+	return helloTarFiles(t, "web: ./hello\n", manifest, marker)
+}
+
+// helloTarFiles is helloTar with a Procfile of its own.
+func helloTarFiles(t *testing.T, procfile, manifest, marker string) []byte {
+	t.Helper()
 	bin, err := os.ReadFile(helloBinary(t))
 	if err != nil {
 		t.Fatal(err)
@@ -65,7 +71,7 @@ func helloTar(t *testing.T, manifest, marker string) []byte {
 		mode int64
 		data []byte
 	}{
-		{"Procfile", 0o644, []byte("web: ./hello\n")},
+		{"Procfile", 0o644, []byte(procfile)},
 		{"VERSION", 0o644, []byte(marker + "\n")},
 		{"hello", 0o755, bin},
 	}

@@ -837,6 +837,9 @@ func (a *Agent) activate(app string, rel state.Release, b *build.Build, kind str
 	if command, ok := b.Procfile.Command("release"); ok {
 		p.mark()
 		out, err := a.runReleasePhase(sctx, app, rel, b, command)
+		if err != nil && sctx.Err() != nil {
+			return state.Release{}, a.interrupt(app, rel, nil, "release phase", out, p)
+		}
 		if err != nil {
 			var rpe *ReleasePhaseError
 			reason := err.Error()
@@ -883,12 +886,11 @@ func (a *Agent) activate(app string, rel state.Release, b *build.Build, kind str
 		err = a.probation(sctx, a.config(), insts, events, p)
 	}
 	if err != nil {
+		if sctx.Err() != nil {
+			return state.Release{}, a.interrupt(app, rel, &prev, failedStep, "", p)
+		}
 		// The step that failed, with the time it took.
 		p.step(failedStep, "v%d failed: %v", rel.Version, err)
-		if sctx.Err() != nil {
-			// Shutting down: the next start brings the active release up.
-			return state.Release{}, fmt.Errorf("v%d is active but the agent stopped before its processes were up: %w", rel.Version, err)
-		}
 		return state.Release{}, a.rollBack(app, rel, prev, err, p)
 	}
 	setLive(insts)
@@ -900,6 +902,41 @@ func (a *Agent) activate(app string, rel state.Release, b *build.Build, kind str
 	}
 	p.step("done", "v%d %s", out.Version, out.Description)
 	return out, nil
+}
+
+// interrupt records a switch to rel that the agent's shutdown cut short
+// during step: rel is marked failed as interrupted (with the output so
+// far), and, when it had been activated already (prev is not nil), the
+// release active before it, prev, is active again in the same
+// transaction, so the next start brings prev back. Its processes are
+// not touched here: shutdown stops every app process next. It returns
+// the errShuttingDown that tells the client so.
+func (a *Agent) interrupt(app string, rel state.Release, prev *state.Release, step, output string, p *progress) error {
+	reason := fmt.Sprintf("interrupted: the agent shut down during the %s", step)
+	msg := fmt.Sprintf("v%d %s; v%d was not activated", rel.Version, reason, rel.Version)
+	if prev != nil {
+		if prev.Version != 0 {
+			msg = fmt.Sprintf("v%d %s; v%d is the active release again", rel.Version, reason, prev.Version)
+		} else {
+			msg = fmt.Sprintf("v%d %s; the app has no active release", rel.Version, reason)
+		}
+		if err := a.store.FailAndActivate(app, rel.Version, reason, output, prev.Version); err != nil {
+			a.log.Error("record interrupted switch", "app", app, "version", rel.Version, "error", err)
+			msg = fmt.Sprintf("v%d %s, but recording it failed (%v): v%d stays active", rel.Version, reason, err, rel.Version)
+		} else if prev.Version != 0 {
+			if b, err := a.builds.Get(prev.Build); err == nil {
+				if err := a.swapCurrent(app, b.Dir); err != nil {
+					a.log.Error("swap current link", "app", app, "error", err)
+				}
+			}
+		}
+	} else if err := a.store.MarkFailed(app, rel.Version, reason, output); err != nil {
+		a.log.Error("record interrupted switch", "app", app, "version", rel.Version, "error", err)
+	}
+	a.log.Warn("switch interrupted by shutdown", "app", app, "version", rel.Version, "step", step)
+	a.appendEvent(app, "interrupted", msg)
+	p.step(step, "%s", msg)
+	return fmt.Errorf("%w: %s", errShuttingDown, msg)
 }
 
 // failPending marks a release that was never activated failed, with the
