@@ -1,0 +1,172 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/berth-dev/berth/agent/api"
+	"github.com/berth-dev/berth/state"
+	"github.com/berth-dev/berth/supervisor"
+)
+
+// The operations on an app's processes: Scale, Processes and Restart.
+// Each runs through do (op.go).
+
+// Scale sets the count of the given types and starts or stops only the
+// instances that changed. Types must be in the active build's Procfile.
+func (a *Agent) Scale(ctx context.Context, app string, formation map[string]int) ([]api.Process, error) {
+	check := func() error { return checkFormation(formation) }
+	return do(a, ctx, opts{app: app, exists: true, check: check, lock: true}, func(context.Context) ([]api.Process, error) {
+		return a.scale(app, formation)
+	})
+}
+
+// checkFormation refuses an empty scale, a bad type name, the release
+// phase and a count out of range.
+func checkFormation(formation map[string]int) error {
+	if len(formation) == 0 {
+		return fmt.Errorf("%w: scale: no process types given", api.ErrInvalid)
+	}
+	for typ, n := range formation {
+		if err := state.ValidateProcessType(typ); err != nil {
+			return fmt.Errorf("scale: %w", err)
+		}
+		if typ == "release" {
+			return fmt.Errorf("%w: scale: release is the release phase, not a process type that runs", api.ErrInvalid)
+		}
+		if n < 0 || n > state.MaxProcessCount {
+			return fmt.Errorf("%w: scale: %s=%d: count must be from 0 to %d", api.ErrInvalid, typ, n, state.MaxProcessCount)
+		}
+	}
+	return nil
+}
+
+func (a *Agent) scale(app string, formation map[string]int) ([]api.Process, error) {
+	rel, b, err := a.activeBuild(app)
+	if errors.Is(err, state.ErrNoActiveRelease) {
+		return nil, fmt.Errorf("%w: scale %s: nothing is deployed yet", api.ErrConflict, app)
+	} else if err != nil {
+		return nil, err
+	}
+	known := b.Procfile.Types()
+	known = slices.DeleteFunc(known, func(t string) bool { return t == "release" })
+	for typ := range formation {
+		if !slices.Contains(known, typ) {
+			return nil, fmt.Errorf("%w: scale %s: no process type %q in the Procfile of v%d (it has %s)",
+				api.ErrNotFound, app, typ, rel.Version, strings.Join(known, ", "))
+		}
+	}
+	if _, err := a.store.SetFormation(app, formation); err != nil {
+		return nil, err
+	}
+	insts, err := a.converge(a.opCtx, app, rel, b, false, true, newProgress(nil))
+	setLive(insts)
+	if err != nil {
+		return nil, fmt.Errorf("scale %s: %w", app, err)
+	}
+	var parts []string
+	for _, t := range slices.Sorted(maps.Keys(formation)) {
+		parts = append(parts, fmt.Sprintf("%s=%d", t, formation[t]))
+	}
+	a.appendEvent(app, "scale", "scaled "+strings.Join(parts, " "))
+	return a.processes(app), nil
+}
+
+// Processes lists the instances of an app ("" for every app).
+func (a *Agent) Processes(ctx context.Context, app string) ([]api.Process, error) {
+	return do(a, ctx, opts{app: app, exists: true}, func(context.Context) ([]api.Process, error) {
+		return a.processes(app), nil
+	})
+}
+
+func (a *Agent) processes(app string) []api.Process {
+	statuses := map[string]supervisor.Status{}
+	for _, st := range a.sup.List() {
+		statuses[st.Name] = st
+	}
+	a.instMu.Lock()
+	insts := make([]*instance, 0, len(a.insts))
+	for _, in := range a.insts {
+		if app == "" || in.App == app {
+			insts = append(insts, in)
+		}
+	}
+	a.instMu.Unlock()
+	out := make([]api.Process, 0, len(insts))
+	for _, in := range insts {
+		p := api.Process{App: in.App, Instance: in.Instance, Type: in.Type, State: "stopped",
+			Release: in.Release, Port: in.Port, Mode: in.Mode, Command: in.Command}
+		if st, ok := statuses[in.Name]; ok {
+			if in.prober != nil {
+				h, _ := in.prober.status(st.PID)
+				p.Health = h.String()
+			}
+			p.State = st.State.String()
+			p.PID = st.PID
+			p.StartedAt = st.StartedAt
+			p.Restarts = st.Restarts
+			p.NextAttempt = st.NextAttempt
+			if st.LastExit != nil {
+				p.LastExit = st.LastExit.String()
+			}
+		}
+		out = append(out, p)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].App != out[j].App {
+			return out[i].App < out[j].App
+		}
+		return compareInstances(out[i].Instance, out[j].Instance) < 0
+	})
+	return out
+}
+
+// Restart restarts all the app's processes (target ""), those of a type
+// ("web") or one instance ("web.1"), each with its stop signal and stop
+// timeout, on the same release.
+func (a *Agent) Restart(ctx context.Context, app, target string) error {
+	return do0(a, ctx, opts{app: app, exists: true, lock: true}, func(context.Context) error {
+		return a.restart(app, target)
+	})
+}
+
+func (a *Agent) restart(app, target string) error {
+	insts := a.appInstances(app)
+	var names []string
+	for name, in := range insts {
+		if target == "" || target == in.Type || target == in.Instance {
+			names = append(names, name)
+		}
+	}
+	if len(names) == 0 {
+		if target == "" {
+			return fmt.Errorf("%w: restart %s: no processes are running", api.ErrConflict, app)
+		}
+		var have []string
+		for _, in := range insts {
+			have = append(have, in.Instance)
+		}
+		slices.SortFunc(have, compareInstances)
+		return fmt.Errorf("%w: restart %s: no process type or instance %q (running: %s)", api.ErrNotFound, app, target, strings.Join(have, ", "))
+	}
+	slices.SortFunc(names, compareInstances)
+	// One at a time: a rolling restart keeps the other instances serving.
+	errs := make([]error, len(names))
+	for i, name := range names {
+		errs[i] = a.sup.Restart(name)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("restart %s: %w", app, err)
+	}
+	what := target
+	if what == "" {
+		what = "all processes"
+	}
+	a.appendEvent(app, "restart", fmt.Sprintf("restarted %s (%d)", what, len(names)))
+	return nil
+}
