@@ -61,7 +61,7 @@ func newInstance(s *Supervisor, sp Spec) *instance {
 // published. Called with mu held.
 func (in *instance) setState(st State, pid int, exit *Exit) {
 	in.state = st
-	ev := Event{Name: in.spec.Name, Time: time.Now(), State: st, PID: pid, Exit: exit}
+	ev := Event{Name: in.spec.Name, Time: time.Now(), State: st, PID: pid, Exit: exit, Meta: in.spec.Meta}
 	if st == StateBackoff || st == StateCrashed {
 		ev.NextAttempt = in.nextAttempt
 	}
@@ -77,7 +77,7 @@ func (in *instance) isGone() bool {
 func (in *instance) status() Status {
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	st := Status{Name: in.spec.Name, State: in.state, StartedAt: in.startedAt, Restarts: in.restarts, LastError: in.lastErr}
+	st := Status{Name: in.spec.Name, State: in.state, StartedAt: in.startedAt, Restarts: in.restarts, LastError: in.lastErr, Meta: in.spec.Meta}
 	if in.proc != nil {
 		st.PID = in.proc.pid
 	}

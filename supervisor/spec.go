@@ -114,6 +114,13 @@ type Spec struct {
 	// end in `exec app` for app to keep that pid. The files stay owned
 	// by the caller.
 	ListenFiles []*os.File
+	// Meta is the owner's own value for the instance (e.g. a pointer to
+	// its immutable description of it). The supervisor never looks at
+	// it nor copies what it points to; it is handed back as it is in
+	// every Status and Event of the instance, so an owner can act on
+	// them without a lookup table of its own. Point it only at data
+	// that does not change, or that the owner synchronises itself.
+	Meta any
 }
 
 const (
@@ -279,6 +286,7 @@ type Status struct {
 	LastExit    *Exit     // nil until a process has exited
 	NextAttempt time.Time // in backoff and crashed: when the next start is due
 	LastError   string    // the last fork/exec failure, "" if the last start worked
+	Meta        any       // Spec.Meta, as given
 }
 
 // Event is a state change of an instance.
@@ -290,6 +298,8 @@ type Event struct {
 	Exit  *Exit // set when the change follows an exit
 	// NextAttempt is when the next start is due, in backoff and crashed.
 	NextAttempt time.Time
+	// Meta is Spec.Meta of the instance, as given.
+	Meta any
 	// Missed counts the events this subscriber lost, because its
 	// buffer was full, just before this one.
 	Missed int

@@ -296,6 +296,38 @@ func TestSupervisor_Restart(t *testing.T) {
 	}
 }
 
+// Ensures Spec.Meta comes back as it was given (the same pointer, never
+// copied) in Status, List and every event of the instance, the stopped
+// one included.
+func TestSupervisor_MetaReturned(t *testing.T) {
+	s := startSup(t, Config{})
+	events, cancel := s.Subscribe(100)
+	defer cancel()
+	type desc struct{ app, typ string }
+	meta := &desc{"app", "web"}
+	spec := Spec{Name: "meta", Command: "sleep 1000", Env: []string{"PATH=/usr/bin:/bin"}, Meta: meta}
+	if err := s.Start(spec); err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range []State{StateStarting, StateRunning} {
+		if ev := nextEvent(t, events, spec.Name, inState(st)); ev.Meta != any(meta) {
+			t.Fatalf("%v event: Meta = %v, want %p", st, ev.Meta, meta)
+		}
+	}
+	if st, _ := s.Status(spec.Name); st.Meta != any(meta) {
+		t.Fatalf("Status.Meta = %v, want %p", st.Meta, meta)
+	}
+	if l := s.List(); len(l) != 1 || l[0].Meta != any(meta) {
+		t.Fatalf("List = %+v, want Meta %p", l, meta)
+	}
+	if _, err := s.Stop(context.Background(), spec.Name); err != nil {
+		t.Fatal(err)
+	}
+	if ev := nextEvent(t, events, spec.Name, inState(StateStopped)); ev.Meta != any(meta) {
+		t.Fatalf("stopped event: Meta = %v, want %p", ev.Meta, meta)
+	}
+}
+
 // Ensures StopMany stops instances concurrently and Run's shutdown stops
 // whatever is left.
 func TestSupervisor_StopManyAndShutdown(t *testing.T) {
