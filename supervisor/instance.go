@@ -58,10 +58,13 @@ func newInstance(s *Supervisor, sp Spec) *instance {
 }
 
 // setState is the one place where the state changes; every change is
-// published. Called with mu held.
+// published, with the fields it shares with Status taken from the same
+// fields status reads, so the event agrees with a Status taken at that
+// moment. Called with mu held.
 func (in *instance) setState(st State, pid int, exit *Exit) {
 	in.state = st
-	ev := Event{Name: in.spec.Name, Time: time.Now(), State: st, PID: pid, Exit: exit, Meta: in.spec.Meta}
+	ev := Event{Name: in.spec.Name, Time: time.Now(), State: st, PID: pid, Exit: exit,
+		Restarts: in.restarts, StartedAt: in.startedAt, Meta: in.spec.Meta}
 	if st == StateBackoff || st == StateCrashed {
 		ev.NextAttempt = in.nextAttempt
 	}

@@ -298,6 +298,12 @@ type Event struct {
 	Exit  *Exit // set when the change follows an exit
 	// NextAttempt is when the next start is due, in backoff and crashed.
 	NextAttempt time.Time
+	// Restarts and StartedAt are Status.Restarts and Status.StartedAt
+	// as they were when the change happened (StartedAt is that of the
+	// current or last process: of the exited one in backoff, of the new
+	// one in running), so a waiter can act on the event alone.
+	Restarts  int
+	StartedAt time.Time
 	// Meta is Spec.Meta of the instance, as given.
 	Meta any
 	// Missed counts the events this subscriber lost, because its
