@@ -234,19 +234,34 @@ func (sp Spec) withDefaults() (Spec, error) {
 	return sp, nil
 }
 
+// CauseUnhealthy is the cause of a restart asked for with
+// RestartUnhealthy, because the process failed its health check. It is
+// found in Status.LastCause, Event.Cause and Exit.Cause.
+const CauseUnhealthy = "unhealthy"
+
 // Exit is how a process ended.
 type Exit struct {
 	Code   int            // exit code; -1 when killed by a signal
 	Signal syscall.Signal // the signal that killed it, or 0
 	Time   time.Time      // when the supervisor reaped it
+	// Cause is set when the supervisor stopped the process to restart
+	// it for a reason of the owner's (CauseUnhealthy); it is "" for an
+	// exit of the process's own, a Stop and a Restart. Such an exit is
+	// no crash: it is neither backed off nor shown as crashed.
+	Cause string
 }
 
-// String returns "exit 1" or "signal SIGKILL".
+// String returns "exit 1" or "signal SIGKILL", and for an exit with a
+// Cause "restarted: unhealthy (signal SIGTERM)".
 func (e Exit) String() string {
+	how := fmt.Sprintf("exit %d", e.Code)
 	if e.Signal != 0 {
-		return "signal " + signalName(e.Signal)
+		how = "signal " + signalName(e.Signal)
 	}
-	return fmt.Sprintf("exit %d", e.Code)
+	if e.Cause != "" {
+		return "restarted: " + e.Cause + " (" + how + ")"
+	}
+	return how
 }
 
 func exitOf(ws syscall.WaitStatus, t time.Time) Exit {
@@ -286,7 +301,13 @@ type Status struct {
 	LastExit    *Exit     // nil until a process has exited
 	NextAttempt time.Time // in backoff and crashed: when the next start is due
 	LastError   string    // the last fork/exec failure, "" if the last start worked
-	Meta        any       // Spec.Meta, as given
+	// LastCause is why the latest restart (in progress, or the one that
+	// started the current process) was made, when it was not a plain
+	// one: CauseUnhealthy from RestartUnhealthy, from its stopping state
+	// until the next start, stop or exit. It is "" after Start, Restart,
+	// Stop and an automatic restart after an exit or a failed start.
+	LastCause string
+	Meta      any // Spec.Meta, as given
 }
 
 // Event is a state change of an instance.
@@ -304,6 +325,11 @@ type Event struct {
 	// one in running), so a waiter can act on the event alone.
 	Restarts  int
 	StartedAt time.Time
+	// Cause is Status.LastCause at the change: CauseUnhealthy on the
+	// stopping, starting and running events of a RestartUnhealthy (the
+	// starting one carries the stopped process's PID and Exit), so a
+	// subscriber can tell "restarted: unhealthy" from a crash.
+	Cause string
 	// Meta is Spec.Meta of the instance, as given.
 	Meta any
 	// Missed counts the events this subscriber lost, because its
