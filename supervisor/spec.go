@@ -21,8 +21,8 @@ const (
 	// StateBackoff means the process exited before settling and waits for
 	// its next attempt (Status.NextAttempt).
 	StateBackoff
-	// StateStopping means a Stop or Restart is signalling the process group
-	// and waiting for it to be gone.
+	// StateStopping means a Stop, Restart or RestartUnhealthy is
+	// signalling the process group and waiting for it to be gone.
 	StateStopping
 	// StateStopped means the instance was stopped on purpose; it is the
 	// last state an instance reports before it is forgotten.
