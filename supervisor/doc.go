@@ -20,7 +20,54 @@
 // once; quick exits in a row wait Backoff.Initial doubling up to
 // Backoff.Max (minus up to 20% jitter); after Backoff.CrashAfter quick
 // exits in a row the state shows crashed, and retries continue at the
-// cap forever. Only Stop and Restart (on purpose) prevent a restart.
+// cap forever. Only Stop, Restart and RestartUnhealthy (on purpose)
+// prevent the restart of an exit.
+//
+// # States
+//
+// An instance's State changes in one place (under its lock) and every
+// change is published as an Event:
+//
+//	Start
+//	  |
+//	  v            exec'd
+//	starting ----------------> running
+//	  ^   |                    |  |  |
+//	  |   | fork/exec failed   |  |  | exit after Settle
+//	  |   v                    |  |  v
+//	  |  backoff <-------------+  |  starting, at once (one event,
+//	  |  crashed   exit before    |  with the Exit)
+//	  |   |        Settle         |
+//	  +---+ at NextAttempt        | Stop, Restart, RestartUnhealthy
+//	                              v
+//	                           stopping --Stop--> stopped (forgotten)
+//	                              |
+//	                              +--Restart, RestartUnhealthy--> starting
+//
+// Stop reaches stopping from any state; crashed is backoff after
+// Backoff.CrashAfter quick exits in a row. Restart resets the backoff.
+//
+// RestartUnhealthy(name, pid, reason) is the restart an owner asks for
+// when the process pid failed its health check: if pid still runs, the
+// instance goes running -> stopping -> starting -> running, without the
+// wait for the old output that Restart does. It counts in Restarts but
+// is not a quick exit: never backoff or crashed for it, and the backoff
+// is left as it was (reset if the process had settled). A pid that no
+// longer runs gets ErrStalePID and nothing changes.
+//
+// # What the owner gets back
+//
+// Status and Event carry what an owner needs to act without keeping a
+// copy of its own: Spec.Meta (an opaque value of the owner's, e.g. a
+// pointer to its description of the instance, never looked at), and in
+// each event the Restarts and StartedAt that Status has at that moment.
+// Cause says why the latest restart was made when it was not a plain
+// one: CauseUnhealthy in Status.LastCause and Event.Cause from the
+// stopping event of a RestartUnhealthy until the next start, stop or
+// exit, and in Exit.Cause of the process it stopped, so that the exit
+// reads "restarted: unhealthy (signal SIGTERM)" and a subscriber can log
+// it as such, not as a crash. After Start, Restart, Stop and a restart
+// after an exit, Cause is "".
 //
 // # The reaper rule
 //
@@ -28,7 +75,7 @@
 // waitid(P_ALL, WEXITED|WNOWAIT) and reaps (wait4 by pid) only
 //
 //   - processes started through this Supervisor (Start, Restart,
-//     RunCommand): their statuses go to their owners;
+//     RestartUnhealthy, RunCommand): their statuses go to their owners;
 //   - unknown children in another process group than the supervisor's
 //     own: orphans reparented to it (Config.Subreaper) and leftovers of
 //     instance groups; they are logged at debug level.

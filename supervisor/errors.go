@@ -9,16 +9,25 @@ import (
 // already supervised.
 var ErrExists = errors.New("instance already exists")
 
-// ErrNotFound is returned by Stop, Restart, Status and Tail when no
-// instance with that name is supervised.
+// ErrNotFound is returned by Stop, Restart, RestartUnhealthy, Status and
+// Tail when no instance with that name is supervised, and by
+// RestartUnhealthy when a Stop of the instance came in while it stopped
+// the process (the Stop wins: nothing is started again).
 var ErrNotFound = errors.New("instance not found")
+
+// ErrStalePID is returned by RestartUnhealthy when the pid it was given
+// is no longer the instance's running process: it exited meanwhile (and
+// may have been restarted), or it was replaced by a Restart, or it is
+// being stopped. Nothing is done: what runs now was not judged.
+var ErrStalePID = errors.New("process is no longer the running one")
 
 // ErrInvalidSpec is returned (wrapped in a *SpecError) by Start and
 // RunCommand when a Spec field has a bad value; nothing is started.
 var ErrInvalidSpec = errors.New("invalid spec")
 
-// ErrClosed is returned by Start, Restart and RunCommand once Run has
-// returned: nothing would reap the process any more.
+// ErrClosed is returned by Start, Restart, RestartUnhealthy and
+// RunCommand once Run has returned: nothing would reap the process any
+// more.
 var ErrClosed = errors.New("supervisor closed")
 
 // ErrReaperBusy is returned by Run when another Supervisor is already

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -25,9 +26,12 @@ type instance struct {
 	spec Spec // with defaults; never changes
 	logs *logSink
 
-	// opMu serializes Stop and Restart of this instance.
-	// Lock order: opMu, then spawnMu, then mu.
+	// opMu serializes Stop, Restart and RestartUnhealthy of this
+	// instance. Lock order: opMu, then spawnMu, then mu.
 	opMu sync.Mutex
+	// stopWaiting counts the Stops waiting for or holding opMu: a
+	// RestartUnhealthy that sees one does not start a new process.
+	stopWaiting atomic.Int32
 	// spawnMu is held by a spawn from its decision to start until the
 	// process is recorded (or failed to start); halt takes it to wait
 	// for a spawn in flight.
@@ -43,7 +47,8 @@ type instance struct {
 	lastErr     string
 	nextAttempt time.Time
 	timer       *time.Timer // pending backoff restart
-	halting     bool        // a Stop or Restart is in progress: exits are not restarted
+	halting     bool        // a Stop, Restart or RestartUnhealthy is in progress: exits are not restarted
+	cause       string      // Status.LastCause; while halting, also the cause of the exit
 	announced   bool        // starting was published with the exit that caused it
 	gone        bool        // stopped and forgotten
 	lastExited  *proc       // the process that exited last, for WaitOutput
@@ -58,10 +63,13 @@ func newInstance(s *Supervisor, sp Spec) *instance {
 }
 
 // setState is the one place where the state changes; every change is
-// published. Called with mu held.
+// published, with the fields it shares with Status taken from the same
+// fields status reads, so the event agrees with a Status taken at that
+// moment. Called with mu held.
 func (in *instance) setState(st State, pid int, exit *Exit) {
 	in.state = st
-	ev := Event{Name: in.spec.Name, Time: time.Now(), State: st, PID: pid, Exit: exit}
+	ev := Event{Name: in.spec.Name, Time: time.Now(), State: st, PID: pid, Exit: exit,
+		Restarts: in.restarts, StartedAt: in.startedAt, Cause: in.cause, Meta: in.spec.Meta}
 	if st == StateBackoff || st == StateCrashed {
 		ev.NextAttempt = in.nextAttempt
 	}
@@ -77,7 +85,8 @@ func (in *instance) isGone() bool {
 func (in *instance) status() Status {
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	st := Status{Name: in.spec.Name, State: in.state, StartedAt: in.startedAt, Restarts: in.restarts, LastError: in.lastErr}
+	st := Status{Name: in.spec.Name, State: in.state, StartedAt: in.startedAt, Restarts: in.restarts, LastError: in.lastErr,
+		LastCause: in.cause, Meta: in.spec.Meta}
 	if in.proc != nil {
 		st.PID = in.proc.pid
 	}
@@ -111,6 +120,7 @@ func (in *instance) spawn() error {
 	if err != nil {
 		in.mu.Lock()
 		in.lastErr = err.Error()
+		in.cause = "" // what follows is a retry after a failed start
 		in.quick++
 		in.restarts++
 		in.scheduleRetry(0, nil)
@@ -147,6 +157,9 @@ func (in *instance) exited(p *proc, ws syscall.WaitStatus, at time.Time) {
 	exit := exitOf(ws, at)
 	in.mu.Lock()
 	defer in.mu.Unlock()
+	if in.halting {
+		exit.Cause = in.cause
+	}
 	p.exit = exit
 	close(p.exited)
 	in.lastExit = &exit
@@ -160,6 +173,7 @@ func (in *instance) exited(p *proc, ws syscall.WaitStatus, at time.Time) {
 	// Leftovers of the group must not run beside the next process.
 	syscall.Kill(-p.pid, syscall.SIGKILL)
 	in.restarts++
+	in.cause = ""
 	if at.Sub(in.startedAt) >= in.spec.Backoff.Settle {
 		in.quick = 0
 		in.setState(StateStarting, p.pid, &exit)
@@ -218,10 +232,29 @@ func (b Backoff) delay(n int) time.Duration {
 // Restart resumes it.
 func (in *instance) halt(ctx context.Context) (Exit, error) {
 	in.mu.Lock()
-	in.halting = true
-	in.cancelTimer()
+	in.beginHalt("")
 	in.mu.Unlock()
+	exit, err := in.stopGroup(ctx)
+	in.drain(ctx)
+	return exit, err
+}
 
+// beginHalt marks the instance halting, so that no exit from now on is
+// restarted or counted, records cause (Status.LastCause, and Exit.Cause
+// of the exit to come) and cancels a pending backoff restart. Called
+// with mu held.
+func (in *instance) beginHalt(cause string) {
+	in.halting = true
+	in.cause = cause
+	in.cancelTimer()
+}
+
+// stopGroup stops the process group of a halting instance: it waits for
+// a spawn in flight, publishes stopping, signals the group (SIGKILL after
+// the stop timeout) and clears the container. It returns the exit of the
+// process it stopped, or the last exit if none ran, without waiting for
+// the output to be stored.
+func (in *instance) stopGroup(ctx context.Context) (Exit, error) {
 	in.spawnMu.Lock() // a spawn in flight finishes first
 	in.mu.Lock()
 	p := in.proc
@@ -251,8 +284,59 @@ func (in *instance) halt(ctx context.Context) (Exit, error) {
 			err = errors.Join(err, fmt.Errorf("kill container of %s: %w", in.spec.Name, cerr))
 		}
 	}
-	in.drain(ctx)
 	return exit, err
+}
+
+// restartUnhealthy stops the process pid if it still runs and starts a
+// new one at once, recording CauseUnhealthy; see
+// Supervisor.RestartUnhealthy. Called with opMu held.
+func (in *instance) restartUnhealthy(pid int, reason string) error {
+	name := in.spec.Name
+	in.mu.Lock()
+	switch {
+	case in.gone || in.stopWaiting.Load() > 0:
+		in.mu.Unlock()
+		return fmt.Errorf("restart %s: %w", name, ErrNotFound)
+	case in.proc == nil || in.proc.pid != pid || in.halting:
+		in.mu.Unlock()
+		return fmt.Errorf("restart %s pid %d: %w", name, pid, ErrStalePID)
+	}
+	// Checked and marked under one lock: from here no exit of pid is
+	// restarted by the reaper, so nothing but pid can be stopped below.
+	in.beginHalt(CauseUnhealthy)
+	in.mu.Unlock()
+	in.s.log.Info("restarting unhealthy process", "instance", name, "pid", pid, "reason", reason)
+
+	// No drain: as after a crash, the new process starts while the old
+	// one's last output is still being stored.
+	exit, err := in.stopGroup(context.Background())
+	if err != nil { // only the container's kill can fail; go on, as respawn does
+		in.s.log.Warn("restart unhealthy process", "instance", name, "error", err)
+	}
+	if in.stopWaiting.Load() > 0 {
+		// The Stop wins; the exit it reports was no restart.
+		in.mu.Lock()
+		if in.lastExit != nil {
+			e := *in.lastExit
+			e.Cause = ""
+			in.lastExit = &e
+		}
+		in.mu.Unlock()
+		return fmt.Errorf("restart %s: stopped meanwhile: %w", name, ErrNotFound)
+	}
+	in.mu.Lock()
+	in.halting = false
+	if exit.Time.Sub(in.startedAt) >= in.spec.Backoff.Settle {
+		in.quick = 0 // a settled run resets the backoff, as its exit would
+	}
+	in.restarts++
+	in.setState(StateStarting, pid, &exit)
+	in.announced = true
+	in.mu.Unlock()
+	if err := in.spawn(); err != nil {
+		return &SpawnError{Name: name, Err: err}
+	}
+	return nil
 }
 
 // resume lets a halted instance run again, with its backoff reset.

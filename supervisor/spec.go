@@ -21,8 +21,8 @@ const (
 	// StateBackoff means the process exited before settling and waits for
 	// its next attempt (Status.NextAttempt).
 	StateBackoff
-	// StateStopping means a Stop or Restart is signalling the process group
-	// and waiting for it to be gone.
+	// StateStopping means a Stop, Restart or RestartUnhealthy is
+	// signalling the process group and waiting for it to be gone.
 	StateStopping
 	// StateStopped means the instance was stopped on purpose; it is the
 	// last state an instance reports before it is forgotten.
@@ -114,6 +114,13 @@ type Spec struct {
 	// end in `exec app` for app to keep that pid. The files stay owned
 	// by the caller.
 	ListenFiles []*os.File
+	// Meta is the owner's own value for the instance (e.g. a pointer to
+	// its immutable description of it). The supervisor never looks at
+	// it nor copies what it points to; it is handed back as it is in
+	// every Status and Event of the instance, so an owner can act on
+	// them without a lookup table of its own. Point it only at data
+	// that does not change, or that the owner synchronises itself.
+	Meta any
 }
 
 const (
@@ -227,19 +234,34 @@ func (sp Spec) withDefaults() (Spec, error) {
 	return sp, nil
 }
 
+// CauseUnhealthy is the cause of a restart asked for with
+// RestartUnhealthy, because the process failed its health check. It is
+// found in Status.LastCause, Event.Cause and Exit.Cause.
+const CauseUnhealthy = "unhealthy"
+
 // Exit is how a process ended.
 type Exit struct {
 	Code   int            // exit code; -1 when killed by a signal
 	Signal syscall.Signal // the signal that killed it, or 0
 	Time   time.Time      // when the supervisor reaped it
+	// Cause is set when the supervisor stopped the process to restart
+	// it for a reason of the owner's (CauseUnhealthy); it is "" for an
+	// exit of the process's own, a Stop and a Restart. Such an exit is
+	// no crash: it is neither backed off nor shown as crashed.
+	Cause string
 }
 
-// String returns "exit 1" or "signal SIGKILL".
+// String returns "exit 1" or "signal SIGKILL", and for an exit with a
+// Cause "restarted: unhealthy (signal SIGTERM)".
 func (e Exit) String() string {
+	how := fmt.Sprintf("exit %d", e.Code)
 	if e.Signal != 0 {
-		return "signal " + signalName(e.Signal)
+		how = "signal " + signalName(e.Signal)
 	}
-	return fmt.Sprintf("exit %d", e.Code)
+	if e.Cause != "" {
+		return "restarted: " + e.Cause + " (" + how + ")"
+	}
+	return how
 }
 
 func exitOf(ws syscall.WaitStatus, t time.Time) Exit {
@@ -279,6 +301,13 @@ type Status struct {
 	LastExit    *Exit     // nil until a process has exited
 	NextAttempt time.Time // in backoff and crashed: when the next start is due
 	LastError   string    // the last fork/exec failure, "" if the last start worked
+	// LastCause is why the latest restart (in progress, or the one that
+	// started the current process) was made, when it was not a plain
+	// one: CauseUnhealthy from RestartUnhealthy, from its stopping state
+	// until the next start, stop or exit. It is "" after Start, Restart,
+	// Stop and an automatic restart after an exit or a failed start.
+	LastCause string
+	Meta      any // Spec.Meta, as given
 }
 
 // Event is a state change of an instance.
@@ -290,6 +319,19 @@ type Event struct {
 	Exit  *Exit // set when the change follows an exit
 	// NextAttempt is when the next start is due, in backoff and crashed.
 	NextAttempt time.Time
+	// Restarts and StartedAt are Status.Restarts and Status.StartedAt
+	// as they were when the change happened (StartedAt is that of the
+	// current or last process: of the exited one in backoff, of the new
+	// one in running), so a waiter can act on the event alone.
+	Restarts  int
+	StartedAt time.Time
+	// Cause is Status.LastCause at the change: CauseUnhealthy on the
+	// stopping, starting and running events of a RestartUnhealthy (the
+	// starting one carries the stopped process's PID and Exit), so a
+	// subscriber can tell "restarted: unhealthy" from a crash.
+	Cause string
+	// Meta is Spec.Meta of the instance, as given.
+	Meta any
 	// Missed counts the events this subscriber lost, because its
 	// buffer was full, just before this one.
 	Missed int

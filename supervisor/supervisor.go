@@ -253,6 +253,8 @@ func (s *Supervisor) Stop(ctx context.Context, name string) (Exit, error) {
 	if err != nil {
 		return Exit{}, err
 	}
+	in.stopWaiting.Add(1) // a RestartUnhealthy in progress starts nothing more
+	defer in.stopWaiting.Add(-1)
 	in.opMu.Lock()
 	defer in.opMu.Unlock()
 	if in.isGone() {
@@ -314,6 +316,43 @@ func (s *Supervisor) Restart(name string) error {
 		return &SpawnError{Name: name, Err: err}
 	}
 	return nil
+}
+
+// RestartUnhealthy restarts an instance because its process pid failed
+// its health check; reason (e.g. the check's last output) is logged. If
+// pid is still the running process, its group is stopped as Restart
+// does (stop signal, SIGKILL after the stop timeout; on purpose, so the
+// exit is no crash) and a new process is started at once. The old
+// process's output is stored on the side, as after a crash: the call
+// returns within about the stop timeout plus a start.
+//
+// The restart is counted in Restarts but is not a quick exit: it is
+// never backed off, the state never shows backoff or crashed for it,
+// and the backoff is left as it was (reset if the process had run
+// Backoff.Settle, as its exit would have). It is recorded as
+// CauseUnhealthy: in Status.LastCause, in Event.Cause of its stopping,
+// starting and running events (the starting one carries the old PID and
+// its Exit) and in Exit.Cause of the stopped process, whose String
+// reads "restarted: unhealthy (signal SIGTERM)".
+//
+// If pid is no longer the running process (it exited, was replaced, or
+// is being stopped) nothing is done and ErrStalePID is returned. It is
+// serialized with Stop and Restart of the instance; a Stop that comes
+// in meanwhile waits for the old group to be gone, as for Restart, and
+// wins: no new process is started and ErrNotFound is returned. A failed
+// start returns a *SpawnError (the instance is then in backoff).
+func (s *Supervisor) RestartUnhealthy(name string, pid int, reason string) error {
+	in, err := s.lookup(name)
+	if err != nil {
+		return err
+	}
+	if !s.enter() {
+		return ErrClosed
+	}
+	defer s.wg.Done()
+	in.opMu.Lock()
+	defer in.opMu.Unlock()
+	return in.restartUnhealthy(pid, reason)
 }
 
 // Status returns a snapshot of one instance.

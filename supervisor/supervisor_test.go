@@ -296,6 +296,101 @@ func TestSupervisor_Restart(t *testing.T) {
 	}
 }
 
+// Ensures events carry what a waiter needs without calling Status:
+// through start, crash, backoff and restart, each event's Restarts,
+// StartedAt and PID agree with Status at that moment.
+func TestSupervisor_EventsAgreeWithStatus(t *testing.T) {
+	s := startSup(t, Config{})
+	events, cancel := s.Subscribe(100)
+	defer cancel()
+	spec := Spec{Name: "agree", Command: "sleep 1000", Env: []string{"PATH=/usr/bin:/bin"},
+		Backoff: Backoff{Initial: 20 * time.Millisecond, Settle: time.Hour}}
+	if err := s.Start(spec); err != nil {
+		t.Fatal(err)
+	}
+	same := func(what string, ev Event, st Status) {
+		t.Helper()
+		if ev.Restarts != st.Restarts || !ev.StartedAt.Equal(st.StartedAt) {
+			t.Fatalf("%s: event restarts %d started %v; status restarts %d started %v",
+				what, ev.Restarts, ev.StartedAt, st.Restarts, st.StartedAt)
+		}
+	}
+	// The process blocks, so Status read now is Status at the event.
+	ev := nextEvent(t, events, spec.Name, inState(StateStarting))
+	if ev.Restarts != 0 || !ev.StartedAt.IsZero() {
+		t.Fatalf("first starting event: restarts %d, started %v; want 0, zero", ev.Restarts, ev.StartedAt)
+	}
+	run1 := nextEvent(t, events, spec.Name, inState(StateRunning))
+	st1, _ := s.Status(spec.Name)
+	same("first run", run1, st1)
+	if run1.PID != st1.PID || st1.Restarts != 0 || st1.StartedAt.IsZero() {
+		t.Fatalf("first run: event pid %d, status %+v", run1.PID, st1)
+	}
+	syscall.Kill(st1.PID, syscall.SIGKILL)
+	// A quick exit: backoff, then a start of a new process.
+	back := nextEvent(t, events, spec.Name, func(ev Event) bool { return ev.Exit != nil })
+	if back.State != StateBackoff || back.PID != st1.PID || back.Exit.Signal != syscall.SIGKILL {
+		t.Fatalf("exit event = %+v (exit %v), want backoff after SIGKILL of pid %d", back, back.Exit, st1.PID)
+	}
+	// In backoff the last process is the first one, and the exit is
+	// counted already.
+	if back.Restarts != 1 || !back.StartedAt.Equal(st1.StartedAt) {
+		t.Fatalf("backoff event: restarts %d started %v; want 1, %v", back.Restarts, back.StartedAt, st1.StartedAt)
+	}
+	start2 := nextEvent(t, events, spec.Name, inState(StateStarting))
+	run2 := nextEvent(t, events, spec.Name, inState(StateRunning))
+	st2, _ := s.Status(spec.Name)
+	same("second run", run2, st2)
+	if run2.PID != st2.PID || run2.PID == st1.PID || st2.Restarts != 1 || !st2.StartedAt.After(st1.StartedAt) {
+		t.Fatalf("second run: event pid %d, status %+v; first pid %d", run2.PID, st2, st1.PID)
+	}
+	// Between the exit and the new process, Restarts stayed the same
+	// and StartedAt was the first process's.
+	if start2.Restarts != st2.Restarts || !start2.StartedAt.Equal(st1.StartedAt) {
+		t.Fatalf("second starting event: restarts %d started %v; want %d, %v", start2.Restarts, start2.StartedAt, st2.Restarts, st1.StartedAt)
+	}
+	for _, ev := range []Event{run1, back, start2, run2} {
+		if ev.Missed != 0 {
+			t.Fatalf("event %+v: missed %d", ev, ev.Missed)
+		}
+	}
+	if _, err := s.Stop(context.Background(), spec.Name); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Ensures Spec.Meta comes back as it was given (the same pointer, never
+// copied) in Status, List and every event of the instance, the stopped
+// one included.
+func TestSupervisor_MetaReturned(t *testing.T) {
+	s := startSup(t, Config{})
+	events, cancel := s.Subscribe(100)
+	defer cancel()
+	type desc struct{ app, typ string }
+	meta := &desc{"app", "web"}
+	spec := Spec{Name: "meta", Command: "sleep 1000", Env: []string{"PATH=/usr/bin:/bin"}, Meta: meta}
+	if err := s.Start(spec); err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range []State{StateStarting, StateRunning} {
+		if ev := nextEvent(t, events, spec.Name, inState(st)); ev.Meta != any(meta) {
+			t.Fatalf("%v event: Meta = %v, want %p", st, ev.Meta, meta)
+		}
+	}
+	if st, _ := s.Status(spec.Name); st.Meta != any(meta) {
+		t.Fatalf("Status.Meta = %v, want %p", st.Meta, meta)
+	}
+	if l := s.List(); len(l) != 1 || l[0].Meta != any(meta) {
+		t.Fatalf("List = %+v, want Meta %p", l, meta)
+	}
+	if _, err := s.Stop(context.Background(), spec.Name); err != nil {
+		t.Fatal(err)
+	}
+	if ev := nextEvent(t, events, spec.Name, inState(StateStopped)); ev.Meta != any(meta) {
+		t.Fatalf("stopped event: Meta = %v, want %p", ev.Meta, meta)
+	}
+}
+
 // Ensures StopMany stops instances concurrently and Run's shutdown stops
 // whatever is left.
 func TestSupervisor_StopManyAndShutdown(t *testing.T) {
