@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/agent/api"
+	"github.com/berth-dev/berth/agent/rollout"
 	"github.com/berth-dev/berth/state"
 	"github.com/berth-dev/berth/state/build"
 )
@@ -297,7 +298,7 @@ func (a *Agent) Deploy(ctx context.Context, req api.DeployRequest, progressFn ap
 		source = " from " + req.Source
 	}
 	rel, err := a.store.CreateRelease(req.App, state.NewRelease{
-		Build: b.Digest, Config: cfg, Formation: defaultFormation(formation, b.Procfile),
+		Build: b.Digest, Config: cfg, Formation: rollout.DefaultFormation(formation, b.Procfile.Types()),
 		Description: "Deploy " + shortDigest(b.Digest) + source,
 	})
 	if err != nil {
@@ -427,7 +428,7 @@ func (a *Agent) Rollback(ctx context.Context, app string, version int, progressF
 		return api.Release{}, mapErr(err)
 	}
 	rel, err := a.store.CreateRelease(app, state.NewRelease{Build: target.Build, Config: target.Config,
-		Formation: defaultFormation(formation, b.Procfile), Description: fmt.Sprintf("Rollback to v%d", target.Version)})
+		Formation: rollout.DefaultFormation(formation, b.Procfile.Types()), Description: fmt.Sprintf("Rollback to v%d", target.Version)})
 	if err != nil {
 		return api.Release{}, mapErr(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/berth-dev/berth/agent/api"
+	"github.com/berth-dev/berth/agent/rollout"
 	"github.com/berth-dev/berth/state"
 	"github.com/berth-dev/berth/supervisor"
 )
@@ -169,7 +170,7 @@ func (a *Agent) processes(app string) []api.Process {
 		if out[i].App != out[j].App {
 			return out[i].App < out[j].App
 		}
-		return compareInstances(out[i].Instance, out[j].Instance) < 0
+		return rollout.CompareInstances(out[i].Instance, out[j].Instance) < 0
 	})
 	return out
 }
@@ -205,10 +206,10 @@ func (a *Agent) Restart(ctx context.Context, app, target string) error {
 		for _, in := range insts {
 			have = append(have, in.Instance)
 		}
-		slices.SortFunc(have, compareInstances)
+		slices.SortFunc(have, rollout.CompareInstances)
 		return fmt.Errorf("%w: restart %s: no process type or instance %q (running: %s)", api.ErrNotFound, app, target, strings.Join(have, ", "))
 	}
-	slices.SortFunc(names, compareInstances)
+	slices.SortFunc(names, rollout.CompareInstances)
 	// One at a time: a rolling restart keeps the other instances serving.
 	errs := make([]error, len(names))
 	for i, name := range names {
@@ -270,7 +271,7 @@ func (a *Agent) logInstances(app string) []string {
 		set[strings.TrimSuffix(filepath.Base(f), ".log")] = true
 	}
 	out := slices.Collect(maps.Keys(set))
-	slices.SortFunc(out, compareInstances)
+	slices.SortFunc(out, rollout.CompareInstances)
 	return out
 }
 

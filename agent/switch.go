@@ -17,6 +17,7 @@ import (
 
 	"github.com/berth-dev/berth/agent/api"
 	"github.com/berth-dev/berth/agent/health"
+	"github.com/berth-dev/berth/agent/rollout"
 	"github.com/berth-dev/berth/state"
 	"github.com/berth-dev/berth/state/build"
 	"github.com/berth-dev/berth/supervisor"
@@ -51,60 +52,6 @@ func shortDigest(d string) string {
 		return d[:7]
 	}
 	return d
-}
-
-// defaultFormation returns the formation to record for a build: the
-// app's formation plus 1 for each type of the Procfile it does not have
-// yet (except the release phase).
-func defaultFormation(cur map[string]int, pf build.Procfile) map[string]int {
-	f := maps.Clone(cur)
-	if f == nil {
-		f = map[string]int{}
-	}
-	for _, t := range pf.Types() {
-		if _, ok := f[t]; !ok && t != "release" {
-			f[t] = 1
-		}
-	}
-	return f
-}
-
-// desiredInstances lists the instances ("web.1") a build runs under a
-// formation: the formation's count for each Procfile type (1 for a type
-// the formation does not name), never the release phase; types of the
-// formation the build does not have are skipped.
-func desiredInstances(formation map[string]int, pf build.Procfile) []string {
-	var out []string
-	for _, t := range pf.Types() {
-		if t == "release" {
-			continue
-		}
-		n, ok := formation[t]
-		if !ok {
-			n = 1
-		}
-		for i := 1; i <= n; i++ {
-			out = append(out, t+"."+strconv.Itoa(i))
-		}
-	}
-	slices.SortFunc(out, compareInstances)
-	return out
-}
-
-// compareInstances orders "web.2" before "web.10".
-func compareInstances(a, b string) int {
-	at, an := splitInstance(a)
-	bt, bn := splitInstance(b)
-	if c := strings.Compare(at, bt); c != 0 {
-		return c
-	}
-	return an - bn
-}
-
-func splitInstance(inst string) (string, int) {
-	t, n, _ := strings.Cut(inst, ".")
-	i, _ := strconv.Atoi(n)
-	return t, i
 }
 
 // appDir returns $DATA/apps/<app>/<elem...>.
@@ -172,7 +119,7 @@ func syncDir(dir string) error {
 // ("app/web.1@v8"), so the new one can run beside the old one during a
 // switch; the caller adds its socket.
 func (a *Agent) specFor(cfg Config, app string, rel state.Release, b *build.Build, inst string, who runAs, tmp string) (supervisor.Spec, *instance, error) {
-	typ, _ := splitInstance(inst)
+	typ, _ := rollout.SplitInstance(inst)
 	command, ok := b.Procfile.Command(typ)
 	if !ok {
 		return supervisor.Spec{}, nil, fmt.Errorf("%w: process type %q is not in the Procfile of build %s", api.ErrNotFound, typ, shortDigest(b.Digest))
@@ -234,6 +181,9 @@ func (a *Agent) specFor(cfg Config, app string, rel state.Release, b *build.Buil
 // it the old one stops first and the check probes the port. If a new
 // instance fails, the old ones were never stopped. Every other old
 // instance is stopped before the new ones start (stop-then-start).
+//
+// What starts and what stops when is planned by package rollout
+// (ToStart, PlanStops); converge executes the plan.
 func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *build.Build, restart, healthy bool, p *progress) ([]*instance, error) {
 	cfg := a.config()
 	appRec, err := a.store.App(app)
@@ -244,20 +194,10 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 	if err != nil {
 		return nil, mapErr(err)
 	}
-	want := desiredInstances(formation, b.Procfile)
+	want := rollout.Desired(formation, b.Procfile.Types())
 	have := a.appInstances(app)
-	bySlot := map[string][]*instance{}
-	for _, in := range have {
-		bySlot[in.Instance] = append(bySlot[in.Instance], in)
-	}
-
-	var start []string
-	for _, inst := range want {
-		current := slices.ContainsFunc(bySlot[inst], func(in *instance) bool { return in.Release == rel.Version })
-		if restart || !current {
-			start = append(start, inst)
-		}
-	}
+	running := runningOf(have)
+	start := rollout.ToStart(want, running, rel.Version, restart)
 
 	// Everything that can fail on bad input (user, ports, manifest) is
 	// checked before any old process is touched.
@@ -283,17 +223,26 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 		}
 	}
 
-	plan := a.planStops(bySlot, want, insts, rel.Version, healthy)
-	if len(plan.stopFirst) > 0 {
+	starting := make([]rollout.Starting, len(insts))
+	for i, in := range insts {
+		starting[i] = rollout.Starting{Name: in.Name, Slot: in.Instance, Socket: in.Mode == "socket",
+			SocketOpen: in.Mode == "socket" && a.hasSocket(in.slot())}
+	}
+	plan := rollout.PlanStops(want, running, starting, rel.Version, healthy)
+	if len(plan.StopFirst) > 0 {
 		p.mark()
-		if err := a.stopInstances(ctx, app, plan.stopFirst); err != nil {
+		if err := a.stopInstances(ctx, app, plan.StopFirst); err != nil {
 			return nil, err
 		}
-		p.step("stop", "stopped %d old instance(s) before starting the new ones", len(plan.stopFirst))
+		p.step("stop", "stopped %d old instance(s) before starting the new ones", len(plan.StopFirst))
 	}
 	// Bind-mode instances need their port back from a socket no longer
 	// used; socket-mode ones get theirs (made now if it is new).
-	a.pruneSockets(app, plan.keepSockets)
+	keep := map[string]bool{}
+	for _, slot := range plan.KeepSockets {
+		keep[app+"/"+slot] = true
+	}
+	a.pruneSockets(app, keep)
 	for i, in := range insts {
 		if in.Mode != "socket" {
 			continue
@@ -312,13 +261,17 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 	p.mark()
 	events, unsubscribe := a.sup.Subscribe(4 * len(specs))
 	defer unsubscribe()
-	for _, old := range plan.held {
+	var held []*instance
+	for _, name := range plan.Held {
+		held = append(held, have[name])
+	}
+	for _, old := range held {
 		old.prober.hold()
 	}
 	defer func() {
 		// Still running (the switch failed before they stopped): their
 		// checks go on.
-		for _, old := range plan.held {
+		for _, old := range held {
 			old.prober.resume()
 		}
 	}()
@@ -338,10 +291,10 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 	if !healthy {
 		cfg.Settle = 0
 	}
-	if len(plan.stopAlong) > 0 {
+	if len(plan.StopAlong) > 0 {
 		quiet := false
 		if healthy {
-			fallback, err := a.overlapUp(ctx, cfg, insts, plan.overlaps, events, p)
+			fallback, err := a.overlapUp(ctx, cfg, insts, plan, events, p)
 			if err != nil {
 				return insts, err
 			}
@@ -351,13 +304,13 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 					"app", app, "version", rel.Version, "instances", strings.Join(fallback, ","))
 			}
 		}
-		if err := a.stopInstances(ctx, app, plan.stopAlong); err != nil {
+		if err := a.stopInstances(ctx, app, plan.StopAlong); err != nil {
 			return insts, err
 		}
 		if healthy {
-			p.step("stop", "stopped %d old instance(s); the new ones serve their sockets", len(plan.stopAlong))
+			p.step("stop", "stopped %d old instance(s); the new ones serve their sockets", len(plan.StopAlong))
 		} else {
-			p.step("stop", "stopped %d old instance(s); the new ones took over their sockets", len(plan.stopAlong))
+			p.step("stop", "stopped %d old instance(s); the new ones took over their sockets", len(plan.StopAlong))
 		}
 		if quiet {
 			// Every new instance is up already; this starts the checks
@@ -380,65 +333,14 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 	return insts, nil
 }
 
-// stopPlan says which old instances a switch stops, and when.
-type stopPlan struct {
-	stopFirst []string        // before the new instances start
-	stopAlong []string        // once the new ones, sharing their sockets, are up
-	held      []*instance     // old instances whose HTTP checks pause while a new one shares their socket
-	overlaps  map[string]bool // slots whose new instance starts beside the old one
-	// keepSockets holds the slots whose socket the new instances use.
-	keepSockets map[string]bool
-}
-
-// planStops decides, from the app's instances by slot (bySlot), the slots
-// of the formation (want) and the instances about to start (insts) of
-// version, which old instances stop before the new ones start and which
-// once they are up (see converge).
-func (a *Agent) planStops(bySlot map[string][]*instance, want []string, insts []*instance, version int, healthy bool) stopPlan {
-	plan := stopPlan{overlaps: map[string]bool{}, keepSockets: map[string]bool{}}
-	starting := map[string]*instance{}
-	for _, in := range insts {
-		starting[in.Instance] = in
-		if in.Mode == "socket" {
-			plan.keepSockets[in.slot()] = true
-		}
+// runningOf describes the app's instances for planning.
+func runningOf(have map[string]*instance) []rollout.Running {
+	out := make([]rollout.Running, 0, len(have))
+	for _, in := range have {
+		out = append(out, rollout.Running{Name: in.Name, Slot: in.Instance, Release: in.Release, Socket: in.Mode == "socket",
+			HTTPCheck: in.prober != nil && in.Check != nil && in.Check.HTTP != ""})
 	}
-	for slot, olds := range bySlot {
-		in := starting[slot]
-		if in == nil {
-			// A kept slot stops only the instances of other releases
-			// beside it; a slot the formation no longer has stops all.
-			kept := slices.Contains(want, slot)
-			for _, old := range olds {
-				if !kept || old.Release != version {
-					plan.stopFirst = append(plan.stopFirst, old.Name)
-				}
-			}
-			continue
-		}
-		overlap := in.Mode == "socket" && a.hasSocket(in.slot())
-		for _, old := range olds {
-			if old.Mode != "socket" || old.Name == in.Name {
-				overlap = false
-			}
-		}
-		if overlap {
-			plan.overlaps[slot] = true
-		}
-		for _, old := range olds {
-			if overlap {
-				plan.stopAlong = append(plan.stopAlong, old.Name)
-				if old.prober != nil && old.Check.HTTP != "" && healthy {
-					plan.held = append(plan.held, old)
-				}
-			} else {
-				plan.stopFirst = append(plan.stopFirst, old.Name)
-			}
-		}
-	}
-	slices.Sort(plan.stopFirst)
-	slices.Sort(plan.stopAlong)
-	return plan
+	return out
 }
 
 // startSpecs hands the specs to the supervisor, replacing an instance
@@ -478,10 +380,10 @@ func (a *Agent) startSpecs(ctx context.Context, specs []supervisor.Spec) error {
 // itself; a type without a check runs for the settle time). It returns
 // the instances no probe reached, which the caller checks once the old
 // ones are gone, or the *instanceError of the first that failed.
-func (a *Agent) overlapUp(ctx context.Context, cfg Config, insts []*instance, overlaps map[string]bool, events <-chan supervisor.Event, p *progress) ([]string, error) {
+func (a *Agent) overlapUp(ctx context.Context, cfg Config, insts []*instance, plan rollout.Plan, events <-chan supervisor.Event, p *progress) ([]string, error) {
 	var verify, others []*instance
 	for _, in := range insts {
-		if overlaps[in.Instance] && in.Check != nil && in.Check.HTTP != "" {
+		if plan.Overlapping(in.Instance) && in.Check != nil && in.Check.HTTP != "" {
 			verify = append(verify, in)
 		} else {
 			others = append(others, in)
@@ -858,7 +760,7 @@ func (a *Agent) activate(app string, rel state.Release, b *build.Build, kind str
 	}
 	if cur, err := a.store.Formation(app); err == nil {
 		add := map[string]int{}
-		for t, n := range defaultFormation(cur, b.Procfile) {
+		for t, n := range rollout.DefaultFormation(cur, b.Procfile.Types()) {
 			if _, ok := cur[t]; !ok {
 				add[t] = n
 			}
