@@ -33,7 +33,10 @@
 // instances, waits until the new ones are up, and then watches them for
 // Config.Probation before it reports success. From the moment the release
 // is recorded the switch no longer depends on the client's request: only
-// the agent's shutdown cuts it short.
+// the agent's shutdown cuts it short. Package agent/rollout plans which
+// instances start and which stop before or alongside them, as pure
+// functions; rollout.go executes the plan and switch.go wraps it in the
+// release phase, activation and rollback.
 //
 // Up means healthy for a type with a health check in berth.json (a
 // health.Monitor per process, deadline start_period + retries probes plus

@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/berth-dev/berth/agent/api"
+	"github.com/berth-dev/berth/agent/rollout"
 	"github.com/berth-dev/berth/state"
 	"github.com/berth-dev/berth/supervisor"
 )
@@ -64,7 +65,7 @@ func (a *Agent) logInstances(app string) []string {
 		set[strings.TrimSuffix(filepath.Base(f), ".log")] = true
 	}
 	out := slices.Collect(maps.Keys(set))
-	slices.SortFunc(out, compareInstances)
+	slices.SortFunc(out, rollout.CompareInstances)
 	return out
 }
 

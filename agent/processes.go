@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/berth-dev/berth/agent/api"
+	"github.com/berth-dev/berth/agent/rollout"
 	"github.com/berth-dev/berth/state"
 	"github.com/berth-dev/berth/supervisor"
 )
@@ -121,7 +122,7 @@ func (a *Agent) processes(app string) []api.Process {
 		if out[i].App != out[j].App {
 			return out[i].App < out[j].App
 		}
-		return compareInstances(out[i].Instance, out[j].Instance) < 0
+		return rollout.CompareInstances(out[i].Instance, out[j].Instance) < 0
 	})
 	return out
 }
@@ -151,10 +152,10 @@ func (a *Agent) restart(app, target string) error {
 		for _, in := range insts {
 			have = append(have, in.Instance)
 		}
-		slices.SortFunc(have, compareInstances)
+		slices.SortFunc(have, rollout.CompareInstances)
 		return fmt.Errorf("%w: restart %s: no process type or instance %q (running: %s)", api.ErrNotFound, app, target, strings.Join(have, ", "))
 	}
-	slices.SortFunc(names, compareInstances)
+	slices.SortFunc(names, rollout.CompareInstances)
 	// One at a time: a rolling restart keeps the other instances serving.
 	errs := make([]error, len(names))
 	for i, name := range names {

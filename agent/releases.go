@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/agent/api"
+	"github.com/berth-dev/berth/agent/rollout"
 	"github.com/berth-dev/berth/state"
 )
 
@@ -122,7 +123,7 @@ func (a *Agent) deploy(ctx context.Context, req api.DeployRequest, p *progress) 
 		source = " from " + req.Source
 	}
 	rel, err := a.store.CreateRelease(req.App, state.NewRelease{
-		Build: b.Digest, Config: cfg, Formation: defaultFormation(formation, b.Procfile),
+		Build: b.Digest, Config: cfg, Formation: rollout.DefaultFormation(formation, b.Procfile.Types()),
 		Description: "Deploy " + shortDigest(b.Digest) + source,
 	})
 	if err != nil {
@@ -235,7 +236,7 @@ func (a *Agent) rollback(app string, version int, p *progress) (api.Release, err
 		return api.Release{}, err
 	}
 	rel, err := a.store.CreateRelease(app, state.NewRelease{Build: target.Build, Config: target.Config,
-		Formation: defaultFormation(formation, b.Procfile), Description: fmt.Sprintf("Rollback to v%d", target.Version)})
+		Formation: rollout.DefaultFormation(formation, b.Procfile.Types()), Description: fmt.Sprintf("Rollback to v%d", target.Version)})
 	if err != nil {
 		return api.Release{}, err
 	}

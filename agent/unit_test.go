@@ -87,30 +87,6 @@ func TestParseProcStat(t *testing.T) {
 	}
 }
 
-// TestDesiredInstances ensures the formation drives the instances, with
-// 1 for types it does not name, never the release phase, and types the
-// build lacks skipped.
-func TestDesiredInstances(t *testing.T) {
-	pf := build.Procfile{Entries: []build.ProcfileEntry{{Type: "web", Command: "a"}, {Type: "worker", Command: "b"}, {Type: "release", Command: "c"}}}
-	got := desiredInstances(map[string]int{"web": 3, "clock": 2}, pf)
-	want := []string{"web.1", "web.2", "web.3", "worker.1"}
-	if !slices.Equal(got, want) {
-		t.Fatalf("desiredInstances = %v, want %v", got, want)
-	}
-	if got := desiredInstances(map[string]int{"web": 0, "worker": 0}, pf); len(got) != 0 {
-		t.Fatalf("scaled to zero: %v", got)
-	}
-	f := defaultFormation(map[string]int{"web": 0}, pf)
-	if f["web"] != 0 || f["worker"] != 1 || len(f) != 2 {
-		t.Fatalf("defaultFormation = %v", f)
-	}
-	names := []string{"web.10", "web.2", "clock.1", "web.1"}
-	slices.SortFunc(names, compareInstances)
-	if !slices.Equal(names, []string{"clock.1", "web.1", "web.2", "web.10"}) {
-		t.Fatalf("sorted = %v", names)
-	}
-}
-
 // TestParseSignal ensures stop signals are parsed by name or number and
 // unknown ones refused.
 func TestParseSignal(t *testing.T) {
