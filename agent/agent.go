@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"net"
 	"os"
 	"sync"
@@ -12,7 +14,6 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/berth-dev/berth/agent/api"
-	"github.com/berth-dev/berth/agent/health"
 	"github.com/berth-dev/berth/state"
 	"github.com/berth-dev/berth/state/build"
 	"github.com/berth-dev/berth/supervisor"
@@ -26,8 +27,8 @@ type Agent struct {
 	root hclog.Logger // the caller's, for the other components' named loggers
 
 	// cfgMu guards cfg; Reload replaces the fields that can change at run
-	// time. Lock order: app lock, then cfgMu / instMu / opMu (never two of
-	// the latter at once).
+	// time. Lock order: app lock, then cfgMu / opMu / sockMu (never two
+	// of the latter at once).
 	cfgMu sync.Mutex
 	cfg   Config
 
@@ -54,16 +55,6 @@ type Agent struct {
 	locksMu sync.Mutex
 	locks   map[string]chan struct{}
 
-	// instMu guards insts: the instances the agent started, by supervisor
-	// name ("app/web.1").
-	instMu sync.Mutex
-	insts  map[string]*instance
-
-	// recMu guards recorded: the pid of each instance whose process
-	// record is in the store, by supervisor name.
-	recMu    sync.Mutex
-	recorded map[string]int
-
 	// gcMu keeps garbage collection out while a deploy is between its
 	// upload and the pin of its build (read-locked by deploys).
 	gcMu sync.RWMutex
@@ -89,41 +80,6 @@ type Agent struct {
 	ping chan chan struct{}
 }
 
-// instance is one app process the agent runs: the supervisor knows its
-// name and state, the agent knows what it is.
-type instance struct {
-	Name     string // supervisor name: "app/web.1", or "app/web.1@v8" in socket mode
-	App      string
-	Instance string // web.1
-	Type     string
-	Release  int
-	Build    string
-	Port     int
-	Command  string
-	Mode     string // "socket" (agent-owned socket, start-then-stop) or "bind" (stop-then-start)
-	LogPath  string
-
-	// Check is the type's health check; nil when it has none.
-	Check *health.Check
-	// prober runs Check while the instance lives; nil without a check.
-	prober *prober
-	// spec is what the supervisor runs (exec checks use its env, dir
-	// and user; liveness restarts its stop signal and timeout).
-	spec supervisor.Spec
-	// upRestarts is the supervisor's restart count when the switch found
-	// the instance up; probation fails on any restart after it. Only the
-	// switch that started the instance (holding the app's lock) uses it.
-	upRestarts int
-	// verified is the last check of the instance made on a socket it
-	// shared with the old instance of its slot (the probes it answered);
-	// only the switch that started it uses it.
-	verified health.Result
-}
-
-// slot is the instance's place in the formation, shared by the
-// instances of successive releases: "app/web.1".
-func (in *instance) slot() string { return in.App + "/" + in.Instance }
-
 // New checks cfg, fills its defaults and returns an agent. It starts
 // nothing; Run does.
 func New(cfg Config, log hclog.Logger) (*Agent, error) {
@@ -142,8 +98,6 @@ func New(cfg Config, log hclog.Logger) (*Agent, error) {
 		up:       make(chan struct{}),
 		pins:     map[string]int{},
 		locks:    map[string]chan struct{}{},
-		insts:    map[string]*instance{},
-		recorded: map[string]int{},
 		sockets:  map[string]*os.File{},
 		changed:  make(chan struct{}, 1),
 		ping:     make(chan chan struct{}),
@@ -445,10 +399,7 @@ func (a *Agent) statusLine() string {
 			running++
 		}
 	}
-	a.instMu.Lock()
-	n := len(a.insts)
-	a.instMu.Unlock()
-	return fmt.Sprintf("%d apps, %d of %d processes running", len(apps), running, n)
+	return fmt.Sprintf("%d apps, %d of %d processes running", len(apps), running, len(a.appInstances("")))
 }
 
 // listen returns the socket systemd passed, or listens on the configured
@@ -506,19 +457,15 @@ func (a *Agent) shutdown(cancelOps context.CancelFunc, sd *shutdownSteps) {
 		}
 	}
 
-	a.instMu.Lock()
-	names := make([]string, 0, len(a.insts))
-	for name := range a.insts {
-		names = append(names, name)
-	}
-	a.instMu.Unlock()
+	insts := a.appInstances("")
+	names := slices.Collect(maps.Keys(insts))
 	cfg := a.config()
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.StopTimeout+5*time.Second)
 	defer cancel()
 	if err := a.sup.StopMany(ctx, names); err != nil {
 		a.log.Error("stop app processes", "error", err)
 	}
-	a.forget(names...)
+	a.forget(pick(insts, names)...)
 	a.healthWG.Wait()
 	a.closeSockets("")
 	a.log.Info("stopped app processes", "count", len(names))

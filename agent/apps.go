@@ -25,9 +25,7 @@ func (a *Agent) Info(ctx context.Context) (api.AgentInfo, error) {
 		if err != nil {
 			return api.AgentInfo{}, err
 		}
-		a.instMu.Lock()
-		n := len(a.insts)
-		a.instMu.Unlock()
+		n := len(a.appInstances(""))
 		cfg := a.config()
 		return api.AgentInfo{Version: cfg.Version, PID: os.Getpid(), DataDir: cfg.DataDir,
 			StartedAt: a.startedAt, Apps: len(apps), Processes: n}, nil
@@ -71,9 +69,10 @@ func (a *Agent) CreateApp(ctx context.Context, name string) (api.App, error) {
 // until garbage collection finds them unreferenced.
 func (a *Agent) DestroyApp(ctx context.Context, name string) error {
 	return do0(a, ctx, opts{app: name, exists: true, lock: true}, func(context.Context) error {
-		names := slices.Collect(maps.Keys(a.appInstances(name)))
+		insts := a.appInstances(name)
+		names := slices.Collect(maps.Keys(insts))
 		err := a.sup.StopMany(a.opCtx, names)
-		a.forget(names...)
+		a.forget(pick(insts, names)...)
 		a.closeSockets(name)
 		if err != nil {
 			a.log.Warn("stopping processes of a destroyed app", "app", name, "error", err)

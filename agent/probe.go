@@ -7,7 +7,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/berth-dev/berth/agent/health"
@@ -41,8 +40,7 @@ func healthDeadline(c health.Check, limit time.Duration) time.Duration {
 // the instance: a health.Monitor for each of its processes in turn (a
 // restarted process starts over, with its own start period). Once the
 // instance is live (its switch is over), a process that turns unhealthy
-// is stopped with its stop signal, and the supervisor restarts it like a
-// crash, with the same backoff.
+// is restarted by the supervisor (Supervisor.RestartUnhealthy).
 type prober struct {
 	a     *Agent
 	inst  *instance
@@ -153,7 +151,7 @@ func (pr *prober) run(ctx context.Context) {
 		case <-pr.kick:
 		case bad := <-pr.unhealthy:
 			if bad == cur && !pr.held.Load() {
-				pr.restart(ctx, bad)
+				pr.restart(bad)
 			}
 		}
 	}
@@ -194,11 +192,11 @@ func (pr *prober) target(started time.Time) health.Target {
 		}}
 }
 
-// restart stops an unhealthy live process (pid) with its stop signal,
-// and SIGKILL after its stop timeout, without telling the supervisor: it
-// sees the exit as a crash and restarts the instance with its backoff,
-// as for any crash. The process group is the pid (Setpgid).
-func (pr *prober) restart(ctx context.Context, pid int) {
+// restart has the supervisor restart an unhealthy live process (pid):
+// its stop signal, SIGKILL after its stop timeout, and a new process at
+// once. The supervisor records it as "restarted: unhealthy", not as a
+// crash (no crash backoff), and its events carry that cause.
+func (pr *prober) restart(pid int) {
 	in := pr.inst
 	st, err := pr.a.sup.Status(in.Name)
 	if err != nil || st.PID != pid || st.State != supervisor.StateRunning {
@@ -208,37 +206,9 @@ func (pr *prober) restart(ctx context.Context, pid int) {
 	pr.a.appendEvent(in.App, "unhealthy", fmt.Sprintf("%s failed its health check (%s): %s; restarting it",
 		in.Instance, pr.check, firstLine(last.Output)))
 	pr.a.log.Warn("instance is unhealthy; restarting it", "name", in.Name, "pid", pid, "check", pr.check.String())
-	sig := in.spec.StopSignal
-	if sig == 0 {
-		sig = syscall.SIGTERM
-	}
-	if err := syscall.Kill(-pid, sig); err != nil {
-		if !errors.Is(err, syscall.ESRCH) {
-			pr.a.log.Error("signal unhealthy instance", "name", in.Name, "pid", pid, "error", err)
-		}
-		return
-	}
-	timeout := in.spec.StopTimeout
-	if timeout <= 0 {
-		timeout = pr.a.config().StopTimeout
-	}
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if st, err := pr.a.sup.Status(in.Name); err == nil && st.PID == pid {
-				syscall.Kill(-pid, syscall.SIGKILL)
-			}
-			return
-		case <-pr.kick:
-			if st, err := pr.a.sup.Status(in.Name); err != nil || st.PID != pid {
-				pr.poke() // run picks up the new process
-				return
-			}
-		}
+	err = pr.a.sup.RestartUnhealthy(in.Name, pid, pr.check.String())
+	if err != nil && !errors.Is(err, supervisor.ErrStalePID) && !errors.Is(err, supervisor.ErrNotFound) {
+		pr.a.log.Error("restart unhealthy instance", "name", in.Name, "pid", pid, "error", err)
 	}
 }
 

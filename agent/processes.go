@@ -12,7 +12,6 @@ import (
 	"github.com/berth-dev/berth/agent/api"
 	"github.com/berth-dev/berth/agent/rollout"
 	"github.com/berth-dev/berth/state"
-	"github.com/berth-dev/berth/supervisor"
 )
 
 // The operations on an app's processes: Scale, Processes and Restart.
@@ -86,35 +85,22 @@ func (a *Agent) Processes(ctx context.Context, app string) ([]api.Process, error
 }
 
 func (a *Agent) processes(app string) []api.Process {
-	statuses := map[string]supervisor.Status{}
-	for _, st := range a.sup.List() {
-		statuses[st.Name] = st
-	}
-	a.instMu.Lock()
-	insts := make([]*instance, 0, len(a.insts))
-	for _, in := range a.insts {
-		if app == "" || in.App == app {
-			insts = append(insts, in)
+	sts := a.sup.List()
+	out := make([]api.Process, 0, len(sts))
+	for _, st := range sts {
+		in := instanceOf(st.Meta)
+		if in == nil || (app != "" && in.App != app) {
+			continue
 		}
-	}
-	a.instMu.Unlock()
-	out := make([]api.Process, 0, len(insts))
-	for _, in := range insts {
-		p := api.Process{App: in.App, Instance: in.Instance, Type: in.Type, State: "stopped",
-			Release: in.Release, Port: in.Port, Mode: in.Mode, Command: in.Command}
-		if st, ok := statuses[in.Name]; ok {
-			if in.prober != nil {
-				h, _ := in.prober.status(st.PID)
-				p.Health = h.String()
-			}
-			p.State = st.State.String()
-			p.PID = st.PID
-			p.StartedAt = st.StartedAt
-			p.Restarts = st.Restarts
-			p.NextAttempt = st.NextAttempt
-			if st.LastExit != nil {
-				p.LastExit = st.LastExit.String()
-			}
+		p := api.Process{App: in.App, Instance: in.Instance, Type: in.Type, State: st.State.String(),
+			Release: in.Release, Port: in.Port, Mode: in.Mode, Command: in.Command,
+			PID: st.PID, StartedAt: st.StartedAt, Restarts: st.Restarts, NextAttempt: st.NextAttempt}
+		if in.prober != nil {
+			h, _ := in.prober.status(st.PID)
+			p.Health = h.String()
+		}
+		if st.LastExit != nil {
+			p.LastExit = st.LastExit.String()
 		}
 		out = append(out, p)
 	}

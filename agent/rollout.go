@@ -121,6 +121,7 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 	p.mark()
 	events, unsubscribe := a.sup.Subscribe(4 * len(specs))
 	defer unsubscribe()
+	w := a.newWatch(events)
 	var held []*instance
 	for _, name := range plan.Held {
 		held = append(held, have[name])
@@ -135,11 +136,6 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 			old.prober.resume()
 		}
 	}()
-	a.instMu.Lock()
-	for _, in := range insts {
-		a.insts[in.Name] = in
-	}
-	a.instMu.Unlock()
 	a.markChanged()
 	if err := a.startSpecs(ctx, specs); err != nil {
 		for _, in := range insts {
@@ -154,7 +150,7 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 	if len(plan.StopAlong) > 0 {
 		quiet := false
 		if healthy {
-			fallback, err := a.overlapUp(ctx, cfg, insts, plan, events, p)
+			fallback, err := a.overlapUp(ctx, cfg, insts, plan, w, p)
 			if err != nil {
 				return insts, err
 			}
@@ -182,7 +178,7 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 	for _, in := range insts {
 		a.startProber(in)
 	}
-	if err := a.waitUp(ctx, cfg, insts, events, healthy, p); err != nil {
+	if err := a.waitUp(ctx, cfg, insts, w, healthy, p); err != nil {
 		return insts, err
 	}
 	// The supervisor events record the processes too; doing it here as
@@ -212,9 +208,16 @@ func (a *Agent) startSpecs(ctx context.Context, specs []supervisor.Spec) error {
 	for _, spec := range specs {
 		err := a.sup.Start(spec)
 		if errors.Is(err, supervisor.ErrExists) {
-			// Supervised but not ours (a previous start whose record
-			// we lost): replace it.
+			// Supervised already under this name (a previous start whose
+			// switch failed): replace it.
+			var old *instance
+			if st, serr := a.sup.Status(spec.Name); serr == nil {
+				old = instanceOf(st.Meta)
+			}
 			if _, serr := a.sup.Stop(ctx, spec.Name); serr == nil || errors.Is(serr, supervisor.ErrNotFound) {
+				if old != nil {
+					a.forget(old)
+				}
 				err = a.sup.Start(spec)
 			}
 		}
@@ -225,7 +228,7 @@ func (a *Agent) startSpecs(ctx context.Context, specs []supervisor.Spec) error {
 			errs = append(errs, err)
 		case err != nil:
 			// Not supervised at all: forget it.
-			a.forget(spec.Name)
+			a.forget(instanceOf(spec.Meta))
 			errs = append(errs, fmt.Errorf("start %s: %w", spec.Name, err))
 		}
 	}
@@ -240,7 +243,7 @@ func (a *Agent) startSpecs(ctx context.Context, specs []supervisor.Spec) error {
 // itself; a type without a check runs for the settle time). It returns
 // the instances no probe reached, which the caller checks once the old
 // ones are gone, or the *instanceError of the first that failed.
-func (a *Agent) overlapUp(ctx context.Context, cfg Config, insts []*instance, plan rollout.Plan, events <-chan supervisor.Event, p *progress) ([]string, error) {
+func (a *Agent) overlapUp(ctx context.Context, cfg Config, insts []*instance, plan rollout.Plan, w *watch, p *progress) ([]string, error) {
 	var verify, others []*instance
 	for _, in := range insts {
 		if plan.Overlapping(in.Instance) && in.Check != nil && in.Check.HTTP != "" {
@@ -264,7 +267,7 @@ func (a *Agent) overlapUp(ctx context.Context, cfg Config, insts []*instance, pl
 		})
 	}
 	if len(others) > 0 {
-		if errs[0] = a.waitUp(vctx, cfg, others, events, true, newProgress(nil)); errs[0] != nil {
+		if errs[0] = a.waitUp(vctx, cfg, others, w, true, newProgress(nil)); errs[0] != nil {
 			cancel()
 		}
 	}
@@ -295,8 +298,9 @@ func (a *Agent) overlapUp(ctx context.Context, cfg Config, insts []*instance, pl
 func (a *Agent) stopInstances(ctx context.Context, app string, names []string) error {
 	// Stop forgets an instance even when it fails (its group is killed
 	// when ctx ends), so forget them all either way.
+	insts := pick(a.appInstances(app), names)
 	err := a.sup.StopMany(ctx, names)
-	a.forget(names...)
+	a.forget(insts...)
 	if ctx.Err() != nil {
 		return fmt.Errorf("stop old instances: %w", ctx.Err())
 	}
@@ -321,7 +325,7 @@ func (e *instanceError) Unwrap() error { return e.err }
 // without a restart. It fails with an *instanceError when an instance
 // fails its check, crash-loops, or is not up in time (Config.StartTimeout
 // plus the settle time).
-func (a *Agent) waitUp(ctx context.Context, cfg Config, insts []*instance, events <-chan supervisor.Event, healthy bool, p *progress) error {
+func (a *Agent) waitUp(ctx context.Context, cfg Config, insts []*instance, w *watch, healthy bool, p *progress) error {
 	begin := time.Now()
 	pending := slices.Clone(insts)
 	checked := healthy && slices.ContainsFunc(insts, func(in *instance) bool { return in.Check != nil })
@@ -331,6 +335,9 @@ func (a *Agent) waitUp(ctx context.Context, cfg Config, insts []*instance, event
 		// Take the wake-up channel before reading states, so a change in
 		// between is not missed.
 		woken := a.healthChanged.wait()
+		if !w.drain() {
+			return fmt.Errorf("wait for instances: %w", supervisor.ErrClosed)
+		}
 		now := time.Now()
 		next := now.Add(time.Hour)
 		var err error
@@ -340,7 +347,7 @@ func (a *Agent) waitUp(ctx context.Context, cfg Config, insts []*instance, event
 			}
 			var up bool
 			var at time.Time
-			up, at, err = a.upState(cfg, in, healthy, begin, now)
+			up, at, err = a.upState(cfg, in, w, healthy, begin, now)
 			if at.Before(next) {
 				next = at
 			}
@@ -370,10 +377,11 @@ func (a *Agent) waitUp(ctx context.Context, cfg Config, insts []*instance, event
 		}
 		timer.Reset(max(time.Until(next), 0))
 		select {
-		case _, ok := <-events:
+		case ev, ok := <-w.events:
 			if !ok {
 				return fmt.Errorf("wait for instances: %w", supervisor.ErrClosed)
 			}
+			w.apply(ev)
 		case <-woken:
 		case <-timer.C:
 		case <-ctx.Done():
@@ -388,8 +396,8 @@ func (a *Agent) waitUp(ctx context.Context, cfg Config, insts []*instance, event
 
 // upState says whether in is up; if not, when to look again, or why it
 // never will be.
-func (a *Agent) upState(cfg Config, in *instance, healthy bool, begin, now time.Time) (bool, time.Time, error) {
-	st, err := a.newStatus(in)
+func (a *Agent) upState(cfg Config, in *instance, w *watch, healthy bool, begin, now time.Time) (bool, time.Time, error) {
+	st, err := w.newStatus(in)
 	if err != nil {
 		return false, now, err
 	}
@@ -429,6 +437,11 @@ func (a *Agent) upState(cfg Config, in *instance, healthy bool, begin, now time.
 // crash-loops.
 func (a *Agent) newStatus(in *instance) (supervisor.Status, error) {
 	st, err := a.sup.Status(in.Name)
+	return newState(in, st, err)
+}
+
+// newState is newStatus for a status the caller read (from a watch).
+func newState(in *instance, st supervisor.Status, err error) (supervisor.Status, error) {
 	if err != nil {
 		return st, &instanceError{in, fmt.Errorf("%w: %s is not supervised: %v", ErrCrashed, in.Instance, err)}
 	}
@@ -460,7 +473,7 @@ func notHealthyInTime(in *instance, st supervisor.Status, limit time.Duration, l
 // probation watches the new instances for cfg.Probation after a switch:
 // any exit (a crash, since nothing else stops them meanwhile) or a turn
 // to unhealthy fails it with an *instanceError.
-func (a *Agent) probation(ctx context.Context, cfg Config, insts []*instance, events <-chan supervisor.Event, p *progress) error {
+func (a *Agent) probation(ctx context.Context, cfg Config, insts []*instance, w *watch, p *progress) error {
 	if cfg.Probation <= 0 || len(insts) == 0 {
 		return nil
 	}
@@ -470,8 +483,11 @@ func (a *Agent) probation(ctx context.Context, cfg Config, insts []*instance, ev
 	defer timer.Stop()
 	for {
 		woken := a.healthChanged.wait()
+		if !w.drain() {
+			return fmt.Errorf("probation: %w", supervisor.ErrClosed)
+		}
 		for _, in := range insts {
-			st, err := a.sup.Status(in.Name)
+			st, err := w.status(in)
 			if err != nil {
 				return &instanceError{in, fmt.Errorf("%w: %s is gone during the %s probation: %v", ErrCrashed, in.Instance, cfg.Probation, err)}
 			}
@@ -491,14 +507,99 @@ func (a *Agent) probation(ctx context.Context, cfg Config, insts []*instance, ev
 			return nil
 		}
 		select {
-		case _, ok := <-events:
+		case ev, ok := <-w.events:
 			if !ok {
 				return fmt.Errorf("probation: %w", supervisor.ErrClosed)
 			}
+			w.apply(ev)
 		case <-woken:
 		case <-timer.C:
 		case <-ctx.Done():
 			return fmt.Errorf("probation: %w", ctx.Err())
 		}
 	}
+}
+
+// watch follows the instances a switch waits for through the
+// supervisor's events: an instance's state is what the last event about
+// it carried (state, pid, start time, restarts, exit). The supervisor's
+// Status is read only for an instance no event has described since the
+// watch began or since events were lost, and for the reason of a crash
+// loop (the last start error, which events do not carry).
+type watch struct {
+	a      *Agent
+	events <-chan supervisor.Event
+	last   map[string]supervisor.Status
+	gone   map[string]bool // stopped and no longer supervised
+}
+
+// newWatch follows events, a subscription taken before the instances it
+// is asked about were started.
+func (a *Agent) newWatch(events <-chan supervisor.Event) *watch {
+	return &watch{a: a, events: events, last: map[string]supervisor.Status{}, gone: map[string]bool{}}
+}
+
+// apply takes in one event.
+func (w *watch) apply(ev supervisor.Event) {
+	if ev.Missed > 0 {
+		// Events were lost: read every state again when asked.
+		clear(w.last)
+	}
+	switch ev.State {
+	case supervisor.StateStopped:
+		delete(w.last, ev.Name)
+		w.gone[ev.Name] = true
+		return
+	case supervisor.StateCrashed:
+		delete(w.last, ev.Name) // read with its last start error
+		return
+	}
+	delete(w.gone, ev.Name)
+	st := w.last[ev.Name]
+	st.Name, st.State, st.PID, st.StartedAt, st.Restarts, st.NextAttempt, st.Meta =
+		ev.Name, ev.State, ev.PID, ev.StartedAt, ev.Restarts, ev.NextAttempt, ev.Meta
+	if ev.State == supervisor.StateBackoff || ev.State == supervisor.StateStarting && ev.Exit != nil {
+		st.PID = 0 // the event names the process that exited
+	}
+	if ev.Exit != nil {
+		st.LastExit = ev.Exit
+	}
+	w.last[ev.Name] = st
+}
+
+// drain applies the events queued now, without waiting; false when the
+// subscription ended.
+func (w *watch) drain() bool {
+	for {
+		select {
+		case ev, ok := <-w.events:
+			if !ok {
+				return false
+			}
+			w.apply(ev)
+		default:
+			return true
+		}
+	}
+}
+
+// status returns in's state as the events carried it.
+func (w *watch) status(in *instance) (supervisor.Status, error) {
+	if w.gone[in.Name] {
+		return supervisor.Status{}, fmt.Errorf("%w: %s", supervisor.ErrNotFound, in.Name)
+	}
+	if st, ok := w.last[in.Name]; ok {
+		return st, nil
+	}
+	st, err := w.a.sup.Status(in.Name)
+	if err == nil && st.State != supervisor.StateCrashed {
+		w.last[in.Name] = st
+	}
+	return st, err
+}
+
+// newStatus is Agent.newStatus from the events.
+func (w *watch) newStatus(in *instance) (supervisor.Status, error) {
+	st, err := w.status(in)
+	return newState(in, st, err)
 }

@@ -295,9 +295,10 @@ func TestSafe_CrashDuringProbationRolledBack(t *testing.T) {
 }
 
 // TestSafe_LivenessRestart ensures a running instance that fails its
-// check is restarted, with an event, that repeated failures go through
-// the crash backoff (the crash-loop notice), and that it is healthy again
-// once its check passes.
+// check is restarted by the supervisor, each time with an "unhealthy"
+// event and recorded as "restarted: unhealthy", never as a crash (no
+// crash event, no crash backoff), and that it is healthy again once its
+// check passes.
 func TestSafe_LivenessRestart(t *testing.T) {
 	ta := startAgent(t, testConfig(dataDir(t)))
 	ctx := context.Background()
@@ -313,21 +314,32 @@ func TestSafe_LivenessRestart(t *testing.T) {
 	if err := os.WriteFile(sick, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	hasEvent := func(kind, text string) bool {
+	events := func(kind, text string) int {
 		evs, err := ta.Events(ctx, "hello", 0, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return slices.ContainsFunc(evs, func(e api.Event) bool { return e.Kind == kind && strings.Contains(e.Message, text) })
+		n := 0
+		for _, e := range evs {
+			if e.Kind == kind && strings.Contains(e.Message, text) {
+				n++
+			}
+		}
+		return n
 	}
-	waitFor(t, 20*time.Second, "a liveness restart", func() bool {
-		return hasEvent("unhealthy", "web.1 failed its health check (exec test ! -e \"$TMPDIR/sick\")")
+	waitFor(t, 20*time.Second, "three liveness restarts", func() bool {
+		return events("unhealthy", "web.1 failed its health check (exec test ! -e \"$TMPDIR/sick\")") >= 3
 	})
-	waitFor(t, 20*time.Second, "the crash backoff of repeated liveness failures", func() bool {
-		return hasEvent("crash", "crash-looping")
+	waitFor(t, 20*time.Second, "web.1 restarted", func() bool {
+		p := ta.procs(t, "hello")["web.1"]
+		return p.Restarts >= 2 && p.PID != p1.PID && p.PID != 0
 	})
-	if p := ta.procs(t, "hello")["web.1"]; p.Restarts < 3 || p.PID == p1.PID {
-		t.Fatalf("web.1 after liveness failures = %+v (first pid %d)", p, p1.PID)
+	p := ta.procs(t, "hello")["web.1"]
+	if !strings.HasPrefix(p.LastExit, "restarted: unhealthy") || p.State == "crashed" || p.State == "backoff" {
+		t.Fatalf("web.1 after liveness failures = %+v, want its last exit recorded as restarted: unhealthy", p)
+	}
+	if n := events("crash", ""); n != 0 {
+		t.Fatalf("%d crash events for liveness restarts", n)
 	}
 	if err := os.Remove(sick); err != nil {
 		t.Fatal(err)

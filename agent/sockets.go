@@ -49,13 +49,11 @@ func (a *Agent) hasSocket(slot string) bool {
 // socket-mode instance). app "" prunes every app.
 func (a *Agent) pruneSockets(app string, keep map[string]bool) {
 	used := map[string]bool{}
-	a.instMu.Lock()
-	for _, in := range a.insts {
+	for _, in := range a.appInstances(app) {
 		if in.Mode == "socket" {
 			used[in.slot()] = true
 		}
 	}
-	a.instMu.Unlock()
 	a.sockMu.Lock()
 	defer a.sockMu.Unlock()
 	for slot, f := range a.sockets {

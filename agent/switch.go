@@ -160,8 +160,11 @@ func (a *Agent) specFor(cfg Config, app string, rel state.Release, b *build.Buil
 			Fields: map[string]string{"BERTH_APP": app, "BERTH_PROCESS": inst, "BERTH_RELEASE": "v" + strconv.Itoa(rel.Version)},
 		},
 	}
-	return spec, &instance{Name: name, App: app, Instance: inst, Type: typ, Release: rel.Version,
-		Build: rel.Build, Port: port, Command: command, Mode: mode, LogPath: logPath, Check: check, spec: spec}, nil
+	in := &instance{Name: name, App: app, Instance: inst, Type: typ, Release: rel.Version,
+		Build: rel.Build, Port: port, Command: command, Mode: mode, LogPath: logPath, Check: check, spec: spec}
+	// The supervisor carries the instance: its list is the agent's.
+	spec.Meta = in
+	return spec, in, nil
 }
 
 // lastExit describes how an instance's last process ended.
@@ -306,7 +309,7 @@ func (a *Agent) activate(app string, rel state.Release, b *build.Build, kind str
 	failedStep := "health"
 	if err == nil {
 		failedStep = "probation"
-		err = a.probation(sctx, a.config(), insts, events, p)
+		err = a.probation(sctx, a.config(), insts, a.newWatch(events), p)
 	}
 	if err != nil {
 		if sctx.Err() != nil {
