@@ -461,7 +461,9 @@ func (a *Agent) Config(ctx context.Context, app string) (map[string]string, erro
 // processes on it. A change that changes nothing (values already set,
 // names already unset) makes no release and restarts nothing: it returns
 // the active release as it is, so scripts can apply a config
-// idempotently. Before the first deploy the config is only stored.
+// idempotently. Before the first deploy the config is only stored, and
+// the release returned has no version. Whatever the path, the release
+// returned names the config's keys, never its values.
 // Names follow state.ValidateEnvName; PORT, TMPDIR and BERTH_* are set
 // by berth and cannot be configured.
 func (a *Agent) SetConfig(ctx context.Context, app string, change api.ConfigChange, progressFn api.ProgressFunc) (api.Release, error) {
@@ -524,7 +526,7 @@ func (a *Agent) SetConfig(ctx context.Context, app string, change api.ConfigChan
 	if len(set) == 0 && len(unset) == 0 {
 		p.step("done", "config unchanged; no new release")
 		if aerr != nil {
-			return api.Release{App: app, Config: next, ConfigKeys: slices.Sorted(maps.Keys(next)), Formation: map[string]int{}}, nil
+			return toAPIRelease(state.Release{App: app, Config: next}, false), nil
 		}
 		return toAPIRelease(active, false), nil
 	}
@@ -542,8 +544,7 @@ func (a *Agent) SetConfig(ctx context.Context, app string, change api.ConfigChan
 		}
 		a.appendEvent(app, "config", description+" (applies from the first deploy)")
 		p.step("done", "config saved; it applies from the first deploy")
-		return api.Release{App: app, Description: description, Config: maps.Clone(next),
-			ConfigKeys: slices.Sorted(maps.Keys(next)), Formation: map[string]int{}}, nil
+		return toAPIRelease(state.Release{App: app, Description: description, Config: next}, false), nil
 	} else if aerr != nil {
 		return api.Release{}, mapErr(aerr)
 	}
