@@ -5,9 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"slices"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -91,16 +91,16 @@ func New(cfg Config, log hclog.Logger) (*Agent, error) {
 		return nil, err
 	}
 	return &Agent{
-		log:      log.Named("agent"),
-		root:     log,
-		cfg:      cfg,
-		ready:    make(chan struct{}),
-		up:       make(chan struct{}),
-		pins:     map[string]int{},
-		locks:    map[string]chan struct{}{},
-		sockets:  map[string]*os.File{},
-		changed:  make(chan struct{}, 1),
-		ping:     make(chan chan struct{}),
+		log:     log.Named("agent"),
+		root:    log,
+		cfg:     cfg,
+		ready:   make(chan struct{}),
+		up:      make(chan struct{}),
+		pins:    map[string]int{},
+		locks:   map[string]chan struct{}{},
+		sockets: map[string]*os.File{},
+		changed: make(chan struct{}, 1),
+		ping:    make(chan chan struct{}),
 	}, nil
 }
 

@@ -53,7 +53,7 @@ type Config struct {
 	Version string
 
 	// Backoff is the restart backoff of app processes. Zero fields mean
-	// the supervisor's defaults (100ms doubling to 30s, settle 10s).
+	// the supervisor's defaults (100ms doubling to 30s, settle 5s).
 	Backoff supervisor.Backoff
 	// StartTimeout bounds how long a switch waits for the new instances
 	// to be up: running, and healthy for types with a health check (whose
@@ -61,8 +61,8 @@ type Config struct {
 	// bounded by it). Zero means 60s.
 	StartTimeout time.Duration
 	// Settle is how long a new instance of a type without a health check
-	// must run before it counts as up. Zero means Backoff.Settle, or the
-	// supervisor's default (5s) when that is zero too.
+	// must run before it counts as up. Zero means Backoff.Settle, or
+	// DefaultSettle (5s, the supervisor's default too) when that is zero.
 	Settle time.Duration
 	// Probation is how long a switch keeps watching the new instances
 	// after the old ones stopped, before it reports success: an instance

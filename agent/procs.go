@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-
 )
 
 // procStat is what the agent needs from /proc/<pid>/stat.

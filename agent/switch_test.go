@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -15,18 +16,32 @@ import (
 // TestAgent_Config ensures config set makes a new release with the same
 // build, restarts the processes with the new env, that unset works, that
 // a change without effect makes no release, and that bad names and
-// reserved names are refused without a release.
+// reserved names are refused without a release. Every answer names the
+// config's keys and holds none of its values.
 func TestAgent_Config(t *testing.T) {
 	ta := startAgent(t, testConfig(dataDir(t)))
 	ctx := context.Background()
+	noValues := func(what string, rel api.Release, keys ...string) {
+		t.Helper()
+		if rel.Config != nil || !slices.Equal(rel.ConfigKeys, keys) {
+			t.Errorf("%s returned config %v, keys %q; want no values, keys %q", what, rel.Config, rel.ConfigKeys, keys)
+		}
+	}
 
 	// Before the first deploy the config is only stored.
 	if _, err := ta.CreateApp(ctx, "hello"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ta.SetConfig(ctx, "hello", api.ConfigChange{Set: map[string]string{"FOO": "early"}}, nil); err != nil {
+	early, err := ta.SetConfig(ctx, "hello", api.ConfigChange{Set: map[string]string{"FOO": "early"}}, nil)
+	if err != nil {
 		t.Fatal(err)
 	}
+	noValues("config set before the first deploy", early, "FOO")
+	same, err := ta.SetConfig(ctx, "hello", api.ConfigChange{Set: map[string]string{"FOO": "early"}}, nil)
+	if err != nil || same.Version != 0 {
+		t.Fatalf("no-op config change before the first deploy = %+v, %v", same, err)
+	}
+	noValues("a no-op config change before the first deploy", same, "FOO")
 	v1 := ta.mustDeploy(t, "hello", webApp(t, ""))
 	ta.waitLog(t, "hello", "web.1", "rel=v1 FOO=early")
 	old := ta.procs(t, "hello")["web.1"]
@@ -40,6 +55,7 @@ func TestAgent_Config(t *testing.T) {
 	if v2.Version != 2 || v2.Build != v1.Build || v2.Description != "Set BAZ, FOO" {
 		t.Fatalf("config release = %+v", v2)
 	}
+	noValues("config set", v2, "BAZ", "FOO")
 	if len(steps) == 0 || steps[len(steps)-1] != "done" {
 		t.Errorf("steps = %v", steps)
 	}
@@ -57,10 +73,11 @@ func TestAgent_Config(t *testing.T) {
 	}
 
 	// Nothing new: no release, no restart.
-	same, err := ta.SetConfig(ctx, "hello", api.ConfigChange{Set: map[string]string{"FOO": "bar"}, Unset: []string{"NOPE"}}, nil)
+	same, err = ta.SetConfig(ctx, "hello", api.ConfigChange{Set: map[string]string{"FOO": "bar"}, Unset: []string{"NOPE"}}, nil)
 	if err != nil || same.Version != 2 {
 		t.Fatalf("no-op config change = %+v, %v", same, err)
 	}
+	noValues("a no-op config change", same, "BAZ", "FOO")
 	if ta.procs(t, "hello")["web.1"].PID != cur.PID {
 		t.Fatal("a no-op config change restarted the process")
 	}
@@ -69,6 +86,7 @@ func TestAgent_Config(t *testing.T) {
 	if err != nil || v3.Version != 3 || v3.Description != "Unset FOO" {
 		t.Fatalf("unset = %+v, %v", v3, err)
 	}
+	noValues("config unset", v3, "BAZ")
 	ta.waitLog(t, "hello", "web.1", "rel=v3 FOO= port")
 
 	for name, change := range map[string]api.ConfigChange{

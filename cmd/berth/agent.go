@@ -316,7 +316,12 @@ func newAgentCmd(env *cliEnv) *cobra.Command {
 					return nil
 				}
 			}
-			m := &Main{Stderr: env.stderr, Getenv: env.getenv, Reload: env.reload}
+			m := &Main{Stderr: env.stderr, Getenv: env.getenv}
+			if env.notifyHangup != nil {
+				hup, stop := env.notifyHangup()
+				defer stop()
+				m.Reload = hup
+			}
 			if err := m.ParseFlags(args); err != nil {
 				return err
 			}

@@ -644,3 +644,39 @@ func TestE2E(t *testing.T) {
 	}
 	logStep("SIGTERM")
 }
+
+// TestE2E_Hangup ensures SIGHUP reloads `berth agent` and ends any other
+// command: `berth events -f` whose terminal closes must not follow on.
+func TestE2E_Hangup(t *testing.T) {
+	e := newE2E(t)
+	e.startAgent()
+
+	// The table's header shows the follower is past the start of
+	// realMain, where SIGHUP used to be subscribed for every command.
+	f := e.follow("events", "-f", "-n", "1")
+	e.waitFor("the follower's header", func() (bool, string) {
+		out := f.out.String()
+		return strings.Contains(out, "SEQ"), out
+	})
+	f.cmd.Process.Signal(syscall.SIGHUP)
+	select {
+	case err := <-f.done:
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.Sys().(syscall.WaitStatus).Signal() != syscall.SIGHUP {
+			t.Errorf("berth events -f after SIGHUP: %v, want killed by SIGHUP\n%s", err, f.out)
+		}
+	case <-time.After(10 * time.Second):
+		t.Errorf("berth events -f survived SIGHUP\n%s", f.out)
+		f.cmd.Process.Kill()
+		<-f.done
+	}
+
+	// The agent reloads and keeps serving.
+	e.agent.cmd.Process.Signal(syscall.SIGHUP)
+	e.waitFor("the agent's reload", func() (bool, string) {
+		log := e.agent.log.String()
+		return strings.Contains(log, "reloading settings (SIGHUP)"), log
+	})
+	e.ok("apps")
+	e.stopAgent()
+}

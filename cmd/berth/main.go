@@ -20,15 +20,14 @@ func main() {
 	os.Exit(realMain())
 }
 
-// realMain turns SIGINT and SIGTERM into a context cancel and SIGHUP into
-// a reload, runs the command line, and returns the exit code: 0 ok, 1
-// failure, 2 usage.
+// realMain turns SIGINT and SIGTERM into a context cancel, runs the
+// command line, and returns the exit code: 0 ok, 1 failure, 2 usage.
+// SIGHUP is left alone here: only `berth agent` subscribes to it (as a
+// reload), so every other command, `logs -f` and `events -f` included,
+// ends with the terminal that ran it.
 func realMain() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	env := &cliEnv{
 		stdin:  os.Stdin,
 		stdout: os.Stdout,
@@ -43,7 +42,11 @@ func realMain() int {
 			_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
 			return err == nil
 		},
-		reload: hup,
+		notifyHangup: func() (<-chan os.Signal, func()) {
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			return hup, func() { signal.Stop(hup) }
+		},
 	}
 	return run(ctx, env, os.Args[1:])
 }
@@ -55,7 +58,11 @@ type cliEnv struct {
 	getenv         func(string) string
 	now            func() time.Time
 	isTTY          func(io.Writer) bool
-	reload         <-chan os.Signal // SIGHUP for `berth agent`
+	// notifyHangup subscribes to SIGHUP and returns its channel and a
+	// function that ends the subscription. Only `berth agent` calls it:
+	// every other command keeps SIGHUP's default action. nil means no
+	// SIGHUP reaches the agent (tests).
+	notifyHangup func() (<-chan os.Signal, func())
 }
 
 // Exit codes.
