@@ -1,11 +1,34 @@
-// Package agent is the berth daemon's use cases: Deploy, Activate,
-// Rollback, SetConfig, Scale and Status. It turns a state.Release into
-// supervisor specs, reconciles the desired state (active release and
-// formation) with the running processes, and watches the inbox.
+// Package agent is the berth daemon's use cases: Deploy, Rollback,
+// SetConfig, Scale, Restart, the queries behind ps, logs and events, and
+// the inbox. It turns a state.Release into supervisor specs, brings an
+// app's processes to its active release and formation, and is the only
+// package that wires state, state/build, supervisor and systemd
+// together. *Agent implements api.Backend; the socket server in agent/api
+// calls it.
 //
-// It is the only package that wires state, state/build, supervisor and
-// systemd together. *Agent implements api.Backend; the socket server in
-// agent/api calls it.
+// The leaves it uses must not import it (deps_test.go says so in a
+// test); planning a rollout is a leaf of its own (agent/rollout), as are
+// health checks (agent/health) and /proc parsing (agent/internal/procfs).
+//
+// # Files
+//
+//	agent.go       New, Run: start-up, the main loop, the ordered shutdown
+//	op.go          how every API operation runs (do: begin, validate,
+//	               lock, run, map the error)
+//	apps.go, releases.go, appconfig.go, processes.go, logs.go, events.go
+//	               the API operations, by resource
+//	switch.go      a switch: release phase, activation, probation,
+//	               rollback, interruption by shutdown
+//	rollout.go     executing a rollout plan: stop, start, wait until up
+//	instances.go   what runs (the supervisor's list), process records
+//	probe.go       health probing of each instance, liveness restarts
+//	owner.go       attributed probes while two instances share a socket
+//	spec.go, env.go  a release instance as a supervisor.Spec
+//	sockets.go     the listening sockets the agent owns (socket mode)
+//	recovery.go    start-up after a crash or reboot: leftovers, strays,
+//	               interrupted releases, starting every app
+//	inbox.go       deploys from files dropped in $DATA/inbox
+//	layout.go      apps/<app>/ on disk; gc.go garbage collection
 //
 // # Life cycle
 //
@@ -15,76 +38,114 @@
 // processes a previous agent left behind (found by the process records in
 // the store: pid, process group and start time; and, for one started
 // but not yet recorded when that agent died, by the BERTH_APP and TMPDIR
-// of its environment), marks releases left
-// pending by an interrupted switch failed, starts every app on its active
-// release and formation, serves the socket, tells systemd it is ready and
-// watches the inbox. When its context ends it stops every app process
-// gracefully and returns nil.
+// of its environment), marks releases left pending by an interrupted
+// switch failed, starts every app on its active release and formation,
+// serves the socket, tells systemd it is ready and watches the inbox.
 //
-// # Switching
+// When its context ends (SIGTERM), shutdown stops in order, what takes
+// work first:
+//
+//  1. new operations are refused ("the agent is shutting down") and those
+//     in flight cancelled: a switch in its release phase or waiting for
+//     its instances is abandoned and recorded as interrupted, with the
+//     release active before it active again; a follow stream ends with
+//     the shutdown error. Once they have all returned (their clients got
+//     the error over a socket still served),
+//  2. the inbox, the control socket's server and the watchdog stop,
+//  3. every app process gets its stop signal, all at once (SIGKILL after
+//     its stop timeout), and Run returns nil.
+//
+// An inbox file whose deploy was interrupted stays in the inbox and is
+// deployed at the next start.
+//
+// # What runs
+//
+// The supervisor's list of instances is the only one: each instance the
+// agent starts carries its *instance (app, release, port, check, prober)
+// as the spec's Meta, and the supervisor's List, Status and events hand
+// it back. The store holds, per running process, a record (pid, process
+// group, start time) written from the supervisor's events, so that the
+// next agent finds it after a kill -9.
+//
+// An instance's states are the supervisor's; health is the prober's:
+//
+//	          start                exec'd              check passes
+//	(switch) ------> starting ------------> running ------------------+
+//	                  ^  |                   |  |                     v
+//	                  |  | quick exit        |  | exit after     running, healthy
+//	                  |  v                   |  | settle time         |
+//	                  | backoff / crashed <--+  +--> starting        | Retries failures
+//	                  |  (retried forever)                           | in a row, once live
+//	                  +----------------------------------------------+
+//	                     restarted: unhealthy (Supervisor.RestartUnhealthy:
+//	                     stop signal, SIGKILL after the stop timeout, start
+//	                     at once; not a crash, no crash backoff)
+//
+//	any state --stop (switch, scale, destroy, shutdown)--> stopping --> gone
+//
+// # A switch
 //
 // Every change to an app (deploy, config, rollback, scale, restart, user,
 // destroy) takes the app's lock: one change per app at a time, a second
-// one waits, other apps are not affected. A switch records the release,
-// runs the release phase (a failure marks the release failed and leaves
-// the old processes alone), activates the release in the store before it
-// touches any process (so a crash from then on ends with the new release
-// coming up at the next start), swaps apps/<app>/current, replaces the
-// instances, waits until the new ones are up, and then watches them for
-// Config.Probation before it reports success. From the moment the release
-// is recorded the switch no longer depends on the client's request: only
-// the agent's shutdown cuts it short. Package agent/rollout plans which
-// instances start and which stop before or alongside them, as pure
-// functions; rollout.go executes the plan and switch.go wraps it in the
-// release phase, activation and rollback.
+// one waits, other apps are not affected. A switch to a new release:
+//
+//	record release (pending) ----------------------------------+
+//	  |                                                        |
+//	release phase (Procfile "release:", bounded) --fails--> failed, old keeps running
+//	  |
+//	activate in the store (the old release superseded), swap current
+//	  |   <- from here a crash ends with the new release at the next start
+//	plan (rollout.PlanStops): per slot, stop first or alongside
+//	  |
+//	stop first: bind-mode old instances
+//	  |
+//	start the new instances
+//	  |
+//	socket mode: wait until the new ones are up while the old ones
+//	  |          still accept on the same socket, then stop the old ones
+//	wait until up: healthy (with a check) or running Config.Settle
+//	  |
+//	probation: Config.Probation without an exit or a turn to unhealthy
+//	  |
+//	done (event) -- or, on a failure at any step after activation:
+//	roll back: failed with the cause and last log lines, the previous
+//	release active again and its processes back, "rollback" event,
+//	*SwitchError -- or, on shutdown: interrupted (see Life cycle).
 //
 // Up means healthy for a type with a health check in berth.json (a
 // health.Monitor per process, deadline start_period + retries probes plus
 // a margin, bounded by Config.StartTimeout), and running for
-// Config.Settle for a type without one. If a new instance is not up in
-// time, fails its check, crash-loops, or exits or turns unhealthy during
-// probation, the switch rolls back: the release is marked failed with the
-// cause and the instance's last log lines and last check output, the
-// previous release is activated again and its processes brought back (or,
-// with no previous release, the app's processes are stopped), a
-// "rollback" event is recorded and the caller gets a *SwitchError. The
-// deploy call waits through probation so that `berth deploy` can say
-// exactly this; a release that fails later is a liveness matter.
+// Config.Settle for a type without one. The deploy call waits through
+// probation so that `berth deploy` can say exactly what failed; a release
+// that fails later is a liveness matter.
 //
 // Modes. A type with socket_activation runs in socket mode: the agent
 // owns a listening socket on the instance's stable port, created once and
 // kept open across switches and restarts (closed when the slot goes away,
-// the app is destroyed or the agent stops; after a kill -9 the next agent
-// makes it again), and passes it as fd 3 with LISTEN_FDS=1 and LISTEN_PID
-// (and PORT). Its instances are named after their release
-// ("app/web.1@v8"), so on a switch the new one starts on the socket while
-// the old one still serves, and the old one gets its stop signal only
-// once the new one is up: connections neither accepts wait in the
-// kernel's queue, none is refused. While both accept, an HTTP check of
-// the new instance is attributed (owner.go): the probe keeps its
-// connection open (keep-alive), the kernel names the socket the server
-// accepted for it (sock_diag, else /proc/net/tcp and tcp6), and only a
-// probe whose socket is among the open files of the new instance's
-// process group counts; one the old instance answered is retried a few
-// milliseconds later. The old instance's own checks pause meanwhile, so
-// the new one's failures never restart it. A new instance that fails its
-// check or crash-loops is rolled back with the old one untouched. An exec
-// check runs in the new instance itself; a type without a check runs for
-// Config.Settle first. If no probe reaches the new instance (after its
-// start period, Retries probes in a row, each retried ownerAttempts
-// times), the switch logs it once and falls back: the old instance stops
-// first and the check probes the port, which only the new one serves
-// then. Every other type runs in bind mode (the process binds $PORT
-// itself): the old instance stops, then the new one starts.
+// the app is destroyed or the agent stops), and passes it as fd 3 with
+// LISTEN_FDS=1 and LISTEN_PID (and PORT). Its instances are named after
+// their release ("app/web.1@v8"), so on a switch the new one starts on
+// the socket while the old one still serves, and the old one gets its
+// stop signal only once the new one is up: connections neither accepts
+// wait in the kernel's queue, none is refused. While both accept, an
+// HTTP check of the new instance is attributed (owner.go): only a probe
+// the new instance's process group accepted counts, one the old instance
+// answered is retried a few milliseconds later, and the old instance's
+// own checks pause meanwhile. If no probe reaches the new instance, the
+// switch falls back to stopping the old one first. Every other type runs
+// in bind mode (the process binds $PORT itself): the old instance stops,
+// then the new one starts.
 //
 // Liveness. Once its switch is over, an instance whose check turns
-// unhealthy (retries failures in a row) gets its stop signal (SIGKILL
-// after its stop timeout) and an "unhealthy" event; the supervisor sees
-// the exit as a crash and restarts it with the crash backoff.
+// unhealthy (Retries failures in a row) gets an "unhealthy" event and is
+// restarted by the supervisor (Supervisor.RestartUnhealthy), recorded as
+// "restarted: unhealthy", not as a crash: no crash event and no crash
+// backoff; the check's start period and interval space such restarts.
 //
 // # Locks
 //
-// Lock order: an app's lock, then any of cfgMu, instMu, recMu, opMu (never
-// two of these at once). gcMu is read-locked by a deploy between its
-// upload and the pin of its build, and try-locked by garbage collection.
+// Lock order: an app's lock (lockApp), then any of cfgMu, opMu, sockMu
+// (never two of these at once). gcMu is read-locked by a deploy between
+// its upload and the pin of its build, and try-locked by garbage
+// collection. What runs is the supervisor's and needs no lock here.
 package agent

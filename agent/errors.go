@@ -3,8 +3,12 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"syscall"
 
 	"github.com/berth-dev/berth/agent/api"
+	"github.com/berth-dev/berth/state"
+	"github.com/berth-dev/berth/state/build"
+	"github.com/berth-dev/berth/supervisor"
 )
 
 // Sentinel errors of the agent. Errors returned through api.Backend also
@@ -99,3 +103,47 @@ func (e *ReleasePhaseError) Unwrap() error { return ErrReleasePhase }
 // APIKind is conflict, as for SwitchError: the release phase of a valid
 // request failed.
 func (e *ReleasePhaseError) APIKind() string { return api.KindConflict }
+
+// mapErr wraps a leaf's error with the api kind that fits, once.
+func mapErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	for _, k := range []error{api.ErrInvalid, api.ErrNotFound, api.ErrConflict, api.ErrTooLarge, api.ErrUnavailable} {
+		if errors.Is(err, k) {
+			return err
+		}
+	}
+	var kind error
+	switch {
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		return fmt.Errorf("%w: disk full: %w", api.ErrUnavailable, err)
+	case errors.Is(err, state.ErrAppNotFound), errors.Is(err, state.ErrReleaseNotFound),
+		errors.Is(err, state.ErrBuildNotFound), errors.Is(err, build.ErrNotFound):
+		kind = api.ErrNotFound
+	case errors.Is(err, state.ErrAppExists), errors.Is(err, state.ErrBadTransition),
+		errors.Is(err, state.ErrNoActiveRelease), errors.Is(err, build.ErrDigestMismatch):
+		kind = api.ErrConflict
+	case errors.Is(err, build.ErrLimit):
+		kind = api.ErrTooLarge
+	case errors.Is(err, state.ErrInvalid), errors.Is(err, build.ErrUnsafeEntry), errors.Is(err, build.ErrCorrupt),
+		errors.Is(err, build.ErrNoProcfile), errors.Is(err, build.ErrProcfile), errors.Is(err, build.ErrManifest),
+		errors.Is(err, build.ErrInvalidDigest), errors.Is(err, supervisor.ErrInvalidSpec):
+		kind = api.ErrInvalid
+	case errors.Is(err, state.ErrPortsExhausted):
+		kind = api.ErrUnavailable
+	default:
+		return err
+	}
+	return &kindError{kind: kind, err: err}
+}
+
+// kindError gives a leaf's error an api kind without changing its
+// message.
+type kindError struct {
+	kind error
+	err  error
+}
+
+func (e *kindError) Error() string   { return e.err.Error() }
+func (e *kindError) Unwrap() []error { return []error{e.kind, e.err} }

@@ -2,16 +2,11 @@ package agent
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"maps"
-	"os"
 	"slices"
-	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/berth-dev/berth/agent/api"
@@ -22,184 +17,12 @@ import (
 	"github.com/berth-dev/berth/supervisor"
 )
 
-// progress reports the steps of a long operation with the time each took.
-type progress struct {
-	fn   api.ProgressFunc
-	last time.Time
-}
-
-func newProgress(fn api.ProgressFunc) *progress {
-	return &progress{fn: fn, last: time.Now()}
-}
-
-// step reports a finished step; its Elapsed is the time since the
-// previous step (or mark).
-func (p *progress) step(step, format string, args ...any) {
-	now := time.Now()
-	if p.fn != nil {
-		p.fn(api.Progress{Time: now, Step: step, Message: fmt.Sprintf(format, args...), Elapsed: now.Sub(p.last)})
-	}
-	p.last = now
-}
-
-// mark starts timing the next step.
-func (p *progress) mark() { p.last = time.Now() }
-
-// shortDigest is the first 7 characters of a digest, as git shows them.
-func shortDigest(d string) string {
-	if len(d) > 7 {
-		return d[:7]
-	}
-	return d
-}
-
-// appDir returns $DATA/apps/<app>/<elem...>.
-func (a *Agent) appDir(app string, elem ...string) string {
-	return a.config().path(append([]string{"apps", app}, elem...)...)
-}
-
-// prepareAppDirs creates apps/<app>/ (0755), its logs/ (0750, written by
-// the agent) and the app's TMPDIR (0700, owned by the app's user).
-func (a *Agent) prepareAppDirs(app string, who runAs) (tmp string, err error) {
-	if err := os.MkdirAll(a.appDir(app), 0o755); err != nil {
-		return "", fmt.Errorf("create app dir: %w", err)
-	}
-	if err := os.MkdirAll(a.appDir(app, "logs"), 0o750); err != nil {
-		return "", fmt.Errorf("create log dir: %w", err)
-	}
-	tmp = a.appDir(app, "tmp")
-	if err := os.MkdirAll(tmp, 0o700); err != nil {
-		return "", fmt.Errorf("create TMPDIR: %w", err)
-	}
-	if who.Cred != nil {
-		if err := os.Lchown(tmp, who.UID, who.GID); err != nil {
-			return "", fmt.Errorf("hand TMPDIR to user %s: %w", who.Name, err)
-		}
-	}
-	return tmp, nil
-}
-
-// swapCurrent points apps/<app>/current at dir atomically: a new link
-// under a temporary name is renamed over the old one, and the directory
-// is fsynced so the swap survives a power cut.
-func (a *Agent) swapCurrent(app, dir string) error {
-	var rnd [6]byte
-	if _, err := rand.Read(rnd[:]); err != nil {
-		return err
-	}
-	if err := os.MkdirAll(a.appDir(app), 0o755); err != nil {
-		return fmt.Errorf("swap current: %w", err)
-	}
-	tmp := a.appDir(app, "current.tmp-"+hex.EncodeToString(rnd[:]))
-	if err := os.Symlink(dir, tmp); err != nil {
-		return fmt.Errorf("swap current: %w", err)
-	}
-	if err := os.Rename(tmp, a.appDir(app, "current")); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("swap current: %w", err)
-	}
-	return syncDir(a.appDir(app))
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	return nil
-}
-
-// specFor turns one instance of a release into what the supervisor runs.
-// An instance of a socket-activated type is named after its release
-// ("app/web.1@v8"), so the new one can run beside the old one during a
-// switch; the caller adds its socket.
-func (a *Agent) specFor(cfg Config, app string, rel state.Release, b *build.Build, inst string, who runAs, tmp string) (supervisor.Spec, *instance, error) {
-	typ, _ := rollout.SplitInstance(inst)
-	command, ok := b.Procfile.Command(typ)
-	if !ok {
-		return supervisor.Spec{}, nil, fmt.Errorf("%w: process type %q is not in the Procfile of build %s", api.ErrNotFound, typ, shortDigest(b.Digest))
-	}
-	port, err := a.store.Port(app, inst, cfg.BasePort)
-	if err != nil {
-		return supervisor.Spec{}, nil, mapErr(fmt.Errorf("allocate port: %w", err))
-	}
-	pm := b.Manifest.Processes[typ]
-	sig, err := parseSignal(pm.StopSignal)
-	if err != nil {
-		return supervisor.Spec{}, nil, fmt.Errorf("%w: manifest of %s: %w", api.ErrInvalid, typ, err)
-	}
-	check, err := checkOf(pm.Healthcheck)
-	if err != nil {
-		return supervisor.Spec{}, nil, fmt.Errorf("%w: manifest of %s: %w", api.ErrInvalid, typ, err)
-	}
-	stopTimeout := cfg.StopTimeout
-	if pm.StopTimeout > 0 {
-		stopTimeout = time.Duration(pm.StopTimeout)
-	}
-	name, mode := app+"/"+inst, "bind"
-	if pm.SocketActivation {
-		name, mode = fmt.Sprintf("%s/%s@v%d", app, inst, rel.Version), "socket"
-	}
-	logPath := a.appDir(app, "logs", inst+".log")
-	spec := supervisor.Spec{
-		Name:    name,
-		Command: command,
-		Env: processEnv(envParams{Config: rel.Config, App: app, Version: rel.Version, Instance: inst,
-			Build: rel.Build, Port: port, TmpDir: tmp, Allow: cfg.AllowEnv}),
-		Dir:         b.Dir,
-		Credential:  who.Cred,
-		StopSignal:  sig,
-		StopTimeout: stopTimeout,
-		Backoff:     cfg.Backoff,
-		Log: supervisor.LogConfig{
-			Path: logPath, MaxSize: cfg.LogMaxSize, MaxFiles: cfg.LogMaxFiles,
-			Fields: map[string]string{"BERTH_APP": app, "BERTH_PROCESS": inst, "BERTH_RELEASE": "v" + strconv.Itoa(rel.Version)},
-		},
-	}
-	in := &instance{Name: name, App: app, Instance: inst, Type: typ, Release: rel.Version,
-		Build: rel.Build, Port: port, Command: command, Mode: mode, LogPath: logPath, Check: check, spec: spec}
-	// The supervisor carries the instance: its list is the agent's.
-	spec.Meta = in
-	return spec, in, nil
-}
-
-// lastExit describes how an instance's last process ended.
-func lastExit(st supervisor.Status) string {
-	switch {
-	case st.LastExit != nil:
-		return st.LastExit.String()
-	case st.LastError != "":
-		return st.LastError
-	}
-	return "no exit status"
-}
-
-// lastOutput is a check result's output for an error message.
-func lastOutput(r health.Result) string {
-	if r.Time.IsZero() {
-		return "none completed"
-	}
-	if out := strings.TrimSpace(firstLine(r.Output)); out != "" {
-		return out
-	}
-	if r.OK {
-		return "ok"
-	}
-	return "failed without output"
-}
-
-// setLive enables liveness restarts of the instances.
-func setLive(insts []*instance) {
-	for _, in := range insts {
-		if in.prober != nil {
-			in.prober.setLive()
-		}
-	}
-}
+// A switch makes a release the app's active one (deploy, config change,
+// rollback): it runs the release phase, records the release as active,
+// replaces the app's processes (converge, in rollout.go), watches the new
+// ones through probation, and rolls back when they fail or records the
+// switch as interrupted when the agent shuts down meanwhile. The steps
+// are drawn in the package documentation.
 
 // runReleasePhase runs the Procfile's release command once, with the new
 // release's env, as the app's user, in the build dir, bounded by
@@ -482,74 +305,36 @@ func (a *Agent) failureOutput(in *instance) string {
 	return sb.String()
 }
 
-// collectGarbage removes the builds no retained release references
-// (state.ReferencedBuilds) and that no deploy in flight uses, with their
-// records.
-func (a *Agent) collectGarbage() {
-	cfg := a.config()
-	if !a.gcMu.TryLock() {
-		return // an import is between upload and release record; next time
-	}
-	defer a.gcMu.Unlock()
-	refs, err := a.store.ReferencedBuilds(cfg.Retention)
-	if err != nil {
-		a.log.Error("garbage collection", "error", err)
-		return
-	}
-	removed, err := a.builds.GC(func(d string) bool { return refs[d] || a.pinned(d) })
-	for _, d := range removed {
-		if err := a.store.DeleteBuild(d); err != nil && !errors.Is(err, state.ErrBuildNotFound) {
-			a.log.Error("delete build record", "digest", d, "error", err)
-		}
-	}
-	if err != nil {
-		a.log.Error("garbage collection", "error", err)
-	}
-	if len(removed) > 0 {
-		a.log.Info("removed old builds", "count", len(removed))
-	}
-}
-
-// mapErr wraps a leaf's error with the api kind that fits, once.
-func mapErr(err error) error {
-	if err == nil {
-		return nil
-	}
-	for _, k := range []error{api.ErrInvalid, api.ErrNotFound, api.ErrConflict, api.ErrTooLarge, api.ErrUnavailable} {
-		if errors.Is(err, k) {
-			return err
-		}
-	}
-	var kind error
+// lastExit describes how an instance's last process ended.
+func lastExit(st supervisor.Status) string {
 	switch {
-	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
-		return fmt.Errorf("%w: disk full: %w", api.ErrUnavailable, err)
-	case errors.Is(err, state.ErrAppNotFound), errors.Is(err, state.ErrReleaseNotFound),
-		errors.Is(err, state.ErrBuildNotFound), errors.Is(err, build.ErrNotFound):
-		kind = api.ErrNotFound
-	case errors.Is(err, state.ErrAppExists), errors.Is(err, state.ErrBadTransition),
-		errors.Is(err, state.ErrNoActiveRelease), errors.Is(err, build.ErrDigestMismatch):
-		kind = api.ErrConflict
-	case errors.Is(err, build.ErrLimit):
-		kind = api.ErrTooLarge
-	case errors.Is(err, state.ErrInvalid), errors.Is(err, build.ErrUnsafeEntry), errors.Is(err, build.ErrCorrupt),
-		errors.Is(err, build.ErrNoProcfile), errors.Is(err, build.ErrProcfile), errors.Is(err, build.ErrManifest),
-		errors.Is(err, build.ErrInvalidDigest), errors.Is(err, supervisor.ErrInvalidSpec):
-		kind = api.ErrInvalid
-	case errors.Is(err, state.ErrPortsExhausted):
-		kind = api.ErrUnavailable
-	default:
-		return err
+	case st.LastExit != nil:
+		return st.LastExit.String()
+	case st.LastError != "":
+		return st.LastError
 	}
-	return &kindError{kind: kind, err: err}
+	return "no exit status"
 }
 
-// kindError gives a leaf's error an api kind without changing its
-// message.
-type kindError struct {
-	kind error
-	err  error
+// lastOutput is a check result's output for an error message.
+func lastOutput(r health.Result) string {
+	if r.Time.IsZero() {
+		return "none completed"
+	}
+	if out := strings.TrimSpace(firstLine(r.Output)); out != "" {
+		return out
+	}
+	if r.OK {
+		return "ok"
+	}
+	return "failed without output"
 }
 
-func (e *kindError) Error() string   { return e.err.Error() }
-func (e *kindError) Unwrap() []error { return []error{e.kind, e.err} }
+// setLive enables liveness restarts of the instances.
+func setLive(insts []*instance) {
+	for _, in := range insts {
+		if in.prober != nil {
+			in.prober.setLive()
+		}
+	}
+}

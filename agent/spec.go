@@ -1,0 +1,67 @@
+package agent
+
+import (
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/berth-dev/berth/agent/api"
+	"github.com/berth-dev/berth/agent/rollout"
+	"github.com/berth-dev/berth/state"
+	"github.com/berth-dev/berth/state/build"
+	"github.com/berth-dev/berth/supervisor"
+)
+
+// specFor turns one instance of a release into what the supervisor runs.
+// An instance of a socket-activated type is named after its release
+// ("app/web.1@v8"), so the new one can run beside the old one during a
+// switch; the caller adds its socket.
+func (a *Agent) specFor(cfg Config, app string, rel state.Release, b *build.Build, inst string, who runAs, tmp string) (supervisor.Spec, *instance, error) {
+	typ, _ := rollout.SplitInstance(inst)
+	command, ok := b.Procfile.Command(typ)
+	if !ok {
+		return supervisor.Spec{}, nil, fmt.Errorf("%w: process type %q is not in the Procfile of build %s", api.ErrNotFound, typ, shortDigest(b.Digest))
+	}
+	port, err := a.store.Port(app, inst, cfg.BasePort)
+	if err != nil {
+		return supervisor.Spec{}, nil, mapErr(fmt.Errorf("allocate port: %w", err))
+	}
+	pm := b.Manifest.Processes[typ]
+	sig, err := parseSignal(pm.StopSignal)
+	if err != nil {
+		return supervisor.Spec{}, nil, fmt.Errorf("%w: manifest of %s: %w", api.ErrInvalid, typ, err)
+	}
+	check, err := checkOf(pm.Healthcheck)
+	if err != nil {
+		return supervisor.Spec{}, nil, fmt.Errorf("%w: manifest of %s: %w", api.ErrInvalid, typ, err)
+	}
+	stopTimeout := cfg.StopTimeout
+	if pm.StopTimeout > 0 {
+		stopTimeout = time.Duration(pm.StopTimeout)
+	}
+	name, mode := app+"/"+inst, "bind"
+	if pm.SocketActivation {
+		name, mode = fmt.Sprintf("%s/%s@v%d", app, inst, rel.Version), "socket"
+	}
+	logPath := a.appDir(app, "logs", inst+".log")
+	spec := supervisor.Spec{
+		Name:    name,
+		Command: command,
+		Env: processEnv(envParams{Config: rel.Config, App: app, Version: rel.Version, Instance: inst,
+			Build: rel.Build, Port: port, TmpDir: tmp, Allow: cfg.AllowEnv}),
+		Dir:         b.Dir,
+		Credential:  who.Cred,
+		StopSignal:  sig,
+		StopTimeout: stopTimeout,
+		Backoff:     cfg.Backoff,
+		Log: supervisor.LogConfig{
+			Path: logPath, MaxSize: cfg.LogMaxSize, MaxFiles: cfg.LogMaxFiles,
+			Fields: map[string]string{"BERTH_APP": app, "BERTH_PROCESS": inst, "BERTH_RELEASE": "v" + strconv.Itoa(rel.Version)},
+		},
+	}
+	in := &instance{Name: name, App: app, Instance: inst, Type: typ, Release: rel.Version,
+		Build: rel.Build, Port: port, Command: command, Mode: mode, LogPath: logPath, Check: check, spec: spec}
+	// The supervisor carries the instance: its list is the agent's.
+	spec.Meta = in
+	return spec, in, nil
+}
