@@ -2,7 +2,10 @@ package agent
 
 import (
 	"context"
+	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -83,7 +86,8 @@ func TestAttributedProbe(t *testing.T) {
 		if i%2 == 1 {
 			pgid = bad
 		}
-		r, reached := probeOnce(ctx, check, port, pgid)
+		r := health.Probe(ctx, check, health.Target{Port: port, Dial: attributedDial(pgid)})
+		reached := !r.Unreached
 		switch {
 		case reached && pgid == good:
 			goodHits++
@@ -105,14 +109,70 @@ func TestAttributedProbe(t *testing.T) {
 	t.Logf("probes: %d credited to the healthy process, %d to the failing one, %d passed over", goodHits, badHits, goodMisses)
 
 	// The retries of attributedProbe find each process.
-	if r, reached := attributedProbe(ctx, check, port, good, 200, time.Millisecond); !reached || !r.OK {
-		t.Errorf("attributed probe of the healthy process = %+v, reached %v", r, reached)
+	if r := attributedProbe(ctx, check, port, good, 200, time.Millisecond); r.Unreached || !r.OK {
+		t.Errorf("attributed probe of the healthy process = %+v", r)
 	}
-	if r, reached := attributedProbe(ctx, check, port, bad, 200, time.Millisecond); !reached || r.OK {
-		t.Errorf("attributed probe of the failing process = %+v, reached %v", r, reached)
+	if r := attributedProbe(ctx, check, port, bad, 200, time.Millisecond); r.Unreached || r.OK {
+		t.Errorf("attributed probe of the failing process = %+v", r)
 	}
 	// A group that accepts nothing is never credited, however often.
-	if r, reached := attributedProbe(ctx, check, port, idle.Process.Pid, 20, time.Millisecond); reached {
+	if r := attributedProbe(ctx, check, port, idle.Process.Pid, 20, time.Millisecond); !r.Unreached || r.OK {
 		t.Errorf("a probe was credited to a process that accepts nothing: %+v", r)
+	}
+}
+
+// TestAttributedDial ensures the health package's ordinary HTTP probe,
+// given attributedDial, counts an answer only when the process group
+// asked for accepted the connection: a hello process in a group of its
+// own on one loopback port, and an HTTP server in this test process on
+// another; each is reached through its own group and unreached (not OK,
+// whatever it answered) through the other's.
+func TestAttributedDial(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	childPort := ln.Addr().(*net.TCPAddr).Port
+	f, err := ln.(*net.TCPListener).File()
+	ln.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	child := startShared(t, f, false)
+
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "this test process")
+	}))
+	defer srv.Close()
+	ownPort := srv.Listener.Addr().(*net.TCPAddr).Port
+	own := syscall.Getpgrp()
+
+	check := health.Check{HTTP: "/up", Timeout: 5 * time.Second}
+	probe := func(port, pgid int) health.Result {
+		return health.Probe(context.Background(), check, health.Target{Port: port, Dial: attributedDial(pgid)})
+	}
+	// The child may still be starting: its socket queues the connection
+	// until it accepts, within the timeout.
+	if r := probe(childPort, child); r.Unreached || !r.OK {
+		t.Errorf("probe of the child through its group = %+v, want reached and OK", r)
+	}
+	if r := probe(childPort, own); !r.Unreached || r.OK || !strings.Contains(r.Output, "200 OK") {
+		t.Errorf("probe of the child through this process's group = %+v, want unreached with the child's answer", r)
+	}
+	if r := probe(ownPort, own); r.Unreached || !r.OK || !strings.Contains(r.Output, "this test process") {
+		t.Errorf("probe of this process through its group = %+v, want reached and OK", r)
+	}
+	if r := probe(ownPort, child); !r.Unreached || r.OK {
+		t.Errorf("probe of this process through the child's group = %+v, want unreached", r)
+	}
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closedPort := closed.Addr().(*net.TCPAddr).Port
+	closed.Close()
+	if r := probe(closedPort, child); !r.Unreached || r.OK {
+		t.Errorf("probe of a port nothing listens on = %+v, want unreached", r)
 	}
 }
