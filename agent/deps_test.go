@@ -29,6 +29,8 @@ var leaves = []struct {
 	{pkg: "systemd"},
 	{pkg: "agent/api"}, // above all not agent, which implements its Backend
 	{pkg: "agent/health"},
+	{pkg: "agent/rollout"},         // pure planning: no processes, files or network
+	{pkg: "agent/internal/procfs"}, // parsing /proc and sock_diag only
 }
 
 // TestDeps ensures berth's leaf packages stay leaves: none imports package

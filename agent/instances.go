@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 
 	"github.com/berth-dev/berth/agent/health"
+	"github.com/berth-dev/berth/agent/internal/procfs"
 	"github.com/berth-dev/berth/state"
 	"github.com/berth-dev/berth/supervisor"
 )
@@ -186,7 +187,7 @@ func (a *Agent) recordProc(in *instance, pid int) error {
 	if in.recorded.Load() == int64(pid) {
 		return nil
 	}
-	st, err := readProcStat(pid)
+	st, err := procfs.ReadStat(pid)
 	if err != nil {
 		return nil
 	}

@@ -20,6 +20,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/berth-dev/berth/agent/api"
+	"github.com/berth-dev/berth/agent/internal/procfs"
 	"github.com/berth-dev/berth/supervisor"
 )
 
@@ -277,7 +278,7 @@ func appProcs(t *testing.T, dataDir, app string) map[int]string {
 		if err != nil {
 			continue
 		}
-		st, err := readProcStat(pid)
+		st, err := procfs.ReadStat(pid)
 		if err != nil || st.State == 'Z' {
 			continue
 		}

@@ -1,56 +1,17 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/berth-dev/berth/agent/internal/procfs"
 )
-
-// procStat is what the agent needs from /proc/<pid>/stat.
-type procStat struct {
-	State     byte
-	PGID      int
-	StartTime uint64 // clock ticks after boot (field 22)
-}
-
-// readProcStat parses /proc/<pid>/stat. The command name (field 2) may
-// contain spaces and parentheses, so fields are counted from the last ')'.
-func readProcStat(pid int) (procStat, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return procStat{}, err
-	}
-	return parseProcStat(b)
-}
-
-func parseProcStat(b []byte) (procStat, error) {
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return procStat{}, errors.New("malformed /proc stat: no ')'")
-	}
-	f := strings.Fields(string(b[i+1:]))
-	// f[0] is field 3 (state), f[2] field 5 (pgrp), f[19] field 22 (starttime).
-	if len(f) < 20 || len(f[0]) != 1 {
-		return procStat{}, fmt.Errorf("malformed /proc stat: %d fields", len(f)+2)
-	}
-	pgid, err := strconv.Atoi(f[2])
-	if err != nil {
-		return procStat{}, fmt.Errorf("malformed /proc stat pgrp %q", f[2])
-	}
-	start, err := strconv.ParseUint(f[19], 10, 64)
-	if err != nil {
-		return procStat{}, fmt.Errorf("malformed /proc stat starttime %q", f[19])
-	}
-	return procStat{State: f[0][0], PGID: pgid, StartTime: start}, nil
-}
 
 // killLeftovers kills the process groups a previous agent recorded and
 // that still run (same pid and same start time, so a reused pid is never
@@ -65,7 +26,7 @@ func (a *Agent) killLeftovers(ctx context.Context) {
 	}
 	own := unix.Getpgrp()
 	for _, rec := range recs {
-		st, err := readProcStat(rec.PID)
+		st, err := procfs.ReadStat(rec.PID)
 		alive := err == nil && st.StartTime == rec.StartTime && st.State != 'Z'
 		if alive && rec.PGID > 1 && rec.PGID != own {
 			a.log.Warn("killing process left by the previous agent", "name", rec.Name, "pid", rec.PID, "pgid", rec.PGID)
@@ -88,20 +49,20 @@ func (a *Agent) killLeftovers(ctx context.Context) {
 func (a *Agent) killStrays(ctx context.Context) {
 	own := unix.Getpgrp()
 	groups := map[int]string{} // pgid -> app
-	err := eachProc(func(pid int, st procStat) bool {
+	err := procfs.Each(func(pid int, st procfs.Stat) bool {
 		if st.State == 'Z' || st.PGID <= 1 || st.PGID == own {
 			return true
 		}
-		env, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+		env, err := procfs.Environ(pid)
 		if err != nil {
 			return true
 		}
 		var app, tmp string
-		for kv := range bytes.SplitSeq(env, []byte{0}) {
-			if v, ok := bytes.CutPrefix(kv, []byte("BERTH_APP=")); ok {
-				app = string(v)
-			} else if v, ok := bytes.CutPrefix(kv, []byte("TMPDIR=")); ok {
-				tmp = string(v)
+		for _, kv := range env {
+			if v, ok := strings.CutPrefix(kv, "BERTH_APP="); ok {
+				app = v
+			} else if v, ok := strings.CutPrefix(kv, "TMPDIR="); ok {
+				tmp = v
 			}
 		}
 		if app != "" && tmp == a.appDir(app, "tmp") {
@@ -124,68 +85,9 @@ func (a *Agent) killGroup(ctx context.Context, pgid int) {
 	if err := syscall.Kill(-pgid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
 		a.log.Error("kill leftover process group", "pgid", pgid, "error", err)
 	}
-	if err := waitGroupGone(ctx, pgid, 10*time.Second); err != nil {
+	if err := procfs.WaitGroupGone(ctx, pgid, 10*time.Second); err != nil {
 		a.log.Error("leftover process group did not go away", "pgid", pgid, "error", err)
 	}
-}
-
-// waitGroupGone waits until no live (non-zombie) process is in the
-// process group. The processes are not our children (their parent died),
-// so there is nothing to wait4 on: it polls /proc, bounded by timeout.
-func waitGroupGone(ctx context.Context, pgid int, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	delay := time.Millisecond
-	for {
-		if !groupAlive(pgid) {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("process group %d still alive after %s", pgid, timeout)
-		}
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
-		}
-		delay = min(2*delay, 50*time.Millisecond)
-	}
-}
-
-// groupAlive reports whether any live process is in the process group.
-func groupAlive(pgid int) bool {
-	return anyInGroup(pgid, func(_ int, st procStat) bool { return st.State != 'Z' && st.State != 'X' })
-}
-
-// anyInGroup reports whether match holds for a process of the process
-// group pgid, walking /proc.
-func anyInGroup(pgid int, match func(pid int, st procStat) bool) bool {
-	found := false
-	eachProc(func(pid int, st procStat) bool {
-		found = st.PGID == pgid && match(pid, st)
-		return !found
-	})
-	return found
-}
-
-// eachProc calls fn with each process in /proc and its stat, until fn
-// returns false. Processes that go away meanwhile are skipped.
-func eachProc(fn func(pid int, st procStat) bool) error {
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return err
-	}
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if st, err := readProcStat(pid); err == nil && !fn(pid, st) {
-			return nil
-		}
-	}
-	return nil
 }
 
 // failInterrupted marks the releases a previous agent left pending (a

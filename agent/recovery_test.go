@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/agent/api"
+	"github.com/berth-dev/berth/agent/internal/procfs"
 	"github.com/berth-dev/berth/state"
 )
 
@@ -428,8 +429,8 @@ func TestAgent_KillsStrays(t *testing.T) {
 	stray := start(filepath.Join(cfg.DataDir, "apps", "hello", "tmp"))
 	other := start(filepath.Join(filepath.Dir(cfg.DataDir), "other-data", "apps", "hello", "tmp"))
 	waitFor(t, 10*time.Second, "the sleeps to start", func() bool {
-		return anyInGroup(stray.Process.Pid, func(pid int, st procStat) bool { return pid != stray.Process.Pid }) &&
-			anyInGroup(other.Process.Pid, func(pid int, st procStat) bool { return pid != other.Process.Pid })
+		return procfs.AnyInGroup(stray.Process.Pid, func(pid int, st procfs.Stat) bool { return pid != stray.Process.Pid }) &&
+			procfs.AnyInGroup(other.Process.Pid, func(pid int, st procfs.Stat) bool { return pid != other.Process.Pid })
 	})
 	exited := make(chan error, 1)
 	go func() { exited <- stray.Wait() }()
@@ -443,10 +444,10 @@ func TestAgent_KillsStrays(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the stray of this data dir still runs after the agent started")
 	}
-	if groupAlive(stray.Process.Pid) {
+	if procfs.GroupAlive(stray.Process.Pid) {
 		t.Error("the stray's child (same process group) still runs")
 	}
-	if !groupAlive(other.Process.Pid) {
+	if !procfs.GroupAlive(other.Process.Pid) {
 		t.Error("the process of another data dir was killed")
 	}
 }

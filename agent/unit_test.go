@@ -68,25 +68,6 @@ func TestProcessEnv(t *testing.T) {
 	}
 }
 
-// TestParseProcStat ensures the fields after a command name holding
-// spaces and parentheses are found, and malformed input is an error.
-func TestParseProcStat(t *testing.T) {
-	line := "1234 (we ird) (name)) S 1 1234 1234 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 987654 1000 100 18446744073709551615"
-	st, err := parseProcStat([]byte(line))
-	if err != nil || st.State != 'S' || st.PGID != 1234 || st.StartTime != 987654 {
-		t.Fatalf("parseProcStat = %+v, %v", st, err)
-	}
-	for _, bad := range []string{"", "1234 no paren S 1", "1 (x) S 1 2", "1 (x) S 1 notanumber 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 9"} {
-		if _, err := parseProcStat([]byte(bad)); err == nil {
-			t.Errorf("parseProcStat(%q) accepted", bad)
-		}
-	}
-	self, err := readProcStat(os.Getpid())
-	if err != nil || self.PGID != syscall.Getpgrp() || self.StartTime == 0 {
-		t.Fatalf("own stat = %+v, %v", self, err)
-	}
-}
-
 // TestParseSignal ensures stop signals are parsed by name or number and
 // unknown ones refused.
 func TestParseSignal(t *testing.T) {

@@ -3,6 +3,7 @@ package health
 import (
 	"context"
 	"fmt"
+	"net"
 	"strings"
 	"time"
 	"unicode"
@@ -131,8 +132,18 @@ type Target struct {
 	Env []string
 	Dir string
 	// StartedAt is when the instance started: the start period counts from
-	// it. Zero means when WaitHealthy or Monitor.Run begins.
+	// it. Zero means when Monitor.Run begins.
 	StartedAt time.Time
+	// Dial, when set, opens the connection of an http or tcp check in
+	// place of a plain dial of 127.0.0.1:Port (it gets network "tcp" and
+	// that address). An http check then keeps the connection alive (no
+	// "Connection: close"), so that the server still holds its end when
+	// the probe closes the connection once the answer was read (or the
+	// probe failed). A Dial or Close error wrapping ErrNotReached says
+	// that the instance did not answer (another process did, or none):
+	// the Result is Unreached. Nil means a plain dial; results are never
+	// Unreached then.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// RunExec runs command with sh -c, env and dir, and returns its exit
 	// code and combined output; it must kill the command when ctx ends and
 	// then return a non-nil error. The agent passes a function that runs

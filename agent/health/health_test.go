@@ -203,7 +203,7 @@ func TestCheck_Defaults(t *testing.T) {
 
 // TestStatus_String ensures the names `berth ps` shows.
 func TestStatus_String(t *testing.T) {
-	for s, want := range map[Status]string{Starting: "starting", Healthy: "healthy", Unhealthy: "unhealthy", Status(9): "Status(9)"} {
+	for s, want := range map[Status]string{Starting: "starting", Healthy: "healthy", Unhealthy: "unhealthy", Unreached: "unreached", Status(9): "Status(9)"} {
 		if s.String() != want {
 			t.Errorf("%d.String() = %q, want %q", int(s), s.String(), want)
 		}
@@ -393,10 +393,14 @@ func TestProbe_InvalidTarget(t *testing.T) {
 
 // TestTracker ensures Docker's HEALTHCHECK rules: failures in the start
 // period do not count while starting, Retries consecutive failures make
-// unhealthy, one success makes healthy and resets the streak.
+// unhealthy, one success makes healthy and resets the streak; and that
+// unreached results are neither: counted apart (not in the start period),
+// Retries of them in a row make unreached, and one that reached starts
+// their count over without touching the failures'.
 func TestTracker(t *testing.T) {
 	t0 := time.Unix(1_000_000, 0)
 	at := func(sec int, ok bool) Result { return Result{Time: t0.Add(time.Duration(sec) * time.Second), OK: ok} }
+	miss := func(sec int) Result { return Result{Time: t0.Add(time.Duration(sec) * time.Second), Unreached: true} }
 	tests := []struct {
 		name    string
 		check   Check
@@ -416,126 +420,108 @@ func TestTracker(t *testing.T) {
 			[]Status{Healthy, Healthy, Healthy, Healthy, Healthy, Healthy, Unhealthy}},
 		{"recovers", Check{Retries: 1}, []Result{at(0, false), at(1, true)}, []Status{Unhealthy, Healthy}},
 		{"default retries", Check{}, []Result{at(0, false), at(1, false), at(2, false)}, []Status{Starting, Starting, Unhealthy}},
+		{"unreached in a row", Check{Retries: 2}, []Result{miss(0), miss(1)}, []Status{Starting, Unreached}},
+		{"start period ignores unreached", Check{Retries: 1, StartPeriod: 10 * time.Second},
+			[]Result{miss(0), miss(9), miss(10)}, []Status{Starting, Starting, Unreached}},
+		{"a reached failure starts the misses over", Check{Retries: 2},
+			[]Result{miss(0), at(1, false), miss(2), at(3, false)}, []Status{Starting, Starting, Starting, Unhealthy}},
+		{"misses do not reset failures", Check{Retries: 3},
+			[]Result{at(0, false), miss(1), at(2, false), miss(3), at(4, false)},
+			[]Status{Starting, Starting, Starting, Starting, Unhealthy}},
+		{"unreached, then healthy", Check{Retries: 1}, []Result{miss(0), at(1, true), miss(2)}, []Status{Unreached, Healthy, Unreached}},
+		{"an unreached OK is no success", Check{Retries: 1}, []Result{{Time: t0, OK: true, Unreached: true}}, []Status{Unreached}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tr := newTracker(tt.check, t0)
+			tr := NewTracker(tt.check, t0)
 			for i, r := range tt.results {
-				before := tr.status
-				changed := tr.observe(r)
-				if tr.status != tt.want[i] || changed != (before != tr.status) {
-					t.Fatalf("after result %d: %s (changed %v), want %s", i, tr.status, changed, tt.want[i])
+				before := tr.Status()
+				st, changed := tr.Observe(r)
+				if st != tt.want[i] || st != tr.Status() || changed != (before != st) {
+					t.Fatalf("after result %d: %s (changed %v), want %s", i, st, changed, tt.want[i])
 				}
 			}
 		})
 	}
 }
 
-// TestWaitHealthy_FirstSuccess ensures WaitHealthy returns the first
-// successful result, after failures that did not exhaust the retries.
-func TestWaitHealthy_FirstSuccess(t *testing.T) {
-	s := newServer(t, 503)
-	s.okFrom.Store(3)
-	r, err := WaitHealthy(context.Background(), Check{HTTP: "/up", Interval: time.Millisecond, Retries: 3}, Target{Port: s.port(t)}, time.Minute)
-	if err != nil || !r.OK || !strings.Contains(r.Output, "hit 3") {
-		t.Fatalf("WaitHealthy = %v %q, %v", r.OK, r.Output, err)
-	}
-	if s.hits.Load() != 3 {
-		t.Errorf("hits = %d, want 3", s.hits.Load())
-	}
+// notReachedConn is a connection whose Close says the probe did not reach
+// the instance, as the agent's attributing dialer does for a connection
+// another process accepted.
+type notReachedConn struct {
+	net.Conn
+	closed chan struct{}
 }
 
-// TestWaitHealthy_RetriesExhausted ensures Retries consecutive failures
-// (no start period) end the wait with an *UnhealthyError carrying the
-// last output.
-func TestWaitHealthy_RetriesExhausted(t *testing.T) {
-	s := newServer(t, 503)
-	_, err := WaitHealthy(context.Background(), Check{HTTP: "/up", Interval: time.Millisecond, Retries: 3}, Target{Port: s.port(t)}, time.Minute)
-	var ue *UnhealthyError
-	if !errors.As(err, &ue) || !errors.Is(err, ErrUnhealthy) {
-		t.Fatalf("WaitHealthy error = %v, want *UnhealthyError", err)
+func (c *notReachedConn) Close() error {
+	select {
+	case <-c.closed:
+	default:
+		close(c.closed)
 	}
-	if ue.Reason != "3 consecutive failed checks (http GET /up)" || !strings.Contains(ue.Last.Output, "503 Service Unavailable") {
-		t.Errorf("reason %q, last %q", ue.Reason, ue.Last.Output)
-	}
-	if want := "unhealthy: 3 consecutive failed checks (http GET /up); last check: HTTP/1.1 503 Service Unavailable"; err.Error() != want {
-		t.Errorf("Error() = %q, want %q", err, want)
-	}
-	if s.hits.Load() != 3 {
-		t.Errorf("hits = %d, want 3", s.hits.Load())
-	}
+	c.Conn.Close()
+	return fmt.Errorf("%w: answered by another process", ErrNotReached)
 }
 
-// TestWaitHealthy_StartPeriod ensures failures inside the start period do
-// not count: ten failures with Retries 2 still end healthy.
-func TestWaitHealthy_StartPeriod(t *testing.T) {
-	s := newServer(t, 503)
-	s.okFrom.Store(11)
-	c := Check{HTTP: "/up", Interval: time.Millisecond, Retries: 2, StartPeriod: time.Hour}
-	if r, err := WaitHealthy(context.Background(), c, Target{Port: s.port(t)}, 0); err != nil || !r.OK {
-		t.Fatalf("WaitHealthy = %v, %v", r.OK, err)
+// TestProbe_Dial ensures a probe with Target.Dial connects through it,
+// keeps the connection alive (the server's end stays open until the probe
+// closes it, after the answer was read), counts a probe whose connection
+// says ErrNotReached on Close or on Dial as unreached (not OK, the
+// answer kept as output), and one whose Close says nothing as a plain
+// result; a tcp check dials through it too.
+func TestProbe_Dial(t *testing.T) {
+	s := newServer(t, 200)
+	var dials atomic.Int64
+	plain := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dials.Add(1)
+		return (&net.Dialer{}).DialContext(ctx, network, addr)
 	}
-	// The same check on an instance that started before its start period
-	// ended counts every failure.
-	s2 := newServer(t, 503)
-	_, err := WaitHealthy(context.Background(), c, Target{Port: s2.port(t), StartedAt: time.Now().Add(-2 * time.Hour)}, 0)
-	var ue *UnhealthyError
-	if !errors.As(err, &ue) || !strings.Contains(ue.Reason, "after the 1h0m0s start period") || s2.hits.Load() != 2 {
-		t.Fatalf("WaitHealthy after the start period = %v (hits %d), want unhealthy after 2", err, s2.hits.Load())
+	r := Probe(context.Background(), Check{HTTP: "/up"}, Target{Port: s.port(t), Dial: plain})
+	if !r.OK || r.Unreached || !strings.Contains(r.Output, "200 OK") || dials.Load() != 1 {
+		t.Fatalf("probe through a plain dialer = %+v (%d dials)", r, dials.Load())
 	}
-}
+	if s.closed.Load() != 0 {
+		t.Errorf("a probe with a dialer asked for Connection: close")
+	}
 
-// TestWaitHealthy_Deadline ensures an instance still starting at the
-// deadline is unhealthy, with the deadline as the reason.
-func TestWaitHealthy_Deadline(t *testing.T) {
-	s := newServer(t, 503)
-	c := Check{HTTP: "/up", Interval: time.Millisecond, StartPeriod: time.Hour}
-	_, err := WaitHealthy(context.Background(), c, Target{Port: s.port(t)}, 50*time.Millisecond)
-	var ue *UnhealthyError
-	if !errors.As(err, &ue) || ue.Reason != "not healthy within 50ms (http GET /up)" {
-		t.Fatalf("WaitHealthy = %v, want deadline UnhealthyError", err)
-	}
-	if s.hits.Load() < 1 || !strings.Contains(ue.Last.Output, "503") {
-		t.Errorf("hits %d, last %q", s.hits.Load(), ue.Last.Output)
-	}
-}
-
-// TestWaitHealthy_Cancel ensures cancelling the caller's context returns
-// its error, not an unhealthy verdict.
-func TestWaitHealthy_Cancel(t *testing.T) {
-	s := newServer(t, 503)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		_, err := WaitHealthy(ctx, Check{HTTP: "/up", Interval: time.Millisecond, StartPeriod: time.Hour}, Target{Port: s.port(t)}, 0)
-		done <- err
-	}()
-	s.waitHits(t, 2)
-	cancel()
-	err := <-done
-	if !errors.Is(err, context.Canceled) || errors.Is(err, ErrUnhealthy) {
-		t.Fatalf("WaitHealthy after cancel = %v, want context.Canceled", err)
-	}
-}
-
-// TestWaitHealthy_Invalid ensures a check WaitHealthy cannot run is an
-// ErrInvalidCheck, not an unhealthy verdict, and probes nothing.
-func TestWaitHealthy_Invalid(t *testing.T) {
-	tests := []struct {
-		check    Check
-		target   Target
-		deadline time.Duration
-		want     string
-	}{
-		{Check{}, Target{Port: 80}, 0, "got 0"},
-		{Check{Exec: "true"}, Target{}, 0, "needs Target.RunExec"},
-		{Check{TCP: true}, Target{Port: 80}, -time.Second, "deadline -1s is negative"},
-	}
-	for _, tt := range tests {
-		_, err := WaitHealthy(context.Background(), tt.check, tt.target, tt.deadline)
-		if !errors.Is(err, ErrInvalidCheck) || !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("WaitHealthy(%s) = %v, want ErrInvalidCheck %q", tt.check, err, tt.want)
+	var conn *notReachedConn
+	other := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
 		}
+		conn = &notReachedConn{Conn: c, closed: make(chan struct{})}
+		return conn, nil
+	}
+	s.status.Store(503)
+	r = Probe(context.Background(), Check{HTTP: "/up"}, Target{Port: s.port(t), Dial: other})
+	if r.OK || !r.Unreached || !strings.Contains(r.Output, "503") {
+		t.Fatalf("probe answered by another process = %+v, want unreached with the answer", r)
+	}
+	select {
+	case <-conn.closed:
+	default:
+		t.Error("the probe did not close its connection")
+	}
+	s.status.Store(200)
+	if r = Probe(context.Background(), Check{HTTP: "/up"}, Target{Port: s.port(t), Dial: other}); r.OK || !r.Unreached {
+		t.Fatalf("a 200 answered by another process = %+v, want unreached, not OK", r)
+	}
+
+	refused := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return nil, fmt.Errorf("%w: refused", ErrNotReached)
+	}
+	for _, c := range []Check{{HTTP: "/up"}, {TCP: true}} {
+		if r = Probe(context.Background(), c, Target{Port: s.port(t), Dial: refused}); r.OK || !r.Unreached || !strings.Contains(r.Output, "refused") {
+			t.Errorf("%s probe whose dial was not reached = %+v", c, r)
+		}
+	}
+	if r = Probe(context.Background(), Check{TCP: true}, Target{Port: s.port(t), Dial: other}); r.OK || !r.Unreached {
+		t.Errorf("tcp probe answered by another process = %+v", r)
+	}
+	before := dials.Load()
+	if r = Probe(context.Background(), Check{TCP: true}, Target{Port: s.port(t), Dial: plain}); !r.OK || r.Unreached || dials.Load() != before+1 {
+		t.Errorf("tcp probe through a plain dialer = %+v", r)
 	}
 }
 

@@ -48,7 +48,7 @@ func (m *Monitor) Run(ctx context.Context) error {
 	if started.IsZero() {
 		started = time.Now()
 	}
-	tr := newTracker(m.check, started)
+	tr := NewTracker(m.check, started)
 	m.mu.Lock()
 	tr.status = m.status
 	m.mu.Unlock()
@@ -65,12 +65,12 @@ func (m *Monitor) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		changed := tr.observe(r)
+		status, changed := tr.Observe(r)
 		m.mu.Lock()
-		m.status, m.last = tr.status, r
+		m.status, m.last = status, r
 		m.mu.Unlock()
 		if changed {
-			m.onChange(tr.status, r)
+			m.onChange(status, r)
 		}
 		timer.Reset(m.check.Interval)
 	}
