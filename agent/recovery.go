@@ -1,8 +1,24 @@
 package agent
 
+// Recovery is what the agent does at start, before it serves: a previous
+// agent may have died (kill -9, power cut) with app processes running and
+// a switch half done. The store is written before processes are touched,
+// so the agent can always finish or undo: it kills what the previous one
+// left (killLeftovers, killStrays), marks releases left pending failed
+// (failInterrupted), and starts every app on its active release
+// (startAll).
+
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/berth-dev/berth/agent/internal/procfs"
 )
 
 // startAll brings every app to its active release and formation; run at
@@ -48,4 +64,101 @@ func (a *Agent) startApp(ctx context.Context, app string) error {
 	}
 	a.log.Info("app started", "app", app, "release", rel.Version)
 	return nil
+}
+
+// killLeftovers kills the process groups a previous agent recorded and
+// that still run (same pid and same start time, so a reused pid is never
+// hit), waits until they are gone, and deletes the records. This is what
+// makes a kill -9 of the agent followed by a restart end with exactly one
+// set of processes.
+func (a *Agent) killLeftovers(ctx context.Context) {
+	recs, err := a.store.Procs()
+	if err != nil {
+		a.log.Error("read process records of the previous run", "error", err)
+		return
+	}
+	own := unix.Getpgrp()
+	for _, rec := range recs {
+		st, err := procfs.ReadStat(rec.PID)
+		alive := err == nil && st.StartTime == rec.StartTime && st.State != 'Z'
+		if alive && rec.PGID > 1 && rec.PGID != own {
+			a.log.Warn("killing process left by the previous agent", "name", rec.Name, "pid", rec.PID, "pgid", rec.PGID)
+			a.killGroup(ctx, rec.PGID)
+		}
+		if err := a.store.DeleteProc(rec.Name); err != nil {
+			a.log.Error("delete process record", "name", rec.Name, "error", err)
+		}
+	}
+}
+
+// killStrays kills the app processes of this data dir that no record
+// names, with their process groups, and waits until they are gone. A
+// previous agent killed between starting a process and recording it
+// leaves such a stray behind, which killLeftovers cannot know of. A
+// process is ours when the environment it was started with has
+// BERTH_APP=<app> and the TMPDIR this agent gives that app's processes
+// (apps/<app>/tmp under the data dir): processEnv sets both, and neither
+// can be configured. Called at start, before any app process runs.
+func (a *Agent) killStrays(ctx context.Context) {
+	own := unix.Getpgrp()
+	groups := map[int]string{} // pgid -> app
+	err := procfs.Each(func(pid int, st procfs.Stat) bool {
+		if st.State == 'Z' || st.PGID <= 1 || st.PGID == own {
+			return true
+		}
+		env, err := procfs.Environ(pid)
+		if err != nil {
+			return true
+		}
+		var app, tmp string
+		for _, kv := range env {
+			if v, ok := strings.CutPrefix(kv, "BERTH_APP="); ok {
+				app = v
+			} else if v, ok := strings.CutPrefix(kv, "TMPDIR="); ok {
+				tmp = v
+			}
+		}
+		if app != "" && tmp == a.appDir(app, "tmp") {
+			groups[st.PGID] = app
+		}
+		return true
+	})
+	if err != nil {
+		a.log.Error("look for stray app processes", "error", err)
+	}
+	for pgid, app := range groups {
+		a.log.Warn("killing an app process the previous agent started but did not record", "app", app, "pgid", pgid)
+		a.killGroup(ctx, pgid)
+	}
+}
+
+// killGroup SIGKILLs a process group a previous agent left and waits
+// (up to 10 s) until it is gone.
+func (a *Agent) killGroup(ctx context.Context, pgid int) {
+	if err := syscall.Kill(-pgid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		a.log.Error("kill leftover process group", "pgid", pgid, "error", err)
+	}
+	if err := procfs.WaitGroupGone(ctx, pgid, 10*time.Second); err != nil {
+		a.log.Error("leftover process group did not go away", "pgid", pgid, "error", err)
+	}
+}
+
+// failInterrupted marks the releases a previous agent left pending (a
+// switch interrupted before activation) failed. Since the store records
+// activation before processes are touched, a pending release never ran.
+func (a *Agent) failInterrupted() {
+	pending, err := a.store.PendingReleases()
+	if err != nil {
+		a.log.Error("read pending releases", "error", err)
+		return
+	}
+	for _, rel := range pending {
+		const reason = "interrupted: agent stopped before activation"
+		if err := a.store.MarkFailed(rel.App, rel.Version, reason, rel.Output); err != nil {
+			a.log.Error("mark interrupted release failed", "app", rel.App, "version", rel.Version, "error", err)
+			continue
+		}
+		a.log.Warn("release was interrupted; marked failed", "app", rel.App, "version", rel.Version)
+		a.appendEvent(rel.App, "failure", fmt.Sprintf("v%d %s", rel.Version, reason))
+	}
 }
