@@ -138,6 +138,22 @@ func recoveryAfterKill9(t *testing.T, manifest, mode string) {
 // child process (this test binary in helper mode), serving socket unless
 // it is empty, with its output to out. The test may SIGKILL it; one
 // still running at the end gets SIGTERM.
+// childAgentLog returns the file child agents write their output to, and
+// a function that returns its last 30 lines, for failure messages.
+func childAgentLog(t *testing.T) (*os.File, func() string) {
+	t.Helper()
+	logf, err := os.Create(filepath.Join(t.TempDir(), "children.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { logf.Close() })
+	return logf, func() string {
+		b, _ := os.ReadFile(logf.Name())
+		lines := strings.Split(string(b), "\n")
+		return strings.Join(lines[max(0, len(lines)-30):], "\n")
+	}
+}
+
 func startChildAgent(t *testing.T, cfg Config, socket string, out *os.File) *exec.Cmd {
 	t.Helper()
 	child := exec.Command(os.Args[0], "-test.run=^$")
@@ -228,16 +244,7 @@ func kill9DuringSwitches(t *testing.T, manifest string) {
 	cfg := testConfig(dataDir(t))
 	cfg.BasePort = freeBasePort(t)
 	socket := filepath.Join(filepath.Dir(cfg.DataDir), "k.sock")
-	logf, err := os.Create(filepath.Join(t.TempDir(), "children.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	childLog := func() string {
-		b, _ := os.ReadFile(logf.Name())
-		lines := strings.Split(string(b), "\n")
-		return strings.Join(lines[max(0, len(lines)-30):], "\n")
-	}
+	logf, childLog := childAgentLog(t)
 	ctx := context.Background()
 	var acked []string // config keys whose change was acknowledged
 	deploys := 0       // deploys acknowledged

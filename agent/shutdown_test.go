@@ -35,15 +35,7 @@ func sigtermDuringSwitch(t *testing.T, how string) {
 	cfg := testConfig(dataDir(t))
 	cfg.BasePort = freeBasePort(t)
 	socket := filepath.Join(filepath.Dir(cfg.DataDir), "t.sock")
-	logf, err := os.Create(filepath.Join(t.TempDir(), "children.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	childLog := func() string {
-		b, _ := os.ReadFile(logf.Name())
-		return string(b)
-	}
+	logf, childLog := childAgentLog(t)
 	ctx := context.Background()
 	start := func() (*api.Client, func() time.Duration) {
 		child := startChildAgent(t, cfg, socket, logf)

@@ -295,6 +295,24 @@ func (s *Supervisor) StopMany(ctx context.Context, names []string) error {
 // with its backoff reset. It returns a *SpawnError if the new start
 // failed (the instance is then in backoff).
 func (s *Supervisor) Restart(name string) error {
+	return s.instanceOp(name, func(in *instance) error {
+		if in.isGone() {
+			return fmt.Errorf("%w: %s", ErrNotFound, name)
+		}
+		if _, err := in.halt(context.Background()); err != nil {
+			return fmt.Errorf("restart %s: %w", name, err)
+		}
+		in.resume()
+		if err := in.spawn(); err != nil {
+			return &SpawnError{Name: name, Err: err}
+		}
+		return nil
+	})
+}
+
+// instanceOp runs op on the named instance while Run serves, holding
+// the instance's opMu (serialized with Stop and the restarts).
+func (s *Supervisor) instanceOp(name string, op func(in *instance) error) error {
 	in, err := s.lookup(name)
 	if err != nil {
 		return err
@@ -305,17 +323,7 @@ func (s *Supervisor) Restart(name string) error {
 	defer s.wg.Done()
 	in.opMu.Lock()
 	defer in.opMu.Unlock()
-	if in.isGone() {
-		return fmt.Errorf("%w: %s", ErrNotFound, name)
-	}
-	if _, err := in.halt(context.Background()); err != nil {
-		return fmt.Errorf("restart %s: %w", name, err)
-	}
-	in.resume()
-	if err := in.spawn(); err != nil {
-		return &SpawnError{Name: name, Err: err}
-	}
-	return nil
+	return op(in)
 }
 
 // RestartUnhealthy restarts an instance because its process pid failed
@@ -342,17 +350,7 @@ func (s *Supervisor) Restart(name string) error {
 // wins: no new process is started and ErrNotFound is returned. A failed
 // start returns a *SpawnError (the instance is then in backoff).
 func (s *Supervisor) RestartUnhealthy(name string, pid int, reason string) error {
-	in, err := s.lookup(name)
-	if err != nil {
-		return err
-	}
-	if !s.enter() {
-		return ErrClosed
-	}
-	defer s.wg.Done()
-	in.opMu.Lock()
-	defer in.opMu.Unlock()
-	return in.restartUnhealthy(pid, reason)
+	return s.instanceOp(name, func(in *instance) error { return in.restartUnhealthy(pid, reason) })
 }
 
 // Status returns a snapshot of one instance.

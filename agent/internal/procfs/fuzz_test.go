@@ -205,19 +205,9 @@ func TestCaptureSeeds(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	port := ln.Addr().(*net.TCPAddr).Port
 	for _, network := range []string{"tcp4", "tcp6"} {
 		host := map[string]string{"tcp4": "127.0.0.1", "tcp6": "::1"}[network]
-		conn, err := net.Dial(network, net.JoinHostPort(host, strconv.Itoa(port)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		srv, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer srv.Close()
+		conn, srv := dialAccept(t, ln, network, host)
 		client := netip.MustParseAddrPort(conn.LocalAddr().String())
 		server := netip.MustParseAddrPort(srv.LocalAddr().String())
 		for name, remote := range map[string]netip.AddrPort{

@@ -101,16 +101,7 @@ func TestSocketInodeLookups(t *testing.T) {
 			}
 			defer ln.Close()
 			port := ln.Addr().(*net.TCPAddr).Port
-			conn, err := net.Dial("tcp4", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			srv, err := ln.Accept()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer srv.Close()
+			conn, srv := dialAccept(t, ln, "tcp4", "127.0.0.1")
 			var st syscall.Stat_t
 			raw, err := srv.(*net.TCPConn).SyscallConn()
 			if err != nil {
@@ -210,4 +201,23 @@ func TestParseDiagReply(t *testing.T) {
 			t.Errorf("%s reply = %d, want an error", name, got)
 		}
 	}
+}
+
+// dialAccept dials ln from host over network and accepts the
+// connection: the client's and the server's ends, closed when the test
+// ends.
+func dialAccept(t *testing.T, ln net.Listener, network, host string) (client, server net.Conn) {
+	t.Helper()
+	port := ln.Addr().(*net.TCPAddr).Port
+	conn, err := net.Dial(network, net.JoinHostPort(host, strconv.Itoa(port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	srv, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	return conn, srv
 }
