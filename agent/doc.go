@@ -19,7 +19,8 @@
 //	               the API operations, by resource
 //	switch.go      a switch: release phase, activation, probation,
 //	               rollback, interruption by shutdown
-//	rollout.go     executing a rollout plan: stop, start, wait until up
+//	rollout.go     executing a rollout plan: stop first, start, overlap
+//	wait.go        waiting until new instances are up, probation
 //	instances.go   what runs (the supervisor's list), process records
 //	probe.go       health probing of each instance, liveness restarts
 //	owner.go       attributed probes while two instances share a socket
