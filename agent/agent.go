@@ -362,6 +362,11 @@ func (a *Agent) mainLoop(ctx context.Context, supDone <-chan error) error {
 // alive is the watchdog's check: the main loop answers and the store can
 // be read.
 func (a *Agent) alive(ctx context.Context) error {
+	if a.opCtx.Err() != nil {
+		// Shutting down: the main loop has returned, and shutdown stops
+		// the watchdog once the operations in flight have ended.
+		return nil
+	}
 	reply := make(chan struct{})
 	select {
 	case a.ping <- reply:
