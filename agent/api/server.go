@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
@@ -265,23 +264,20 @@ func (s *Server) handleDeploy(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	req := DeployRequest{App: r.PathValue("app"), Digest: digest, Path: q.Get("path"), Source: q.Get("source")}
+	if q.Has("path") {
+		// The agent runs as root: opening a client's path would read
+		// any file of the host on the client's behalf.
+		s.writeError(w, r, fmt.Errorf("%w: deploy: path= is not accepted: the agent opens no file for a client; send the tarball as the request body", ErrInvalid))
+		return
+	}
+	req := DeployRequest{App: r.PathValue("app"), Digest: digest, Source: q.Get("source")}
 	if req.Source == "" {
 		req.Source = "api"
 	}
 	var limited *limitReader
 	switch {
-	case req.Path != "":
-		if r.ContentLength != 0 {
-			s.writeError(w, r, fmt.Errorf("%w: deploy: give the tarball either as the request body or as path=, not both", ErrInvalid))
-			return
-		}
-		if !filepath.IsAbs(req.Path) {
-			s.writeError(w, r, fmt.Errorf("%w: deploy: path %q is not absolute", ErrInvalid, req.Path))
-			return
-		}
 	case r.ContentLength == 0:
-		s.writeError(w, r, fmt.Errorf("%w: deploy: empty upload: send the tarball as the request body, or path= for a file on the agent's host", ErrInvalid))
+		s.writeError(w, r, fmt.Errorf("%w: deploy: empty upload: send the tarball as the request body", ErrInvalid))
 		return
 	case r.ContentLength > s.cfg.MaxUpload:
 		s.writeError(w, r, fmt.Errorf("%w: deploy: upload of %d bytes is larger than the limit of %d bytes", ErrTooLarge, r.ContentLength, s.cfg.MaxUpload))

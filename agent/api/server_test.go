@@ -250,8 +250,11 @@ func TestServer_StrictDecode(t *testing.T) {
 		{"POST", "/v1/apps/web/rollback", `{"v":2}`, 400, `unknown field \"v\"`},
 		{"POST", "/v1/apps/web/deploy?digest=xyz", "tar", 400, `bad digest \"xyz\"`},
 		{"POST", "/v1/apps/web/deploy", "", 400, "empty upload"},
-		{"POST", "/v1/apps/web/deploy?path=rel/x.tar", "", 400, `path \"rel/x.tar\" is not absolute`},
-		{"POST", "/v1/apps/web/deploy?path=/x.tar", "body", 400, "not both"},
+		// The agent opens no path for a client (it would as root).
+		{"POST", "/v1/apps/web/deploy?path=/etc/shadow", "", 400, "path= is not accepted"},
+		{"POST", "/v1/apps/web/deploy?path=rel/x.tar", "", 400, "path= is not accepted"},
+		{"POST", "/v1/apps/web/deploy?path=/x.tar", "body", 400, "path= is not accepted"},
+		{"POST", "/v1/apps/web/deploy?path=", "body", 400, "path= is not accepted"},
 		{"GET", "/v1/apps/web/logs?follow=maybe", "", 400, `bad follow \"maybe\"`},
 	}
 	for _, tt := range tests {
@@ -311,8 +314,11 @@ func TestClient_RoundTrip(t *testing.T) {
 	if _, err := c.Deploy(ctx, DeployRequest{App: "web", Body: strings.NewReader("x"), Digest: strings.Repeat("a", 64)}, nil); !errors.Is(err, ErrConflict) {
 		t.Errorf("Deploy with wrong digest: %v, want ErrConflict", err)
 	}
-	if rel, err := c.Deploy(ctx, DeployRequest{App: "web", Path: "/srv/x.tar"}, nil); err != nil || rel.Version != 2 {
-		t.Errorf("Deploy by path = %+v, %v", rel, err)
+	if _, err := c.Deploy(ctx, DeployRequest{App: "web"}, nil); !errors.Is(err, ErrInvalid) {
+		t.Errorf("Deploy without a body: %v, want ErrInvalid", err)
+	}
+	if rel, err := c.Deploy(ctx, DeployRequest{App: "web", Body: strings.NewReader("second")}, nil); err != nil || rel.Version != 2 {
+		t.Errorf("second Deploy = %+v, %v", rel, err)
 	}
 	if rel, err := c.SetConfig(ctx, "web", ConfigChange{Set: map[string]string{"K": "v"}}, nil); err != nil || rel.Version != 3 {
 		t.Errorf("SetConfig = %+v, %v", rel, err)
