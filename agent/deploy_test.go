@@ -170,10 +170,6 @@ func TestAgent_BadDeploy(t *testing.T) {
 	_, err = ta.Deploy(ctx, api.DeployRequest{App: "hello", Body: strings.NewReader(string(webApp(t, "x"))),
 		Digest: strings.Repeat("ab", 32)}, nil)
 	wantKind(t, err, api.ErrConflict)
-	_, err = ta.Deploy(ctx, api.DeployRequest{App: "hello", Path: "/nonexistent/x.tar.gz"}, nil)
-	wantKind(t, err, api.ErrNotFound)
-	_, err = ta.Deploy(ctx, api.DeployRequest{App: "hello", Path: "relative.tar.gz"}, nil)
-	wantKind(t, err, api.ErrInvalid)
 	_, err = ta.Deploy(ctx, api.DeployRequest{App: "hello"}, nil)
 	wantKind(t, err, api.ErrInvalid)
 

@@ -109,7 +109,7 @@ func (a *Agent) runInbox(ctx context.Context) error {
 	// note marks a file as changed now.
 	note := func(path string) {
 		fi, err := os.Lstat(path)
-		if err != nil || !fi.Mode().IsRegular() {
+		if err != nil || fi.IsDir() {
 			delete(pending, path)
 			return
 		}
@@ -191,7 +191,7 @@ func (a *Agent) inboxDue(ctx context.Context, dir string, quiet time.Duration, p
 			continue
 		}
 		fi, err := os.Lstat(path)
-		if err != nil || !fi.Mode().IsRegular() {
+		if err != nil || fi.IsDir() {
 			delete(pending, path)
 			continue
 		}
@@ -230,10 +230,14 @@ func (a *Agent) inboxDeploy(ctx context.Context, dir, path string) {
 	}
 	if err == nil {
 		a.log.Info("deploying from the inbox", "file", rel, "app", app)
-		var r api.Release
-		r, err = a.Deploy(ctx, api.DeployRequest{App: app, Path: path, Source: "inbox"}, nil)
-		if err == nil {
-			a.log.Info("inbox deploy done", "file", rel, "app", app, "release", r.Version)
+		var f *os.File
+		if f, err = openInboxFile(dir, rel); err == nil {
+			var r api.Release
+			r, err = a.Deploy(ctx, api.DeployRequest{App: app, Body: f, Source: "inbox"}, nil)
+			f.Close()
+			if err == nil {
+				a.log.Info("inbox deploy done", "file", rel, "app", app, "release", r.Version)
+			}
 		}
 	}
 	if (ctx.Err() != nil && errors.Is(err, ctx.Err())) || errors.Is(err, ErrShuttingDown) {
@@ -261,6 +265,59 @@ func (a *Agent) inboxDeploy(ctx context.Context, dir, path string) {
 	if mvErr := os.Rename(path, dst); mvErr != nil {
 		a.log.Error("move inbox file", "file", rel, "to", dst, "error", mvErr)
 	}
+}
+
+// openInboxFile opens the inbox file rel for reading. The agent (root)
+// opens what a local user dropped, so only a regular file is opened: a
+// symlink is not followed, a FIFO does not block (O_NONBLOCK; Fd puts the
+// file back in blocking mode), and anything else is refused with what it
+// is. The checks are made again on the open file, in case rel was
+// replaced after the first look.
+func openInboxFile(dir, rel string) (*os.File, error) {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open inbox file %q: %w", rel, err)
+	}
+	defer root.Close()
+	fi, err := root.Lstat(rel)
+	if err != nil {
+		return nil, fmt.Errorf("open inbox file %q: %w", rel, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%w: inbox file %q is not a regular file but %s; only regular files are deployed", api.ErrInvalid, rel, fileKind(fi.Mode()))
+	}
+	f, err := root.OpenFile(rel, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open inbox file %q: %w", rel, err)
+	}
+	if fi, err = f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("open inbox file %q: %w", rel, err)
+		}
+		return nil, fmt.Errorf("%w: inbox file %q is not a regular file but %s; only regular files are deployed", api.ErrInvalid, rel, fileKind(fi.Mode()))
+	}
+	f.Fd() // back to blocking mode
+	return f, nil
+}
+
+// fileKind names what a non-regular file is, for an error.
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m&fs.ModeSymlink != 0:
+		return "a symlink"
+	case m&fs.ModeNamedPipe != 0:
+		return "a FIFO"
+	case m&fs.ModeCharDevice != 0:
+		return "a character device"
+	case m&fs.ModeDevice != 0:
+		return "a block device"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	case m.IsDir():
+		return "a directory"
+	}
+	return "not a regular file (" + m.Type().String() + ")"
 }
 
 // writeFileAtomic writes a file through a temporary name, fsync and

@@ -2,12 +2,15 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/berth-dev/berth/agent/api"
 	"github.com/berth-dev/berth/state"
 )
 
@@ -160,4 +163,89 @@ func FuzzInboxTarget(f *testing.F) {
 			t.Fatalf("%q: invalid app %q accepted", rel, app)
 		}
 	})
+}
+
+// TestAgent_InboxNotRegular ensures the agent, which runs as root, opens
+// only regular files from the inbox: a symlink to a secret, a FIFO (with
+// no writer: opening it must not block) and a device go to .failed with
+// an .error saying what they are, that never quotes a file's content, and
+// a tarball dropped after them is still deployed.
+func TestAgent_InboxNotRegular(t *testing.T) {
+	cfg := testConfig(dataDir(t))
+	inbox := filepath.Join(cfg.DataDir, "inbox")
+	if err := os.MkdirAll(inbox, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	secret := filepath.Join(t.TempDir(), "shadow")
+	if err := os.WriteFile(secret, []byte("root:SECRETHASH:19000"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"link.tar.gz": "a symlink",
+		"fifo.tar.gz": "a FIFO",
+	}
+	if err := os.Symlink(secret, filepath.Join(inbox, "link.tar.gz")); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(filepath.Join(inbox, "fifo.tar.gz"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// A character device like /dev/null (1, 3), where mknod is allowed.
+	if err := syscall.Mknod(filepath.Join(inbox, "dev.tar.gz"), syscall.S_IFCHR|0o644, 1<<8|3); err == nil {
+		want["dev.tar.gz"] = "a character device"
+	}
+	ta := startAgent(t, cfg)
+	for name, kind := range want {
+		errFile := filepath.Join(inbox, ".failed", name+".error")
+		waitFor(t, 20*time.Second, errFile, func() bool { _, err := os.Stat(errFile); return err == nil })
+		msg, _ := os.ReadFile(errFile)
+		if !strings.Contains(string(msg), "not a regular file but "+kind) || strings.Contains(string(msg), "SECRET") {
+			t.Errorf("%s: .error = %q", name, msg)
+		}
+	}
+	if b, _ := os.ReadFile(secret); string(b) != "root:SECRETHASH:19000" {
+		t.Errorf("the symlink's target changed: %q", b)
+	}
+	if err := os.WriteFile(filepath.Join(inbox, ".up"), webApp(t, ""), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(inbox, ".up"), filepath.Join(inbox, "hello.tar.gz")); err != nil {
+		t.Fatal(err)
+	}
+	done := filepath.Join(inbox, ".done", "hello.tar.gz")
+	waitFor(t, 20*time.Second, done, func() bool { _, err := os.Stat(done); return err == nil })
+	if ps := ta.procs(t, "hello"); ps["web.1"].State != "running" {
+		t.Fatalf("hello not running after the refusals: %+v", ps)
+	}
+}
+
+// TestOpenInboxFile ensures openInboxFile refuses what is not a regular
+// file, without blocking on a FIFO, and opens a regular one.
+func TestOpenInboxFile(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "ok"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(filepath.Join(dir, "fifo"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("ok", filepath.Join(dir, "link")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(dir, "d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f, err := openInboxFile(dir, "ok")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	for name, kind := range map[string]string{"fifo": "a FIFO", "link": "a symlink", "d": "a directory"} {
+		if _, err := openInboxFile(dir, name); !errors.Is(err, api.ErrInvalid) || !strings.Contains(err.Error(), kind) {
+			t.Errorf("openInboxFile(%s) = %v, want ErrInvalid naming %s", name, err, kind)
+		}
+	}
+	if _, err := openInboxFile(dir, "../x"); err == nil {
+		t.Error("openInboxFile left the inbox")
+	}
 }

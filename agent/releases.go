@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"os"
-	"path/filepath"
 	"slices"
 	"time"
 
@@ -20,7 +18,8 @@ import (
 // Each runs through do (op.go); the switch itself is activate's
 // (switch.go).
 
-// Deploy imports a tarball (an upload or a file on this host), creates
+// Deploy imports a tarball (a stream: an upload, or an inbox file the
+// inbox opened itself; never a path a client names), creates
 // the app on its first deploy, records a release of the build with the
 // app's config and activates it: release phase, then the app's processes
 // are replaced. It returns once the new processes run. A bad tarball
@@ -32,16 +31,13 @@ func (a *Agent) Deploy(ctx context.Context, req api.DeployRequest, progressFn ap
 		if err := state.ValidateAppName(req.App); err != nil {
 			return fmt.Errorf("deploy: %w", err)
 		}
-		if (req.Body == nil) == (req.Path == "") {
-			return fmt.Errorf("%w: deploy: give exactly one of an upload and a path", api.ErrInvalid)
+		if req.Body == nil {
+			return fmt.Errorf("%w: deploy: no tarball given", api.ErrInvalid)
 		}
 		if req.Digest != "" {
 			if err := state.ValidateDigest(req.Digest); err != nil {
 				return fmt.Errorf("deploy: %w", err)
 			}
-		}
-		if req.Path != "" && !filepath.IsAbs(req.Path) {
-			return fmt.Errorf("%w: deploy: path %q is not absolute", api.ErrInvalid, req.Path)
 		}
 		return nil
 	}
@@ -51,19 +47,7 @@ func (a *Agent) Deploy(ctx context.Context, req api.DeployRequest, progressFn ap
 }
 
 func (a *Agent) deploy(ctx context.Context, req api.DeployRequest, p *progress) (api.Release, error) {
-	body := req.Body
-	if req.Path != "" {
-		f, err := os.Open(req.Path)
-		if err != nil {
-			if errors.Is(err, os.ErrNotExist) {
-				return api.Release{}, fmt.Errorf("%w: deploy: tarball %s does not exist on the agent's host", api.ErrNotFound, req.Path)
-			}
-			return api.Release{}, fmt.Errorf("%w: deploy: %w", api.ErrInvalid, err)
-		}
-		defer f.Close()
-		body = f
-	}
-	cr := &countingReader{r: body}
+	cr := &countingReader{r: req.Body}
 	start := time.Now()
 	cr.atEOF = func(n int64) { p.step("upload", "received %d bytes", n) }
 

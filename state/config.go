@@ -81,8 +81,9 @@ func (s *Store) Formation(app string) (map[string]int, error) {
 // SetFormation merges the given counts into the app's formation (types
 // not given keep their count; a count of 0 is kept, meaning scaled to
 // zero) and returns the whole formation. Counts run from 0 to
-// MaxProcessCount; type names follow ValidateProcessType. Nothing is
-// written if any entry is invalid.
+// MaxProcessCount, and add up to at most MaxAppProcesses for the app and
+// MaxAgentProcesses for all apps; type names follow ValidateProcessType.
+// Nothing is written if any entry is invalid.
 func (s *Store) SetFormation(app string, f map[string]int) (map[string]int, error) {
 	if err := validateFormation(f); err != nil {
 		return nil, fmt.Errorf("set formation of %s: %w", app, err)
@@ -97,6 +98,9 @@ func (s *Store) SetFormation(app string, f map[string]int) (map[string]int, erro
 			return err
 		}
 		maps.Copy(cur, f)
+		if err := checkTotals(tx, app, cur); err != nil {
+			return err
+		}
 		out = cur
 		return putJSON(tx.Bucket(bucketFormation), []byte(app), cur)
 	})
@@ -104,6 +108,37 @@ func (s *Store) SetFormation(app string, f map[string]int) (map[string]int, erro
 		return nil, fmt.Errorf("set formation: %w", err)
 	}
 	return out, nil
+}
+
+// checkTotals refuses a formation f of app whose counts add up to more
+// than MaxAppProcesses, or that would bring the counts of all apps above
+// MaxAgentProcesses.
+func checkTotals(tx *bolt.Tx, app string, f map[string]int) error {
+	n := 0
+	for _, c := range f {
+		n += c
+	}
+	if n > MaxAppProcesses {
+		return invalidValue("formation", fmt.Sprintf("%d instances", n), fmt.Sprintf("an app may run at most %d instances (MaxAppProcesses)", MaxAppProcesses))
+	}
+	total := n
+	err := tx.Bucket(bucketFormation).ForEach(func(k, v []byte) error {
+		if string(k) == app {
+			return nil
+		}
+		other, err := loadFormation(tx, string(k))
+		for _, c := range other {
+			total += c
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if total > MaxAgentProcesses {
+		return invalidValue("formation", fmt.Sprintf("%d instances on this agent", total), fmt.Sprintf("all apps together may run at most %d instances (MaxAgentProcesses)", MaxAgentProcesses))
+	}
+	return nil
 }
 
 // portKey is the by-instance key of an app's instance. NUL cannot occur

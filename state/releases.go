@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -200,7 +201,8 @@ func activate(tx *bolt.Tx, app string, version int) (prev Release, err error) {
 }
 
 // MarkFailed records that a pending or active release failed, with the
-// reason and the release-phase output (its tail is kept when longer than
+// reason (made one line by OneLine; a longer one is kept at the head of
+// the output) and the release-phase output (its tail is kept when longer than
 // MaxOutputBytes). If the release was active, the app has no active
 // release afterwards (ActiveRelease returns ErrNoActiveRelease) until the
 // caller activates another, typically the one Activate returned as prev.
@@ -239,6 +241,14 @@ func (s *Store) FailAndActivate(app string, failed int, reason, output string, t
 
 // markFailed is MarkFailed inside tx.
 func markFailed(tx *bolt.Tx, app string, version int, reason, output string) error {
+	// The reason is one line (a table cell); a longer one goes whole
+	// into the output, which the release keeps apart.
+	if short := OneLine(reason); short != reason {
+		if !strings.Contains(output, strings.TrimSpace(reason)) {
+			output = strings.TrimSpace(reason) + "\n" + output
+		}
+		reason = short
+	}
 	if len(output) > MaxOutputBytes {
 		cut := len(output) - MaxOutputBytes
 		output = fmt.Sprintf("[... %d bytes of output dropped ...]\n", cut) + output[cut:]

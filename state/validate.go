@@ -7,15 +7,36 @@ import (
 )
 
 // Limits on stored values. They keep one bad request from bloating the
-// database or asking for absurd resources.
+// database or asking for absurd resources; each refusal names the limit.
+// The README's "Limits" section lists them with state/build's.
 const (
 	// MaxProcessCount is the largest count SetFormation accepts per type.
 	MaxProcessCount = 1000
+	// MaxAppProcesses is the most instances the counts of one app's
+	// formation may add up to. Types never scaled run one instance each
+	// and are bounded by build.MaxProcfileTypes.
+	MaxAppProcesses = 2000
+	// MaxAgentProcesses is the most instances the formations of all apps
+	// of an agent may add up to: each instance costs a process, two pipes
+	// and a log file.
+	MaxAgentProcesses = 5000
 	// MaxOutputBytes is the most release-phase output MarkFailed keeps;
 	// longer output keeps its tail behind a truncation notice.
 	MaxOutputBytes = 64 << 10
 	// MaxConfigVars is the most env vars a config may hold.
 	MaxConfigVars = 1000
+	// MaxConfigKeyLen is the longest env var name a config may hold, in
+	// bytes.
+	MaxConfigKeyLen = 256
+	// MaxConfigValueBytes is the largest env var value a config may hold
+	// (Linux refuses to exec with an env string over 128 KiB).
+	MaxConfigValueBytes = 64 << 10
+	// MaxConfigBytes is the most a whole config (names and values) may
+	// hold, well under what exec accepts for an environment.
+	MaxConfigBytes = 1 << 20
+	// MaxReasonLen is the longest stored failure reason, in bytes; a
+	// reason is one line (see OneLine).
+	MaxReasonLen = 512
 )
 
 var (
@@ -92,22 +113,59 @@ func ValidateDigest(digest string) error {
 	return nil
 }
 
-// validateConfig checks every name of cfg and that no value holds a NUL
-// byte (an environment cannot carry one). Values are never quoted in
-// errors: they may be secrets.
+// validateConfig checks every name of cfg, that no value holds a NUL
+// byte (an environment cannot carry one), and the config limits. Values
+// are never quoted in errors: they may be secrets.
 func validateConfig(cfg map[string]string) error {
 	if len(cfg) > MaxConfigVars {
-		return invalidValue("config", fmt.Sprintf("%d vars", len(cfg)), fmt.Sprintf("must hold at most %d vars", MaxConfigVars))
+		return invalidValue("config", fmt.Sprintf("%d vars", len(cfg)), fmt.Sprintf("must hold at most %d vars (MaxConfigVars)", MaxConfigVars))
 	}
+	total := 0
 	for k, v := range cfg {
+		if len(k) > MaxConfigKeyLen {
+			return invalidName("env var name", abbrev(k), fmt.Sprintf("is %d bytes, must be at most %d (MaxConfigKeyLen)", len(k), MaxConfigKeyLen))
+		}
 		if err := ValidateEnvName(k); err != nil {
 			return err
 		}
 		if strings.IndexByte(v, 0) >= 0 {
 			return invalidValue("value of env var", k, "must not contain a NUL byte")
 		}
+		if len(v) > MaxConfigValueBytes {
+			return invalidValue("value of env var", k, fmt.Sprintf("is %d bytes, must be at most %d (MaxConfigValueBytes)", len(v), MaxConfigValueBytes))
+		}
+		total += len(k) + 1 + len(v)
+	}
+	if total > MaxConfigBytes {
+		return invalidValue("config", fmt.Sprintf("%d bytes", total), fmt.Sprintf("must hold at most %d bytes of names and values (MaxConfigBytes)", MaxConfigBytes))
 	}
 	return nil
+}
+
+// abbrev shortens a refused value for an error message: its first 32
+// bytes and "...".
+func abbrev(s string) string {
+	if len(s) <= 32 {
+		return s
+	}
+	return s[:32] + "..."
+}
+
+// OneLine makes reason fit a one-line stored reason: its first non-blank
+// line, cut at MaxReasonLen, and " (see berth releases info)" when
+// anything was left out. Full output is kept apart (Release.Output).
+func OneLine(reason string) string {
+	reason = strings.TrimSpace(reason)
+	first, rest, multi := strings.Cut(reason, "\n")
+	first = strings.TrimSpace(strings.TrimSuffix(first, "\r"))
+	cut := len(first) > MaxReasonLen
+	if cut {
+		first = strings.ToValidUTF8(first[:MaxReasonLen], "")
+	}
+	if cut || (multi && strings.TrimSpace(rest) != "") {
+		return first + " (see berth releases info)"
+	}
+	return first
 }
 
 // validateFormation checks every type name and count of f.
@@ -117,7 +175,7 @@ func validateFormation(f map[string]int) error {
 			return err
 		}
 		if n < 0 || n > MaxProcessCount {
-			return invalidValue("process count", fmt.Sprintf("%s=%d", typ, n), fmt.Sprintf("must be from 0 to %d", MaxProcessCount))
+			return invalidValue("process count", fmt.Sprintf("%s=%d", typ, n), fmt.Sprintf("must be from 0 to %d (MaxProcessCount)", MaxProcessCount))
 		}
 	}
 	return nil

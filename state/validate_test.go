@@ -2,6 +2,7 @@ package state
 
 import (
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -126,6 +127,20 @@ func TestStore_BadInputChangesNothing(t *testing.T) {
 		{"put config with bad name", func() error { return s.PutConfig("web", map[string]string{"1X": "y"}) }, ErrInvalidName, `"1X"`},
 		{"formation with bad type", func() error { _, err := s.SetFormation("web", map[string]int{"web": 1, "we b": 1}); return err }, ErrInvalidName, `"we b"`},
 		{"formation too large", func() error { _, err := s.SetFormation("web", map[string]int{"web": MaxProcessCount + 1}); return err }, ErrInvalid, "web=1001"},
+		{"config key over MaxConfigKeyLen", func() error {
+			return s.PutConfig("web", map[string]string{strings.Repeat("K", MaxConfigKeyLen+1): "v"})
+		}, ErrInvalidName, "MaxConfigKeyLen"},
+		{"config value over MaxConfigValueBytes", func() error {
+			return s.PutConfig("web", map[string]string{"BIG": strings.Repeat("v", MaxConfigValueBytes+1)})
+		}, ErrInvalid, "MaxConfigValueBytes"},
+		{"config over MaxConfigVars", func() error { return s.PutConfig("web", manyVars(MaxConfigVars+1, 1)) }, ErrInvalid, "MaxConfigVars"},
+		{"config over MaxConfigBytes", func() error {
+			return s.PutConfig("web", manyVars(MaxConfigBytes/MaxConfigValueBytes+1, MaxConfigValueBytes))
+		}, ErrInvalid, "MaxConfigBytes"},
+		{"formation over MaxAppProcesses", func() error {
+			_, err := s.SetFormation("web", map[string]int{"web": MaxProcessCount, "worker": MaxProcessCount, "clock": MaxAppProcesses - 2*MaxProcessCount + 1})
+			return err
+		}, ErrInvalid, "MaxAppProcesses"},
 		{"formation of unknown app", func() error { _, err := s.SetFormation("nope", map[string]int{"web": 1}); return err }, ErrAppNotFound, `"nope"`},
 		{"port with bad instance", func() error { _, err := s.Port("web", "web", 5000); return err }, ErrInvalidName, `"web"`},
 		{"port with bad base", func() error { _, err := s.Port("web", "web.1", 70000); return err }, ErrInvalid, `"70000"`},
@@ -159,5 +174,76 @@ func TestStore_BadInputChangesNothing(t *testing.T) {
 	// The next release still gets the next number: refusals used none.
 	if r := mustRelease(t, s, "web", NewRelease{Build: testDigest(3)}); r.Version != 3 {
 		t.Errorf("version after refusals = %d, want 3", r.Version)
+	}
+}
+
+// manyVars is a config of n vars whose values are size bytes each.
+func manyVars(n, size int) map[string]string {
+	cfg := make(map[string]string, n)
+	for i := range n {
+		cfg[fmt.Sprintf("V%d", i)] = strings.Repeat("x", size)
+	}
+	return cfg
+}
+
+// TestStore_AgentProcessLimit ensures the formations of all apps
+// together cannot exceed MaxAgentProcesses, and the refusal names it.
+func TestStore_AgentProcessLimit(t *testing.T) {
+	s := openTest(t)
+	n := 0
+	for i := 0; n < MaxAgentProcesses; i++ {
+		app := fmt.Sprintf("app%d", i)
+		mustApp(t, s, app)
+		c := min(MaxProcessCount, MaxAgentProcesses-n)
+		if _, err := s.SetFormation(app, map[string]int{"web": c}); err != nil {
+			t.Fatal(err)
+		}
+		n += c
+	}
+	mustApp(t, s, "last")
+	_, err := s.SetFormation("last", map[string]int{"web": 1})
+	wantErr(t, err, ErrInvalid, "MaxAgentProcesses")
+	// Scaling an app down is always possible.
+	if _, err := s.SetFormation("app0", map[string]int{"web": 0}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.SetFormation("last", map[string]int{"web": 1}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestOneLine ensures stored reasons are one line, saying when more
+// was left out.
+func TestOneLine(t *testing.T) {
+	for in, want := range map[string]string{
+		"":                                  "",
+		"release phase exited 1":            "release phase exited 1",
+		"  padded\n":                        "padded",
+		"first\nsecond\nthird":              "first (see berth releases info)",
+		"crlf\r\nnext":                      "crlf (see berth releases info)",
+		strings.Repeat("x", MaxReasonLen+5): strings.Repeat("x", MaxReasonLen) + " (see berth releases info)",
+	} {
+		if got := OneLine(in); got != want {
+			t.Errorf("OneLine(%.40q) = %.60q, want %.60q", in, got, want)
+		}
+	}
+}
+
+// TestStore_MarkFailedMultiLineReason ensures a multi-line reason is
+// stored as its first line, the whole of it kept in the output.
+func TestStore_MarkFailedMultiLineReason(t *testing.T) {
+	s := openTest(t)
+	mustApp(t, s, "web")
+	r := mustRelease(t, s, "web", NewRelease{Build: testDigest(1)})
+	reason := "Procfile: too many types\nline 2\nline 3"
+	if err := s.MarkFailed("web", r.Version, reason, "phase output\n"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Release("web", r.Version)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Reason != "Procfile: too many types (see berth releases info)" || !strings.Contains(got.Output, reason) || !strings.Contains(got.Output, "phase output") {
+		t.Fatalf("reason %q, output %q", got.Reason, got.Output)
 	}
 }

@@ -92,6 +92,9 @@
 //
 // # Socket activation
 //
+// An instance starts with exactly fds 0, 1 and 2 and its ListenFiles:
+// before each fork every other fd of this process is marked close-on-exec
+// (fds.go), so nothing the agent inherited reaches an app.
 // Spec.ListenFiles are passed as fds 3, 4, ... with LISTEN_FDS=n, and
 // a simple command runs as /bin/sh -c 'LISTEN_PID=$$; export LISTEN_PID;
 // exec Command', so LISTEN_PID is the pid of the app itself (sd_listen_fds

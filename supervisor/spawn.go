@@ -67,7 +67,7 @@ func (s *Supervisor) startInstance(in *instance) error {
 // fork starts a process in a new process group, with stdin from
 // /dev/null, the given stdout and stderr and sp.ListenFiles from fd 3,
 // and registers its pid with the reaper before the reaper can look at
-// it. onStart runs first, with the new pid, and returns the exit handler.
+// it. No other fd of this process reaches the child (see fds.go). onStart runs first, with the new pid, and returns the exit handler.
 func (s *Supervisor) fork(sp *Spec, path string, argv, env []string, stdout, stderr *os.File, cgroup int, onStart func(pid int) exitFunc) error {
 	devnull, err := os.Open(os.DevNull)
 	if err != nil {
@@ -84,6 +84,9 @@ func (s *Supervisor) fork(sp *Spec, path string, argv, env []string, stdout, std
 		sys.UseCgroupFD, sys.CgroupFD = true, cgroup
 	}
 	attr := &syscall.ProcAttr{Dir: sp.Dir, Env: env, Files: files, Sys: sys}
+	if err := closeOnExecInherited(); err != nil {
+		return err
+	}
 	s.r.spawnMu.RLock()
 	defer s.r.spawnMu.RUnlock()
 	pid, err := syscall.ForkExec(path, argv, attr)

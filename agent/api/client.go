@@ -244,8 +244,8 @@ func (c *Client) progressCall(ctx context.Context, method, path string, q url.Va
 	return *last.Release, nil
 }
 
-// Deploy uploads req.Body (or names req.Path on the agent's host), then
-// calls progress for each step until the new release runs, and returns it.
+// Deploy uploads req.Body, then calls progress for each step until the
+// new release runs, and returns it.
 func (c *Client) Deploy(ctx context.Context, req DeployRequest, progress ProgressFunc) (Release, error) {
 	q := url.Values{}
 	if req.Digest != "" {
@@ -254,18 +254,10 @@ func (c *Client) Deploy(ctx context.Context, req DeployRequest, progress Progres
 	if req.Source != "" {
 		q.Set("source", req.Source)
 	}
-	var body io.Reader
-	if req.Path != "" {
-		if req.Body != nil {
-			return Release{}, fmt.Errorf("deploy %s: %w: both a body and a path", req.App, ErrInvalid)
-		}
-		q.Set("path", req.Path)
-	} else {
-		if req.Body == nil {
-			return Release{}, fmt.Errorf("deploy %s: %w: neither a body nor a path", req.App, ErrInvalid)
-		}
-		body = req.Body
+	if req.Body == nil {
+		return Release{}, fmt.Errorf("deploy %s: %w: no tarball to upload", req.App, ErrInvalid)
 	}
+	body := req.Body
 	return c.progressCall(ctx, "POST", appPath(req.App, "deploy"), q, body, "application/octet-stream", progress)
 }
 

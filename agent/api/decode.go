@@ -1,10 +1,12 @@
 package api
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -12,6 +14,12 @@ import (
 
 // maxJSONBody bounds every JSON request body.
 const maxJSONBody = 1 << 20
+
+// MaxConfigKeyLen is the longest config key (env var name) a request may
+// carry, in bytes: state.MaxConfigKeyLen, which this package may not
+// import (agent's TestLimitsAgree keeps the two equal). The decoder
+// refuses a longer key before it reaches the agent.
+const MaxConfigKeyLen = 256
 
 // CreateAppRequest is the body of POST /v1/apps.
 type CreateAppRequest struct {
@@ -60,16 +68,22 @@ func (l *limitReader) Read(p []byte) (int, error) {
 }
 
 // decodeJSON decodes exactly one JSON value from r into v: unknown
-// fields, trailing data and bodies over maxJSONBody are errors wrapping
-// ErrInvalid (or ErrTooLarge). An empty body is io.EOF, unwrapped, for
-// the callers that accept one.
+// fields, field names that match only when case is ignored, duplicate
+// keys (at any depth), trailing data and bodies over maxJSONBody are
+// errors wrapping ErrInvalid (or ErrTooLarge). An empty body is io.EOF,
+// unwrapped, for the callers that accept one.
 func decodeJSON(r io.Reader, v any) error {
-	dec := json.NewDecoder(&limitReader{r: r, max: maxJSONBody, what: "request body"})
+	data, err := io.ReadAll(&limitReader{r: r, max: maxJSONBody, what: "request body"})
+	if err != nil {
+		if errors.Is(err, ErrTooLarge) {
+			return err
+		}
+		return fmt.Errorf("%w: request body: %v", ErrInvalid, err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		switch {
-		case errors.Is(err, ErrTooLarge):
-			return err
 		case err == io.EOF:
 			return io.EOF
 		case errors.Is(err, io.ErrUnexpectedEOF):
@@ -78,12 +92,107 @@ func decodeJSON(r io.Reader, v any) error {
 		return fmt.Errorf("%w: request body: %v", ErrInvalid, err)
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		if errors.Is(err, ErrTooLarge) {
-			return err
-		}
 		return fmt.Errorf("%w: request body: unexpected data after the JSON value", ErrInvalid)
 	}
+	// encoding/json matches field names case-insensitively and keeps
+	// the last of duplicate keys: a second pass over the (valid) value
+	// refuses both.
+	strict := json.NewDecoder(bytes.NewReader(data))
+	strict.UseNumber()
+	if err := checkStrict(strict, reflect.TypeOf(v), "request body"); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
 	return nil
+}
+
+// checkStrict reads one JSON value from dec, which the caller knows to be
+// valid, and refuses a duplicate key in any object and, where t is a
+// struct, a key that is not exactly one of its JSON field names. at names
+// the value in errors ("request body", "request body.set").
+func checkStrict(dec *json.Decoder, t reflect.Type, at string) error {
+	for t != nil && t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	tok, err := dec.Token()
+	if err != nil {
+		return fmt.Errorf("%s: %v", at, err)
+	}
+	switch tok {
+	case json.Delim('{'):
+		seen := map[string]bool{}
+		for dec.More() {
+			kt, err := dec.Token()
+			if err != nil {
+				return fmt.Errorf("%s: %v", at, err)
+			}
+			key := kt.(string)
+			if seen[key] {
+				return fmt.Errorf("%s: duplicate key %q", at, abbrev(key))
+			}
+			seen[key] = true
+			var elem reflect.Type
+			switch {
+			case t == nil:
+			case t.Kind() == reflect.Struct:
+				f, ok := structField(t, key)
+				if !ok {
+					return fmt.Errorf("%s: unknown field %q (field names are case-sensitive)", at, abbrev(key))
+				}
+				elem = f
+			case t.Kind() == reflect.Map:
+				elem = t.Elem()
+			}
+			if err := checkStrict(dec, elem, at+"."+abbrev(key)); err != nil {
+				return err
+			}
+		}
+		_, err = dec.Token() // '}'
+	case json.Delim('['):
+		var elem reflect.Type
+		if t != nil && (t.Kind() == reflect.Slice || t.Kind() == reflect.Array) {
+			elem = t.Elem()
+		}
+		for i := 0; dec.More(); i++ {
+			if err := checkStrict(dec, elem, at+"["+strconv.Itoa(i)+"]"); err != nil {
+				return err
+			}
+		}
+		_, err = dec.Token() // ']'
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %v", at, err)
+	}
+	return nil
+}
+
+// structField returns the type of t's field whose JSON name is exactly
+// name.
+func structField(t reflect.Type, name string) (reflect.Type, bool) {
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if !f.IsExported() {
+			continue
+		}
+		tag, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if tag == "-" {
+			continue
+		}
+		if tag == "" {
+			tag = f.Name
+		}
+		if tag == name {
+			return f.Type, true
+		}
+	}
+	return nil, false
+}
+
+// abbrev shortens a key quoted in an error to its first 64 bytes.
+func abbrev(s string) string {
+	if len(s) <= 64 {
+		return s
+	}
+	return s[:64] + "..."
 }
 
 // decodeFormation decodes a formation (process type -> count) and checks
@@ -117,7 +226,15 @@ func decodeConfigChange(r io.Reader) (ConfigChange, error) {
 	if len(c.Set) == 0 && len(c.Unset) == 0 {
 		return c, fmt.Errorf("%w: config change sets and unsets nothing", ErrInvalid)
 	}
+	for k := range c.Set {
+		if len(k) > MaxConfigKeyLen {
+			return c, fmt.Errorf("%w: config key %q is %d bytes, longer than %d (MaxConfigKeyLen)", ErrInvalid, abbrev(k), len(k), MaxConfigKeyLen)
+		}
+	}
 	for _, k := range c.Unset {
+		if len(k) > MaxConfigKeyLen {
+			return c, fmt.Errorf("%w: config key %q is %d bytes, longer than %d (MaxConfigKeyLen)", ErrInvalid, abbrev(k), len(k), MaxConfigKeyLen)
+		}
 		if _, ok := c.Set[k]; ok {
 			return c, fmt.Errorf("%w: config change both sets and unsets %q", ErrInvalid, k)
 		}

@@ -26,6 +26,9 @@ var (
 	// ErrUnavailable is a request the agent cannot serve now (shutting
 	// down, disk full). HTTP 503.
 	ErrUnavailable = errors.New("unavailable")
+	// ErrMediaType is a request body whose Content-Type the endpoint does
+	// not take: a JSON body must say application/json. HTTP 415.
+	ErrMediaType = errors.New("unsupported media type")
 )
 
 // errForbidden is the kind of the server's answer to a peer that may not
@@ -46,6 +49,7 @@ const (
 	KindUnavailable = "unavailable"
 	KindInternal    = "internal"
 	KindForbidden   = "forbidden"
+	KindMediaType   = "unsupported_media_type"
 )
 
 // kinds lists the error kinds in the order they are checked: an error
@@ -60,6 +64,7 @@ var kinds = []struct {
 	{ErrUnavailable, KindUnavailable, http.StatusServiceUnavailable},
 	{ErrNotFound, KindNotFound, http.StatusNotFound},
 	{ErrConflict, KindConflict, http.StatusConflict},
+	{ErrMediaType, KindMediaType, http.StatusUnsupportedMediaType},
 	{ErrInvalid, KindInvalid, http.StatusBadRequest},
 	{errForbidden, KindForbidden, http.StatusForbidden},
 }

@@ -128,17 +128,13 @@ func (f *fakeBackend) activate(app string, rel Release, progress ProgressFunc) R
 
 func (f *fakeBackend) Deploy(ctx context.Context, req DeployRequest, progress ProgressFunc) (Release, error) {
 	h := sha256.New()
-	if req.Body != nil {
-		b, err := io.ReadAll(io.TeeReader(req.Body, h))
-		if err != nil {
-			return Release{}, fmt.Errorf("deploy %s: read upload: %w", req.App, err)
-		}
-		f.mu.Lock()
-		f.uploaded = b
-		f.mu.Unlock()
-	} else {
-		h.Write([]byte(req.Path))
+	b, err := io.ReadAll(io.TeeReader(req.Body, h))
+	if err != nil {
+		return Release{}, fmt.Errorf("deploy %s: read upload: %w", req.App, err)
 	}
+	f.mu.Lock()
+	f.uploaded = b
+	f.mu.Unlock()
 	digest := hex.EncodeToString(h.Sum(nil))
 	if req.Digest != "" && req.Digest != digest {
 		return Release{}, fmt.Errorf("%w: digest mismatch: got %s, want %s", ErrConflict, digest, req.Digest)

@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net"
 	"net/http"
-	"path/filepath"
+	"path"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -115,25 +117,51 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Berth-Version", s.cfg.Version)
 	}
 	h, pattern := s.mux.Handler(r)
-	if pattern == "" {
+	if pattern == "" || path.Clean(r.URL.Path) != r.URL.Path {
 		// The mux's own 404 or 405: answer in JSON like every other error.
 		rec := &statusRecorder{header: http.Header{}}
 		h.ServeHTTP(rec, r)
 		if allow := rec.header.Get("Allow"); allow != "" {
 			w.Header().Set("Allow", allow)
 		}
-		status := rec.status
+		// Anything but a 405 is a 404. The API does not redirect: a
+		// path that is not clean ("/v1//apps", "/v1/apps/../info") is
+		// no endpoint, where the mux would answer with a redirect.
+		status := http.StatusNotFound
 		kind := KindNotFound
 		msg := fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path)
-		if status == http.StatusMethodNotAllowed {
+		if rec.status == http.StatusMethodNotAllowed && pattern == "" {
+			status = rec.status
 			kind = KindInvalid
 			msg = fmt.Sprintf("method %s not allowed on %s (allowed: %s)", r.Method, r.URL.Path, rec.header.Get("Allow"))
 		}
 		writeJSON(w, status, ErrorBody{Error: msg, Kind: kind})
 		return
 	}
+	if err := checkContentType(r, pattern); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	// The mux, not h, sets the request's path values.
 	s.mux.ServeHTTP(w, r)
+}
+
+// checkContentType refuses a request body that is not declared as what
+// the endpoint takes: application/json everywhere but the deploy upload
+// (the tarball's bytes). A request without a body passes.
+func checkContentType(r *http.Request, pattern string) error {
+	if r.ContentLength == 0 || r.Method == http.MethodGet || strings.HasSuffix(pattern, "/deploy") {
+		return nil
+	}
+	ct := r.Header.Get("Content-Type")
+	if mt, _, err := mime.ParseMediaType(ct); err == nil && mt == "application/json" {
+		return nil
+	}
+	got := "no Content-Type"
+	if ct != "" {
+		got = fmt.Sprintf("%.60q", ct)
+	}
+	return fmt.Errorf("%w: %s %s takes a JSON body with Content-Type: application/json, got %s", ErrMediaType, r.Method, r.URL.Path, got)
 }
 
 // statusRecorder captures the status the mux's fallback handler writes.
@@ -265,23 +293,20 @@ func (s *Server) handleDeploy(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	req := DeployRequest{App: r.PathValue("app"), Digest: digest, Path: q.Get("path"), Source: q.Get("source")}
+	if q.Has("path") {
+		// The agent runs as root: opening a client's path would read
+		// any file of the host on the client's behalf.
+		s.writeError(w, r, fmt.Errorf("%w: deploy: path= is not accepted: the agent opens no file for a client; send the tarball as the request body", ErrInvalid))
+		return
+	}
+	req := DeployRequest{App: r.PathValue("app"), Digest: digest, Source: q.Get("source")}
 	if req.Source == "" {
 		req.Source = "api"
 	}
 	var limited *limitReader
 	switch {
-	case req.Path != "":
-		if r.ContentLength != 0 {
-			s.writeError(w, r, fmt.Errorf("%w: deploy: give the tarball either as the request body or as path=, not both", ErrInvalid))
-			return
-		}
-		if !filepath.IsAbs(req.Path) {
-			s.writeError(w, r, fmt.Errorf("%w: deploy: path %q is not absolute", ErrInvalid, req.Path))
-			return
-		}
 	case r.ContentLength == 0:
-		s.writeError(w, r, fmt.Errorf("%w: deploy: empty upload: send the tarball as the request body, or path= for a file on the agent's host", ErrInvalid))
+		s.writeError(w, r, fmt.Errorf("%w: deploy: empty upload: send the tarball as the request body", ErrInvalid))
 		return
 	case r.ContentLength > s.cfg.MaxUpload:
 		s.writeError(w, r, fmt.Errorf("%w: deploy: upload of %d bytes is larger than the limit of %d bytes", ErrTooLarge, r.ContentLength, s.cfg.MaxUpload))

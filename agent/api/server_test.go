@@ -108,6 +108,19 @@ func (ts *testServer) stop(t *testing.T) {
 // status and body.
 func (ts *testServer) raw(t *testing.T, method, path, body string) (int, string) {
 	t.Helper()
+	ct := ""
+	if body != "" {
+		ct = "application/json"
+		if strings.Contains(path, "/deploy") {
+			ct = "application/octet-stream"
+		}
+	}
+	return ts.rawCT(t, method, path, ct, body)
+}
+
+// rawCT is raw with the given Content-Type ("" for none).
+func (ts *testServer) rawCT(t *testing.T, method, path, ct, body string) (int, string) {
+	t.Helper()
 	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", ts.sock)
@@ -120,6 +133,9 @@ func (ts *testServer) raw(t *testing.T, method, path, body string) (int, string)
 	req, err := http.NewRequest(method, "http://berth"+path, r)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if ct != "" {
+		req.Header.Set("Content-Type", ct)
 	}
 	resp, err := c.Do(req)
 	if err != nil {
@@ -232,6 +248,18 @@ func TestServer_StrictDecode(t *testing.T) {
 		contains           string
 	}{
 		{"POST", "/v1/apps", `{"name":"x","extra":1}`, 400, `unknown field \"extra\"`},
+		// Exact names, no duplicates, bounded keys (issue 12, finding 8).
+		{"POST", "/v1/apps", `{"Name":"x"}`, 400, `unknown field \"Name\" (field names are case-sensitive)`},
+		{"POST", "/v1/apps", `{"NAME":"x"}`, 400, `unknown field \"NAME\"`},
+		{"POST", "/v1/apps", `{"name":"x","name":"y"}`, 400, `duplicate key \"name\"`},
+		{"PUT", "/v1/apps/web/user", `{"user":"a","User":"root"}`, 400, `unknown field \"User\"`},
+		{"POST", "/v1/apps/web/rollback", `{"Version":1}`, 400, `unknown field \"Version\"`},
+		{"PATCH", "/v1/apps/web/config", `{"set":{"A":"1","A":"2"}}`, 400, `request body.set: duplicate key \"A\"`},
+		{"PATCH", "/v1/apps/web/config", `{"Set":{"A":"1"}}`, 400, `unknown field \"Set\"`},
+		{"PATCH", "/v1/apps/web/config", `{"unset":["A"],"unset":["B"]}`, 400, `duplicate key \"unset\"`},
+		{"PATCH", "/v1/apps/web/config", `{"set":{"` + strings.Repeat("K", 100000) + `":"1"}}`, 400, "longer than 256 (MaxConfigKeyLen)"},
+		{"PATCH", "/v1/apps/web/config", `{"unset":["` + strings.Repeat("K", MaxConfigKeyLen+1) + `"]}`, 400, "MaxConfigKeyLen"},
+		{"PUT", "/v1/apps/web/formation", `{"web":1,"web":2}`, 400, `duplicate key \"web\"`},
 		{"POST", "/v1/apps", `{"name":"x"} {}`, 400, "unexpected data after the JSON value"},
 		{"POST", "/v1/apps", `{"name":`, 400, "truncated JSON"},
 		{"POST", "/v1/apps", ``, 400, `want {\"name\": NAME}`},
@@ -250,8 +278,11 @@ func TestServer_StrictDecode(t *testing.T) {
 		{"POST", "/v1/apps/web/rollback", `{"v":2}`, 400, `unknown field \"v\"`},
 		{"POST", "/v1/apps/web/deploy?digest=xyz", "tar", 400, `bad digest \"xyz\"`},
 		{"POST", "/v1/apps/web/deploy", "", 400, "empty upload"},
-		{"POST", "/v1/apps/web/deploy?path=rel/x.tar", "", 400, `path \"rel/x.tar\" is not absolute`},
-		{"POST", "/v1/apps/web/deploy?path=/x.tar", "body", 400, "not both"},
+		// The agent opens no path for a client (it would as root).
+		{"POST", "/v1/apps/web/deploy?path=/etc/shadow", "", 400, "path= is not accepted"},
+		{"POST", "/v1/apps/web/deploy?path=rel/x.tar", "", 400, "path= is not accepted"},
+		{"POST", "/v1/apps/web/deploy?path=/x.tar", "body", 400, "path= is not accepted"},
+		{"POST", "/v1/apps/web/deploy?path=", "body", 400, "path= is not accepted"},
 		{"GET", "/v1/apps/web/logs?follow=maybe", "", 400, `bad follow \"maybe\"`},
 	}
 	for _, tt := range tests {
@@ -263,6 +294,44 @@ func TestServer_StrictDecode(t *testing.T) {
 	rels, err := ts.client.Releases(context.Background(), "web")
 	if err != nil || len(rels) != 2 {
 		t.Errorf("after refused requests: %d releases, %v; want the 2 seeded", len(rels), err)
+	}
+}
+
+// TestServer_ContentType ensures a JSON body must say so (415 naming
+// what was sent), a body-less request and the deploy upload need not,
+// and parameters of application/json are accepted.
+func TestServer_ContentType(t *testing.T) {
+	ts := startServer(t, ServerConfig{})
+	ts.seed(t)
+	for _, tt := range []struct {
+		method, path, ct, body string
+		status                 int
+		contains               string
+	}{
+		{"POST", "/v1/apps", "", `{"name":"a1"}`, 415, "got no Content-Type"},
+		{"POST", "/v1/apps", "text/plain", `{"name":"a2"}`, 415, `Content-Type: application/json, got \"text/plain\"`},
+		{"PATCH", "/v1/apps/web/config", "application/x-www-form-urlencoded", `{"set":{"A":"1"}}`, 415, "unsupported_media_type"},
+		{"PUT", "/v1/apps/web/formation", "application/jsonx", `{"web":1}`, 415, "application/json"},
+		{"POST", "/v1/apps", "application/json; charset=utf-8", `{"name":"a3"}`, 201, `"a3"`},
+		{"POST", "/v1/apps/web/rollback", "", ``, 200, ""},
+	} {
+		status, body := ts.rawCT(t, tt.method, tt.path, tt.ct, tt.body)
+		if status != tt.status || !strings.Contains(body, tt.contains) {
+			t.Errorf("%s %s (%q) %.40q: got %d %s\nwant %d containing %s", tt.method, tt.path, tt.ct, tt.body, status, body, tt.status, tt.contains)
+		}
+	}
+}
+
+// TestServer_UncleanPath ensures a path that is not clean gets a plain
+// JSON 404, not the mux's redirect (which lost its Location).
+func TestServer_UncleanPath(t *testing.T) {
+	ts := startServer(t, ServerConfig{})
+	ts.seed(t)
+	for _, path := range []string{"/v1//apps", "/v1/apps/../info", "/v1/./apps", "//v1/apps"} {
+		status, body := ts.raw(t, "GET", path, "")
+		if status != 404 || !strings.Contains(body, "no such endpoint") {
+			t.Errorf("GET %s: %d %s, want a 404", path, status, body)
+		}
 	}
 }
 
@@ -311,8 +380,11 @@ func TestClient_RoundTrip(t *testing.T) {
 	if _, err := c.Deploy(ctx, DeployRequest{App: "web", Body: strings.NewReader("x"), Digest: strings.Repeat("a", 64)}, nil); !errors.Is(err, ErrConflict) {
 		t.Errorf("Deploy with wrong digest: %v, want ErrConflict", err)
 	}
-	if rel, err := c.Deploy(ctx, DeployRequest{App: "web", Path: "/srv/x.tar"}, nil); err != nil || rel.Version != 2 {
-		t.Errorf("Deploy by path = %+v, %v", rel, err)
+	if _, err := c.Deploy(ctx, DeployRequest{App: "web"}, nil); !errors.Is(err, ErrInvalid) {
+		t.Errorf("Deploy without a body: %v, want ErrInvalid", err)
+	}
+	if rel, err := c.Deploy(ctx, DeployRequest{App: "web", Body: strings.NewReader("second")}, nil); err != nil || rel.Version != 2 {
+		t.Errorf("second Deploy = %+v, %v", rel, err)
 	}
 	if rel, err := c.SetConfig(ctx, "web", ConfigChange{Set: map[string]string{"K": "v"}}, nil); err != nil || rel.Version != 3 {
 		t.Errorf("SetConfig = %+v, %v", rel, err)

@@ -104,11 +104,11 @@ type ErrorBody struct {
 	Kind  string `json:"kind"` // invalid, not_found, conflict, too_large, unavailable, forbidden, internal
 }
 
-// DeployRequest describes a deploy. Exactly one of Body and Path is set.
+// DeployRequest describes a deploy. The tarball is always a stream: the
+// agent never opens a path on a client's behalf.
 type DeployRequest struct {
 	App    string
 	Body   io.Reader // the tarball as uploaded
-	Path   string    // a tarball on the agent's host
 	Digest string    // expected sha256 hex digest; empty to accept any
 	Source string    // who asked: "cli", "inbox"; for the event log
 }

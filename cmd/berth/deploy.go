@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -14,14 +13,13 @@ import (
 
 func newDeployCmd(g *globals) *cobra.Command {
 	var digest string
-	var onHost bool
 	cmd := &cobra.Command{
 		Use:   "deploy FILE",
 		Short: "Upload a release tarball, release it and wait until its processes run",
 		Long: `deploy uploads FILE (.tar, .tar.gz or .tar.zst; "-" for stdin) to the agent, which
 unpacks it, records a new release with the app's config, runs the release phase and
-restarts the app's processes on it. The app is created on its first deploy. With --path,
-FILE names a tarball on the agent's host instead and nothing is uploaded.`,
+restarts the app's processes on it. The app is created on its first deploy. FILE is read
+with your own rights and streamed over the socket: the agent opens no file for a client.`,
 		Args: exactArgs(1, "the tarball FILE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			app, err := g.appName(cmd)
@@ -29,35 +27,27 @@ FILE names a tarball on the agent's host instead and nothing is uploaded.`,
 				return err
 			}
 			req := api.DeployRequest{App: app, Digest: digest, Source: "cli"}
-			file := args[0]
-			if onHost {
-				if file == "-" {
-					return usagef(cmd.CommandPath(), "--path names a file on the agent's host; it cannot be stdin")
+			var size int64 = -1
+			var body io.Reader = g.env.stdin
+			if file := args[0]; file != "-" {
+				// Opened with the caller's own rights, and sent: the
+				// agent opens no path on a client's behalf.
+				f, err := os.Open(file)
+				if err != nil {
+					return fmt.Errorf("deploy: %w", err)
 				}
-				if req.Path, err = filepath.Abs(file); err != nil {
-					return err
+				defer f.Close()
+				if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
+					size = fi.Size()
 				}
-			} else {
-				var size int64 = -1
-				var body io.Reader = g.env.stdin
-				if file != "-" {
-					f, err := os.Open(file)
-					if err != nil {
-						return fmt.Errorf("deploy: %w", err)
-					}
-					defer f.Close()
-					if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
-						size = fi.Size()
-					}
-					body = f
-				}
-				if g.env.isTTY(g.env.stderr) && !g.json {
-					bar := &uploadBar{w: g.env.stderr, r: body, size: size, now: g.env.now}
-					defer bar.finish()
-					body = bar
-				}
-				req.Body = body
+				body = f
 			}
+			if g.env.isTTY(g.env.stderr) && !g.json {
+				bar := &uploadBar{w: g.env.stderr, r: body, size: size, now: g.env.now}
+				defer bar.finish()
+				body = bar
+			}
+			req.Body = body
 			return releaseOp(g, cmd.OutOrStdout(), func(progress api.ProgressFunc) (api.Release, error) {
 				rel, err := g.client().Deploy(cmd.Context(), req, progress)
 				if err != nil {
@@ -68,7 +58,6 @@ FILE names a tarball on the agent's host instead and nothing is uploaded.`,
 		},
 	}
 	cmd.Flags().StringVar(&digest, "digest", "", "the tarball's expected sha256 (hex); the agent refuses a mismatch")
-	cmd.Flags().BoolVar(&onHost, "path", false, "FILE is a path on the agent's host (no upload)")
 	return cmd
 }
 

@@ -12,9 +12,8 @@ commands take the app with -a APP, else $BERTH_APP.
 	berth apps create NAME              create an app with nothing deployed
 	berth apps destroy NAME --confirm NAME
 	berth apps set-user NAME USER       run the app as USER ("" for the agent's default)
-	berth deploy FILE [--digest D] [--path]
-	                                    upload a tarball ("-" for stdin; --path: a file on the
-	                                    agent's host), release it, wait until its processes run
+	berth deploy FILE [--digest D]      upload a tarball ("-" for stdin), release it, wait
+	                                    until its processes run
 	berth releases                      list releases, newest first
 	berth releases info vN              one release with its config and release-phase output
 	berth rollback [vN]                 release vN's build and config again (default: the

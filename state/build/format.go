@@ -160,8 +160,9 @@ func openStream(ctx context.Context, r io.Reader, m *meter) (*stream, error) {
 		if err != nil && !errors.Is(err, io.EOF) {
 			return nil, err
 		}
-		n := min(len(head), 8)
-		return nil, fmt.Errorf("%w: not a tar, tar.gz or tar.zst archive (starts with % x)", ErrCorrupt, head[:n])
+		// Never the bytes themselves: an error must not echo a file's
+		// content.
+		return nil, fmt.Errorf("%w: not a tar, tar.gz or tar.zst archive (unknown magic bytes)", ErrCorrupt)
 	}
 	s.tar = &countReader{r: dec, m: m}
 	return s, nil

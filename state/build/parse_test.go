@@ -2,6 +2,7 @@ package build
 
 import (
 	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -35,6 +36,12 @@ func TestParseProcfile(t *testing.T) {
 		t.Errorf("Types = %v", got)
 	}
 
+	// The limits themselves are accepted.
+	atLimit := manyTypes(MaxProcfileTypes) + "last: " + strings.Repeat("x", MaxProcfileLine-6) + "\r\n"
+	if _, err := ParseProcfile(strings.NewReader(strings.Replace(atLimit, "t0: sleep 1000\n", "", 1))); err != nil {
+		t.Errorf("Procfile at the limits: %v", err)
+	}
+
 	for _, tc := range []struct{ name, in, msg string }{
 		{"empty", "", "no process types declared"},
 		{"only comments", "# web: x\n\n", "no process types declared"},
@@ -47,7 +54,11 @@ func TestParseProcfile(t *testing.T) {
 		{"duplicate", "web: a\n# c\nweb: b\n", `line 3: process type "web" already declared on line 1`},
 		{"NUL", "web: a\x00b\n", "line 1: contains a NUL byte"},
 		{"bad UTF-8", "web: \xff\n", "line 1: not valid UTF-8"},
-		{"too large", "web: " + strings.Repeat("x", maxProcfileSize) + "\n", "larger than"},
+		{"MaxProcfileTypes", manyTypes(MaxProcfileTypes + 1), fmt.Sprintf("line %d: more than %d process types (MaxProcfileTypes)", MaxProcfileTypes+1, MaxProcfileTypes)},
+		{"MaxProcfileLine", "web: " + strings.Repeat("x", MaxProcfileLine) + "\n", fmt.Sprintf("line 1: longer than %d bytes (MaxProcfileLine)", MaxProcfileLine)},
+		{"MaxProcfileLine comment", "web: x\n#" + strings.Repeat("x", MaxProcfileLine) + "\n", "line 2: longer than"},
+		{"MaxProcfileLine far over", "web: x\n" + strings.Repeat("x", 3*MaxProcfileLine) + "\n", "line 2: longer than"},
+		{"too large", "web: x\n" + strings.Repeat("# comment\n", maxProcfileSize/10+1), "larger than"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := ParseProcfile(strings.NewReader(tc.in))

@@ -10,6 +10,16 @@ import (
 	"unicode/utf8"
 )
 
+// Limits on a Procfile, refused at import with an error naming the limit
+// (the README's "Limits" section lists them).
+const (
+	// MaxProcfileTypes is the most process types a Procfile may declare,
+	// the release phase included: each type runs at least one process.
+	MaxProcfileTypes = 50
+	// MaxProcfileLine is the longest Procfile line, in bytes.
+	MaxProcfileLine = 4096
+)
+
 // maxProcfileSize bounds how much of a Procfile is read; real ones are a few
 // hundred bytes.
 const maxProcfileSize = 1 << 20
@@ -70,8 +80,10 @@ func ValidProcessType(t string) bool {
 
 // ParseProcfile parses a Procfile in the Heroku/foreman format: one
 // `type: command` per line, blank lines and lines starting with '#' ignored,
-// CRLF line ends accepted. Invalid lines, invalid or duplicate type names and
-// empty commands are errors wrapping ErrProcfile that carry the line number.
+// CRLF line ends accepted. Invalid lines, invalid or duplicate type names,
+// empty commands, lines over MaxProcfileLine and types beyond
+// MaxProcfileTypes are errors wrapping ErrProcfile that carry the line
+// number.
 // A Procfile with no process at all is an error too.
 func ParseProcfile(r io.Reader) (Procfile, error) {
 	data, err := io.ReadAll(io.LimitReader(r, maxProcfileSize+1))
@@ -84,11 +96,14 @@ func ParseProcfile(r io.Reader) (Procfile, error) {
 	var p Procfile
 	seen := make(map[string]int)
 	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(make([]byte, 0, 4096), maxProcfileSize+1)
+	sc.Buffer(make([]byte, 0, 4096), MaxProcfileLine+2) // the line end, CR included
 	line := 0
 	for sc.Scan() {
 		line++
 		text := strings.TrimSuffix(sc.Text(), "\r")
+		if len(text) > MaxProcfileLine {
+			return Procfile{}, fmt.Errorf("%w: line %d: longer than %d bytes (MaxProcfileLine)", ErrProcfile, line, MaxProcfileLine)
+		}
 		trimmed := strings.TrimSpace(text)
 		if trimmed == "" || strings.HasPrefix(trimmed, "#") {
 			continue
@@ -113,12 +128,15 @@ func ParseProcfile(r io.Reader) (Procfile, error) {
 		if prev, dup := seen[typ]; dup {
 			return Procfile{}, fmt.Errorf("%w: line %d: process type %q already declared on line %d", ErrProcfile, line, typ, prev)
 		}
+		if len(p.Entries) == MaxProcfileTypes {
+			return Procfile{}, fmt.Errorf("%w: line %d: more than %d process types (MaxProcfileTypes)", ErrProcfile, line, MaxProcfileTypes)
+		}
 		seen[typ] = line
 		p.Entries = append(p.Entries, ProcfileEntry{Type: typ, Command: cmd, Line: line})
 	}
 	if err := sc.Err(); err != nil {
 		if errors.Is(err, bufio.ErrTooLong) {
-			return Procfile{}, fmt.Errorf("%w: line %d: too long", ErrProcfile, line+1)
+			return Procfile{}, fmt.Errorf("%w: line %d: longer than %d bytes (MaxProcfileLine)", ErrProcfile, line+1, MaxProcfileLine)
 		}
 		return Procfile{}, fmt.Errorf("read Procfile: %w", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -101,6 +102,7 @@ func TestStore_ImportRefuses(t *testing.T) {
 		{name: "no Procfile", data: tarOf(exe("server", "x")), kind: ErrNoProcfile, msg: "add a file named Procfile"},
 		{name: "Procfile is a directory", data: tarOf(dir("Procfile")), kind: ErrProcfile},
 		{name: "bad Procfile", data: tarOf(file("Procfile", "web: ./a\nweb: ./b\n")), kind: ErrProcfile, msg: `line 2: process type "web" already declared on line 1`},
+		{name: "10,000 process types", data: tarOf(file("Procfile", manyTypes(10000))), kind: ErrProcfile, msg: "line 51: more than 50 process types (MaxProcfileTypes)"},
 		{name: "bad manifest", data: tarOf(procfile, file("berth.json", `{"processes":{"web":{"stop_sginal":"SIGTERM"}}}`)), kind: ErrManifest, msg: "stop_sginal"},
 		{name: "manifest names unknown type", data: tarOf(procfile, file("berth.json", `{"processes":{"worker":{"stop_signal":"SIGINT"}}}`)), kind: ErrManifest, msg: `"worker" is not declared in the Procfile`},
 		{name: "digest mismatch", data: bytesOf(good), expect: strings.Repeat("ab", 32), kind: ErrDigestMismatch, msg: "expected abab"},
@@ -118,6 +120,9 @@ func TestStore_ImportRefuses(t *testing.T) {
 			_, err := s.Import(context.Background(), bytes.NewReader(tc.data(t)), tc.expect)
 			if !errors.Is(err, tc.kind) {
 				t.Fatalf("Import error = %v, want %v", err, tc.kind)
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Errorf("Import error is more than one line: %q", err)
 			}
 			if tc.msg != "" && !strings.Contains(err.Error(), tc.msg) {
 				t.Errorf("Import error %q does not contain %q", err, tc.msg)
@@ -175,4 +180,13 @@ func sparseTar(size int64) func(t *testing.T) []byte {
 		}
 		return data
 	}
+}
+
+// manyTypes is a Procfile declaring n process types.
+func manyTypes(n int) string {
+	var b strings.Builder
+	for i := range n {
+		fmt.Fprintf(&b, "t%d: sleep 1000\n", i)
+	}
+	return b.String()
 }
