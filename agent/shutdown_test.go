@@ -113,7 +113,12 @@ func sigtermDuringSwitch(t *testing.T, how string) {
 		return false
 	})
 
-	if took := term(); took > cfg.StopTimeout+time.Second {
+	took := term()
+	if os.Getenv("BERTH_TEST_SHOWLOG") != "" {
+		t.Log(childLog())
+	}
+	t.Logf("the agent exited %s after SIGTERM (stop timeout %s)", took.Round(time.Millisecond), cfg.StopTimeout)
+	if took > cfg.StopTimeout+time.Second {
 		t.Errorf("the agent took %s to exit after SIGTERM, more than its stop timeout %s plus 1s", took, cfg.StopTimeout)
 	}
 	if left := appProcs(t, cfg.DataDir, "hello"); len(left) != 0 {

@@ -161,7 +161,11 @@ func (a *Agent) activate(app string, rel state.Release, b *build.Build, kind str
 // not touched here: shutdown stops every app process next. It returns
 // the errShuttingDown that tells the client so.
 func (a *Agent) interrupt(app string, rel state.Release, prev *state.Release, step, output string, p *progress) error {
-	reason := fmt.Sprintf("interrupted: the agent shut down during the %s", step)
+	during := map[string]string{"health": "wait for the new instances to be up", "probation": "probation"}[step]
+	if during == "" {
+		during = step
+	}
+	reason := fmt.Sprintf("interrupted: the agent shut down during the %s", during)
 	msg := fmt.Sprintf("v%d %s; v%d was not activated", rel.Version, reason, rel.Version)
 	if prev != nil {
 		if prev.Version != 0 {
