@@ -435,7 +435,7 @@ func BenchmarkLogCapture(b *testing.B) {
 		cpu0 := selfCPU()
 		t1 := time.Now()
 		err = s.Start(Spec{Name: "spew", Command: helperCmd(spew[0], spew[1:]...), Env: helperEnv(),
-			Backoff: Backoff{Initial: time.Hour, Max: time.Hour, Settle: time.Hour}, Log: LogConfig{Path: path}})
+			Backoff: noRestart, Log: LogConfig{Path: path}})
 		if err != nil {
 			b.Fatal(err)
 		}
