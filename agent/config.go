@@ -52,8 +52,10 @@ type Config struct {
 	// Version is reported by Info.
 	Version string
 
-	// Backoff is the restart backoff of app processes. Zero fields mean
-	// the supervisor's defaults (100ms doubling to 30s, settle 5s).
+	// Backoff is the restart policy of app processes. Zero fields mean
+	// the supervisor's defaults (restart at once after a run of 1s,
+	// quicker exits 100ms doubling to 30s, reset after a run of 5s). A
+	// type's restart settings in berth.json override it field by field.
 	Backoff supervisor.Backoff
 	// StartTimeout bounds how long a switch waits for the new instances
 	// to be up: running, and healthy for types with a health check (whose

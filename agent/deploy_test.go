@@ -8,9 +8,11 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/berth-dev/berth/agent/api"
 	"github.com/berth-dev/berth/state"
+	"github.com/berth-dev/berth/supervisor"
 )
 
 // TestAgent_Deploy ensures that a first deploy creates the app, records
@@ -179,6 +181,45 @@ func TestAgent_BadDeploy(t *testing.T) {
 	}
 	after := ta.procs(t, "hello")["web.1"]
 	if after.PID != before.PID || after.State != "running" {
+		t.Fatalf("web.1 changed: before %+v, after %+v", before, after)
+	}
+}
+
+// TestAgent_RestartPolicyFromManifest ensures a type's restart settings
+// in berth.json reach its Spec's Backoff over the agent's own (which a
+// type without them keeps), and that a setting that clashes with the
+// agent's default it is paired with fails the deploy as invalid before
+// the running process is touched.
+func TestAgent_RestartPolicyFromManifest(t *testing.T) {
+	ta := startAgent(t, testConfig(dataDir(t)))
+	const manifest = `{"processes":{"web":{"restart":{"min_run":"200ms","settle":"2s","backoff_initial":"50ms","backoff_max":"1s"}},
+		"worker":{"restart":{"backoff_max":"1s"}}}}`
+	procfile := webProcfile + "worker: exec sleep 1000\nclock: exec sleep 1000\n"
+	ta.mustDeploy(t, "pol", tarball(t, map[string]string{"Procfile": procfile, "berth.json": manifest}))
+	want := map[string]supervisor.Backoff{
+		"web.1":    {MinRun: 200 * time.Millisecond, Settle: 2 * time.Second, Initial: 50 * time.Millisecond, Max: time.Second},
+		"worker.1": {Initial: 10 * time.Millisecond, Max: time.Second, Settle: 300 * time.Millisecond},
+		"clock.1":  ta.cfg.Backoff,
+	}
+	insts := ta.appInstances("pol")
+	if len(insts) != len(want) {
+		t.Fatalf("instances = %v", insts)
+	}
+	for _, in := range insts {
+		if got := in.spec.Backoff; got != want[in.Instance] {
+			t.Errorf("%s: Backoff = %+v, want %+v", in.Instance, got, want[in.Instance])
+		}
+	}
+
+	before := ta.procs(t, "pol")["web.1"]
+	// backoff_initial 1m is valid alone, but above the agent's cap (200ms).
+	_, _, err := ta.deploy(t, "pol", tarball(t, map[string]string{"Procfile": procfile,
+		"berth.json": `{"processes":{"web":{"restart":{"backoff_initial":"1m"}}}}`}))
+	wantKind(t, err, api.ErrInvalid)
+	if err == nil || !strings.Contains(err.Error(), "Backoff.Initial") {
+		t.Errorf("error %v does not name the clash", err)
+	}
+	if after := ta.procs(t, "pol")["web.1"]; after.PID != before.PID || after.State != "running" {
 		t.Fatalf("web.1 changed: before %+v, after %+v", before, after)
 	}
 }

@@ -39,6 +39,10 @@ func (a *Agent) specFor(cfg Config, app string, rel state.Release, b *build.Buil
 	if pm.StopTimeout > 0 {
 		stopTimeout = time.Duration(pm.StopTimeout)
 	}
+	backoff, err := backoffOf(cfg.Backoff, pm.Restart)
+	if err != nil {
+		return supervisor.Spec{}, nil, fmt.Errorf("%w: manifest of %s: %w", api.ErrInvalid, typ, err)
+	}
 	name, mode := app+"/"+inst, "bind"
 	if pm.SocketActivation {
 		name, mode = fmt.Sprintf("%s/%s@v%d", app, inst, rel.Version), "socket"
@@ -53,7 +57,7 @@ func (a *Agent) specFor(cfg Config, app string, rel state.Release, b *build.Buil
 		Credential:  who.Cred,
 		StopSignal:  sig,
 		StopTimeout: stopTimeout,
-		Backoff:     cfg.Backoff,
+		Backoff:     backoff,
 		Log: supervisor.LogConfig{
 			Path: logPath, MaxSize: cfg.LogMaxSize, MaxFiles: cfg.LogMaxFiles,
 			Fields: map[string]string{"BERTH_APP": app, "BERTH_PROCESS": inst, "BERTH_RELEASE": "v" + strconv.Itoa(rel.Version)},
@@ -64,4 +68,28 @@ func (a *Agent) specFor(cfg Config, app string, rel state.Release, b *build.Buil
 	// The supervisor carries the instance: its list is the agent's.
 	spec.Meta = in
 	return spec, in, nil
+}
+
+// backoffOf is the restart backoff of a process type: the manifest's
+// restart settings over the agent's Config.Backoff, field by field. The
+// pair of a manifest value and an agent one (or the supervisor's
+// default) is checked here, so a bad mix (backoff_initial 1m with the
+// default cap of 30s) fails the deploy before any process is touched.
+func backoffOf(agent supervisor.Backoff, r *build.Restart) (supervisor.Backoff, error) {
+	if r == nil {
+		return agent, nil
+	}
+	b := agent
+	for _, f := range []struct {
+		v  build.Duration
+		to *time.Duration
+	}{{r.MinRun, &b.MinRun}, {r.Settle, &b.Settle}, {r.BackoffInitial, &b.Initial}, {r.BackoffMax, &b.Max}} {
+		if f.v > 0 {
+			*f.to = time.Duration(f.v)
+		}
+	}
+	if _, err := b.WithDefaults(); err != nil {
+		return supervisor.Backoff{}, fmt.Errorf("restart, with the agent's defaults for what it leaves out: %w", err)
+	}
+	return b, nil
 }

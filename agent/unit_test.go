@@ -131,6 +131,56 @@ func TestCheckOf(t *testing.T) {
 	}
 }
 
+// TestBackoffOf ensures a type's restart settings override the agent's
+// Backoff field by field, none keeps the agent's, and a value that
+// clashes with the default or agent value it is paired with is refused.
+func TestBackoffOf(t *testing.T) {
+	agent := supervisor.Backoff{Initial: 10 * time.Millisecond, Max: 200 * time.Millisecond, Settle: 300 * time.Millisecond, CrashAfter: 4}
+	d := func(v time.Duration) build.Duration { return build.Duration(v) }
+	for _, tc := range []struct {
+		name  string
+		agent supervisor.Backoff
+		r     *build.Restart
+		want  supervisor.Backoff
+	}{
+		{"none", agent, nil, agent},
+		{"empty", agent, &build.Restart{}, agent},
+		{"all", agent, &build.Restart{MinRun: d(time.Second), Settle: d(5 * time.Second), BackoffInitial: d(100 * time.Millisecond), BackoffMax: d(30 * time.Second)},
+			supervisor.Backoff{MinRun: time.Second, Settle: 5 * time.Second, Initial: 100 * time.Millisecond, Max: 30 * time.Second, CrashAfter: 4}},
+		{"some", agent, &build.Restart{Settle: d(2 * time.Second)},
+			supervisor.Backoff{Initial: 10 * time.Millisecond, Max: 200 * time.Millisecond, Settle: 2 * time.Second, CrashAfter: 4}},
+		{"settle below the default min_run", supervisor.Backoff{}, &build.Restart{Settle: d(500 * time.Millisecond)},
+			supervisor.Backoff{Settle: 500 * time.Millisecond}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := backoffOf(tc.agent, tc.r)
+			if err != nil || got != tc.want {
+				t.Fatalf("backoffOf = %+v, %v; want %+v", got, err, tc.want)
+			}
+		})
+	}
+	for _, tc := range []struct {
+		name  string
+		agent supervisor.Backoff
+		r     build.Restart
+		field string
+	}{
+		{"initial above the agent's max", agent, build.Restart{BackoffInitial: d(time.Second)}, "Backoff.Initial"},
+		{"initial above the default max", supervisor.Backoff{}, build.Restart{BackoffInitial: d(time.Minute)}, "Backoff.Initial"},
+		{"max below the agent's initial", supervisor.Backoff{Initial: 5 * time.Second}, build.Restart{BackoffMax: d(time.Second)}, "Backoff.Initial"},
+		{"min_run above the default settle", supervisor.Backoff{}, build.Restart{MinRun: d(10 * time.Second)}, "Backoff.MinRun"},
+		{"settle below the agent's min_run", supervisor.Backoff{MinRun: time.Second}, build.Restart{Settle: d(500 * time.Millisecond)}, "Backoff.MinRun"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := backoffOf(tc.agent, &tc.r)
+			var se *supervisor.SpecError
+			if !errors.As(err, &se) || se.Field != tc.field {
+				t.Fatalf("backoffOf = %v, want a SpecError for %s", err, tc.field)
+			}
+		})
+	}
+}
+
 // TestHealthDeadline ensures a switch waits for the start period plus
 // the probes a check needs to fail, never longer than the start timeout.
 func TestHealthDeadline(t *testing.T) {

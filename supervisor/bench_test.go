@@ -168,6 +168,46 @@ func BenchmarkCrashToRestart(b *testing.B) {
 		samples, ms(pct(berth, 50)), ms(pct(berth, 99)), ms(pct(floor, 50)), ms(pct(floor, 99)), ms(pct(berth, 50)-pct(floor, 50)))
 }
 
+// BenchmarkCrashLoopCPU runs /bin/true, which exits at once, under the
+// default Backoff for BERTH_BENCH_CRASHLOOP (default 10s) and reports
+// this process's CPU time per second of the loop (getrusage: the
+// supervisor's forks, reaps, timers and events, not the children's own
+// time) and the number of restarts. A crash loop must cost the host
+// almost nothing: the backoff caps it at one restart per Backoff.Max.
+func BenchmarkCrashLoopCPU(b *testing.B) {
+	loop := 10 * time.Second
+	if v := os.Getenv("BERTH_BENCH_CRASHLOOP"); v != "" {
+		var err error
+		if loop, err = time.ParseDuration(v); err != nil {
+			b.Fatal(err)
+		}
+	}
+	quiesce()
+	s, stop := runSup(b)
+	defer stop()
+	for i := 0; i < b.N; i++ {
+		name := fmt.Sprintf("crashloop-%d", i)
+		cpu0, t0 := selfCPU(), time.Now()
+		if err := s.Start(Spec{Name: name, Command: "/bin/true"}); err != nil {
+			b.Fatal(err)
+		}
+		time.Sleep(loop)
+		st, err := s.Status(name)
+		if err != nil {
+			b.Fatal(err)
+		}
+		cpu, took := selfCPU()-cpu0, time.Since(t0)
+		if _, err := s.Stop(context.Background(), name); err != nil {
+			b.Fatal(err)
+		}
+		perSec := ms(cpu) / took.Seconds()
+		b.ReportMetric(perSec, "cpu-ms/s")
+		b.ReportMetric(float64(st.Restarts), "restarts")
+		summary("crash loop of /bin/true for %v (default backoff): %d restarts, state %v; supervisor CPU %.2f ms in all, %.3f ms per second",
+			took.Round(time.Millisecond), st.Restarts, st.State, ms(cpu), perSec)
+	}
+}
+
 // BenchmarkStartStop100 measures starting 100 instances concurrently
 // (until each has exec'd) and stopping them with StopMany (they exit
 // promptly on SIGTERM), beside bash starting 100 in the background and
@@ -435,7 +475,7 @@ func BenchmarkLogCapture(b *testing.B) {
 		cpu0 := selfCPU()
 		t1 := time.Now()
 		err = s.Start(Spec{Name: "spew", Command: helperCmd(spew[0], spew[1:]...), Env: helperEnv(),
-			Backoff: Backoff{Initial: time.Hour, Max: time.Hour, Settle: time.Hour}, Log: LogConfig{Path: path}})
+			Backoff: noRestart, Log: LogConfig{Path: path}})
 		if err != nil {
 			b.Fatal(err)
 		}

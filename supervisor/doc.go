@@ -16,12 +16,18 @@
 // left of its group is killed before the restart, so an old worker never
 // runs beside a new one.
 //
-// Restarts: a process that ran at least Backoff.Settle is restarted at
-// once; quick exits in a row wait Backoff.Initial doubling up to
-// Backoff.Max (minus up to 20% jitter); after Backoff.CrashAfter quick
-// exits in a row the state shows crashed, and retries continue at the
-// cap forever. Only Stop, Restart and RestartUnhealthy (on purpose)
-// prevent the restart of an exit.
+// Restarts go by how long the process ran. One that ran at least
+// Backoff.MinRun (default 1s, as runit) is restarted at once. A quicker
+// exit is a quick exit: the quick exits in a row wait Backoff.Initial
+// (100ms) doubling up to Backoff.Max (30s), minus up to 20% jitter, and
+// after Backoff.CrashAfter (3) of them in a row the state shows crashed;
+// retries continue at the cap forever. A run of at least Backoff.Settle
+// (5s) resets the count. A run between MinRun and Settle is restarted at
+// once but leaves the count as it was: a program that always runs 1.5s
+// is restarted at once every time and never shown crashed, while one
+// that crashes at once in between such runs keeps backing off. Only
+// Stop, Restart and RestartUnhealthy (on purpose) prevent the restart of
+// an exit.
 //
 // # States
 //
@@ -33,11 +39,11 @@
 //	  v            exec'd
 //	starting ----------------> running
 //	  ^   |                    |  |  |
-//	  |   | fork/exec failed   |  |  | exit after Settle
+//	  |   | fork/exec failed   |  |  | exit after MinRun
 //	  |   v                    |  |  v
 //	  |  backoff <-------------+  |  starting, at once (one event,
 //	  |  crashed   exit before    |  with the Exit)
-//	  |   |        Settle         |
+//	  |   |        MinRun         |
 //	  +---+ at NextAttempt        | Stop, Restart, RestartUnhealthy
 //	                              v
 //	                           stopping --Stop--> stopped (forgotten)
@@ -45,7 +51,8 @@
 //	                              +--Restart, RestartUnhealthy--> starting
 //
 // Stop reaches stopping from any state; crashed is backoff after
-// Backoff.CrashAfter quick exits in a row. Restart resets the backoff.
+// Backoff.CrashAfter quick exits in a row. Restart and a run of Settle
+// reset the backoff.
 //
 // RestartUnhealthy(name, pid, reason) is the restart an owner asks for
 // when the process pid failed its health check: if pid still runs, the

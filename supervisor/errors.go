@@ -39,17 +39,21 @@ var ErrReaperBusy = errors.New("another supervisor is running in this process")
 // ErrInvalidSpec. Value is left empty for fields that may hold secrets
 // (environment values are never echoed).
 type SpecError struct {
-	Name   string // the instance name, as given
+	Name   string // the instance name, as given; "" from Backoff.WithDefaults
 	Field  string // e.g. "Env[3]", "Backoff.Initial"
 	Value  string // the offending value, when it is safe to show
 	Reason string
 }
 
 func (e *SpecError) Error() string {
+	msg := e.Field + ": " + e.Reason
 	if e.Value != "" {
-		return fmt.Sprintf("spec %q: %s %q: %s", e.Name, e.Field, e.Value, e.Reason)
+		msg = fmt.Sprintf("%s %q: %s", e.Field, e.Value, e.Reason)
 	}
-	return fmt.Sprintf("spec %q: %s: %s", e.Name, e.Field, e.Reason)
+	if e.Name == "" { // from Backoff.WithDefaults
+		return msg
+	}
+	return fmt.Sprintf("spec %q: %s", e.Name, msg)
 }
 
 // Unwrap returns ErrInvalidSpec.

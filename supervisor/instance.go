@@ -42,7 +42,7 @@ type instance struct {
 	proc        *proc // the running process, nil if none
 	startedAt   time.Time
 	restarts    int
-	quick       int // exits before settling, in a row
+	quick       int // quick exits (runs shorter than Backoff.MinRun) in a row; reset by a run of Backoff.Settle
 	lastExit    *Exit
 	lastErr     string
 	nextAttempt time.Time
@@ -174,8 +174,13 @@ func (in *instance) exited(p *proc, ws syscall.WaitStatus, at time.Time) {
 	syscall.Kill(-p.pid, syscall.SIGKILL)
 	in.restarts++
 	in.cause = ""
-	if at.Sub(in.startedAt) >= in.spec.Backoff.Settle {
+	// See Backoff: a settled run resets the count, a run of MinRun
+	// leaves it, a quicker one adds to it and waits.
+	ran := at.Sub(in.startedAt)
+	if ran >= in.spec.Backoff.Settle {
 		in.quick = 0
+	}
+	if ran >= in.spec.Backoff.MinRun {
 		in.setState(StateStarting, p.pid, &exit)
 		in.announced = true
 		in.s.wg.Add(1)

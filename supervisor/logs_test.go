@@ -18,7 +18,7 @@ import (
 )
 
 // noRestart keeps an exited process down, so its output can be checked.
-var noRestart = Backoff{Initial: time.Hour, Max: time.Hour, Settle: time.Hour}
+var noRestart = Backoff{Initial: time.Hour, Max: time.Hour, Settle: time.Hour, MinRun: time.Hour}
 
 // Ensures log files rotate by size at line boundaries, keep MaxFiles
 // files, and ReadLogFile reads the lines back in order across them.

@@ -18,8 +18,9 @@ const (
 	StateStarting State = iota
 	// StateRunning means the process has exec'd and has not exited.
 	StateRunning
-	// StateBackoff means the process exited before settling and waits for
-	// its next attempt (Status.NextAttempt).
+	// StateBackoff means the process exited quickly (it ran less than
+	// Backoff.MinRun, or did not start) and waits for its next attempt
+	// (Status.NextAttempt).
 	StateBackoff
 	// StateStopping means a Stop, Restart or RestartUnhealthy is
 	// signalling the process group and waiting for it to be gone.
@@ -27,8 +28,9 @@ const (
 	// StateStopped means the instance was stopped on purpose; it is the
 	// last state an instance reports before it is forgotten.
 	StateStopped
-	// StateCrashed means the process is crash-looping: it exited before
-	// settling Backoff.CrashAfter times in a row. It is still retried
+	// StateCrashed means the process is crash-looping: it exited quickly
+	// Backoff.CrashAfter times in a row (runs between MinRun and Settle
+	// do not break the row; a run of Settle does). It is still retried
 	// (at most Backoff.Max apart), forever.
 	StateCrashed
 )
@@ -43,16 +45,83 @@ func (s State) String() string {
 	return stateNames[s]
 }
 
-// Backoff says how restarts of a process that exits quickly are spaced.
-// A process that ran at least Settle is restarted immediately and resets
-// the backoff; the n-th quick exit in a row waits Initial*2^(n-1), capped
-// at Max, with up to 20% random jitter subtracted so instances that
-// crash together do not restart in lock step.
+// Backoff says how the restarts of a process that exits are spaced. It
+// goes by how long the process ran (from its exec to its exit):
+//
+//   - at least Settle: it is restarted at once and the backoff is reset
+//     (the count of quick exits in a row goes back to 0, so crashed is
+//     no longer shown);
+//   - at least MinRun but less than Settle: it is restarted at once, and
+//     the count is left as it was: such a run is no quick exit, but it
+//     does not show that the process stays up either. A program that
+//     always runs that long is restarted at once every time and never
+//     shown crashed; one that mixes such runs with quick exits keeps
+//     backing off as if they were not there;
+//   - less than MinRun, a quick exit: the n-th in a row waits
+//     Initial*2^(n-1), capped at Max, with up to 20% random jitter
+//     subtracted so instances that crash together do not restart in
+//     lock step; from the CrashAfter-th in a row on the state shows
+//     crashed.
+//
+// A failed fork or exec counts as a quick exit.
 type Backoff struct {
-	Initial    time.Duration // first delay after a quick exit; 0 means 100ms
-	Max        time.Duration // cap of the delay; 0 means 30s
-	Settle     time.Duration // run time after which a process counts as settled; 0 means 5s
-	CrashAfter int           // quick exits in a row after which the state shows crashed; 0 means 3
+	// MinRun is the run time from which an exit is restarted at once,
+	// as runit does after a run of 1s. 0 means 1s, or Settle when that
+	// is shorter; it must not exceed Settle.
+	MinRun time.Duration
+	// Initial is the delay after the first quick exit; 0 means 100ms.
+	Initial time.Duration
+	// Max caps the delay; 0 means 30s. It must not be below Initial.
+	Max time.Duration
+	// Settle is the run time after which the backoff is reset; 0 means 5s.
+	Settle time.Duration
+	// CrashAfter is the number of quick exits in a row from which the
+	// state shows crashed; 0 means 3.
+	CrashAfter int
+}
+
+// WithDefaults returns b with its zero fields set to their defaults, or a
+// *SpecError (with no Name) for its first bad field: a negative value,
+// Initial above Max or MinRun above Settle. Start applies it to
+// Spec.Backoff; an owner that builds a Backoff from settings of its own
+// may call it to refuse bad ones before it starts anything.
+func (b Backoff) WithDefaults() (Backoff, error) { return b.withDefaults("") }
+
+func (b Backoff) withDefaults(name string) (Backoff, error) {
+	bad := func(field, value, reason string) (Backoff, error) {
+		return Backoff{}, &SpecError{Name: name, Field: field, Value: value, Reason: reason}
+	}
+	for _, d := range []struct {
+		field string
+		v     *time.Duration
+		def   time.Duration
+	}{{"Backoff.Initial", &b.Initial, defaultInitial}, {"Backoff.Max", &b.Max, defaultMax}, {"Backoff.Settle", &b.Settle, defaultSettle}} {
+		if *d.v < 0 {
+			return bad(d.field, d.v.String(), "must not be negative")
+		}
+		if *d.v == 0 {
+			*d.v = d.def
+		}
+	}
+	if b.MinRun < 0 {
+		return bad("Backoff.MinRun", b.MinRun.String(), "must not be negative")
+	}
+	if b.MinRun == 0 {
+		b.MinRun = min(defaultMinRun, b.Settle)
+	}
+	if b.Initial > b.Max {
+		return bad("Backoff.Initial", b.Initial.String(), "must not exceed Backoff.Max "+b.Max.String())
+	}
+	if b.MinRun > b.Settle {
+		return bad("Backoff.MinRun", b.MinRun.String(), "must not exceed Backoff.Settle "+b.Settle.String())
+	}
+	if b.CrashAfter < 0 {
+		return bad("Backoff.CrashAfter", fmt.Sprint(b.CrashAfter), "must not be negative")
+	}
+	if b.CrashAfter == 0 {
+		b.CrashAfter = defaultCrashAfter
+	}
+	return b, nil
 }
 
 // LogConfig says where the output of an instance goes.
@@ -101,7 +170,7 @@ type Spec struct {
 	// StopTimeout is how long a stop waits before SIGKILL to the group;
 	// 0 means 10s.
 	StopTimeout time.Duration
-	// Backoff spaces the restarts of a process that exits quickly.
+	// Backoff spaces the restarts of a process that exits.
 	Backoff Backoff
 	// Log says where stdout and stderr go.
 	Log LogConfig
@@ -127,6 +196,7 @@ const (
 	defaultInitial    = 100 * time.Millisecond
 	defaultMax        = 30 * time.Second
 	defaultSettle     = 5 * time.Second
+	defaultMinRun     = time.Second
 	defaultCrashAfter = 3
 	defaultStopTime   = 10 * time.Second
 	defaultMaxSize    = 10 << 20
@@ -174,28 +244,11 @@ func (sp Spec) withDefaults() (Spec, error) {
 	if sp.StopTimeout == 0 {
 		sp.StopTimeout = defaultStopTime
 	}
-	b := &sp.Backoff
-	for _, d := range []struct {
-		field string
-		v     *time.Duration
-		def   time.Duration
-	}{{"Backoff.Initial", &b.Initial, defaultInitial}, {"Backoff.Max", &b.Max, defaultMax}, {"Backoff.Settle", &b.Settle, defaultSettle}} {
-		if *d.v < 0 {
-			return bad(d.field, d.v.String(), "must not be negative")
-		}
-		if *d.v == 0 {
-			*d.v = d.def
-		}
+	b, err := sp.Backoff.withDefaults(sp.Name)
+	if err != nil {
+		return Spec{}, err
 	}
-	if b.Initial > b.Max {
-		return bad("Backoff.Initial", b.Initial.String(), "must not exceed Backoff.Max "+b.Max.String())
-	}
-	if b.CrashAfter < 0 {
-		return bad("Backoff.CrashAfter", fmt.Sprint(b.CrashAfter), "must not be negative")
-	}
-	if b.CrashAfter == 0 {
-		b.CrashAfter = defaultCrashAfter
-	}
+	sp.Backoff = b
 	l := &sp.Log
 	if l.MaxSize < 0 {
 		return bad("Log.MaxSize", fmt.Sprint(l.MaxSize), "must not be negative")

@@ -50,51 +50,95 @@ func TestSupervisor_RestartAfterCrash(t *testing.T) {
 
 // Ensures quick exits back off exponentially (with at most 20% jitter
 // subtracted), show crashed after CrashAfter in a row, keep being retried
-// at the cap, and that a settled run resets the backoff.
+// at the cap; that a run between MinRun and Settle is restarted at once
+// but leaves the count (the next quick exit is still crashed, at the
+// cap); and that a settled run resets the backoff.
 func TestSupervisor_BackoffGrowsAndResets(t *testing.T) {
 	s := startSup(t, Config{})
 	events, cancel := s.Subscribe(1000)
 	defer cancel()
 	counter := filepath.Join(t.TempDir(), "runs")
-	b := Backoff{Initial: 10 * time.Millisecond, Max: 40 * time.Millisecond, Settle: 500 * time.Millisecond, CrashAfter: 3}
-	// Runs 5 and 7 stay up past Settle; all others exit at once.
+	b := Backoff{MinRun: 100 * time.Millisecond, Initial: 10 * time.Millisecond, Max: 40 * time.Millisecond, Settle: time.Second, CrashAfter: 3}
+	// Run 5 runs 150ms (past MinRun, not Settle), run 7 stays up past
+	// Settle; all others exit at once.
 	spec := Spec{Name: "flaky", Env: []string{"PATH=/usr/bin:/bin"}, Backoff: b, Command: `n=0; [ -f ` + counter + ` ] && read n < ` + counter +
-		`; n=$((n+1)); echo $n > ` + counter + `; if [ $n = 5 ] || [ $n = 7 ]; then sleep 0.7; fi; exit 2`}
+		`; n=$((n+1)); echo $n > ` + counter + `; if [ $n = 5 ]; then sleep 0.15; fi; if [ $n = 7 ]; then sleep 1.2; fi; exit 2`}
 	if err := s.Start(spec); err != nil {
 		t.Fatal(err)
 	}
 	quick := func(ev Event) bool { return ev.State == StateBackoff || ev.State == StateCrashed }
-	// Runs 1-4 exit at once: delays 10, 20, 40, 40 ms (cap), minus jitter.
-	want := []struct {
-		st    State
-		delay time.Duration
-	}{{StateBackoff, 10}, {StateBackoff, 20}, {StateCrashed, 40}, {StateCrashed, 40}}
-	for i, w := range want {
-		ev := nextEvent(t, events, spec.Name, quick)
+	exited := func(ev Event) bool { return ev.Exit != nil }
+	checkQuick := func(run int, st State, delay time.Duration) {
+		t.Helper()
+		ev := nextEvent(t, events, spec.Name, exited)
 		d := ev.NextAttempt.Sub(ev.Time)
-		full := w.delay * time.Millisecond
-		if ev.State != w.st || d < full*8/10-time.Millisecond || d > full || ev.Exit == nil || ev.Exit.Code != 2 {
-			t.Fatalf("quick exit %d: state %v, delay %v, exit %v; want %v, delay in [%v, %v], exit 2", i+1, ev.State, d, ev.Exit, w.st, full*8/10, full)
+		full := delay * time.Millisecond
+		if ev.State != st || d < full*8/10-time.Millisecond || d > full || ev.Exit.Code != 2 {
+			t.Fatalf("run %d: state %v, delay %v, exit %v; want %v, delay in [%v, %v], exit 2", run, ev.State, d, ev.Exit, st, full*8/10, full)
 		}
-		st, _ := s.Status(spec.Name)
-		if st.Restarts < i+1 {
-			t.Fatalf("restarts = %d after %d quick exits", st.Restarts, i+1)
+		if st, _ := s.Status(spec.Name); st.Restarts < run {
+			t.Fatalf("restarts = %d after %d runs", st.Restarts, run)
 		}
 	}
-	// Run 5 settles: its exit restarts at once, and run 6's quick exit
-	// starts over at Initial, in state backoff, not crashed.
-	settled := nextEvent(t, events, spec.Name, func(ev Event) bool { return ev.Exit != nil })
-	if settled.State != StateStarting {
-		t.Fatalf("exit after a settled run: state %v, want starting (immediate restart)", settled.State)
+	checkAtOnce := func(run int) {
+		t.Helper()
+		if ev := nextEvent(t, events, spec.Name, exited); ev.State != StateStarting {
+			t.Fatalf("run %d: exit in state %v, want starting (restart at once)", run, ev.State)
+		}
 	}
+	// Runs 1-4 exit at once: delays 10, 20, 40, 40 ms (cap), minus jitter.
+	checkQuick(1, StateBackoff, 10)
+	checkQuick(2, StateBackoff, 20)
+	checkQuick(3, StateCrashed, 40)
+	checkQuick(4, StateCrashed, 40)
+	// Run 5 ran past MinRun: restarted at once, shown running, not
+	// crashed; run 6's quick exit is the 5th in a row.
+	checkAtOnce(5)
+	checkQuick(6, StateCrashed, 40)
+	// Run 7 settles: restarted at once, and run 8's quick exit starts
+	// over at Initial, in state backoff, not crashed.
+	checkAtOnce(7)
 	ev := nextEvent(t, events, spec.Name, quick)
 	if d := ev.NextAttempt.Sub(ev.Time); ev.State != StateBackoff || d > 10*time.Millisecond {
 		t.Fatalf("after reset: state %v delay %v, want backoff within 10ms", ev.State, d)
 	}
 	st, _ := s.Status(spec.Name)
-	if st.Restarts < 6 || st.LastExit == nil || st.LastExit.Code != 2 {
+	if st.Restarts < 8 || st.LastExit == nil || st.LastExit.Code != 2 {
 		t.Fatalf("status = %+v", st)
 	}
+	if _, err := s.Stop(context.Background(), spec.Name); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Ensures a program that always runs past MinRun but not Settle (here
+// 150ms, with MinRun 100ms and Settle 1s: the issue's program that runs
+// 1.5s under the defaults, scaled down) is restarted at once every time
+// and never shown in backoff or crashed, however many times it exits.
+// A backoff would take an hour.
+func TestSupervisor_RunPastMinRunRestartsAtOnce(t *testing.T) {
+	s := startSup(t, Config{})
+	events, cancel := s.Subscribe(1000)
+	defer cancel()
+	spec := Spec{Name: "short", Command: "sleep 0.15", Env: []string{"PATH=/usr/bin:/bin"},
+		Backoff: Backoff{MinRun: 100 * time.Millisecond, Settle: time.Second, Initial: time.Hour, Max: time.Hour, CrashAfter: 2}}
+	if err := s.Start(spec); err != nil {
+		t.Fatal(err)
+	}
+	const runs = 6
+	var gaps []time.Duration
+	for i := 1; i <= runs; i++ {
+		ev := nextEvent(t, events, spec.Name, func(ev Event) bool { return ev.Exit != nil || ev.State == StateBackoff || ev.State == StateCrashed })
+		if ev.State != StateStarting || ev.Exit == nil || ev.Exit.Code != 0 {
+			t.Fatalf("exit %d: state %v, exit %v; want starting (restart at once) after exit 0", i, ev.State, ev.Exit)
+		}
+		next := nextEvent(t, events, spec.Name, inState(StateRunning))
+		gaps = append(gaps, next.Time.Sub(ev.Exit.Time))
+		if st, _ := s.Status(spec.Name); st.State == StateBackoff || st.State == StateCrashed || st.Restarts < i {
+			t.Fatalf("after exit %d: status %+v", i, st)
+		}
+	}
+	t.Logf("exit to running: %v", gaps)
 	if _, err := s.Stop(context.Background(), spec.Name); err != nil {
 		t.Fatal(err)
 	}
@@ -304,7 +348,7 @@ func TestSupervisor_EventsAgreeWithStatus(t *testing.T) {
 	events, cancel := s.Subscribe(100)
 	defer cancel()
 	spec := Spec{Name: "agree", Command: "sleep 1000", Env: []string{"PATH=/usr/bin:/bin"},
-		Backoff: Backoff{Initial: 20 * time.Millisecond, Settle: time.Hour}}
+		Backoff: Backoff{Initial: 20 * time.Millisecond, Settle: time.Hour, MinRun: time.Hour}}
 	if err := s.Start(spec); err != nil {
 		t.Fatal(err)
 	}
@@ -502,6 +546,9 @@ func TestSupervisor_BadInput(t *testing.T) {
 		{"Backoff.Initial", func(sp *Spec) { sp.Backoff.Initial = -1 }},
 		{"Backoff.Initial", func(sp *Spec) { sp.Backoff.Initial = time.Minute; sp.Backoff.Max = time.Second }},
 		{"Backoff.CrashAfter", func(sp *Spec) { sp.Backoff.CrashAfter = -1 }},
+		{"Backoff.MinRun", func(sp *Spec) { sp.Backoff.MinRun = -1 }},
+		{"Backoff.MinRun", func(sp *Spec) { sp.Backoff.MinRun = 2 * time.Second; sp.Backoff.Settle = time.Second }},
+		{"Backoff.MinRun", func(sp *Spec) { sp.Backoff.MinRun = 6 * time.Second }}, // above the default Settle
 		{"Log.MaxSize", func(sp *Spec) { sp.Log.MaxSize = -1 }},
 		{"Log.MaxLine", func(sp *Spec) { sp.Log.MaxSize = 1000; sp.Log.MaxLine = 2000 }},
 		{"Log.MaxFiles", func(sp *Spec) { sp.Log.MaxFiles = -2 }},
@@ -726,7 +773,7 @@ func TestSupervisor_WaitOutputAfterExit(t *testing.T) {
 	events, cancel := s.Subscribe(64)
 	defer cancel()
 	spec := Spec{Name: "spew", Command: helperCmd("spew", "20000", "100"), Env: helperEnv(),
-		Backoff: Backoff{Initial: time.Minute, Max: time.Minute, Settle: time.Minute}}
+		Backoff: Backoff{Initial: time.Minute, Max: time.Minute, Settle: time.Minute, MinRun: time.Minute}}
 	if err := s.Start(spec); err != nil {
 		t.Fatal(err)
 	}

@@ -37,7 +37,7 @@ func TestSupervisor_RestartUnhealthy(t *testing.T) {
 	// Had the restart counted as a quick exit, the next crash would be
 	// the second in a row and show crashed; backoff would last an hour.
 	spec := Spec{Name: "sick", Command: "sleep 1000", Env: []string{"PATH=/usr/bin:/bin"},
-		Backoff: Backoff{Initial: time.Hour, Max: time.Hour, Settle: time.Hour, CrashAfter: 2}}
+		Backoff: Backoff{Initial: time.Hour, Max: time.Hour, Settle: time.Hour, MinRun: time.Hour, CrashAfter: 2}}
 	if err := s.Start(spec); err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +156,7 @@ func TestSupervisor_RestartUnhealthyStalePID(t *testing.T) {
 	events, cancel := s.Subscribe(100)
 	defer cancel()
 	spec := Spec{Name: "stale", Command: "sleep 1000", Env: []string{"PATH=/usr/bin:/bin"},
-		Backoff: Backoff{Initial: time.Hour, Max: time.Hour, Settle: time.Hour}}
+		Backoff: noRestart}
 	if err := s.Start(spec); err != nil {
 		t.Fatal(err)
 	}

@@ -160,6 +160,10 @@ func FuzzManifest(f *testing.F) {
 		`{"processes": {"web": {"healthcheck": {"tcp": true, "http": "/"}}}}`,
 		`{"processes": {"web": {"stop_signal": "TERM"}}} x`,
 		`{"processes": {"web": {"unknown": 1}}}`,
+		`{"processes": {"web": {"restart": {"min_run": "1s", "settle": "5s", "backoff_initial": "100ms", "backoff_max": "30s"}}}}`,
+		`{"processes": {"worker": {"restart": {}}, "clock": {"restart": {"settle": "1m"}}}}`,
+		`{"processes": {"web": {"restart": {"backoff_initial": "1m", "backoff_max": "30s"}}}}`,
+		`{"processes": {"web": {"restart": {"min_run": "10s", "settle": "5s", "delay": "1s"}}}}`,
 	} {
 		f.Add([]byte(s))
 	}

@@ -70,6 +70,64 @@ type ProcessManifest struct {
 	// StopTimeout is how long to wait after StopSignal before SIGKILL;
 	// zero means the agent's default.
 	StopTimeout Duration `json:"stop_timeout,omitempty"`
+	// Restart, when set, spaces the restarts of the type's instances
+	// after they exit; its zero fields keep the agent's defaults.
+	Restart *Restart `json:"restart,omitempty"`
+}
+
+// Restart is a process type's restart policy (see the supervisor's
+// Backoff): an instance that ran at least MinRun is restarted at once;
+// quicker exits in a row wait BackoffInitial doubling up to BackoffMax;
+// a run of at least Settle resets that backoff. A zero field means the
+// agent's default (1s, 5s, 100ms and 30s). Each set value lies within
+// the bounds below; MinRun must not exceed Settle and BackoffInitial
+// not BackoffMax when both are set (when one is left to the agent, the
+// deploy checks the pair).
+type Restart struct {
+	// MinRun is the run time from which an exit is restarted at once;
+	// at least 100ms, so a program that exits at once is never restarted
+	// more than ten times a second.
+	MinRun Duration `json:"min_run,omitempty"`
+	// Settle is the run time after which the backoff is reset; at least
+	// 100ms.
+	Settle Duration `json:"settle,omitempty"`
+	// BackoffInitial is the delay after the first quick exit; at least
+	// 10ms.
+	BackoffInitial Duration `json:"backoff_initial,omitempty"`
+	// BackoffMax caps the delay; at least 1s, so a crash loop costs the
+	// host at most one restart a second.
+	BackoffMax Duration `json:"backoff_max,omitempty"`
+}
+
+// Bounds of the values a manifest may set in restart. All are at most
+// maxRestartDuration.
+const (
+	minMinRun          = 100 * time.Millisecond
+	minSettle          = 100 * time.Millisecond
+	minBackoffInitial  = 10 * time.Millisecond
+	minBackoffMax      = time.Second
+	maxRestartDuration = time.Hour
+)
+
+// validate checks the restart settings of process type t.
+func (r *Restart) validate(t string) error {
+	for _, f := range []struct {
+		key string
+		v   Duration
+		min time.Duration
+	}{{"min_run", r.MinRun, minMinRun}, {"settle", r.Settle, minSettle},
+		{"backoff_initial", r.BackoffInitial, minBackoffInitial}, {"backoff_max", r.BackoffMax, minBackoffMax}} {
+		if d := time.Duration(f.v); d != 0 && (d < f.min || d > maxRestartDuration) {
+			return fmt.Errorf("%w: process %q: restart %s %s must be between %s and %s", ErrManifest, t, f.key, d, f.min, maxRestartDuration)
+		}
+	}
+	if r.MinRun != 0 && r.Settle != 0 && r.MinRun > r.Settle {
+		return fmt.Errorf("%w: process %q: restart min_run %s must not exceed settle %s", ErrManifest, t, time.Duration(r.MinRun), time.Duration(r.Settle))
+	}
+	if r.BackoffInitial != 0 && r.BackoffMax != 0 && r.BackoffInitial > r.BackoffMax {
+		return fmt.Errorf("%w: process %q: restart backoff_initial %s must not exceed backoff_max %s", ErrManifest, t, time.Duration(r.BackoffInitial), time.Duration(r.BackoffMax))
+	}
+	return nil
 }
 
 // Healthcheck says how to probe an instance, following Docker's
@@ -101,9 +159,9 @@ var stopSignals = map[string]bool{
 }
 
 // ParseManifest parses berth.json strictly: unknown keys, trailing data,
-// invalid process type names, invalid signals, negative durations and
-// health checks that do not set exactly one of http, tcp and exec are errors
-// wrapping ErrManifest. It does not know the Procfile; Import checks that
+// invalid process type names, invalid signals, negative durations, health
+// checks that do not set exactly one of http, tcp and exec and restart
+// settings out of their bounds are errors wrapping ErrManifest. It does not know the Procfile; Import checks that
 // every process type named here is declared there.
 func ParseManifest(data []byte) (Manifest, error) {
 	if len(data) > maxManifestSize {
@@ -138,8 +196,13 @@ func (m Manifest) validate() error {
 		if p.StopSignal != "" && !stopSignals[p.StopSignal] {
 			return fmt.Errorf("%w: process %q: stop_signal %q is not one of SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGKILL", ErrManifest, t, p.StopSignal)
 		}
-		if t == "release" && (p.Healthcheck != nil || p.SocketActivation) {
-			return fmt.Errorf("%w: process %q is the release phase and cannot have a healthcheck or socket_activation", ErrManifest, t)
+		if t == "release" && (p.Healthcheck != nil || p.SocketActivation || p.Restart != nil) {
+			return fmt.Errorf("%w: process %q is the release phase and cannot have a healthcheck, socket_activation or restart", ErrManifest, t)
+		}
+		if p.Restart != nil {
+			if err := p.Restart.validate(t); err != nil {
+				return err
+			}
 		}
 		if h := p.Healthcheck; h != nil {
 			n := 0
