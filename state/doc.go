@@ -1,6 +1,6 @@
 // Package state is berth's store and single source of truth: apps,
-// builds, releases, config, formation, instance ports, app uids, process records and
-// events in one bbolt file, with a schema version and migrations run at
+// builds, releases, config, formation, instance ports, app uids, process
+// records and events in one bbolt file, with a schema version and migrations run at
 // open (see migrate.go for the layout).
 //
 // Every write is one bbolt transaction, fsynced before it returns, so a
