@@ -126,8 +126,13 @@ func (cfg Config) validate() error {
 			return fmt.Errorf("allowed env: %w", err)
 		}
 	}
-	if _, err := resolveUser("", cfg.DefaultUser); err != nil {
-		return fmt.Errorf("default user: %w", err)
+	if cfg.DefaultUser != "" || os.Geteuid() != 0 {
+		if _, err := resolveUser("", cfg.DefaultUser); err != nil {
+			return fmt.Errorf("default user: %w", err)
+		}
+	}
+	if r := cfg.AppUIDs; r.Min < 1 || r.Max < r.Min || r.Max >= 1<<32-1 {
+		return fmt.Errorf("app uids %d-%d: must be MIN-MAX with 0 < MIN <= MAX < 4294967295", r.Min, r.Max)
 	}
 	return nil
 }
@@ -167,6 +172,7 @@ func (a *Agent) Reload(cfg Config) error {
 	}
 	next := old
 	next.DefaultUser = cfg.DefaultUser
+	next.AppUIDs = cfg.AppUIDs
 	next.Retention = cfg.Retention
 	next.StopTimeout = cfg.StopTimeout
 	next.LogMaxSize = cfg.LogMaxSize
@@ -208,7 +214,9 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 			err = fmt.Errorf("close store: %w", cerr)
 		}
 	}()
-	builds, err := build.Open(build.Config{Dir: cfg.path("builds")}, a.root.Named("build"))
+	// As root every app runs as a user of its own: only they may enter
+	// their builds.
+	builds, err := build.Open(build.Config{Dir: cfg.path("builds"), Private: os.Geteuid() == 0}, a.root.Named("build"))
 	if err != nil {
 		return fmt.Errorf("open build store: %w", err)
 	}
@@ -216,10 +224,15 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		a.log.Warn("the data dir is not searchable by other users: apps running as their own user cannot reach their builds",
 			"dir", cfg.DataDir, "mode", fi.Mode().Perm().String())
 	}
-	for _, dir := range []string{cfg.path("apps"), cfg.path("inbox")} {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return fmt.Errorf("create %s: %w", dir, err)
-		}
+	if err := os.MkdirAll(cfg.path("apps"), 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", cfg.path("apps"), err)
+	}
+	// Tarballs dropped in the inbox are the agent's alone to read.
+	if err := os.MkdirAll(cfg.path("inbox"), 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", cfg.path("inbox"), err)
+	}
+	if err := os.Chmod(cfg.path("inbox"), 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", cfg.path("inbox"), err)
 	}
 
 	supCfg := supervisor.Config{Subreaper: true, OutputLimit: releaseOutputMax}
@@ -260,6 +273,9 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	a.killLeftovers(ctx)
 	a.killStrays(ctx)
 	a.failInterrupted()
+	// A uid freed by a destroy that crashed before pruning keeps no
+	// access to builds, and builds from before private builds become so.
+	a.pruneBuildAccess()
 	close(a.ready)
 	// From here on Backend calls are served. The shutdown is written out
 	// in one place, in order (see shutdown): whatever started below is

@@ -83,6 +83,9 @@ func (a *Agent) DestroyApp(ctx context.Context, name string) error {
 		if err := os.RemoveAll(a.appDir(name)); err != nil {
 			a.log.Error("remove app dir", "app", name, "error", err)
 		}
+		// Its uid is free again: the next app to get it must not
+		// inherit its builds.
+		a.pruneBuildAccess()
 		a.appendEvent(name, "destroy", fmt.Sprintf("destroyed app %s (%d processes stopped)", name, len(names)))
 		a.collectGarbage()
 		return nil
@@ -95,7 +98,11 @@ func (a *Agent) SetAppUser(ctx context.Context, name, user string) (api.App, err
 		if err := state.ValidateUser(user); err != nil {
 			return err
 		}
-		if _, err := resolveUser(user, a.config().DefaultUser); err != nil {
+		cfg := a.config()
+		if user == "" && cfg.DefaultUser == "" && os.Geteuid() == 0 {
+			return nil // its own uid
+		}
+		if _, err := resolveUser(user, cfg.DefaultUser); err != nil {
 			return fmt.Errorf("%w: app %s: %w", api.ErrInvalid, name, err)
 		}
 		return nil
@@ -107,7 +114,7 @@ func (a *Agent) SetAppUser(ctx context.Context, name, user string) (api.App, err
 		}
 		shown := user
 		if shown == "" {
-			shown = "the default user"
+			shown = "the default user (its own uid as root, unless --default-user is set)"
 		}
 		a.appendEvent(name, "user", "processes run as "+shown)
 		if rel, b, err := a.activeBuild(name); err == nil {

@@ -1,12 +1,12 @@
 package agent
 
 import (
-	"os"
 	"path/filepath"
 	"slices"
 	"time"
 
 	"github.com/berth-dev/berth/agent/api"
+	"github.com/berth-dev/berth/state"
 	"github.com/berth-dev/berth/supervisor"
 )
 
@@ -23,10 +23,16 @@ type Config struct {
 	// means the group "berth" if it exists, else the agent's primary group.
 	SocketGroup string
 	// DefaultUser is the user apps run as when they have no user of their
-	// own. Empty means "nobody" when the agent runs as root. When the agent
-	// is not root, apps run as the agent's own user, and a per-app user
-	// other than that is an error.
+	// own (apps set-user). Empty means, when the agent runs as root, that
+	// each app runs as a uid of its own from AppUIDs; a name shares that
+	// user between all such apps (the behaviour before per-app users).
+	// When the agent is not root, apps run as the agent's own user, and a
+	// per-app user other than that is an error.
 	DefaultUser string
+	// AppUIDs is the range each app's own uid (and gid, the same number)
+	// is allocated from, once, when the agent is root. The zero value
+	// means DefaultAppUIDs, systemd's DynamicUser range.
+	AppUIDs state.UIDRange
 	// BasePort is the first port handed out as $PORT. Zero means 5000.
 	BasePort int
 	// StopTimeout is how long a stopped process gets between its stop
@@ -100,6 +106,10 @@ const (
 	releaseOutputMax = 64 << 10
 )
 
+// DefaultAppUIDs is the range of app uids: the one systemd reserves for
+// DynamicUser= (61184-65519), so a host user rarely holds one.
+var DefaultAppUIDs = state.UIDRange{Min: 61184, Max: 65519}
+
 // withDefaults returns cfg with every zero field set to its default.
 func (cfg Config) withDefaults() Config {
 	if cfg.DataDir == "" {
@@ -111,9 +121,7 @@ func (cfg Config) withDefaults() Config {
 	if cfg.SocketPath == "" {
 		cfg.SocketPath = api.DefaultSocketPath()
 	}
-	if cfg.DefaultUser == "" && os.Geteuid() == 0 {
-		cfg.DefaultUser = "nobody"
-	}
+	setDefault(&cfg.AppUIDs, DefaultAppUIDs)
 	setDefault(&cfg.BasePort, DefaultBasePort)
 	setDefault(&cfg.StopTimeout, DefaultStopTimeout)
 	setDefault(&cfg.Retention, DefaultRetention)

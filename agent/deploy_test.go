@@ -74,8 +74,8 @@ func TestAgent_Deploy(t *testing.T) {
 		t.Errorf("current -> %q (%v), want %s", cur, err, buildDir)
 	}
 	if os.Geteuid() == 0 {
-		if st, err := readProcStatus(web.PID); err != nil || st != "65534" {
-			t.Errorf("uid of web.1 = %q (%v), want nobody's 65534", st, err)
+		if st, err := readProcStatus(web.PID); err != nil || st != strconv.Itoa(DefaultAppUIDs.Min) {
+			t.Errorf("uid of web.1 = %q (%v), want the app's own %d", st, err, DefaultAppUIDs.Min)
 		}
 	}
 

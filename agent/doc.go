@@ -24,7 +24,8 @@
 //	instances.go   what runs (the supervisor's list), process records
 //	probe.go       health probing of each instance, liveness restarts
 //	owner.go       attributed probes while two instances share a socket
-//	spec.go, env.go  a release instance as a supervisor.Spec
+//	spec.go, env.go  a release instance as a supervisor.Spec, and the
+//	               user it runs as (as root, each app its own uid)
 //	sockets.go     the listening sockets the agent owns (socket mode)
 //	recovery.go    start-up after a crash or reboot: leftovers, strays,
 //	               interrupted releases, starting every app

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/berth-dev/berth/state"
 	"golang.org/x/sys/unix"
 )
 
@@ -78,6 +79,67 @@ type runAs struct {
 	Cred *syscall.Credential // nil: the agent's own identity
 	UID  int
 	GID  int
+	Own  bool // the app's own uid from Config.AppUIDs
+}
+
+// identity returns the identity app's processes run as. As root, an app
+// without a user of its own (apps set-user) and with no
+// Config.DefaultUser runs as its own uid, allocated once from
+// Config.AppUIDs (skipping uids and gids the host knows) and kept in the
+// store until the app is destroyed, with the same number as its gid and
+// no supplementary groups. Otherwise resolveUser decides.
+func (a *Agent) identity(cfg Config, app state.App) (runAs, error) {
+	if app.User != "" || cfg.DefaultUser != "" || os.Geteuid() != 0 {
+		return resolveUser(app.User, cfg.DefaultUser)
+	}
+	uid, err := a.store.AppUID(app.Name, cfg.AppUIDs, hostHasID)
+	if err != nil {
+		return runAs{}, err
+	}
+	return runAs{
+		Name: strconv.Itoa(uid),
+		// Groups empty: setgroups(0), none of the agent's groups.
+		Cred: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid), Groups: []uint32{}},
+		UID:  uid, GID: uid, Own: true,
+	}, nil
+}
+
+// hostHasID reports whether a user or a group of the host has the id, so
+// that an app never gets the uid of a real user nor the gid of a group.
+func hostHasID(id int) bool {
+	s := strconv.Itoa(id)
+	if _, err := user.LookupId(s); err == nil {
+		return true
+	}
+	_, err := user.LookupGroupId(s)
+	return err == nil
+}
+
+// liveUIDs returns every uid an app's processes may run as now: the
+// apps' own uids and the users set for them (or the default user).
+func (a *Agent) liveUIDs() (map[int]bool, error) {
+	cfg := a.config()
+	apps, err := a.store.Apps()
+	if err != nil {
+		return nil, err
+	}
+	own, err := a.store.AppUIDs()
+	if err != nil {
+		return nil, err
+	}
+	live := map[int]bool{}
+	for _, uid := range own {
+		live[uid] = true
+	}
+	for _, app := range apps {
+		if app.User == "" && cfg.DefaultUser == "" {
+			continue
+		}
+		if who, err := resolveUser(app.User, cfg.DefaultUser); err == nil {
+			live[who.UID] = true
+		}
+	}
+	return live, nil
 }
 
 // resolveUser turns an app's user ("" for the default) into the identity

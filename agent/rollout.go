@@ -43,10 +43,6 @@ import (
 // (ToStart, PlanStops); converge executes the plan.
 func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *build.Build, restart, healthy bool, p *progress) ([]*instance, error) {
 	cfg := a.config()
-	appRec, err := a.store.App(app)
-	if err != nil {
-		return nil, mapErr(err)
-	}
 	formation, err := a.store.Formation(app)
 	if err != nil {
 		return nil, mapErr(err)
@@ -61,11 +57,7 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 	var specs []supervisor.Spec
 	var insts []*instance
 	if len(start) > 0 {
-		who, err := resolveUser(appRec.User, cfg.DefaultUser)
-		if err != nil {
-			return nil, fmt.Errorf("%w: app %s: %w", api.ErrInvalid, app, err)
-		}
-		tmp, err := a.prepareAppDirs(app, who)
+		who, tmp, err := a.prepare(cfg, app, b)
 		if err != nil {
 			return nil, err
 		}

@@ -30,15 +30,7 @@ import (
 // command fails.
 func (a *Agent) runReleasePhase(ctx context.Context, app string, rel state.Release, b *build.Build, command string) (output string, err error) {
 	cfg := a.config()
-	appRec, err := a.store.App(app)
-	if err != nil {
-		return "", mapErr(err)
-	}
-	who, err := resolveUser(appRec.User, cfg.DefaultUser)
-	if err != nil {
-		return "", fmt.Errorf("%w: app %s: %w", api.ErrInvalid, app, err)
-	}
-	tmp, err := a.prepareAppDirs(app, who)
+	who, tmp, err := a.prepare(cfg, app, b)
 	if err != nil {
 		return "", err
 	}

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"errors"
-	"os"
 	"slices"
 	"strings"
 	"syscall"
@@ -10,6 +9,7 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/agent/health"
+	"github.com/berth-dev/berth/state"
 	"github.com/berth-dev/berth/state/build"
 	"github.com/berth-dev/berth/supervisor"
 )
@@ -91,6 +91,7 @@ func TestNew(t *testing.T) {
 		"retention": {DataDir: t.TempDir(), Retention: -1},
 		"env":       {DataDir: t.TempDir(), AllowEnv: []string{"NOT-OK"}},
 		"user":      {DataDir: t.TempDir(), DefaultUser: "no-such-user-here"},
+		"uids":      {DataDir: t.TempDir(), AppUIDs: state.UIDRange{Min: 0, Max: 10}},
 	} {
 		if _, err := New(cfg, nil); err == nil {
 			t.Errorf("%s: New accepted %+v", name, cfg)
@@ -105,8 +106,8 @@ func TestNew(t *testing.T) {
 		!strings.HasPrefix(cfg.DataDir, "/") || cfg.SocketPath == "" {
 		t.Fatalf("defaults = %+v", cfg)
 	}
-	if os.Geteuid() == 0 && cfg.DefaultUser != "nobody" {
-		t.Fatalf("default user as root = %q, want nobody", cfg.DefaultUser)
+	if cfg.DefaultUser != "" || cfg.AppUIDs != DefaultAppUIDs {
+		t.Fatalf("default user %q, app uids %v; want none (each app its own uid) and %v", cfg.DefaultUser, cfg.AppUIDs, DefaultAppUIDs)
 	}
 }
 

@@ -111,8 +111,8 @@ func (s *Store) Apps() ([]App, error) {
 	return out, nil
 }
 
-// DeleteApp removes the app with its releases, config, formation, ports
-// and process records, in one transaction. Its events stay in the log and
+// DeleteApp removes the app with its releases, config, formation, ports,
+// uid and process records, in one transaction. Its events stay in the log and
 // its builds stay (other apps may share them; garbage collection decides).
 func (s *Store) DeleteApp(name string) error {
 	err := s.db.Update(func(tx *bolt.Tx) error {
@@ -135,6 +135,9 @@ func (s *Store) DeleteApp(name string) error {
 			return err
 		}
 		if err := deletePorts(tx, name); err != nil {
+			return err
+		}
+		if err := deleteUID(tx, name); err != nil {
 			return err
 		}
 		return deleteProcsOf(tx, name)

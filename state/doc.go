@@ -1,7 +1,7 @@
 // Package state is berth's store and single source of truth: apps,
-// builds, releases, config, formation, instance ports, process records and
-// events in one bbolt file, with a schema version and migrations run at
-// open (see migrate.go for the layout).
+// builds, releases, config, formation, instance ports, app uids, process
+// records and events in one bbolt file, with a schema version and
+// migrations run at open (see migrate.go for the layout).
 //
 // Every write is one bbolt transaction, fsynced before it returns, so a
 // kill -9 or power cut loses no acknowledged record and never leaves half

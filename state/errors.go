@@ -54,6 +54,10 @@ var (
 	// ErrPortsExhausted is returned by Port when every port from the base
 	// up to 65535 is allocated.
 	ErrPortsExhausted = errors.New("no free port")
+
+	// ErrUIDsExhausted is returned by AppUID when every uid of the range
+	// is held by an app or taken by a user or group of the host.
+	ErrUIDsExhausted = errors.New("no free uid for the app")
 )
 
 // ValidationError is input the store refuses. Its message names the

@@ -26,21 +26,25 @@ import (
 // release would have had its number reused, and finding the active release
 // meant scanning every release.
 //
-// Schema 2 (current) adds to each app record "last_version" (the per-app
+// Schema 2 adds to each app record "last_version" (the per-app
 // counter, never decremented) and "active" (the active version, 0 for
 // none), and the buckets ports (by-instance/ and by-port/ indexes) and
 // procs (<name> -> ProcRecord JSON).
-const SchemaVersion = 2
+//
+// Schema 3 (current) adds the bucket uids (by-app/ and by-uid/ indexes:
+// each app's own uid, see uids.go).
+const SchemaVersion = 3
 
 // migrations[v] upgrades a schema v database to v+1.
 var migrations = map[int]func(tx *bolt.Tx) error{
 	1: migrate1to2,
+	2: createBuckets, // schema 3 only adds the uids bucket
 }
 
 // allBuckets are the top-level buckets of the current schema.
 var allBuckets = [][]byte{
 	bucketMeta, bucketApps, bucketReleases, bucketConfig, bucketFormation,
-	bucketBuilds, bucketEvents, bucketPorts, bucketProcs,
+	bucketBuilds, bucketEvents, bucketPorts, bucketProcs, bucketUIDs,
 }
 
 // migrate initialises a new database or upgrades an old one.
@@ -114,6 +118,12 @@ func createBuckets(tx *bolt.Tx) error {
 	for _, name := range [][]byte{bucketPortsByInstance, bucketPortsByPort} {
 		if _, err := ports.CreateBucketIfNotExists(name); err != nil {
 			return fmt.Errorf("create bucket ports/%s: %w", name, err)
+		}
+	}
+	uids := tx.Bucket(bucketUIDs)
+	for _, name := range [][]byte{bucketUIDsByApp, bucketUIDsByUID} {
+		if _, err := uids.CreateBucketIfNotExists(name); err != nil {
+			return fmt.Errorf("create bucket uids/%s: %w", name, err)
 		}
 	}
 	return nil

@@ -3,6 +3,7 @@ package state
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"maps"
 	"os"
 	"path/filepath"
@@ -142,6 +143,10 @@ func TestOpen_MigratesSchema1(t *testing.T) {
 	if err := s.PutProc(ProcRecord{App: "old", Instance: "web.1", Name: "old/web.1", PID: 1, PGID: 1}); err != nil {
 		t.Error(err)
 	}
+	// And the bucket new in schema 3.
+	if uid, err := s.AppUID("old", UIDRange{Min: 61184, Max: 65519}, nil); err != nil || uid != 61184 {
+		t.Errorf("AppUID = %d, %v", uid, err)
+	}
 	if e, err := s.AppendEvent("old", "deploy", "v4"); err != nil || e.Seq != 4 {
 		t.Errorf("AppendEvent = %+v, %v; want seq 4", e, err)
 	}
@@ -219,7 +224,7 @@ func TestOpen_SchemaTooNew(t *testing.T) {
 	})
 	before := rawDump(t, path)
 	_, err := Open(Config{Path: path}, nil)
-	wantErr(t, err, ErrSchemaTooNew, "schema 3", "up to 2")
+	wantErr(t, err, ErrSchemaTooNew, fmt.Sprintf("schema %d", SchemaVersion+1), fmt.Sprintf("up to %d", SchemaVersion))
 	if after := rawDump(t, path); !bytes.Equal(before, after) {
 		t.Error("refused database was changed")
 	}

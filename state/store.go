@@ -58,6 +58,7 @@ var (
 	bucketEvents    = []byte("events")
 	bucketPorts     = []byte("ports")
 	bucketProcs     = []byte("procs")
+	bucketUIDs      = []byte("uids")
 
 	keySchema = []byte("schema")
 
@@ -66,6 +67,12 @@ var (
 	// the lowest free port.
 	bucketPortsByInstance = []byte("by-instance")
 	bucketPortsByPort     = []byte("by-port")
+
+	// Sub-buckets of uids: by-app maps an app name to its 4-byte
+	// big-endian uid; by-uid is the reverse index, used to find the
+	// lowest free uid and to keep uids unique.
+	bucketUIDsByApp = []byte("by-app")
+	bucketUIDsByUID = []byte("by-uid")
 )
 
 // Open opens (creating if needed) the database at cfg.Path, waits at most

@@ -13,6 +13,7 @@ import (
 
 	"github.com/berth-dev/berth/agent"
 	"github.com/berth-dev/berth/agent/api"
+	"github.com/berth-dev/berth/state"
 	"github.com/berth-dev/berth/systemd"
 	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
@@ -70,7 +71,9 @@ var agentSettings = []agentSetting{
 	{"socket-group", "BERTH_SOCKET_GROUP", func(fs *pflag.FlagSet, m *settings, n, u string) { fs.StringVar(&m.Config.SocketGroup, n, "", u) },
 		`group (name or gid) allowed to use the socket (default "berth" if it exists, else the agent's group)`},
 	{"default-user", "BERTH_DEFAULT_USER", func(fs *pflag.FlagSet, m *settings, n, u string) { fs.StringVar(&m.Config.DefaultUser, n, "", u) },
-		`user apps run as unless set per app (default "nobody" as root, else the agent's user)`},
+		`user all apps without their own run as (default: as root, a uid of each app's own from --app-uids; else the agent's user)`},
+	{"app-uids", "BERTH_APP_UIDS", func(fs *pflag.FlagSet, m *settings, n, u string) { fs.Var((*uidRange)(&m.Config.AppUIDs), n, u) },
+		"range MIN-MAX of the uids (and gids) given to apps as root, one per app (default 61184-65519)"},
 	{"base-port", "BERTH_BASE_PORT", func(fs *pflag.FlagSet, m *settings, n, u string) { fs.IntVar(&m.Config.BasePort, n, 0, u) },
 		"first $PORT handed to app instances (default 5000)"},
 	{"stop-timeout", "BERTH_STOP_TIMEOUT", func(fs *pflag.FlagSet, m *settings, n, u string) { fs.DurationVar(&m.Config.StopTimeout, n, 0, u) },
@@ -329,6 +332,28 @@ func newAgentCmd(env *cliEnv) *cobra.Command {
 			return m.Run(cmd.Context())
 		},
 	}
+}
+
+// uidRange is a pflag.Value for a uid range "MIN-MAX".
+type uidRange state.UIDRange
+
+func (r *uidRange) String() string {
+	if r.Min == 0 && r.Max == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%d-%d", r.Min, r.Max)
+}
+func (r *uidRange) Type() string { return "range" }
+
+func (r *uidRange) Set(s string) error {
+	lo, hi, ok := strings.Cut(strings.TrimSpace(s), "-")
+	lo1, err1 := strconv.Atoi(lo)
+	hi1, err2 := strconv.Atoi(hi)
+	if !ok || err1 != nil || err2 != nil || lo1 < 1 || hi1 < lo1 || hi1 >= 1<<32-1 {
+		return fmt.Errorf("bad uid range %q: want MIN-MAX, 0 < MIN <= MAX", s)
+	}
+	r.Min, r.Max = lo1, hi1
+	return nil
 }
 
 // byteSize is a pflag.Value for a size in bytes with an optional K, M or

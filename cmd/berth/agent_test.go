@@ -106,6 +106,20 @@ func TestByteSize(t *testing.T) {
 	}
 }
 
+// TestUIDRange covers the syntax of --app-uids.
+func TestUIDRange(t *testing.T) {
+	var r uidRange
+	if err := r.Set("61184-65519"); err != nil || r.Min != 61184 || r.Max != 65519 || r.String() != "61184-65519" {
+		t.Errorf("Set(61184-65519) = %+v, %v", r, err)
+	}
+	for _, in := range []string{"", "5", "0-10", "10-5", "a-b", "1-4294967295"} {
+		var r uidRange
+		if err := r.Set(in); err == nil || !strings.Contains(err.Error(), "bad uid range") {
+			t.Errorf("Set(%q) = %+v, %v; want a bad uid range error", in, r, err)
+		}
+	}
+}
+
 // TestMain_Run runs the agent in-process: it serves the socket, reloads
 // on SIGHUP (a receive on Reload), and Close stops it with Run returning
 // nil.

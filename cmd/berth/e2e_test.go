@@ -110,7 +110,7 @@ func newE2E(t testing.TB) *e2e {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Apps run as nobody: they must reach their builds under the data dir.
+	// Apps run as their own uids: they must reach their builds under the data dir.
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}

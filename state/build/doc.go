@@ -19,7 +19,9 @@
 // sticky bit; owned by the importing user), flushed with one syncfs(2)
 // after per-file writeback was started during extraction, and renamed to
 // builds/<sha256>/. A refused or interrupted import leaves nothing under a
-// digest name; Open removes leftover .tmp-* directories.
+// digest name; Open removes leftover .tmp-* directories. A private store
+// (the agent as root) keeps each build reachable only by the uids of the
+// apps that run it, through a POSIX ACL on its top directory (acl.go).
 //
 // It must not import other berth packages.
 package build

@@ -73,6 +73,11 @@ type Config struct {
 	Dir string
 	// Limits bounds each import; zero fields take the Default* constants.
 	Limits Limits
+	// Private makes builds reachable only by the agent and the uids
+	// granted access with Grant (see acl.go): the directory is made 0711
+	// and each build's top directory 0500 before it is published. False
+	// keeps builds readable by every user.
+	Private bool
 }
 
 // Build is an unpacked, read-only build.
@@ -98,9 +103,10 @@ type Build struct {
 // Store is the build store: a directory of unpacked builds. Its methods are
 // safe for concurrent use.
 type Store struct {
-	dir    string
-	limits Limits
-	log    hclog.Logger
+	dir     string
+	limits  Limits
+	log     hclog.Logger
+	private bool // Config.Private
 
 	// mu guards publishing a build (the exists check and the rename into
 	// place), removing one, and the fields below.
@@ -133,6 +139,7 @@ func Open(cfg Config, log hclog.Logger) (*Store, error) {
 	s := &Store{
 		dir:       cfg.Dir,
 		limits:    cfg.Limits.withDefaults(),
+		private:   cfg.Private,
 		log:       log,
 		importing: make(map[string]int),
 		cache:     make(map[string]*Build),
@@ -140,6 +147,12 @@ func Open(cfg Config, log hclog.Logger) (*Store, error) {
 	}
 	if err := os.MkdirAll(s.dir, 0o755); err != nil {
 		return nil, fmt.Errorf("open build store: %w", err)
+	}
+	if s.private {
+		// Searchable, not listable: no one learns another app's digest.
+		if err := os.Chmod(s.dir, 0o711); err != nil {
+			return nil, fmt.Errorf("open build store: %w", err)
+		}
 	}
 	ents, err := os.ReadDir(s.dir)
 	if err != nil {
@@ -432,6 +445,12 @@ func (s *Store) publish(tmp string, b *Build) (*Build, error) {
 		}
 		b.Existed = true
 		return b, nil
+	}
+	if s.private {
+		// No uid is granted yet: only the agent can enter it.
+		if err := os.Chmod(tmp, 0o500); err != nil {
+			return nil, err
+		}
 	}
 	if err := os.Rename(tmp, b.Dir); err != nil {
 		return nil, err
