@@ -47,6 +47,7 @@ func (a *Agent) runReleasePhase(ctx context.Context, app string, rel state.Relea
 		Command: command,
 		Env: processEnv(envParams{Config: rel.Config, App: app, Version: rel.Version, Instance: "release",
 			Build: rel.Build, TmpDir: tmp, Allow: cfg.AllowEnv}),
+		Markers:     processMarkers,
 		Dir:         b.Dir,
 		Credential:  who.Cred,
 		StopTimeout: cfg.StopTimeout,
