@@ -72,6 +72,10 @@ type Agent struct {
 	// of an instance's health.
 	healthChanged notifier
 
+	// unrec keeps the release failures the store could not record
+	// (failures.go).
+	unrec unrecorded
+
 	// events wakes event followers after every AppendEvent.
 	events notifier
 	// changed wakes the main loop to update the systemd status line.
@@ -259,7 +263,10 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	// recorded and those it had no time to record.
 	a.killLeftovers(ctx)
 	a.killStrays(ctx)
-	a.failInterrupted()
+	causes := a.openUnrecorded(cfg.path("unrecorded-failures"))
+	defer a.closeUnrecorded()
+	a.failInterrupted(causes)
+	a.syncUnrecorded()
 	close(a.ready)
 	// From here on Backend calls are served. The shutdown is written out
 	// in one place, in order (see shutdown): whatever started below is
@@ -340,10 +347,14 @@ type shutdownSteps struct {
 func (a *Agent) mainLoop(ctx context.Context, supDone <-chan error) error {
 	last := ""
 	a.markChanged()
+	retry := time.NewTicker(unrecordedRetry)
+	defer retry.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-retry.C:
+			a.retryUnrecorded()
 		case err := <-supDone:
 			return fmt.Errorf("supervisor stopped: %w", err)
 		case reply := <-a.ping:
@@ -474,6 +485,7 @@ func (a *Agent) shutdown(cancelOps context.CancelFunc, sd *shutdownSteps) {
 	a.healthWG.Wait()
 	a.closeSockets("")
 	a.log.Info("stopped app processes", "count", len(names))
+	a.retryUnrecorded() // a last chance before the cause file is all that is left
 }
 
 // errShuttingDown is what a Backend call gets once shutdown began, and
