@@ -122,7 +122,12 @@ type escapee struct {
 // checked after the walk: if the leader was reaped meanwhile its pid may
 // have been reused, and the ancestry found through it is dropped.
 // The caller closes the escapees with closeEscapees.
-func findEscaped(leader int, leaderExited <-chan struct{}, markers []string) []escapee {
+//
+// started reports whether a pid is a process the supervisor started and
+// has not reaped (an instance's or a command's): a process in the group
+// of another one is that one's, and its environment is not read, so a
+// stop costs little however many instances run.
+func findEscaped(leader int, leaderExited <-chan struct{}, markers []string, started func(pid int) bool) []escapee {
 	if leader == 0 && len(markers) == 0 {
 		return nil
 	}
@@ -169,6 +174,9 @@ func findEscaped(leader int, leaderExited <-chan struct{}, markers []string) []e
 	for pid, st := range stats {
 		if st.zombie || st.pgid == ownGroup || (leader != 0 && st.pgid == leader) || pid == leader {
 			continue // the group's members are signalled through the group
+		}
+		if started != nil && started(st.pgid) {
+			continue // in the group of another process the supervisor runs
 		}
 		ours, chain := via(pid)
 		if !ours {
@@ -274,7 +282,7 @@ func (in *instance) stopEscaped(ctx context.Context) {
 	if len(in.markers) == 0 {
 		return
 	}
-	es := findEscaped(0, nil, in.markers)
+	es := findEscaped(0, nil, in.markers, in.s.r.known)
 	defer closeEscapees(es)
 	if len(es) == 0 {
 		return

@@ -276,9 +276,9 @@ func (in *instance) stopGroup(ctx context.Context) (Exit, error) {
 	// the chain of parents through the leader still stands.
 	var es []escapee
 	if p != nil {
-		es = findEscaped(p.pid, p.exited, in.markers)
+		es = findEscaped(p.pid, p.exited, in.markers, in.s.r.known)
 	} else {
-		es = findEscaped(0, nil, in.markers)
+		es = findEscaped(0, nil, in.markers, in.s.r.known)
 	}
 	deadline := time.Now().Add(in.spec.StopTimeout)
 	signalEscapees(es, in.spec.StopSignal)
