@@ -72,6 +72,10 @@ type Agent struct {
 	// of an instance's health.
 	healthChanged notifier
 
+	// unrec keeps the release failures the store could not record
+	// (failures.go).
+	unrec unrecorded
+
 	// events wakes event followers after every AppendEvent.
 	events notifier
 	// changed wakes the main loop to update the systemd status line.
@@ -272,7 +276,10 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	// recorded and those it had no time to record.
 	a.killLeftovers(ctx)
 	a.killStrays(ctx)
-	a.failInterrupted()
+	causes := a.openUnrecorded(cfg.path("unrecorded-failures"))
+	defer a.closeUnrecorded()
+	a.failInterrupted(causes)
+	a.syncUnrecorded()
 	// A uid freed by a destroy that crashed before pruning keeps no
 	// access to builds, and builds from before private builds become so.
 	a.pruneBuildAccess()
@@ -356,10 +363,14 @@ type shutdownSteps struct {
 func (a *Agent) mainLoop(ctx context.Context, supDone <-chan error) error {
 	last := ""
 	a.markChanged()
+	retry := time.NewTicker(unrecordedRetry)
+	defer retry.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-retry.C:
+			a.retryUnrecorded()
 		case err := <-supDone:
 			return fmt.Errorf("supervisor stopped: %w", err)
 		case reply := <-a.ping:
@@ -490,6 +501,7 @@ func (a *Agent) shutdown(cancelOps context.CancelFunc, sd *shutdownSteps) {
 	a.healthWG.Wait()
 	a.closeSockets("")
 	a.log.Info("stopped app processes", "count", len(names))
+	a.retryUnrecorded() // a last chance before the cause file is all that is left
 }
 
 // errShuttingDown is what a Backend call gets once shutdown began, and

@@ -29,7 +29,9 @@
 //	sockets.go     the listening sockets the agent owns (socket mode)
 //	recovery.go    start-up after a crash or reboot: leftovers, strays,
 //	               interrupted releases, starting every app
-//	inbox.go       deploys from files dropped in $DATA/inbox
+//	inbox.go       deploys from files dropped in $DATA/inbox, one queue per
+//	               app; inbox_archive.go tells a complete archive
+//	failures.go    release failures the store could not record (disk full)
 //	layout.go      apps/<app>/ on disk; gc.go garbage collection
 //
 // # Life cycle

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -24,29 +25,49 @@ import (
 //   - dotfiles, dot directories and names ending in .tmp or .part are
 //     ignored, so a writer can upload under such a name and rename.
 //
-// A file is acted on once it is complete: after it has seen no write (and
-// kept its size and mtime) for Config.InboxQuiet. A file renamed into the
-// inbox is complete at once and goes after that same quiet period. This
-// cannot tell a writer that pauses longer than InboxQuiet from one that is
-// done (checking every /proc/*/fd for an open writer costs too much); the
-// rename is the safe way to drop a file, and a file picked up half
-// written fails as a corrupt tarball and changes nothing.
+// A file is deployed once it is complete: it has seen no write (and kept
+// its size and mtime) for Config.InboxQuiet, and it reads as a whole
+// archive: its gzip or zstd stream ends properly and its tar reaches the
+// end-of-archive marker. A file that stopped short ("unexpected EOF") is
+// taken for one still being written, however long its writer pauses, and
+// looked at again after each change and every InboxQuiet, for at most
+// inboxIncompleteMax; then it fails as incomplete. A file renamed into
+// the inbox is complete at once and goes after that same quiet period.
+//
+// Each app has its own queue, and apps are deployed in parallel (a slow
+// release phase of one holds up none of the others). In an app's queue,
+// files go in order of arrival: oldest mtime first, then by name; the
+// files found at start and those that come due together are queued
+// together, so of ten files dropped at once the newest ends active.
 //
 // Afterwards the file is moved to inbox/.done/<name>, or to
-// inbox/.failed/<name> with <name>.error beside it saying why. A file is
-// never deployed twice: while the agent runs it remembers each file it
-// handled by name, inode, size and mtime, and the move takes it out of
-// the inbox for good. Files that arrived while the agent was down are
-// picked up at start.
+// inbox/.failed/<name> with <name>.error beside it saying why. Every
+// entry that is not deployed and not ignored gets such a reason: a name
+// that is not a tarball's, a symlink, a FIFO, a device or a socket (never
+// opened: only regular files are read), a directory at the top of the
+// inbox named like a tarball, a file that is no archive or an invalid
+// build. A file is never deployed twice: while the agent runs it
+// remembers each file it handled by name, inode, size and mtime, and the
+// move takes it out of the inbox for good. Files that arrived while the
+// agent was down are picked up at start.
+
+// inboxIncompleteMax bounds how long a file that reads as a truncated
+// archive is waited for before it fails as incomplete.
+const inboxIncompleteMax = 10 * time.Minute
 
 // inboxSuffixes are the tarball names accepted at the top of the inbox.
 var inboxSuffixes = []string{".tar.gz", ".tgz", ".tar.zst", ".tar"}
 
 // inboxFile is a file waiting for its quiet period to end.
 type inboxFile struct {
-	last  time.Time // last event or change seen
-	size  int64
-	mtime time.Time
+	last       time.Time // last event or change seen
+	size       int64
+	mtime      time.Time
+	incomplete time.Time // when it was first found a truncated archive; zero if never
+	// checkedSize and checkedMtime are what it was when last found
+	// truncated: unchanged, it is not read again.
+	checkedSize  int64
+	checkedMtime time.Time
 }
 
 // fileKey identifies one version of a file, so it is never handled twice.
@@ -55,6 +76,17 @@ type fileKey struct {
 	ino   uint64
 	size  int64
 	mtime int64
+}
+
+// hasInboxSuffix reports whether name ends like a tarball the top of the
+// inbox accepts.
+func hasInboxSuffix(name string) bool {
+	for _, suf := range inboxSuffixes {
+		if strings.HasSuffix(name, suf) {
+			return true
+		}
+	}
+	return false
 }
 
 // inboxTarget decides what a path under the inbox is: the app it deploys
@@ -113,8 +145,14 @@ func (a *Agent) runInbox(ctx context.Context) error {
 			delete(pending, path)
 			return
 		}
-		pending[path] = &inboxFile{last: time.Now(), size: fi.Size(), mtime: fi.ModTime()}
+		f := &inboxFile{last: time.Now(), size: fi.Size(), mtime: fi.ModTime()}
+		if old, ok := pending[path]; ok {
+			f.incomplete, f.checkedSize, f.checkedMtime = old.incomplete, old.checkedSize, old.checkedMtime
+		}
+		pending[path] = f
 	}
+	q := newInboxQueues(ctx, a, dir)
+	defer q.wait()
 	// addTree watches a directory and its subdirectories, and notes the
 	// files already in them.
 	addTree := func(root string) {
@@ -124,6 +162,10 @@ func (a *Agent) runInbox(ctx context.Context) error {
 			}
 			if d.IsDir() {
 				if p != dir && strings.HasPrefix(d.Name(), ".") {
+					return filepath.SkipDir
+				}
+				if filepath.Dir(p) == dir && hasInboxSuffix(d.Name()) {
+					a.inboxRefuse(dir, p, fmt.Errorf("%w: inbox entry %q is a directory, not a tarball", api.ErrInvalid, d.Name()))
 					return filepath.SkipDir
 				}
 				if err := w.Add(p); err != nil {
@@ -169,7 +211,7 @@ func (a *Agent) runInbox(ctx context.Context) error {
 			addTree(dir)
 		case <-timer.C:
 		}
-		next := a.inboxDue(ctx, dir, cfg.InboxQuiet, pending, seen)
+		next := a.inboxDue(ctx, dir, cfg.InboxQuiet, pending, seen, q)
 		if !timer.Stop() {
 			select {
 			case <-timer.C:
@@ -180,13 +222,18 @@ func (a *Agent) runInbox(ctx context.Context) error {
 	}
 }
 
-// inboxDue handles the pending files whose quiet period is over and
-// returns how long until the next one is due.
-func (a *Agent) inboxDue(ctx context.Context, dir string, quiet time.Duration, pending map[string]*inboxFile, seen map[fileKey]bool) time.Duration {
+// inboxDue queues the pending files whose quiet period is over and that
+// read as complete archives, and returns how long until the next one is
+// due. The files that come due together are queued together, so each
+// app's queue can take them in order.
+func (a *Agent) inboxDue(ctx context.Context, dir string, quiet time.Duration, pending map[string]*inboxFile, seen map[fileKey]bool, q *inboxQueues) time.Duration {
 	next := quiet
 	now := time.Now()
+	var due []inboxItem
 	for path, f := range pending {
-		if wait := quiet - now.Sub(f.last); wait > 0 {
+		// Files noted within a few milliseconds of each other (found
+		// at start, dropped together) come due together.
+		if wait := quiet - now.Sub(f.last); wait > quiet/8 {
 			next = min(next, wait)
 			continue
 		}
@@ -197,25 +244,149 @@ func (a *Agent) inboxDue(ctx context.Context, dir string, quiet time.Duration, p
 		}
 		if fi.Size() != f.size || !fi.ModTime().Equal(f.mtime) {
 			// Changed without an event we saw: wait another period.
-			*f = inboxFile{last: now, size: fi.Size(), mtime: fi.ModTime()}
+			f.last, f.size, f.mtime = now, fi.Size(), fi.ModTime()
 			continue
 		}
-		delete(pending, path)
 		key := fileKey{path: path, size: fi.Size(), mtime: fi.ModTime().UnixNano()}
 		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 			key.ino = st.Ino
 		}
 		if seen[key] {
+			delete(pending, path)
 			continue
 		}
-		seen[key] = true
-		if ctx.Err() != nil {
-			return next
+		rel, err := filepath.Rel(dir, path)
+		if err != nil {
+			delete(pending, path)
+			continue
 		}
-		a.inboxDeploy(ctx, dir, path)
+		_, ignore, terr := inboxTarget(rel)
+		if ignore {
+			delete(pending, path)
+			continue
+		}
+		var failNow error
+		if terr != nil {
+			failNow = terr // no app: refused as it is
+		} else if err := a.inboxComplete(dir, rel, f); err != nil {
+			if f.incomplete.IsZero() {
+				f.incomplete = now
+			}
+			if now.Sub(f.incomplete) < inboxIncompleteMax {
+				// Still being written, most likely: look again later.
+				a.log.Debug("inbox file is not a complete archive yet", "file", rel, "error", err)
+				f.last = now
+				continue
+			}
+			failNow = fmt.Errorf("%w: inbox file %q is an incomplete archive (no change for %s): %w",
+				api.ErrInvalid, rel, now.Sub(f.mtime).Round(time.Second), err)
+		}
+		delete(pending, path)
+		seen[key] = true
+		due = append(due, inboxItem{path: path, rel: rel, mtime: fi.ModTime(), fail: failNow})
+	}
+	if ctx.Err() == nil {
+		q.add(due)
 	}
 	return max(next, time.Millisecond)
 }
+
+// inboxComplete is archiveComplete, except that a file found truncated
+// before is not read again until its size or mtime change.
+func (a *Agent) inboxComplete(dir, rel string, f *inboxFile) error {
+	if !f.incomplete.IsZero() && f.size == f.checkedSize && f.mtime.Equal(f.checkedMtime) {
+		return fmt.Errorf("unchanged since: %w", errIncomplete)
+	}
+	err := archiveComplete(dir, rel)
+	if err != nil {
+		f.checkedSize, f.checkedMtime = f.size, f.mtime
+	}
+	return err
+}
+
+// inboxItem is a complete inbox file waiting in its app's queue.
+type inboxItem struct {
+	path, rel string
+	mtime     time.Time
+	fail      error // set: not deployed, moved to .failed with this reason
+}
+
+// before orders an app's queue: arrival (mtime), then name.
+func (it inboxItem) before(o inboxItem) bool {
+	if !it.mtime.Equal(o.mtime) {
+		return it.mtime.Before(o.mtime)
+	}
+	return it.rel < o.rel
+}
+
+// inboxQueues are the per-app queues of complete inbox files, each
+// served by one goroutine while it has files; runInbox owns them and
+// waits for them when it returns.
+type inboxQueues struct {
+	ctx context.Context
+	a   *Agent
+	dir string
+	wg  sync.WaitGroup
+
+	mu     sync.Mutex // guards queues
+	queues map[string][]inboxItem
+}
+
+func newInboxQueues(ctx context.Context, a *Agent, dir string) *inboxQueues {
+	return &inboxQueues{ctx: ctx, a: a, dir: dir, queues: map[string][]inboxItem{}}
+}
+
+// add queues items, each to its app's queue (a name that maps to no app
+// goes to a queue of its own: it only fails), starting a queue's
+// goroutine when it has none.
+func (q *inboxQueues) add(items []inboxItem) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, it := range items {
+		app, _, err := inboxTarget(it.rel)
+		if err != nil {
+			app = "\x00" + it.rel
+		}
+		_, busy := q.queues[app]
+		q.queues[app] = append(q.queues[app], it)
+		if !busy {
+			q.wg.Add(1)
+			go q.serve(app) // owned: wait waits for it
+		}
+	}
+}
+
+// serve deploys the files of one app's queue, the first by arrival
+// first, until it is empty.
+func (q *inboxQueues) serve(app string) {
+	defer q.wg.Done()
+	for {
+		q.mu.Lock()
+		items := q.queues[app]
+		if len(items) == 0 || q.ctx.Err() != nil {
+			delete(q.queues, app) // what is left stays in the inbox for the next start
+			q.mu.Unlock()
+			return
+		}
+		first := 0
+		for i, it := range items {
+			if it.before(items[first]) {
+				first = i
+			}
+		}
+		it := items[first]
+		q.queues[app] = append(items[:first:first], items[first+1:]...)
+		q.mu.Unlock()
+		if it.fail != nil {
+			q.a.inboxRefuse(q.dir, it.path, it.fail)
+			continue
+		}
+		q.a.inboxDeploy(q.ctx, q.dir, it.path)
+	}
+}
+
+// wait waits for every queue's goroutine; called once ctx has ended.
+func (q *inboxQueues) wait() { q.wg.Wait() }
 
 // inboxDeploy deploys one complete inbox file and moves it to .done or
 // .failed.
@@ -245,6 +416,22 @@ func (a *Agent) inboxDeploy(ctx context.Context, dir, path string) {
 		// start (a switch it began is recorded as interrupted).
 		return
 	}
+	a.inboxMove(dir, path, rel, err)
+}
+
+// inboxRefuse moves an inbox entry that is not deployed to .failed with
+// its reason.
+func (a *Agent) inboxRefuse(dir, path string, reason error) {
+	rel, err := filepath.Rel(dir, path)
+	if err != nil {
+		return
+	}
+	a.inboxMove(dir, path, rel, reason)
+}
+
+// inboxMove moves an inbox entry to .done (err nil) or to .failed with
+// err in <name>.error beside it.
+func (a *Agent) inboxMove(dir, path, rel string, err error) {
 	sub := ".done"
 	if err != nil {
 		sub = ".failed"
@@ -261,6 +448,9 @@ func (a *Agent) inboxDeploy(ctx context.Context, dir, path string) {
 		}
 	} else {
 		os.Remove(dst + ".error")
+	}
+	if fi, serr := os.Lstat(dst); serr == nil && fi.IsDir() {
+		os.RemoveAll(dst) // a directory refused before under the same name
 	}
 	if mvErr := os.Rename(path, dst); mvErr != nil {
 		a.log.Error("move inbox file", "file", rel, "to", dst, "error", mvErr)

@@ -11,6 +11,13 @@ import (
 	"github.com/berth-dev/berth/supervisor"
 )
 
+// processMarkers are the variables of a process's environment that
+// together name one instance of one release of one app of this data dir
+// (TMPDIR is under it): the supervisor finds by them, in /proc, what an
+// instance started that left its process group (setsid), to stop it with
+// the instance. killStrays uses two of them at start for the same end.
+var processMarkers = []string{"BERTH_APP", "BERTH_PROCESS", "BERTH_RELEASE", "TMPDIR"}
+
 // What runs is the supervisor's list, and only that. Each app instance
 // the agent starts carries its *instance as the spec's Meta, so the
 // supervisor's Status, List and Event hand it back: the agent keeps no

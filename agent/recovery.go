@@ -146,19 +146,25 @@ func (a *Agent) killGroup(ctx context.Context, pgid int) {
 // failInterrupted marks the releases a previous agent left pending (a
 // switch interrupted before activation) failed. Since the store records
 // activation before processes are touched, a pending release never ran.
-func (a *Agent) failInterrupted() {
+//
+// A release whose failure the previous agent could not record (a full
+// disk) is marked failed with the cause it kept in its cause file
+// (failures.go), passed as causes, not as interrupted.
+func (a *Agent) failInterrupted(causes map[relKey]string) {
 	pending, err := a.store.PendingReleases()
 	if err != nil {
 		a.log.Error("read pending releases", "error", err)
 		return
 	}
 	for _, rel := range pending {
-		const reason = "interrupted: agent stopped before activation"
-		if err := a.store.MarkFailed(rel.App, rel.Version, reason, rel.Output); err != nil {
-			a.log.Error("mark interrupted release failed", "app", rel.App, "version", rel.Version, "error", err)
-			continue
+		reason := "interrupted: agent stopped before activation"
+		if cause, ok := causes[relKey{App: rel.App, Version: rel.Version}]; ok {
+			reason = cause
 		}
-		a.log.Warn("release was interrupted; marked failed", "app", rel.App, "version", rel.Version)
+		if err := a.markFailed(rel.App, rel.Version, reason, rel.Output); err != nil {
+			continue // logged, and kept for the next try
+		}
+		a.log.Warn("release was left pending; marked failed", "app", rel.App, "version", rel.Version, "reason", reason)
 		a.appendEvent(rel.App, "failure", fmt.Sprintf("v%d %s", rel.Version, reason))
 	}
 }

@@ -146,7 +146,7 @@ func (a *Agent) Releases(ctx context.Context, app string) ([]api.Release, error)
 		}
 		out := make([]api.Release, 0, len(rels))
 		for _, r := range rels {
-			out = append(out, toAPIRelease(r, false))
+			out = append(out, a.withUnrecorded(toAPIRelease(r, false)))
 		}
 		return out, nil
 	})
@@ -159,7 +159,7 @@ func (a *Agent) Release(ctx context.Context, app string, version int) (api.Relea
 		if err != nil {
 			return api.Release{}, fmt.Errorf("%s v%d: %w", app, version, err)
 		}
-		return toAPIRelease(r, true), nil
+		return a.withUnrecorded(toAPIRelease(r, true)), nil
 	})
 }
 

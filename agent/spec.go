@@ -53,6 +53,7 @@ func (a *Agent) specFor(cfg Config, app string, rel state.Release, b *build.Buil
 		Command: command,
 		Env: processEnv(envParams{Config: rel.Config, App: app, Version: rel.Version, Instance: inst,
 			Build: rel.Build, Port: port, TmpDir: tmp, Allow: cfg.AllowEnv}),
+		Markers:     processMarkers,
 		Dir:         b.Dir,
 		Credential:  who.Cred,
 		StopSignal:  sig,

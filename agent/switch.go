@@ -39,6 +39,7 @@ func (a *Agent) runReleasePhase(ctx context.Context, app string, rel state.Relea
 		Command: command,
 		Env: processEnv(envParams{Config: rel.Config, App: app, Version: rel.Version, Instance: "release",
 			Build: rel.Build, TmpDir: tmp, Allow: cfg.AllowEnv}),
+		Markers:     processMarkers,
 		Dir:         b.Dir,
 		Credential:  who.Cred,
 		StopTimeout: cfg.StopTimeout,
@@ -98,7 +99,11 @@ func (a *Agent) activate(app string, rel state.Release, b *build.Build, kind str
 	p.mark()
 	prev, err := a.store.Activate(app, rel.Version)
 	if err != nil {
-		return state.Release{}, mapErr(err)
+		// The store refused the write (a full disk): the release must
+		// not stay pending; the active one is untouched and runs on.
+		err = mapErr(err)
+		a.failPending(app, rel.Version, fmt.Sprintf("activation could not be recorded: %v", err), "")
+		return state.Release{}, fmt.Errorf("v%d not activated: %w", rel.Version, err)
 	}
 	if cur, err := a.store.Formation(app); err == nil {
 		add := map[string]int{}
@@ -175,8 +180,8 @@ func (a *Agent) interrupt(app string, rel state.Release, prev *state.Release, st
 				}
 			}
 		}
-	} else if err := a.store.MarkFailed(app, rel.Version, reason, output); err != nil {
-		a.log.Error("record interrupted switch", "app", app, "version", rel.Version, "error", err)
+	} else {
+		a.markFailed(app, rel.Version, reason, output) // logged; kept if the store refuses it
 	}
 	a.log.Warn("switch interrupted by shutdown", "app", app, "version", rel.Version, "step", step)
 	a.appendEvent(app, "interrupted", msg)
@@ -188,9 +193,7 @@ func (a *Agent) interrupt(app string, rel state.Release, prev *state.Release, st
 // reason and output, and records a "failure" event; the active release
 // is untouched.
 func (a *Agent) failPending(app string, version int, reason, output string) {
-	if err := a.store.MarkFailed(app, version, reason, output); err != nil {
-		a.log.Error("mark release failed", "app", app, "version", version, "error", err)
-	}
+	a.markFailed(app, version, reason, output) // logged; kept if the store refuses it
 	a.appendEvent(app, "failure", fmt.Sprintf("v%d %s; v%d not activated", version, reason, version))
 }
 

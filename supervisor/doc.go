@@ -14,7 +14,11 @@
 // the stop timeout, and returns once the leader is reaped and no member
 // of the group is left. When a process exits unexpectedly, whatever is
 // left of its group is killed before the restart, so an old worker never
-// runs beside a new one.
+// runs beside a new one. Processes that left the group (setsid) are
+// stopped with it: descendants of the supervisor found in /proc through
+// the instance's process or, once their parents are gone, by the
+// Spec.Markers in their environment, each held by a pidfd so a reused
+// pid is never signalled (escaped.go).
 //
 // Restarts go by how long the process ran. One that ran at least
 // Backoff.MinRun (default 1s, as runit) is restarted at once. A quicker

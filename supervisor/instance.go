@@ -22,9 +22,10 @@ type proc struct {
 
 // instance is one supervised instance across its restarts.
 type instance struct {
-	s    *Supervisor
-	spec Spec // with defaults; never changes
-	logs *logSink
+	s       *Supervisor
+	spec    Spec     // with defaults; never changes
+	markers []string // "KEY=value" of Spec.Markers; never changes
+	logs    *logSink
 
 	// opMu serializes Stop, Restart and RestartUnhealthy of this
 	// instance. Lock order: opMu, then spawnMu, then mu.
@@ -59,7 +60,7 @@ type instance struct {
 func newInstance(s *Supervisor, sp Spec) *instance {
 	idle := make(chan struct{})
 	close(idle)
-	return &instance{s: s, spec: sp, logs: newLogSink(s, sp.Name, sp.Log), pipes: make(map[*os.File]struct{}), idle: idle}
+	return &instance{s: s, spec: sp, markers: markerValues(sp.Env, sp.Markers), logs: newLogSink(s, sp.Name, sp.Log), pipes: make(map[*os.File]struct{}), idle: idle}
 }
 
 // setState is the one place where the state changes; every change is
@@ -133,6 +134,7 @@ func (in *instance) spawn() error {
 // respawn restarts after an unexpected exit, clearing the container
 // first so nothing of the old process runs beside the new one.
 func (in *instance) respawn() {
+	in.stopEscaped(context.Background())
 	if c := in.s.cfg.Container; c != nil {
 		if err := c.Kill(in.spec.Name); err != nil {
 			in.s.log.Warn("kill container before restart", "instance", in.spec.Name, "error", err)
@@ -275,6 +277,16 @@ func (in *instance) stopGroup(ctx context.Context) (Exit, error) {
 	in.mu.Unlock()
 	in.spawnMu.Unlock()
 
+	// What left the group is found before the group is signalled, while
+	// the chain of parents through the leader still stands.
+	var es []escapee
+	if p != nil {
+		es = findEscaped(p.pid, p.exited, in.markers, in.s.r.known)
+	} else {
+		es = findEscaped(0, nil, in.markers, in.s.r.known)
+	}
+	deadline := time.Now().Add(in.spec.StopTimeout)
+	signalEscapees(es, in.spec.StopSignal)
 	var err error
 	if p != nil {
 		err = killGroup(ctx, p.pid, p.exited, in.spec.StopSignal, in.spec.StopTimeout)
@@ -284,6 +296,11 @@ func (in *instance) stopGroup(ctx context.Context) (Exit, error) {
 		default:
 		}
 	}
+	if werr := waitEscapees(ctx, es, deadline); werr != nil && ctx.Err() == nil {
+		in.s.log.Warn("stop processes that left the group", "instance", in.spec.Name, "error", werr)
+	}
+	closeEscapees(es)
+	in.stopEscaped(ctx) // what they forked meanwhile
 	if c := in.s.cfg.Container; c != nil {
 		if cerr := c.Kill(in.spec.Name); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("kill container of %s: %w", in.spec.Name, cerr))

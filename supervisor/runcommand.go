@@ -77,8 +77,21 @@ func (s *Supervisor) RunCommand(ctx context.Context, spec Spec) (Exit, []byte, e
 	if runErr == nil {
 		sig = syscall.SIGKILL // leftovers only: the command itself has exited
 	}
+	markers := markerValues(sp.Env, sp.Markers)
+	es := findEscaped(p.pid, p.exited, markers, s.r.known)
+	deadline := time.Now().Add(timeout)
+	signalEscapees(es, sig)
 	if err := killGroup(context.Background(), p.pid, p.exited, sig, timeout); err != nil {
 		runErr = errors.Join(runErr, err)
+	}
+	if err := waitEscapees(context.Background(), es, deadline); err != nil {
+		s.log.Warn("stop processes that left the group", "command", sp.Name, "error", err)
+	}
+	closeEscapees(es)
+	if es = findEscaped(0, nil, markers, s.r.known); len(es) > 0 { // what they forked meanwhile
+		signalEscapees(es, syscall.SIGKILL)
+		waitEscapees(context.Background(), es, time.Now())
+		closeEscapees(es)
 	}
 	t := time.NewTimer(s.cfg.DrainTimeout)
 	defer t.Stop()

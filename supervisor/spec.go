@@ -183,6 +183,17 @@ type Spec struct {
 	// end in `exec app` for app to keep that pid. The files stay owned
 	// by the caller.
 	ListenFiles []*os.File
+	// Markers names variables of Env that mark the instance's processes
+	// (e.g. an app and instance name): a descendant of the supervisor
+	// that left the instance's process group (setsid) and whose parents
+	// are gone is recognised as the instance's by its environment
+	// (/proc/PID/environ) holding each of them with the value Env gives
+	// it, and is stopped with the group. Choose them so that no other
+	// instance's processes have the same values. Without Markers, only
+	// such processes whose chain of parents still leads to the
+	// instance's process when it is stopped are found. Each must be a
+	// variable of Env.
+	Markers []string
 	// Meta is the owner's own value for the instance (e.g. a pointer to
 	// its immutable description of it). The supervisor never looks at
 	// it nor copies what it points to; it is handed back as it is in
@@ -230,6 +241,11 @@ func (sp Spec) withDefaults() (Spec, error) {
 		}
 		if strings.IndexByte(kv, 0) >= 0 {
 			return bad(fmt.Sprintf("Env[%d]", i), k, "must not hold a NUL byte")
+		}
+	}
+	for i, m := range sp.Markers {
+		if markerValues(sp.Env, []string{m}) == nil {
+			return bad(fmt.Sprintf("Markers[%d]", i), m, "must be a variable of Env")
 		}
 	}
 	if sp.StopSignal < 0 || sp.StopSignal > 64 {
@@ -283,6 +299,7 @@ func (sp Spec) withDefaults() (Spec, error) {
 		}
 	}
 	sp.Env = append([]string(nil), sp.Env...)
+	sp.Markers = append([]string(nil), sp.Markers...)
 	sp.ListenFiles = append([]*os.File(nil), sp.ListenFiles...)
 	return sp, nil
 }
