@@ -363,13 +363,20 @@ type shutdownSteps struct {
 func (a *Agent) mainLoop(ctx context.Context, supDone <-chan error) error {
 	last := ""
 	a.markChanged()
-	retry := time.NewTicker(unrecordedRetry)
-	defer retry.Stop()
+	// retry is armed only while failures wait to be recorded.
+	var retry <-chan time.Time
+	arm := func() {
+		if retry == nil && a.unrecordedLeft() {
+			retry = time.After(unrecordedRetry)
+		}
+	}
 	for {
+		arm()
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-retry.C:
+		case <-retry:
+			retry = nil
 			a.retryUnrecorded()
 		case err := <-supDone:
 			return fmt.Errorf("supervisor stopped: %w", err)

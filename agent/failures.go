@@ -38,7 +38,8 @@ const (
 	// unrecordedSize is the size of the pre-allocated cause file.
 	unrecordedSize = 64 << 10
 	// unrecordedRetry is how often the main loop retries to record the
-	// failures the store refused.
+	// failures the store refused, while there are any (no timer runs
+	// otherwise: an idle agent does not wake up for them).
 	unrecordedRetry = 2 * time.Second
 	// maxUnrecordedReason bounds a reason kept in the cause file.
 	maxUnrecordedReason = 1 << 10
@@ -198,7 +199,16 @@ func (a *Agent) markFailed(app string, version int, reason, output string) error
 	if perr := u.persist(); perr != nil {
 		a.log.Error("keep the cause of a failure the store cannot record", "path", u.path, "error", perr)
 	}
+	a.markChanged() // the main loop arms its retry timer
 	return err
+}
+
+// unrecordedLeft reports whether failures wait to be recorded.
+func (a *Agent) unrecordedLeft() bool {
+	u := &a.unrec
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return len(u.m) > 0
 }
 
 // retryUnrecorded tries again to record the failures the store refused;
