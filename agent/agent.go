@@ -7,8 +7,10 @@ import (
 	"maps"
 	"net"
 	"os"
+	"runtime/debug"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -78,6 +80,11 @@ type Agent struct {
 	changed chan struct{}
 	// ping is how the watchdog asks the main loop whether it is alive.
 	ping chan chan struct{}
+	// changing counts the changes in flight (holders of an app's lock
+	// and those waiting for one, see lockApp); settled wakes the main loop when the last one has ended, to
+	// give their garbage back (see releaseMemory).
+	changing atomic.Int32
+	settled  chan struct{}
 }
 
 // New checks cfg, fills its defaults and returns an agent. It starts
@@ -101,6 +108,7 @@ func New(cfg Config, log hclog.Logger) (*Agent, error) {
 		sockets: map[string]*os.File{},
 		changed: make(chan struct{}, 1),
 		ping:    make(chan chan struct{}),
+		settled: make(chan struct{}, 1),
 	}, nil
 }
 
@@ -355,6 +363,35 @@ func (a *Agent) mainLoop(ctx context.Context, supDone <-chan error) error {
 					a.log.Debug("systemd status", "error", err)
 				}
 			}
+		case <-a.settled:
+			if a.changing.Load() == 0 {
+				releaseMemory()
+			}
+		}
+	}
+}
+
+// releaseMemory collects the garbage a change left and gives the free
+// heap back to the kernel. Go collects when the heap has doubled since
+// the last collection (4 MB at least), and an agent that has gone idle
+// allocates nothing more: without this, what a deploy of 100 instances
+// left (about 2 MB of dead heap, more in freed pages not yet returned)
+// stays in its resident memory until the forced collection every two
+// minutes, and part of it for good. It costs one collection, 2-3 ms of
+// CPU with 100 instances, once the changes in flight have ended (see
+// changeDone), never while idle.
+func releaseMemory() { debug.FreeOSMemory() }
+
+// beginChange counts a change in flight; changeDone ends it.
+func (a *Agent) beginChange() { a.changing.Add(1) }
+
+// changeDone ends a change; when it was the last one in flight, it wakes
+// the main loop to release the memory the changes left (releaseMemory).
+func (a *Agent) changeDone() {
+	if a.changing.Add(-1) == 0 {
+		select {
+		case a.settled <- struct{}{}:
+		default:
 		}
 	}
 }
@@ -511,8 +548,11 @@ func (a *Agent) opContext(ctx context.Context) (context.Context, context.CancelF
 }
 
 // lockApp waits for the app's switching lock: one change per app at a
-// time, other apps are not affected. It returns the unlock function.
+// time, other apps are not affected. It returns the unlock function. A
+// change counts as in flight from the call until the unlock (see
+// changeDone).
 func (a *Agent) lockApp(ctx context.Context, app string) (func(), error) {
+	a.beginChange()
 	a.locksMu.Lock()
 	l, ok := a.locks[app]
 	if !ok {
@@ -522,10 +562,15 @@ func (a *Agent) lockApp(ctx context.Context, app string) (func(), error) {
 	a.locksMu.Unlock()
 	select {
 	case l <- struct{}{}:
-		return func() { <-l }, nil
+		return func() {
+			<-l
+			a.changeDone()
+		}, nil
 	case <-ctx.Done():
+		a.changeDone()
 		return nil, fmt.Errorf("wait for the change in progress on app %q: %w", app, ctx.Err())
 	case <-a.opCtx.Done():
+		a.changeDone()
 		return nil, errShuttingDown
 	}
 }
