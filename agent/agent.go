@@ -357,6 +357,12 @@ func (a *Agent) mainLoop(ctx context.Context, supDone <-chan error) error {
 		case reply := <-a.ping:
 			close(reply)
 		case <-a.changed:
+			// Every instance event wakes the loop: without a service
+			// manager to tell, composing the line (a walk of all
+			// instances) would only make garbage.
+			if !systemd.CanNotify() {
+				break
+			}
 			if s := a.statusLine(); s != last {
 				last = s
 				if err := systemd.Status(s); err != nil {
@@ -435,13 +441,16 @@ func (a *Agent) statusLine() string {
 	if err != nil {
 		return "store error"
 	}
-	running := 0
+	running, total := 0, 0
 	for _, st := range a.sup.List() {
 		if st.State == supervisor.StateRunning {
 			running++
 		}
+		if instanceOf(st.Meta) != nil {
+			total++
+		}
 	}
-	return fmt.Sprintf("%d apps, %d of %d processes running", len(apps), running, len(a.appInstances("")))
+	return fmt.Sprintf("%d apps, %d of %d processes running", len(apps), running, total)
 }
 
 // listen returns the socket systemd passed, or listens on the configured
