@@ -81,10 +81,15 @@ type Agent struct {
 	// ping is how the watchdog asks the main loop whether it is alive.
 	ping chan chan struct{}
 	// changing counts the changes in flight (holders of an app's lock
-	// and those waiting for one, see lockApp); settled wakes the main loop when the last one has ended, to
-	// give their garbage back (see releaseMemory).
-	changing atomic.Int32
-	settled  chan struct{}
+	// and those waiting for one, see lockApp). When the last one ends,
+	// releaseDue is set and changesEnded wakes the supervisor's event
+	// watcher; once it has caught up with the events the changes caused,
+	// settled wakes the main loop to give the garbage back (see
+	// releaseMemory).
+	changing     atomic.Int32
+	releaseDue   atomic.Bool
+	changesEnded chan struct{}
+	settled      chan struct{}
 }
 
 // New checks cfg, fills its defaults and returns an agent. It starts
@@ -98,17 +103,18 @@ func New(cfg Config, log hclog.Logger) (*Agent, error) {
 		return nil, err
 	}
 	return &Agent{
-		log:     log.Named("agent"),
-		root:    log,
-		cfg:     cfg,
-		ready:   make(chan struct{}),
-		up:      make(chan struct{}),
-		pins:    map[string]int{},
-		locks:   map[string]chan struct{}{},
-		sockets: map[string]*os.File{},
-		changed: make(chan struct{}, 1),
-		ping:    make(chan chan struct{}),
-		settled: make(chan struct{}, 1),
+		log:          log.Named("agent"),
+		root:         log,
+		cfg:          cfg,
+		ready:        make(chan struct{}),
+		up:           make(chan struct{}),
+		pins:         map[string]int{},
+		locks:        map[string]chan struct{}{},
+		sockets:      map[string]*os.File{},
+		changed:      make(chan struct{}, 1),
+		ping:         make(chan chan struct{}),
+		changesEnded: make(chan struct{}, 1),
+		settled:      make(chan struct{}, 1),
 	}, nil
 }
 
@@ -384,19 +390,22 @@ func (a *Agent) mainLoop(ctx context.Context, supDone <-chan error) error {
 // left (about 2 MB of dead heap, more in freed pages not yet returned)
 // stays in its resident memory until the forced collection every two
 // minutes, and part of it for good. It costs one collection, 2-3 ms of
-// CPU with 100 instances, once the changes in flight have ended (see
-// changeDone), never while idle.
+// CPU with 100 instances, once the changes in flight have ended and the
+// events they caused are handled (see changeDone and watchSupervisor),
+// never while idle.
 func releaseMemory() { debug.FreeOSMemory() }
 
 // beginChange counts a change in flight; changeDone ends it.
 func (a *Agent) beginChange() { a.changing.Add(1) }
 
-// changeDone ends a change; when it was the last one in flight, it wakes
-// the main loop to release the memory the changes left (releaseMemory).
+// changeDone ends a change; when it was the last one in flight, it asks
+// the event watcher to have the memory the changes left released
+// (releaseIfSettled).
 func (a *Agent) changeDone() {
 	if a.changing.Add(-1) == 0 {
+		a.releaseDue.Store(true)
 		select {
-		case a.settled <- struct{}{}:
+		case a.changesEnded <- struct{}{}:
 		default:
 		}
 	}
