@@ -7,8 +7,10 @@ import (
 	"maps"
 	"net"
 	"os"
+	"runtime/debug"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -82,6 +84,16 @@ type Agent struct {
 	changed chan struct{}
 	// ping is how the watchdog asks the main loop whether it is alive.
 	ping chan chan struct{}
+	// changing counts the changes in flight (holders of an app's lock
+	// and those waiting for one, see lockApp). When the last one ends,
+	// releaseDue is set and changesEnded wakes the supervisor's event
+	// watcher; once it has caught up with the events the changes caused,
+	// settled wakes the main loop to give the garbage back (see
+	// releaseMemory).
+	changing     atomic.Int32
+	releaseDue   atomic.Bool
+	changesEnded chan struct{}
+	settled      chan struct{}
 }
 
 // New checks cfg, fills its defaults and returns an agent. It starts
@@ -95,16 +107,18 @@ func New(cfg Config, log hclog.Logger) (*Agent, error) {
 		return nil, err
 	}
 	return &Agent{
-		log:     log.Named("agent"),
-		root:    log,
-		cfg:     cfg,
-		ready:   make(chan struct{}),
-		up:      make(chan struct{}),
-		pins:    map[string]int{},
-		locks:   map[string]chan struct{}{},
-		sockets: map[string]*os.File{},
-		changed: make(chan struct{}, 1),
-		ping:    make(chan chan struct{}),
+		log:          log.Named("agent"),
+		root:         log,
+		cfg:          cfg,
+		ready:        make(chan struct{}),
+		up:           make(chan struct{}),
+		pins:         map[string]int{},
+		locks:        map[string]chan struct{}{},
+		sockets:      map[string]*os.File{},
+		changed:      make(chan struct{}, 1),
+		ping:         make(chan chan struct{}),
+		changesEnded: make(chan struct{}, 1),
+		settled:      make(chan struct{}, 1),
 	}, nil
 }
 
@@ -383,12 +397,50 @@ func (a *Agent) mainLoop(ctx context.Context, supDone <-chan error) error {
 		case reply := <-a.ping:
 			close(reply)
 		case <-a.changed:
+			// Every instance event wakes the loop: without a service
+			// manager to tell, composing the line (a walk of all
+			// instances) would only make garbage.
+			if !systemd.CanNotify() {
+				break
+			}
 			if s := a.statusLine(); s != last {
 				last = s
 				if err := systemd.Status(s); err != nil {
 					a.log.Debug("systemd status", "error", err)
 				}
 			}
+		case <-a.settled:
+			if a.changing.Load() == 0 {
+				releaseMemory()
+			}
+		}
+	}
+}
+
+// releaseMemory collects the garbage a change left and gives the free
+// heap back to the kernel. Go collects when the heap has doubled since
+// the last collection (4 MB at least), and an agent that has gone idle
+// allocates nothing more: without this, what a deploy of 100 instances
+// left (about 2 MB of dead heap, more in freed pages not yet returned)
+// stays in its resident memory until the forced collection every two
+// minutes, and part of it for good. It costs one collection, 2-3 ms of
+// CPU with 100 instances, once the changes in flight have ended and the
+// events they caused are handled (see changeDone and watchSupervisor),
+// never while idle.
+func releaseMemory() { debug.FreeOSMemory() }
+
+// beginChange counts a change in flight; changeDone ends it.
+func (a *Agent) beginChange() { a.changing.Add(1) }
+
+// changeDone ends a change; when it was the last one in flight, it asks
+// the event watcher to have the memory the changes left released
+// (releaseIfSettled).
+func (a *Agent) changeDone() {
+	if a.changing.Add(-1) == 0 {
+		a.releaseDue.Store(true)
+		select {
+		case a.changesEnded <- struct{}{}:
+		default:
 		}
 	}
 }
@@ -432,13 +484,16 @@ func (a *Agent) statusLine() string {
 	if err != nil {
 		return "store error"
 	}
-	running := 0
+	running, total := 0, 0
 	for _, st := range a.sup.List() {
 		if st.State == supervisor.StateRunning {
 			running++
 		}
+		if instanceOf(st.Meta) != nil {
+			total++
+		}
 	}
-	return fmt.Sprintf("%d apps, %d of %d processes running", len(apps), running, len(a.appInstances("")))
+	return fmt.Sprintf("%d apps, %d of %d processes running", len(apps), running, total)
 }
 
 // listen returns the socket systemd passed, or listens on the configured
@@ -546,8 +601,11 @@ func (a *Agent) opContext(ctx context.Context) (context.Context, context.CancelF
 }
 
 // lockApp waits for the app's switching lock: one change per app at a
-// time, other apps are not affected. It returns the unlock function.
+// time, other apps are not affected. It returns the unlock function. A
+// change counts as in flight from the call until the unlock (see
+// changeDone).
 func (a *Agent) lockApp(ctx context.Context, app string) (func(), error) {
+	a.beginChange()
 	a.locksMu.Lock()
 	l, ok := a.locks[app]
 	if !ok {
@@ -557,10 +615,15 @@ func (a *Agent) lockApp(ctx context.Context, app string) (func(), error) {
 	a.locksMu.Unlock()
 	select {
 	case l <- struct{}{}:
-		return func() { <-l }, nil
+		return func() {
+			<-l
+			a.changeDone()
+		}, nil
 	case <-ctx.Done():
+		a.changeDone()
 		return nil, fmt.Errorf("wait for the change in progress on app %q: %w", app, ctx.Err())
 	case <-a.opCtx.Done():
+		a.changeDone()
 		return nil, errShuttingDown
 	}
 }

@@ -180,9 +180,19 @@ func (a *Agent) runInbox(ctx context.Context) error {
 	addTree(dir)
 	a.log.Info("watching the inbox", "dir", dir, "files", len(pending))
 
+	// The timer is armed only while files are pending: an idle inbox
+	// wakes the agent for nothing but an event.
 	timer := time.NewTimer(cfg.InboxQuiet)
 	defer timer.Stop()
+	armed := len(pending) > 0
+	if !armed {
+		timer.Stop()
+	}
 	for {
+		var due <-chan time.Time
+		if armed {
+			due = timer.C
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -209,16 +219,14 @@ func (a *Agent) runInbox(ctx context.Context) error {
 			// An overflowed event queue loses events: rescan.
 			a.log.Warn("inbox watcher", "error", err)
 			addTree(dir)
-		case <-timer.C:
+		case <-due:
 		}
 		next := a.inboxDue(ctx, dir, cfg.InboxQuiet, pending, seen, q)
-		if !timer.Stop() {
-			select {
-			case <-timer.C:
-			default:
-			}
+		timer.Stop()
+		armed = len(pending) > 0
+		if armed {
+			timer.Reset(next)
 		}
-		timer.Reset(next)
 	}
 }
 

@@ -108,11 +108,14 @@ func (a *Agent) watchSupervisor(events <-chan supervisor.Event, done <-chan stru
 	// one exits after running long enough to reset its backoff.
 	looping := map[string]bool{}
 	for {
+		a.releaseIfSettled(events)
 		var ev supervisor.Event
 		var ok bool
 		select {
 		case <-done:
 			return
+		case <-a.changesEnded:
+			continue
 		case ev, ok = <-events:
 			if !ok {
 				return
@@ -162,6 +165,20 @@ func (a *Agent) watchSupervisor(events <-chan supervisor.Event, done <-chan stru
 			}
 		}
 		a.markChanged()
+	}
+}
+
+// releaseIfSettled wakes the main loop to release the memory of the
+// changes that ended (releaseDue) once no change is in flight and no
+// event is waiting: the records an event writes make garbage too, and at
+// 1,000 instances the events of a deploy are still being handled when it
+// returns. The watcher itself goes on handling events meanwhile.
+func (a *Agent) releaseIfSettled(events <-chan supervisor.Event) {
+	if len(events) == 0 && a.changing.Load() == 0 && a.releaseDue.Swap(false) {
+		select {
+		case a.settled <- struct{}{}:
+		default:
+		}
 	}
 }
 

@@ -671,10 +671,20 @@ func (p *pipeReader) run() {
 		return
 	}
 	var buf *[]byte
+	first := true
 	for eof := false; !eof; {
 		var n int
 		var rerr error
 		err := rc.Read(func(fd uintptr) bool {
+			if first {
+				// Most pipes are idle at start: ask before taking a
+				// buffer, so starting many instances does not pass
+				// a read buffer through each of them.
+				first = false
+				if !pipeReady(int(fd)) {
+					return false
+				}
+			}
 			if buf == nil {
 				buf = p.ls.s.pools.bufs.Get().(*[]byte)
 			}
@@ -699,6 +709,15 @@ func (p *pipeReader) run() {
 	}
 	p.flush(time.Now())
 	p.f.Close()
+}
+
+// pipeReady reports whether a read of the pipe fd would not block: it
+// holds data, or its write end is closed. Without an answer (an error)
+// it reports true, and the read itself tells.
+func pipeReady(fd int) bool {
+	p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	n, err := unix.Poll(p, 0)
+	return err != nil || n > 0
 }
 
 // readChunk is the most one read takes from a pipe: the kernel holds the

@@ -2,6 +2,7 @@ package systemd
 
 import (
 	"fmt"
+	"os"
 	"strings"
 
 	"github.com/coreos/go-systemd/v22/daemon"
@@ -43,6 +44,11 @@ func Status(msg string) error {
 	}
 	return notify("STATUS=" + msg)
 }
+
+// CanNotify reports whether the agent has a service manager to notify
+// ($NOTIFY_SOCKET is set), so a caller can skip composing messages that
+// would go nowhere.
+func CanNotify() bool { return os.Getenv("NOTIFY_SOCKET") != "" }
 
 func notify(state string) error {
 	_, err := Notify(state)

@@ -4,7 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -139,4 +142,128 @@ func p50(d []time.Duration) time.Duration {
 	s := slices.Clone(d)
 	slices.Sort(s)
 	return s[len(s)/2]
+}
+
+// BenchmarkAgentIdle100 runs the whole agent (`berth agent`, the binary
+// operators run: API server, store, inbox, watchdog, supervisor) with 100
+// idle instances and reports its PSS and the CPU it uses over a few
+// seconds of idle, then its PSS with 1,000 and the cost of each extra
+// instance. The supervisor's own BenchmarkIdle measures a bare
+// supervising process; this one catches what the rest of the agent adds
+// (timers that fire while nothing happens, garbage kept after a change),
+// as the peer harness (../shared/bench) does. BERTH_BENCH_IDLE sets the
+// idle time (default 5s).
+func BenchmarkAgentIdle100(b *testing.B) {
+	idle := 5 * time.Second
+	if v := os.Getenv("BERTH_BENCH_IDLE"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			b.Fatalf("BERTH_BENCH_IDLE: %v", err)
+		}
+		idle = d
+	}
+	// 50 types of 2 instances, then of 20: 100 and 1,000 instances.
+	const types = 50
+	var procfile strings.Builder
+	for i := range types {
+		fmt.Fprintf(&procfile, "t%02d: exec sleep 3600\n", i)
+	}
+	e := newE2E(b)
+	writeFile(b, e.dir, "app.tar.gz", appTarball(b, map[string]string{"Procfile": procfile.String()}))
+	e.startAgent("--log-level", "info")
+	e.ok("deploy", "-a", e2eApp, e.dir+"/app.tar.gz")
+	c := api.NewClient(e.sock)
+	defer c.Close()
+	pid := e.agent.cmd.Process.Pid
+	scale := func(each int) {
+		args := []string{"scale", "-a", e2eApp}
+		for i := range types {
+			args = append(args, fmt.Sprintf("t%02d=%d", i, each))
+		}
+		e.ok(args...)
+		n := types * each
+		deadline := time.Now().Add(2 * time.Minute)
+		for !allUp(b, c, n) {
+			if time.Now().After(deadline) {
+				b.Fatalf("the %d instances did not all run within 2 minutes", n)
+			}
+			time.Sleep(50 * time.Millisecond) // bounded poll of the agent's state
+		}
+		time.Sleep(2 * time.Second) // as the harness: let start-up settle before measuring
+	}
+	b.ResetTimer()
+	for range b.N {
+		scale(2)
+		pss100 := procPSS(b, pid)
+		cpu0 := procCPU(b, pid)
+		time.Sleep(idle)
+		cpu := procCPU(b, pid) - cpu0
+		scale(20)
+		pss1000 := procPSS(b, pid)
+		per := float64(pss1000-pss100) / 900
+		b.ReportMetric(float64(pss100)/1024, "pss100-MB")
+		b.ReportMetric(float64(pss1000)/1024, "pss1000-MB")
+		b.ReportMetric(per, "KB/instance")
+		b.ReportMetric(float64(cpu)/float64(time.Millisecond), "idle-cpu-ms")
+		b.Logf("whole agent PSS: 100 idle instances %.1f MB, 1000 %.1f MB (%.1f KB per extra instance); CPU over %v idle with 100: %.2f ms",
+			float64(pss100)/1024, float64(pss1000)/1024, per, idle, float64(cpu)/float64(time.Millisecond))
+		scale(0)
+	}
+	b.StopTimer()
+	e.stopAgent()
+}
+
+// allUp reports whether exactly n instances run, of any release.
+func allUp(b *testing.B, c *api.Client, n int) bool {
+	procs, err := c.Processes(context.Background(), e2eApp)
+	if err != nil {
+		b.Fatal(err)
+	}
+	count := 0
+	for _, p := range procs {
+		if p.State == "running" {
+			count++
+		}
+	}
+	return count == n && len(procs) == n
+}
+
+// procPSS returns the proportional set size of pid in KB.
+func procPSS(b *testing.B, pid int) int {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "Pss:" {
+			kb, err := strconv.Atoi(f[1])
+			if err != nil {
+				b.Fatal(err)
+			}
+			return kb
+		}
+	}
+	b.Fatal("no Pss in smaps_rollup")
+	return 0
+}
+
+// procCPU sums the CPU time of every thread of pid (schedstat, in ns).
+func procCPU(b *testing.B, pid int) time.Duration {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	var total time.Duration
+	for _, t := range tasks {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/schedstat", pid, t.Name()))
+		if err != nil {
+			continue // the thread has exited
+		}
+		ns, err := strconv.ParseInt(strings.Fields(string(data))[0], 10, 64)
+		if err != nil {
+			b.Fatal(err)
+		}
+		total += time.Duration(ns)
+	}
+	return total
 }

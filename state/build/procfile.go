@@ -15,7 +15,9 @@ import (
 const (
 	// MaxProcfileTypes is the most process types a Procfile may declare,
 	// the release phase included: each type runs at least one process.
-	MaxProcfileTypes = 50
+	// It is as high as a supervisor of 1,000 programs needs (one type
+	// each, as the peer harness runs them); 10,000 types are refused.
+	MaxProcfileTypes = 1000
 	// MaxProcfileLine is the longest Procfile line, in bytes.
 	MaxProcfileLine = 4096
 )

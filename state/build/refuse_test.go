@@ -102,7 +102,7 @@ func TestStore_ImportRefuses(t *testing.T) {
 		{name: "no Procfile", data: tarOf(exe("server", "x")), kind: ErrNoProcfile, msg: "add a file named Procfile"},
 		{name: "Procfile is a directory", data: tarOf(dir("Procfile")), kind: ErrProcfile},
 		{name: "bad Procfile", data: tarOf(file("Procfile", "web: ./a\nweb: ./b\n")), kind: ErrProcfile, msg: `line 2: process type "web" already declared on line 1`},
-		{name: "10,000 process types", data: tarOf(file("Procfile", manyTypes(10000))), kind: ErrProcfile, msg: "line 51: more than 50 process types (MaxProcfileTypes)"},
+		{name: "10,000 process types", data: tarOf(file("Procfile", manyTypes(10000))), kind: ErrProcfile, msg: "line 1001: more than 1000 process types (MaxProcfileTypes)"},
 		{name: "bad manifest", data: tarOf(procfile, file("berth.json", `{"processes":{"web":{"stop_sginal":"SIGTERM"}}}`)), kind: ErrManifest, msg: "stop_sginal"},
 		{name: "manifest names unknown type", data: tarOf(procfile, file("berth.json", `{"processes":{"worker":{"stop_signal":"SIGINT"}}}`)), kind: ErrManifest, msg: `"worker" is not declared in the Procfile`},
 		{name: "digest mismatch", data: bytesOf(good), expect: strings.Repeat("ab", 32), kind: ErrDigestMismatch, msg: "expected abab"},
