@@ -110,6 +110,87 @@ func environHas(pid int, want []string) bool {
 	return true
 }
 
+// descendants returns the stat of every descendant of self, found by
+// walking down the /proc/<pid>/task/<tid>/children lists, without
+// entering the subtree of a process skip names (it is listed itself).
+// Only this process's descendants are read, not every process of the
+// host. ok is false when the kernel has no children lists. The kernel
+// may miss a child forked or reparented during the read: Stop looks
+// again once the group is gone (stopEscaped).
+func descendants(self int, skip func(pid int, st pstat) bool) (map[int]pstat, bool) {
+	stats := map[int]pstat{}
+	queue, ok := children(self)
+	if !ok {
+		return nil, false
+	}
+	for len(queue) > 0 {
+		pid := queue[len(queue)-1]
+		queue = queue[:len(queue)-1]
+		if _, seen := stats[pid]; seen {
+			continue
+		}
+		st, ok := readStat(pid)
+		if !ok {
+			continue // gone
+		}
+		stats[pid] = st
+		if skip(pid, st) {
+			continue
+		}
+		kids, _ := children(pid)
+		queue = append(queue, kids...)
+	}
+	return stats, true
+}
+
+// children returns the pids of pid's children, from the children list
+// of each of its threads; ok is false when the kernel has none.
+func children(pid int) ([]int, bool) {
+	dir := "/proc/" + strconv.Itoa(pid) + "/task/"
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		// A process that is gone has no children; this one always has
+		// a task dir, unless there is no /proc to speak of.
+		return nil, pid != os.Getpid()
+	}
+	var out []int
+	for _, t := range tasks {
+		b, err := os.ReadFile(dir + t.Name() + "/children")
+		if errors.Is(err, os.ErrNotExist) {
+			if _, serr := os.Stat(dir + t.Name()); serr == nil {
+				return nil, false // no CONFIG_PROC_CHILDREN
+			}
+			continue // the thread is gone
+		}
+		for f := range strings.FieldsSeq(string(b)) {
+			if c, err := strconv.Atoi(f); err == nil {
+				out = append(out, c)
+			}
+		}
+	}
+	return out, true
+}
+
+// allProcs is descendants' fallback: the stat of every process but
+// self, from a walk of /proc.
+func allProcs(self int) (map[int]pstat, bool) {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, false
+	}
+	stats := make(map[int]pstat, len(ents))
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == self {
+			continue
+		}
+		if st, ok := readStat(pid); ok {
+			stats[pid] = st
+		}
+	}
+	return stats, true
+}
+
 // escapee is a process found to be an instance's, held by its pidfd.
 type escapee struct {
 	pid int
@@ -133,18 +214,16 @@ func findEscaped(leader int, leaderExited <-chan struct{}, markers []string, sta
 	}
 	self := os.Getpid()
 	ownGroup := syscall.Getpgrp()
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
+	// The subtree of another instance's process is that instance's: it is
+	// not walked (what escaped from it stays its child until it dies).
+	other := func(pid int, st pstat) bool {
+		return pid != leader && st.pgid != leader && started != nil && started(st.pgid)
 	}
-	stats := make(map[int]pstat, len(ents))
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == self {
-			continue
-		}
-		if st, ok := readStat(pid); ok {
-			stats[pid] = st
+	stats, ok := descendants(self, other)
+	if !ok {
+		stats, ok = allProcs(self)
+		if !ok {
+			return nil
 		}
 	}
 	// via reports whether pid descends from self, and whether its chain
