@@ -110,16 +110,16 @@ func environHas(pid int, want []string) bool {
 	return true
 }
 
-// descendants returns the stat of every descendant of self, found by
+// descendants returns the stat of every descendant of root, found by
 // walking down the /proc/<pid>/task/<tid>/children lists, without
 // entering the subtree of a process skip names (it is listed itself).
 // Only this process's descendants are read, not every process of the
 // host. ok is false when the kernel has no children lists. The kernel
 // may miss a child forked or reparented during the read: Stop looks
 // again once the group is gone (stopEscaped).
-func descendants(self int, skip func(pid int, st pstat) bool) (map[int]pstat, bool) {
+func descendants(root int, skip func(pid int, st pstat) bool) (map[int]pstat, bool) {
 	stats := map[int]pstat{}
-	queue, ok := children(self)
+	queue, ok := children(root)
 	if !ok {
 		return nil, false
 	}
@@ -144,14 +144,13 @@ func descendants(self int, skip func(pid int, st pstat) bool) (map[int]pstat, bo
 }
 
 // children returns the pids of pid's children, from the children list
-// of each of its threads; ok is false when the kernel has none.
+// of each of its threads; ok is false when the kernel has none, or pid
+// is gone.
 func children(pid int) ([]int, bool) {
 	dir := "/proc/" + strconv.Itoa(pid) + "/task/"
 	tasks, err := os.ReadDir(dir)
 	if err != nil {
-		// A process that is gone has no children; this one always has
-		// a task dir, unless there is no /proc to speak of.
-		return nil, pid != os.Getpid()
+		return nil, false
 	}
 	var out []int
 	for _, t := range tasks {
@@ -219,7 +218,24 @@ func findEscaped(leader int, leaderExited <-chan struct{}, markers []string, sta
 	other := func(pid int, st pstat) bool {
 		return pid != leader && st.pgid != leader && started != nil && started(st.pgid)
 	}
-	stats, ok := descendants(self, other)
+	// Without markers only the leader's subtree can hold its escapees
+	// (an orphan is known by its markers alone): the agent's other
+	// children are not looked at.
+	root := self
+	if len(markers) == 0 {
+		root = leader
+	}
+	stats, ok := descendants(root, other)
+	if ok && root == leader {
+		if st, found := readStat(leader); found {
+			stats[leader] = st
+		}
+	}
+	if !ok && root == leader {
+		if _, alive := readStat(leader); !alive {
+			return nil // gone: without markers there is nothing to go by
+		}
+	}
 	if !ok {
 		stats, ok = allProcs(self)
 		if !ok {

@@ -299,8 +299,13 @@ func (in *instance) stopGroup(ctx context.Context) (Exit, error) {
 	if werr := waitEscapees(ctx, es, deadline); werr != nil && ctx.Err() == nil {
 		in.s.log.Warn("stop processes that left the group", "instance", in.spec.Name, "error", werr)
 	}
+	if len(es) > 0 {
+		// What they forked meanwhile. With none found before the
+		// signal, every process was in the group, and a second walk
+		// would only cost each stop a look at every descendant.
+		in.stopEscaped(ctx)
+	}
 	closeEscapees(es)
-	in.stopEscaped(ctx) // what they forked meanwhile
 	if c := in.s.cfg.Container; c != nil {
 		if cerr := c.Kill(in.spec.Name); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("kill container of %s: %w", in.spec.Name, cerr))
