@@ -148,8 +148,9 @@
 //
 // # Locks
 //
-// Lock order: an app's lock (lockApp), then any of cfgMu, opMu, sockMu
-// (never two of these at once). gcMu is read-locked by a deploy between
+// Lock order: an app's lock (lockApp), then any of cfgMu, opMu, sockMu,
+// unrec.mu (never two of these at once; unrec.mu is held across the
+// store's writes of failures it could not record before). gcMu is read-locked by a deploy between
 // its upload and the pin of its build, and try-locked by garbage
 // collection. What runs is the supervisor's and needs no lock here.
 package agent
