@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -24,21 +23,7 @@ import (
 // record it. The data dir is a real tmpfs, filled up by the release
 // phase of the new release (between its creation and its activation).
 func TestAgent_DiskFullDuringConfigSet(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatalf("mounting the small tmpfs this test fills needs root; euid %d", os.Geteuid())
-	}
-	dir := dataDir(t)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=8m,mode=0755"); err != nil {
-		t.Fatalf("mount a small tmpfs on %s: %v", dir, err)
-	}
-	t.Cleanup(func() {
-		if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil {
-			t.Errorf("unmount %s: %v", dir, err)
-		}
-	})
+	dir := smallTmpfs(t)
 	cfg := testConfig(dir)
 	ta := startAgent(t, cfg)
 	ctx := context.Background()

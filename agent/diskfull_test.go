@@ -17,21 +17,7 @@ import (
 // release, no temp build left behind, the running process untouched. The
 // data dir is a real 8 MiB tmpfs, so the ENOSPC comes from the kernel.
 func TestAgent_DiskFull(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatalf("mounting the small tmpfs this test fills needs root; euid %d", os.Geteuid())
-	}
-	dir := dataDir(t)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=8m,mode=0755"); err != nil {
-		t.Fatalf("mount a small tmpfs on %s: %v", dir, err)
-	}
-	t.Cleanup(func() {
-		if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil {
-			t.Errorf("unmount %s: %v", dir, err)
-		}
-	})
+	dir := smallTmpfs(t)
 	ta := startAgent(t, testConfig(dir))
 	ctx := context.Background()
 	ta.mustDeploy(t, "hello", webApp(t, ""))
@@ -70,4 +56,26 @@ func TestAgent_DiskFull(t *testing.T) {
 	}
 	// Once space is back the same agent deploys again.
 	ta.mustDeploy(t, "hello", webBuild(t, "after"))
+}
+
+// smallTmpfs returns a data dir on a real 8 MiB tmpfs, unmounted when the
+// test ends, so that the ENOSPC of a test comes from the kernel.
+func smallTmpfs(t *testing.T) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatalf("mounting the small tmpfs this test fills needs root; euid %d", os.Geteuid())
+	}
+	dir := dataDir(t)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=8m,mode=0755"); err != nil {
+		t.Fatalf("mount a small tmpfs on %s: %v", dir, err)
+	}
+	t.Cleanup(func() {
+		if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil {
+			t.Errorf("unmount %s: %v", dir, err)
+		}
+	})
+	return dir
 }

@@ -154,6 +154,23 @@ func childAgentLog(t *testing.T) (*os.File, func() string) {
 	}
 }
 
+// startAnsweringChildAgent starts a child agent serving socket and
+// returns it with a client once it answers; childLog shows its output
+// if it exits first.
+func startAnsweringChildAgent(t *testing.T, cfg Config, socket string, out *os.File, childLog func() string) (*exec.Cmd, *api.Client) {
+	t.Helper()
+	child := startChildAgent(t, cfg, socket, out)
+	c := api.NewClient(socket)
+	waitFor(t, 30*time.Second, "the child agent to answer", func() bool {
+		if child.ProcessState != nil {
+			t.Fatalf("child agent exited: %s", childLog())
+		}
+		_, err := c.Info(context.Background())
+		return err == nil
+	})
+	return child, c
+}
+
 func startChildAgent(t *testing.T, cfg Config, socket string, out *os.File) *exec.Cmd {
 	t.Helper()
 	child := exec.Command(os.Args[0], "-test.run=^$")
@@ -343,15 +360,7 @@ func kill9DuringSwitches(t *testing.T, manifest string) {
 	}
 
 	for round := 0; round < 5; round++ {
-		child := startChildAgent(t, cfg, socket, logf)
-		c := api.NewClient(socket)
-		waitFor(t, 30*time.Second, "the child agent to answer", func() bool {
-			if child.ProcessState != nil {
-				t.Fatalf("child agent exited: %s", childLog())
-			}
-			_, err := c.Info(ctx)
-			return err == nil
-		})
+		child, c := startAnsweringChildAgent(t, cfg, socket, logf, childLog)
 		if round == 0 {
 			if _, err := c.Deploy(ctx, api.DeployRequest{App: "hello", Body: bytes.NewReader(build("first")), Source: "cli"}, nil); err != nil {
 				t.Fatalf("deploy: %v\n%s", err, childLog())

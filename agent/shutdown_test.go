@@ -38,15 +38,7 @@ func sigtermDuringSwitch(t *testing.T, how string) {
 	logf, childLog := childAgentLog(t)
 	ctx := context.Background()
 	start := func() (*api.Client, func() time.Duration) {
-		child := startChildAgent(t, cfg, socket, logf)
-		c := api.NewClient(socket)
-		waitFor(t, 30*time.Second, "the child agent to answer", func() bool {
-			if child.ProcessState != nil {
-				t.Fatalf("child agent exited: %s", childLog())
-			}
-			_, err := c.Info(ctx)
-			return err == nil
-		})
+		child, c := startAnsweringChildAgent(t, cfg, socket, logf, childLog)
 		// term sends SIGTERM and returns how long the agent took to exit.
 		term := func() time.Duration {
 			begin := time.Now()
