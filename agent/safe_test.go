@@ -570,7 +570,7 @@ func startClientLoop(url string) *clientLoop {
 			c.mu.Lock()
 			c.sent++
 			if err != nil {
-				c.fail = append(c.fail, err)
+				c.fail = append(c.fail, fmt.Errorf("%s: %w", time.Now().Format("15:04:05.000"), err))
 			} else if i := strings.Index(body, " v"); i >= 0 {
 				c.seen = append(c.seen, strings.Fields(body[i:])[0])
 			}
@@ -680,7 +680,10 @@ func TestSafe_SocketFallback(t *testing.T) {
 	waitFor(t, 10*time.Second, "the client's first answers", func() bool { return loop.answers() > 10 })
 	var steps []string
 	v2, err := ta.SetConfig(ctx, "hello", api.ConfigChange{Set: map[string]string{"HELLO_START_DELAY": "2s"}},
-		func(p api.Progress) { steps = append(steps, p.Step) })
+		func(p api.Progress) {
+			steps = append(steps, p.Step)
+			t.Logf("%s step %s: %s", time.Now().Format("15:04:05.000"), p.Step, p.Message)
+		})
 	after := loop.answers()
 	if err == nil {
 		waitFor(t, 10*time.Second, "answers after the switch", func() bool { return loop.answers() > after+20 })

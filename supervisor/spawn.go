@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -77,8 +78,13 @@ func (s *Supervisor) fork(sp *Spec, path string, argv, env []string, stdout, std
 	files := make([]uintptr, 0, 3+len(sp.ListenFiles))
 	files = append(files, devnull.Fd(), stdout.Fd(), stderr.Fd())
 	for _, f := range sp.ListenFiles {
-		files = append(files, f.Fd())
+		fd, err := rawFD(f)
+		if err != nil {
+			return fmt.Errorf("listening socket %s: %w", f.Name(), err)
+		}
+		files = append(files, fd)
 	}
+	defer runtime.KeepAlive(sp.ListenFiles)
 	sys := &syscall.SysProcAttr{Setpgid: true, Credential: sp.Credential}
 	if cgroup >= 0 {
 		sys.UseCgroupFD, sys.CgroupFD = true, cgroup
@@ -95,6 +101,25 @@ func (s *Supervisor) fork(sp *Spec, path string, argv, env []string, stdout, std
 	}
 	s.r.register(pid, onStart(pid))
 	return nil
+}
+
+// rawFD returns f's descriptor without the side effect of os.File.Fd,
+// which puts a pollable file into blocking mode. A listening socket's
+// blocking flag belongs to its open file description, which every
+// instance holding the socket shares: flipping it under a running Go
+// instance leaves that instance's accept4 blocked in the kernel, so its
+// graceful stop hangs until the stop timeout (issue 13). The supervisor
+// never changes a passed socket's flags.
+func rawFD(f *os.File) (uintptr, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var fd uintptr
+	if err := rc.Control(func(s uintptr) { fd = s }); err != nil {
+		return 0, err
+	}
+	return fd, nil
 }
 
 // outputPipe returns a pipe whose read end is non-blocking and in the

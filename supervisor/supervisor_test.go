@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Ensures a process that exits after settling is restarted at once,
@@ -312,6 +314,54 @@ func TestSupervisor_ListenFiles(t *testing.T) {
 		}
 		const want = "listen pid-ok=true fd-ok=true"
 		eventually(t, name+" verdict", func() bool { return slices.Contains(tailTexts(s, spec.Name), want) })
+		if _, err := s.Stop(context.Background(), spec.Name); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// Ensures starting an instance leaves a passed socket's flags alone: the
+// blocking flag is shared by every process holding the socket, so the
+// supervisor flipping it would hang another instance's accept (issue 13).
+func TestSupervisor_ListenFilesKeepFlags(t *testing.T) {
+	s := startSup(t, Config{})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	f, err := l.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rc, err := f.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	nonblock := func() (nb bool) {
+		if err := rc.Control(func(fd uintptr) {
+			flags, err := unix.FcntlInt(fd, unix.F_GETFL, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			nb = flags&unix.O_NONBLOCK != 0
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return nb
+	}
+	for i, want := range []bool{true, false} {
+		if err := rc.Control(func(fd uintptr) { unix.SetNonblock(int(fd), want) }); err != nil {
+			t.Fatal(err)
+		}
+		spec := Spec{Name: fmt.Sprint("s", i), Command: "sleep 1000", Env: []string{"PATH=/usr/bin:/bin"}, ListenFiles: []*os.File{f}}
+		if err := s.Start(spec); err != nil {
+			t.Fatal(err)
+		}
+		if got := nonblock(); got != want {
+			t.Errorf("after starting %s, O_NONBLOCK = %v, want it left at %v", spec.Name, got, want)
+		}
 		if _, err := s.Stop(context.Background(), spec.Name); err != nil {
 			t.Fatal(err)
 		}
