@@ -71,10 +71,10 @@ func TestRenderService_Golden(t *testing.T) {
 func TestRenderService_Settings(t *testing.T) {
 	unit := RenderService(UnitConfig{BinaryPath: "/usr/bin/berth", StopTimeout: 40 * time.Second})
 	for _, line := range []string{
-		"Type=notify", "Restart=always", "KillMode=mixed", "TimeoutStopSec=55s", "WatchdogSec=30s",
+		"Type=notify", "Restart=always", "KillMode=process", "FileDescriptorStoreMax=4096", "TimeoutStopSec=55s", "WatchdogSec=30s",
 		"NotifyAccess=main", "StateDirectory=berth", "RuntimeDirectory=berth", "RuntimeDirectoryPreserve=yes",
 		"Delegate=yes", "WantedBy=multi-user.target", "ExecStart=/usr/bin/berth agent",
-		"ExecReload=/bin/kill -HUP $MAINPID", "EnvironmentFile=-/etc/default/berth",
+		"ExecReload=/bin/kill -USR2 $MAINPID", "EnvironmentFile=-/etc/default/berth",
 		`Environment="BERTH_DATA_DIR=/var/lib/berth"`, `Environment="BERTH_SOCKET=/run/berth/berth.sock"`,
 		`Environment="BERTH_STOP_TIMEOUT=40s"`,
 	} {
