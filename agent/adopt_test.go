@@ -1,0 +1,215 @@
+package agent
+
+import (
+	"encoding/json"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/berth-dev/berth/agent/internal/procfs"
+	"github.com/berth-dev/berth/supervisor"
+	"github.com/berth-dev/berth/systemd"
+)
+
+// fakeFDStore is systemd's file descriptor store as an agent sees it: a
+// NOTIFY_SOCKET that keeps the fds sent with FDSTORE=1 by FDNAME and
+// drops them on FDSTOREREMOVE=1.
+type fakeFDStore struct {
+	conn *net.UnixConn
+	done chan struct{}
+
+	mu  sync.Mutex // guards fds
+	fds map[string][]*os.File
+}
+
+func newFakeFDStore(t *testing.T) *fakeFDStore {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "fdstore")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &fakeFDStore{conn: conn, done: make(chan struct{}), fds: map[string][]*os.File{}}
+	go s.serve()
+	t.Cleanup(func() {
+		conn.Close()
+		<-s.done
+		s.mu.Lock()
+		for _, fs := range s.fds {
+			for _, f := range fs {
+				f.Close()
+			}
+		}
+		s.mu.Unlock()
+		os.RemoveAll(dir)
+	})
+	t.Setenv("NOTIFY_SOCKET", path)
+	return s
+}
+
+func (s *fakeFDStore) serve() {
+	defer close(s.done)
+	buf, oob := make([]byte, 4096), make([]byte, 4096)
+	for {
+		n, oobn, _, _, err := s.conn.ReadMsgUnix(buf, oob)
+		if err != nil {
+			return
+		}
+		var files []*os.File
+		if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
+			for _, m := range msgs {
+				fds, _ := unix.ParseUnixRights(&m)
+				for _, fd := range fds {
+					unix.CloseOnExec(fd)
+					files = append(files, os.NewFile(uintptr(fd), "stored"))
+				}
+			}
+		}
+		vars := map[string]string{}
+		for _, line := range strings.Split(string(buf[:n]), "\n") {
+			if k, v, ok := strings.Cut(line, "="); ok {
+				vars[k] = v
+			}
+		}
+		s.mu.Lock()
+		switch {
+		case vars["FDSTORE"] == "1":
+			s.fds[vars["FDNAME"]] = append(s.fds[vars["FDNAME"]], files...)
+			files = nil
+		case vars["FDSTOREREMOVE"] == "1":
+			for _, f := range s.fds[vars["FDNAME"]] {
+				f.Close()
+			}
+			delete(s.fds, vars["FDNAME"])
+		}
+		s.mu.Unlock()
+		for _, f := range files {
+			f.Close()
+		}
+	}
+}
+
+func (s *fakeFDStore) has(name string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.fds[systemd.StorePrefix+name]) > 0
+}
+
+// handoff returns $BERTH_HANDOFF passing copies of every stored fd, as
+// a re-exec would (the agent takes them over).
+func (s *fakeFDStore) handoff(t *testing.T) string {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	desc := map[string]string{}
+	for name, fs := range s.fds {
+		for _, f := range fs {
+			fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 3)
+			if err != nil {
+				t.Fatal(err)
+			}
+			desc[strconv.Itoa(fd)] = strings.TrimPrefix(name, systemd.StorePrefix)
+		}
+	}
+	js, _ := json.Marshal(desc)
+	return string(js)
+}
+
+// linesProcfile runs web.1 printing "n 0", "n 1", ... every 10 ms.
+const linesProcfile = "web: i=0; while :; do echo \"n $i\"; i=$((i+1)); sleep 0.01; done\n"
+
+// TestAgent_AdoptAfterKill9 ensures a second agent on the same data dir,
+// started after a kill -9 of a child agent, adopts its app process (the
+// same pid, running since before, no restart) with the pipes the first
+// one kept in the fd store, so that its log holds every line the app
+// wrote, the ones written while no agent ran included, each once.
+func TestAgent_AdoptAfterKill9(t *testing.T) {
+	store := newFakeFDStore(t)
+	cfg := testConfig(dataDir(t))
+	cfg.BasePort = freeBasePort(t)
+	inbox := filepath.Join(cfg.DataDir, "inbox")
+	if err := os.MkdirAll(inbox, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(inbox, "lines.tar.gz"), tarball(t, map[string]string{"Procfile": linesProcfile}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	logf, childLog := childAgentLog(t)
+	child := startChildAgent(t, cfg, "", logf)
+	var pid int
+	waitFor(t, 30*time.Second, "the child agent to run web.1 and keep its pipes", func() bool {
+		if child.ProcessState != nil {
+			t.Fatalf("child agent exited: %s", childLog())
+		}
+		for p := range appProcs(t, cfg.DataDir, "lines") {
+			pid = p
+		}
+		_, err := os.Stat(filepath.Join(inbox, ".done", "lines.tar.gz"))
+		return pid != 0 && err == nil && store.has(pipeName("out", pid, "lines/web.1")) && store.has(pipeName("err", pid, "lines/web.1"))
+	})
+	t.Cleanup(func() { syscall.Kill(-pid, syscall.SIGKILL) })
+	if err := child.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	child.Wait()
+	killed := time.Now()
+	if err := syscall.Kill(pid, 0); err != nil {
+		t.Fatalf("web.1 died with the agent: %v", err)
+	}
+
+	t.Setenv(envHandoff, store.handoff(t))
+	ta := startAgent(t, cfg)
+	ps := ta.procs(t, "lines")
+	web := ps["web.1"]
+	if web.PID != pid || web.State != "running" || web.Restarts != 0 {
+		t.Fatalf("web.1 after the new agent started: %+v, want pid %d running, no restart\n%s", web, pid, childLog())
+	}
+	if !web.StartedAt.Before(killed) {
+		t.Errorf("web.1 StartedAt %s, want its real start, before the kill at %s", web.StartedAt, killed)
+	}
+	// One set of processes: the loop and its sleep of the moment.
+	for p := range appProcs(t, cfg.DataDir, "lines") {
+		if st, err := procfs.ReadStat(p); err == nil && st.PGID != pid {
+			t.Errorf("process %d of lines in group %d after adoption, want all in %d's", p, st.PGID, pid)
+		}
+	}
+	// Lines keep coming through the adopted pipe.
+	logPath := filepath.Join(cfg.DataDir, "apps", "lines", "logs", "web.1.log")
+	var last int
+	if lines, err := supervisor.ReadLogFile(logPath, 1); err == nil && len(lines) == 1 {
+		last, _ = strconv.Atoi(strings.TrimPrefix(lines[0].Text, "n "))
+	}
+	ta.waitLog(t, "lines", "web.1", "n "+strconv.Itoa(last+30))
+	if err := ta.stop(); err != nil {
+		t.Fatal(err)
+	}
+	lines, err := supervisor.ReadLogFile(logPath, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, l := range lines {
+		got = append(got, l.Text)
+	}
+	for i, l := range got {
+		if want := "n " + strconv.Itoa(i); l != want {
+			t.Fatalf("log line %d is %q, want %q: a line is missing or twice (around: %q)", i, l, want, got[max(0, i-3):min(len(got), i+3)])
+		}
+	}
+	if len(got) < last+30 || slices.Contains(got, "") {
+		t.Fatalf("log holds %d lines, want more than %d", len(got), last+30)
+	}
+}
