@@ -158,6 +158,7 @@ func (s *Supervisor) Adopt(spec Spec, a Adopted) (err error) {
 			in.watchPidfd(p)
 		}()
 	}
+	in.logs.seed()
 	in.readOutput(p, a.Stdout, a.Stderr)
 	s.log.Info("adopted process", "instance", sp.Name, "pid", a.PID, "running_since", started.Format(time.RFC3339))
 	return nil
@@ -315,4 +316,32 @@ func startedAt(ticks uint64) (time.Time, error) {
 	}
 	ran := time.Duration(up*float64(time.Second)) - time.Duration(ticks)*time.Second/clockTicks
 	return now.Add(-ran), nil
+}
+
+// seed fills the memory of an adopted instance's log (what Tail returns)
+// with the last lines stored in its file, so that the lines the process
+// wrote under the previous supervisor are shown with the new ones. Call
+// it before the pipe readers start.
+func (ls *logSink) seed() {
+	m := ls.cfg.Memory
+	if m <= 0 || ls.cfg.Path == "" {
+		return
+	}
+	lines, err := ReadLogFile(ls.cfg.Path, m)
+	if err != nil || len(lines) == 0 {
+		return
+	}
+	b := &batch{}
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	for i := 0; i < len(lines); {
+		// One batch per run of lines that shared a read (one header).
+		first := lines[i]
+		b.reset(first.Time, first.Stream)
+		for ; i < len(lines) && lines[i].Time.Equal(first.Time) && lines[i].Stream == first.Stream; i++ {
+			b.add([]byte(lines[i].Text), lines[i].Split)
+		}
+		ls.remember(b, m)
+		b.own = b.out[:0]
+	}
 }

@@ -102,6 +102,11 @@ func TestSupervisor_AdoptFromAnotherSupervisor(t *testing.T) {
 	if d := st.StartedAt.Sub(first.StartedAt); d < -time.Second || d > time.Second {
 		t.Errorf("adopted StartedAt %s, started at %s", st.StartedAt, first.StartedAt)
 	}
+	// Tail shows what the process wrote under the first supervisor too.
+	mem, _ := b.Tail(spec.Name, 0)
+	if len(mem) == 0 || mem[0].Text != "tick 0" {
+		t.Fatalf("Tail right after the adoption starts with %v, want tick 0", mem[:min(len(mem), 1)])
+	}
 	last, err := ReadLogFile(spec.Log.Path, 1) // what the first one stored
 	if err != nil || len(last) != 1 {
 		t.Fatalf("log before the adoption: %v %v", last, err)

@@ -29,6 +29,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/berth-dev/berth/supervisor"
 )
 
 // Client mode: clientEnv holds the port, clientDirEnv the dir of its
@@ -182,24 +184,44 @@ func (c *loadClient) stop() clientResult {
 
 var tickLine = regexp.MustCompile(`tick (\d+)\s*$`)
 
-// checkTicks checks that `berth logs` holds tick 0, 1, 2, ... of web.1,
-// each once, and returns the highest.
+// checkTicks checks that web.1's log files hold tick 0, 1, 2, ... each
+// once (what `berth logs` reads back), and that `berth logs` shows the
+// most recent of them in a row, the lines stored by the previous agent
+// included; it returns the highest tick.
 func (b berthEnv) checkTicks(app string) int {
 	b.t.Helper()
-	out := b.mustBerth("logs", "-a", app, "-n", "10000000", "web.1")
+	lines, err := supervisor.ReadLogFile(filepath.Join(b.m.Root, "var/lib/berth/apps", app, "logs", "web.1.log"), 0)
+	if err != nil {
+		b.t.Fatal(err)
+	}
 	var ticks []int
-	for _, line := range strings.Split(out, "\n") {
-		if m := tickLine.FindStringSubmatch(line); m != nil {
+	for _, l := range lines {
+		if m := tickLine.FindStringSubmatch(l.Text); m != nil {
 			ticks = append(ticks, atoi(m[1]))
 		}
 	}
 	if len(ticks) == 0 {
-		b.t.Fatalf("no tick in berth logs:\n%s", tail(out, 20))
+		b.t.Fatalf("no tick in the log files of %s web.1", app)
 	}
 	for i, n := range ticks {
 		if n != i {
-			b.t.Fatalf("berth logs: tick %d where tick %d was expected: a line is missing or twice (%d ticks)", n, i, len(ticks))
+			b.t.Fatalf("log files: tick %d where tick %d was expected: a line is missing or twice (%d ticks)", n, i, len(ticks))
 		}
+	}
+	out := b.mustBerth("logs", "-a", app, "-n", "1000", "web.1")
+	var shown []int
+	for _, line := range strings.Split(out, "\n") {
+		if m := tickLine.FindStringSubmatch(line); m != nil {
+			shown = append(shown, atoi(m[1]))
+		}
+	}
+	for i := 1; i < len(shown); i++ {
+		if shown[i] != shown[i-1]+1 {
+			b.t.Fatalf("berth logs: tick %d follows tick %d", shown[i], shown[i-1])
+		}
+	}
+	if len(shown) == 0 {
+		b.t.Fatalf("berth logs shows no tick:\n%s", tail(out, 20))
 	}
 	return len(ticks) - 1
 }
