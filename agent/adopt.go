@@ -29,6 +29,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"slices"
 	"strconv"
@@ -54,6 +55,32 @@ func pipeName(stream string, pid int, name string) string {
 }
 
 func sockName(slot string) string { return "sock/" + slot }
+
+// controlName names the control socket's listener passed through exec.
+const controlName = "control"
+
+// passListener returns a copy of ln's fd for the re-executed agent, and
+// keeps ln from removing its socket file when the server closes it.
+func passListener(ln net.Listener) *os.File {
+	if ul, ok := ln.(*net.UnixListener); ok {
+		ul.SetUnlinkOnClose(false)
+	}
+	sc, ok := ln.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	var f *os.File
+	rc.Control(func(fd uintptr) {
+		if nfd, err := unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 3); err == nil {
+			f = os.NewFile(uintptr(nfd), "control socket")
+		}
+	})
+	return f
+}
 
 // kept holds the fds a previous agent kept for this one, by name, until
 // adoption takes them; the rest are closed (and removed from the fd
@@ -98,6 +125,17 @@ func (a *Agent) takeKept() (*kept, systemd.Inherited) {
 				continue
 			}
 			add(name, f)
+		}
+	}
+	if f := k.take(controlName); f != nil {
+		// The control socket an upgraded agent passed: served first.
+		ln, err := net.FileListener(f)
+		f.Close()
+		if err != nil {
+			a.log.Error("control socket passed by the previous agent", "error", err)
+		} else {
+			in.Listeners = append([]net.Listener{ln}, in.Listeners...)
+			a.controlPassed = true
 		}
 	}
 	if len(k.files) > 0 {

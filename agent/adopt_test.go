@@ -131,6 +131,17 @@ func (s *fakeFDStore) handoff(t *testing.T) string {
 // linesProcfile runs web.1 printing "n 0", "n 1", ... every 10 ms.
 const linesProcfile = "web: i=0; while :; do echo \"n $i\"; i=$((i+1)); sleep 0.01; done\n"
 
+// loopPID returns the pid of web.1 of the lines app (the shell loop,
+// leader of its process group, not the sleep it runs), 0 if none runs.
+func loopPID(t *testing.T, dataDir string) int {
+	for p := range appProcs(t, dataDir, "lines") {
+		if st, err := procfs.ReadStat(p); err == nil && st.PGID == p {
+			return p
+		}
+	}
+	return 0
+}
+
 // TestAgent_AdoptAfterKill9 ensures a second agent on the same data dir,
 // started after a kill -9 of a child agent, adopts its app process (the
 // same pid, running since before, no restart) with the pipes the first
@@ -154,9 +165,7 @@ func TestAgent_AdoptAfterKill9(t *testing.T) {
 		if child.ProcessState != nil {
 			t.Fatalf("child agent exited: %s", childLog())
 		}
-		for p := range appProcs(t, cfg.DataDir, "lines") {
-			pid = p
-		}
+		pid = loopPID(t, cfg.DataDir)
 		_, err := os.Stat(filepath.Join(inbox, ".done", "lines.tar.gz"))
 		return pid != 0 && err == nil && store.has(pipeName("out", pid, "lines/web.1")) && store.has(pipeName("err", pid, "lines/web.1"))
 	})
@@ -211,5 +220,86 @@ func TestAgent_AdoptAfterKill9(t *testing.T) {
 	}
 	if len(got) < last+30 || slices.Contains(got, "") {
 		t.Fatalf("log holds %d lines, want more than %d", len(got), last+30)
+	}
+}
+
+// TestAgent_UpgradeInPlace ensures SIGUSR2 re-executes a child agent in
+// place without systemd (`make run`): the same process (pid), serving
+// again on the same socket, with its app process adopted (same pid, no
+// restart) and every line the app wrote stored once.
+func TestAgent_UpgradeInPlace(t *testing.T) {
+	cfg := testConfig(dataDir(t))
+	cfg.BasePort = freeBasePort(t)
+	inbox := filepath.Join(cfg.DataDir, "inbox")
+	if err := os.MkdirAll(inbox, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(inbox, "lines.tar.gz"), tarball(t, map[string]string{"Procfile": linesProcfile}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	socket := filepath.Join(filepath.Dir(cfg.DataDir), "u.sock")
+	logf, childLog := childAgentLog(t)
+	child, c := startAnsweringChildAgent(t, cfg, socket, logf, childLog)
+	var pid int
+	waitFor(t, 30*time.Second, "the child agent to run web.1", func() bool {
+		pid = loopPID(t, cfg.DataDir)
+		_, err := os.Stat(filepath.Join(inbox, ".done", "lines.tar.gz"))
+		return pid != 0 && err == nil
+	})
+	t.Cleanup(func() { syscall.Kill(-pid, syscall.SIGKILL) })
+	before, err := c.Info(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := child.Process.Signal(syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "the re-executed agent to answer", func() bool {
+		if child.ProcessState != nil {
+			t.Fatalf("child agent exited: %s", childLog())
+		}
+		info, err := c.Info(t.Context())
+		return err == nil && info.StartedAt.After(before.StartedAt)
+	})
+	info, _ := c.Info(t.Context())
+	if info.PID != before.PID {
+		t.Fatalf("agent pid %d -> %d: not re-executed in place", before.PID, info.PID)
+	}
+	ps, err := c.Processes(t.Context(), "lines")
+	if err != nil || len(ps) != 1 {
+		t.Fatalf("ps after the upgrade: %+v %v", ps, err)
+	}
+	if ps[0].PID != pid || ps[0].State != "running" || ps[0].Restarts != 0 {
+		t.Fatalf("web.1 after the upgrade: %+v, want pid %d running, no restart\n%s", ps[0], pid, childLog())
+	}
+	logPath := filepath.Join(cfg.DataDir, "apps", "lines", "logs", "web.1.log")
+	var last int
+	if lines, err := supervisor.ReadLogFile(logPath, 1); err == nil && len(lines) == 1 {
+		last, _ = strconv.Atoi(strings.TrimPrefix(lines[0].Text, "n "))
+	}
+	waitFor(t, 10*time.Second, "lines after the upgrade", func() bool {
+		lines, err := supervisor.ReadLogFile(logPath, 1)
+		if err != nil || len(lines) != 1 {
+			return false
+		}
+		n, _ := strconv.Atoi(strings.TrimPrefix(lines[0].Text, "n "))
+		return n >= last+30
+	})
+	// Without systemd, SIGTERM stops the apps.
+	child.Process.Signal(syscall.SIGTERM)
+	if err := child.Wait(); err != nil {
+		t.Fatalf("child agent: %v\n%s", err, childLog())
+	}
+	if err := syscall.Kill(pid, 0); err == nil {
+		t.Errorf("web.1 (pid %d) survived SIGTERM of the agent without systemd", pid)
+	}
+	lines, err := supervisor.ReadLogFile(logPath, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, l := range lines {
+		if want := "n " + strconv.Itoa(i); l.Text != want {
+			t.Fatalf("log line %d is %q, want %q: a line is missing or twice", i, l.Text, want)
+		}
 	}
 }

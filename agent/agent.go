@@ -80,6 +80,12 @@ type Agent struct {
 	upgrade   atomic.Bool
 	cancelRun atomic.Pointer[context.CancelFunc]
 	handoff   *handoff // set by shutdown when upgrading
+	// controlLn is the control socket's listener (nil with NoSocket);
+	// set by Run before up is closed. control is a copy of its fd that
+	// shutdown takes for an upgrade, to pass it on.
+	controlLn     net.Listener
+	control       *os.File
+	controlPassed bool // the first listener takeKept returned came through exec
 
 	// healthWG counts the health probers' goroutines (see prober).
 	healthWG sync.WaitGroup
@@ -343,6 +349,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		if err != nil {
 			return err
 		}
+		a.controlLn = ln
 		srv := api.NewServer(api.ServerConfig{Backend: a, GID: gid, Version: cfg.Version}, a.root.Named("api"))
 		sd.server = goOwned(context.Background(), func(ctx context.Context) {
 			if err := srv.Serve(ctx, ln); err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, net.ErrClosed) {
@@ -541,7 +548,11 @@ func (a *Agent) listen(cfg Config, lns []net.Listener) (net.Listener, int, error
 		for _, extra := range lns[1:] {
 			extra.Close()
 		}
-		a.log.Info("using the socket passed by systemd", "addr", lns[0].Addr().String())
+		if a.controlPassed {
+			a.log.Info("using the control socket the agent passed to itself through exec", "addr", lns[0].Addr().String())
+		} else {
+			a.log.Info("using the socket passed by systemd", "addr", lns[0].Addr().String())
+		}
 		if gerr != nil {
 			gid = os.Getegid()
 		}
@@ -576,6 +587,11 @@ func (a *Agent) shutdown(cancelOps context.CancelFunc, sd *shutdownSteps) {
 	cancelOps()
 	a.ops.Wait()
 
+	if a.upgrade.Load() && a.controlLn != nil {
+		// The control socket goes on to the re-executed agent: clients
+		// connecting meanwhile wait in its queue.
+		a.control = passListener(a.controlLn)
+	}
 	for _, stop := range []func(){sd.inbox, sd.server, sd.watchdog} {
 		if stop != nil {
 			stop()
@@ -588,6 +604,11 @@ func (a *Agent) shutdown(cancelOps context.CancelFunc, sd *shutdownSteps) {
 		// Their records stay for the next agent, which adopts them.
 		stopProbers(slices.Collect(maps.Values(insts)))
 		h := a.detachAll()
+		if a.control != nil {
+			h.files[controlName] = a.control
+			a.control = nil
+		}
+		a.retryUnrecorded()
 		a.log.Info("left app processes running for the next agent", "count", len(names), "files", len(h.files))
 		if a.upgrade.Load() {
 			a.handoff = h

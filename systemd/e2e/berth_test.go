@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/agent/api"
+	"github.com/berth-dev/berth/supervisor"
 	"golang.org/x/sys/unix"
 )
 
@@ -244,6 +245,19 @@ func TestBerth(t *testing.T) {
 				t.Errorf("port after reboot %d, want the same %d", p, port)
 			}
 			b.checkOneSet(1)
+			// The shutdown stopped the app with its stop signal (hello logs
+			// its graceful stop), though apps outlive the agent otherwise.
+			lines, err := supervisor.ReadLogFile(filepath.Join(b.m.Root, "var/lib/berth/apps/hello/logs/web.1.log"), 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			stopped := false
+			for _, l := range lines {
+				stopped = stopped || l.Text == "hello: stopped"
+			}
+			if !stopped {
+				t.Errorf("hello was not stopped gracefully by the shutdown; its log:\n%v", lines[max(0, len(lines)-10):])
+			}
 		}},
 		{"4_kill9_agent", func(t *testing.T) {
 			// The app outlives the agent: the next agent adopts it (issue 14).
