@@ -115,7 +115,7 @@ func (in *instance) spawn() error {
 	in.spawnMu.Lock()
 	defer in.spawnMu.Unlock()
 	in.mu.Lock()
-	if in.halting || in.gone {
+	if in.halting || in.gone || in.detached {
 		in.mu.Unlock()
 		return nil
 	}
