@@ -244,7 +244,21 @@ func (a *Agent) adoptLeftovers(ctx context.Context, k *kept) adoptedSet {
 	}
 	own := unix.Getpgrp()
 	start := time.Now()
+	cfg := a.config()
 	for _, rec := range recs {
+		if st, serr := procfs.ReadStat(rec.PID); serr != nil || st.StartTime != rec.StartTime || st.State == 'Z' {
+			// It died while no agent ran: what it wrote last waits in
+			// its pipes, if they were kept.
+			out, errp := k.take(pipeName("out", rec.PID, rec.Name)), k.take(pipeName("err", rec.PID, rec.Name))
+			if out != nil || errp != nil {
+				spec := supervisor.Spec{Name: rec.Name, Log: supervisor.LogConfig{
+					Path: a.appDir(rec.App, "logs", rec.Instance+".log"), MaxSize: cfg.LogMaxSize, MaxFiles: cfg.LogMaxFiles}}
+				if err := a.sup.Salvage(spec, out, errp, salvageTimeout); err != nil {
+					a.log.Warn("store the last output of a process that died with no agent", "name", rec.Name, "error", err)
+				}
+				a.dropPipes(rec.Name, rec.PID)
+			}
+		}
 		err := a.adopt(rec, k)
 		if err == nil {
 			adopted.pgids[rec.PGID] = true
@@ -268,6 +282,10 @@ func (a *Agent) adoptLeftovers(ctx context.Context, k *kept) adoptedSet {
 	}
 	return adopted
 }
+
+// salvageTimeout bounds the read of the pipes of a process that died
+// while no agent ran, in case something it started still holds them.
+const salvageTimeout = 500 * time.Millisecond
 
 // errNoAdopt says why a recorded process cannot be adopted.
 var errNoAdopt = errors.New("not adoptable")

@@ -117,7 +117,12 @@ func (s *fakeFDStore) handoff(t *testing.T) string {
 	desc := map[string]string{}
 	for name, fs := range s.fds {
 		for _, f := range fs {
-			fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 3)
+			rc, err := f.SyscallConn()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var fd int
+			rc.Control(func(raw uintptr) { fd, err = unix.FcntlInt(raw, unix.F_DUPFD_CLOEXEC, 3) })
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -147,7 +152,10 @@ func loopPID(t *testing.T, dataDir string) int {
 // same pid, running since before, no restart) with the pipes the first
 // one kept in the fd store, so that its log holds every line the app
 // wrote, the ones written while no agent ran included, each once.
-func TestAgent_AdoptAfterKill9(t *testing.T) {
+// killChildAgent runs the lines app under a child agent that keeps its
+// pipes in a fake fd store, kills the agent with SIGKILL and returns the
+// store, the config and the app's pid, still running.
+func killChildAgent(t *testing.T) (*fakeFDStore, Config, int) {
 	store := newFakeFDStore(t)
 	cfg := testConfig(dataDir(t))
 	cfg.BasePort = freeBasePort(t)
@@ -174,17 +182,22 @@ func TestAgent_AdoptAfterKill9(t *testing.T) {
 		t.Fatal(err)
 	}
 	child.Wait()
-	killed := time.Now()
 	if err := syscall.Kill(pid, 0); err != nil {
 		t.Fatalf("web.1 died with the agent: %v", err)
 	}
+	return store, cfg, pid
+}
+
+func TestAgent_AdoptAfterKill9(t *testing.T) {
+	store, cfg, pid := killChildAgent(t)
+	killed := time.Now()
 
 	t.Setenv(envHandoff, store.handoff(t))
 	ta := startAgent(t, cfg)
 	ps := ta.procs(t, "lines")
 	web := ps["web.1"]
 	if web.PID != pid || web.State != "running" || web.Restarts != 0 {
-		t.Fatalf("web.1 after the new agent started: %+v, want pid %d running, no restart\n%s", web, pid, childLog())
+		t.Fatalf("web.1 after the new agent started: %+v, want pid %d running, no restart", web, pid)
 	}
 	if !web.StartedAt.Before(killed) {
 		t.Errorf("web.1 StartedAt %s, want its real start, before the kill at %s", web.StartedAt, killed)
@@ -302,4 +315,84 @@ func TestAgent_UpgradeInPlace(t *testing.T) {
 			t.Fatalf("log line %d is %q, want %q: a line is missing or twice", i, l.Text, want)
 		}
 	}
+}
+
+// TestAgent_CrashWhileNoAgent ensures an app process that dies while no
+// agent runs is started again by the next agent, and that what it wrote
+// meanwhile, left in its kept pipes, is stored in its log: every line of
+// the dead process once, then the new one's.
+func TestAgent_CrashWhileNoAgent(t *testing.T) {
+	store, cfg, pid := killChildAgent(t)
+	// Let it write while no agent reads, then kill it.
+	logPath := filepath.Join(cfg.DataDir, "apps", "lines", "logs", "web.1.log")
+	stored := 0
+	if lines, err := supervisor.ReadLogFile(logPath, 1); err == nil && len(lines) == 1 {
+		stored, _ = strconv.Atoi(strings.TrimPrefix(lines[0].Text, "n "))
+	}
+	waitFor(t, 10*time.Second, "unread lines in the pipe", func() bool {
+		return pipeBytes(t, store, pipeName("out", pid, "lines/web.1")) > 100
+	})
+	if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "web.1 to die", func() bool {
+		st, err := procfs.ReadStat(pid)
+		return err != nil || st.State == 'Z'
+	})
+
+	t.Setenv(envHandoff, store.handoff(t))
+	ta := startAgent(t, cfg)
+	web := ta.procs(t, "lines")["web.1"]
+	if web.PID == pid || web.PID == 0 {
+		t.Fatalf("web.1 after the new agent started: %+v, want a new process", web)
+	}
+	ta.waitLog(t, "lines", "web.1", "n 20")
+	if err := ta.stop(); err != nil {
+		t.Fatal(err)
+	}
+	lines, err := supervisor.ReadLogFile(logPath, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runs, next := 1, 0
+	for i, l := range lines {
+		n, err := strconv.Atoi(strings.TrimPrefix(l.Text, "n "))
+		if err != nil {
+			t.Fatalf("unexpected line %q", l.Text)
+		}
+		if n == 0 && i > 0 {
+			if next <= stored+1 {
+				t.Errorf("the dead process's lines end at n %d: those left in its pipe (after n %d) were lost", next-1, stored)
+			}
+			runs, next = runs+1, 0
+		}
+		if n != next {
+			t.Fatalf("line %d is %q, want n %d: a line is missing or twice", i, l.Text, next)
+		}
+		next++
+	}
+	if runs != 2 {
+		t.Errorf("lines of %d processes, want 2 (the dead one, the new one)", runs)
+	}
+}
+
+// pipeBytes returns how many bytes wait in the stored pipe named name.
+func pipeBytes(t *testing.T, s *fakeFDStore, name string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fs := s.fds[systemd.StorePrefix+name]
+	if len(fs) == 0 {
+		return 0
+	}
+	// Not through Fd, which would make the shared pipe blocking.
+	n := 0
+	rc, err := fs[0].SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.Control(func(fd uintptr) { n, err = unix.IoctlGetInt(int(fd), unix.TIOCINQ) }) // FIONREAD
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -344,4 +345,36 @@ func (ls *logSink) seed() {
 		ls.remember(b, m)
 		b.own = b.out[:0]
 	}
+}
+
+// Salvage stores what a process that is gone left in its output pipes
+// (it died while no supervisor read them) in spec's log, as its reader
+// would have, and closes the pipes. It reads until end of file, or for
+// at most timeout while something still holds a pipe's write end. Only
+// spec's Name and Log are used (with their defaults).
+func (s *Supervisor) Salvage(spec Spec, stdout, stderr *os.File, timeout time.Duration) error {
+	if spec.Command == "" {
+		spec.Command = "true" // not run: only the log settings matter
+	}
+	sp, err := spec.withDefaults()
+	if err != nil {
+		closeFiles(stdout, stderr)
+		return err
+	}
+	ls := newLogSink(s, sp.Name, sp.Log)
+	var wg sync.WaitGroup
+	for _, p := range []struct {
+		f      *os.File
+		stream string
+	}{{stdout, "stdout"}, {stderr, "stderr"}} {
+		if p.f == nil {
+			continue
+		}
+		p.f.SetReadDeadline(time.Now().Add(timeout))
+		pr := &pipeReader{f: p.f, stream: p.stream, ls: ls, maxLine: sp.Log.MaxLine}
+		wg.Go(pr.run) // closes the pipe
+	}
+	wg.Wait()
+	ls.close()
+	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -254,4 +255,41 @@ func TestSupervisor_AdoptRefusesMismatch(t *testing.T) {
 		t.Errorf("a refused adoption touched the process: %v", err)
 	}
 	closeFiles(hs[0].Stdout, hs[0].Stderr)
+}
+
+// TestSupervisor_Salvage ensures what a dead process left in its pipes
+// is stored in its log, each line once, the partial last one included.
+func TestSupervisor_Salvage(t *testing.T) {
+	dir := t.TempDir()
+	spec := tickSpec(dir, "app/tick.1")
+	outR, outW, err := outputPipe(spec.Name, "stdout")
+	if err != nil {
+		t.Fatal(err)
+	}
+	errR, errW, err := outputPipe(spec.Name, "stderr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	outW.WriteString("tick 0\ntick 1\ntick 2")
+	errW.WriteString("oops\n")
+	outW.Close()
+	errW.Close()
+	s := startSup(t, Config{})
+	if err := s.Salvage(spec, outR, errR, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	lines, err := ReadLogFile(spec.Log.Path, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, l := range lines {
+		got = append(got, l.Stream+" "+l.Text)
+	}
+	want := []string{"stdout tick 0", "stdout tick 1", "stdout tick 2", "stderr oops"}
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("salvaged %q, want %q", got, want)
+	}
 }
