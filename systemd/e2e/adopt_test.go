@@ -382,8 +382,10 @@ func TestAdopt(t *testing.T) {
 			before := b.agentProps()
 			since := strings.TrimSpace(b.m.MustExec("date", "+%Y-%m-%d %H:%M:%S"))
 			served := c.served()
+			killed := time.Now()
 			b.m.MustExec("kill", "-9", before["MainPID"])
 			b.waitAgentRunning(before["MainPID"])
+			t.Logf("the next agent answered %s after the kill (RestartSec=1s)", time.Since(killed).Round(time.Millisecond))
 			c.waitServed(served + 600) // 3 s of load after the agent is back
 			res := c.stop()
 			f := figures{failed: res.Failed, maxGap: res.MaxGapMS, adoption: b.adoptionTime(since)}
@@ -410,11 +412,13 @@ func TestAdopt(t *testing.T) {
 			// Replace the binary as a package manager would (rename over it).
 			b.m.MustExec("cp", "/root/berth-upgraded", "/usr/local/bin/.berth.new")
 			b.m.MustExec("mv", "/usr/local/bin/.berth.new", "/usr/local/bin/berth")
+			reload := time.Now()
 			b.m.MustExec("systemctl", "reload", "berth")
 			waitFor(t, "the upgraded agent answers", time.Minute, func() (bool, string) {
 				out, err := b.berth("version")
 				return err == nil && strings.Contains(out, "berth agent:  "+upgradeVersion), out
 			})
+			t.Logf("berth version reports %s %s after systemctl reload", upgradeVersion, time.Since(reload).Round(time.Millisecond))
 			c.waitServed(served + 600)
 			res := c.stop()
 			f := figures{failed: res.Failed, maxGap: res.MaxGapMS, adoption: b.adoptionTime(since)}
