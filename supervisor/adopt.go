@@ -93,7 +93,12 @@ func (s *Supervisor) Adopt(spec Spec, a Adopted) (err error) {
 	// not know: a child checked alive below cannot vanish before it is
 	// registered.
 	s.r.spawnMu.RLock()
-	defer s.r.spawnMu.RUnlock()
+	locked := true
+	defer func() {
+		if locked {
+			s.r.spawnMu.RUnlock()
+		}
+	}()
 	fd, err := unix.PidfdOpen(a.PID, unix.PIDFD_NONBLOCK)
 	if err != nil {
 		return notAdopted("pidfd_open: %v", err)
@@ -142,17 +147,22 @@ func (s *Supervisor) Adopt(spec Spec, a Adopted) (err error) {
 	s.mu.Unlock()
 
 	p := &proc{pid: a.PID, exited: make(chan struct{}), output: make(chan struct{})}
+	child := st.ppid == os.Getpid()
+	if !child {
+		p.pidfd = pidfd
+		keepPidfd = true
+	}
 	in.mu.Lock()
 	in.proc = p
 	in.startedAt = started
 	in.setState(StateRunning, p.pid, nil)
 	in.mu.Unlock()
-	if st.ppid == os.Getpid() {
+	if child {
 		// Still our child (a re-exec in place): the reaper reaps it.
 		s.r.register(a.PID, func(ws syscall.WaitStatus, at time.Time) { in.exited(p, ws, at) })
+		s.r.spawnMu.RUnlock() // registered: the reaper may take it from here
+		locked = false
 	} else {
-		p.pidfd = pidfd
-		keepPidfd = true
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
