@@ -165,4 +165,6 @@
 // store's writes of failures it could not record before). gcMu is read-locked by a deploy between
 // its upload and the pin of its build, and try-locked by garbage
 // collection. What runs is the supervisor's and needs no lock here.
+// The fds a previous agent kept (Agent.kept) are used by start-up alone,
+// and by socketFor under sockMu, until start-up drops them.
 package agent
