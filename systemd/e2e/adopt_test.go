@@ -47,6 +47,7 @@ type clientResult struct {
 	Sent     int      `json:"sent"`
 	Failed   int      `json:"failed"`
 	MaxGapMS float64  `json:"max_gap_ms"` // longest time between two answered requests
+	MaxGapAt string   `json:"max_gap_at"` // when it ended (UTC, container clock = host clock)
 	Errors   []string `json:"errors,omitempty"`
 }
 
@@ -105,6 +106,7 @@ func runClient() int {
 	for i := 1; i < len(served); i++ {
 		if gap := served[i].Sub(served[i-1]); float64(gap)/1e6 > res.MaxGapMS {
 			res.MaxGapMS = float64(gap) / 1e6
+			res.MaxGapAt = served[i].UTC().Format("15:04:05.000")
 		}
 	}
 	json.NewEncoder(os.Stdout).Encode(res)
@@ -383,6 +385,7 @@ func TestAdopt(t *testing.T) {
 			since := strings.TrimSpace(b.m.MustExec("date", "+%Y-%m-%d %H:%M:%S"))
 			served := c.served()
 			killed := time.Now()
+			t.Logf("kill -9 of the agent at %s", killed.UTC().Format("15:04:05.000"))
 			b.m.MustExec("kill", "-9", before["MainPID"])
 			b.waitAgentRunning(before["MainPID"])
 			t.Logf("the next agent answered %s after the kill (RestartSec=1s)", time.Since(killed).Round(time.Millisecond))
@@ -390,7 +393,7 @@ func TestAdopt(t *testing.T) {
 			res := c.stop()
 			f := figures{failed: res.Failed, maxGap: res.MaxGapMS, adoption: b.adoptionTime(since)}
 			report["kill -9"] = f
-			t.Logf("kill -9 of the agent: %d requests, %d failed, longest gap %.1f ms, adoption took %s", res.Sent, res.Failed, res.MaxGapMS, f.adoption)
+			t.Logf("kill -9 of the agent: %d requests, %d failed, longest gap %.1f ms (ending %s), adoption took %s", res.Sent, res.Failed, res.MaxGapMS, res.MaxGapAt, f.adoption)
 			if res.Failed != 0 {
 				t.Errorf("%d requests failed: %v", res.Failed, res.Errors)
 			}
@@ -413,6 +416,7 @@ func TestAdopt(t *testing.T) {
 			b.m.MustExec("cp", "/root/berth-upgraded", "/usr/local/bin/.berth.new")
 			b.m.MustExec("mv", "/usr/local/bin/.berth.new", "/usr/local/bin/berth")
 			reload := time.Now()
+			t.Logf("systemctl reload berth at %s", reload.UTC().Format("15:04:05.000"))
 			b.m.MustExec("systemctl", "reload", "berth")
 			waitFor(t, "the upgraded agent answers", time.Minute, func() (bool, string) {
 				out, err := b.berth("version")
@@ -423,7 +427,7 @@ func TestAdopt(t *testing.T) {
 			res := c.stop()
 			f := figures{failed: res.Failed, maxGap: res.MaxGapMS, adoption: b.adoptionTime(since)}
 			report["upgrade"] = f
-			t.Logf("upgrade in place: %d requests, %d failed, longest gap %.1f ms, adoption took %s", res.Sent, res.Failed, res.MaxGapMS, f.adoption)
+			t.Logf("upgrade in place: %d requests, %d failed, longest gap %.1f ms (ending %s), adoption took %s", res.Sent, res.Failed, res.MaxGapMS, res.MaxGapAt, f.adoption)
 			if res.Failed != 0 {
 				t.Errorf("%d requests failed: %v", res.Failed, res.Errors)
 			}
