@@ -152,10 +152,11 @@ func loopPID(t *testing.T, dataDir string) int {
 // same pid, running since before, no restart) with the pipes the first
 // one kept in the fd store, so that its log holds every line the app
 // wrote, the ones written while no agent ran included, each once.
-// killChildAgent runs the lines app under a child agent that keeps its
-// pipes in a fake fd store, kills the agent with SIGKILL and returns the
-// store, the config and the app's pid, still running.
-func killChildAgent(t *testing.T) (*fakeFDStore, Config, int) {
+// killChildAgent runs the lines app (with manifest as its berth.json
+// unless empty) under a child agent that keeps its pipes in a fake fd
+// store, kills the agent with SIGKILL and returns the store, the config
+// and the app's pid, still running.
+func killChildAgent(t *testing.T, manifest string) (*fakeFDStore, Config, int) {
 	store := newFakeFDStore(t)
 	cfg := testConfig(dataDir(t))
 	cfg.BasePort = freeBasePort(t)
@@ -163,7 +164,13 @@ func killChildAgent(t *testing.T) (*fakeFDStore, Config, int) {
 	if err := os.MkdirAll(inbox, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(inbox, "lines.tar.gz"), tarball(t, map[string]string{"Procfile": linesProcfile}), 0o644); err != nil {
+	files := map[string]string{"Procfile": linesProcfile}
+	name := "lines/web.1"
+	if manifest != "" {
+		files["berth.json"] = manifest
+		name = "lines/web.1@v1"
+	}
+	if err := os.WriteFile(filepath.Join(inbox, "lines.tar.gz"), tarball(t, files), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	logf, childLog := childAgentLog(t)
@@ -175,7 +182,8 @@ func killChildAgent(t *testing.T) (*fakeFDStore, Config, int) {
 		}
 		pid = loopPID(t, cfg.DataDir)
 		_, err := os.Stat(filepath.Join(inbox, ".done", "lines.tar.gz"))
-		return pid != 0 && err == nil && store.has(pipeName("out", pid, "lines/web.1")) && store.has(pipeName("err", pid, "lines/web.1"))
+		return pid != 0 && err == nil && store.has(pipeName("out", pid, name)) && store.has(pipeName("err", pid, name)) &&
+			(manifest == "" || store.has(sockName("lines/web.1")))
 	})
 	t.Cleanup(func() { syscall.Kill(-pid, syscall.SIGKILL) })
 	if err := child.Process.Signal(syscall.SIGKILL); err != nil {
@@ -189,7 +197,14 @@ func killChildAgent(t *testing.T) (*fakeFDStore, Config, int) {
 }
 
 func TestAgent_AdoptAfterKill9(t *testing.T) {
-	store, cfg, pid := killChildAgent(t)
+	t.Run("bind", func(t *testing.T) { adoptAfterKill9(t, "") })
+	// The listening socket, kept in the fd store, is the one the adopted
+	// process still accepts on.
+	t.Run("socket", func(t *testing.T) { adoptAfterKill9(t, `{"processes":{"web":{"socket_activation":true}}}`) })
+}
+
+func adoptAfterKill9(t *testing.T, manifest string) {
+	store, cfg, pid := killChildAgent(t, manifest)
 	killed := time.Now()
 
 	t.Setenv(envHandoff, store.handoff(t))
@@ -201,6 +216,27 @@ func TestAgent_AdoptAfterKill9(t *testing.T) {
 	}
 	if !web.StartedAt.Before(killed) {
 		t.Errorf("web.1 StartedAt %s, want its real start, before the kill at %s", web.StartedAt, killed)
+	}
+	if manifest != "" {
+		if web.Mode != "socket" {
+			t.Fatalf("web.1 mode %q, want socket", web.Mode)
+		}
+		ta.sockMu.Lock()
+		f := ta.sockets["lines/web.1"]
+		ta.sockMu.Unlock()
+		if f == nil {
+			t.Fatal("the new agent holds no socket for lines/web.1")
+		}
+		var held unix.Stat_t
+		rc, _ := f.SyscallConn()
+		rc.Control(func(fd uintptr) { unix.Fstat(int(fd), &held) })
+		var apps unix.Stat_t
+		if err := unix.Stat("/proc/"+strconv.Itoa(pid)+"/fd/3", &apps); err != nil {
+			t.Fatal(err)
+		}
+		if held.Ino != apps.Ino {
+			t.Errorf("the agent's socket (inode %d) is not the one web.1 accepts on (inode %d)", held.Ino, apps.Ino)
+		}
 	}
 	// One set of processes: the loop and its sleep of the moment.
 	for p := range appProcs(t, cfg.DataDir, "lines") {
@@ -322,7 +358,7 @@ func TestAgent_UpgradeInPlace(t *testing.T) {
 // meanwhile, left in its kept pipes, is stored in its log: every line of
 // the dead process once, then the new one's.
 func TestAgent_CrashWhileNoAgent(t *testing.T) {
-	store, cfg, pid := killChildAgent(t)
+	store, cfg, pid := killChildAgent(t, "")
 	// Let it write while no agent reads, then kill it.
 	logPath := filepath.Join(cfg.DataDir, "apps", "lines", "logs", "web.1.log")
 	stored := 0
