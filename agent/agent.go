@@ -244,6 +244,12 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	k, inherited := a.takeKept()
 	a.kept = k
 	defer k.closeAll() // after a failed start-up, which released none of them
+	lns := inherited.Listeners
+	defer func() { // after a failed start-up, before listen took them
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}()
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return fmt.Errorf("create data dir: %w", err)
 	}
@@ -340,12 +346,14 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	a.sockMu.Unlock()
 	a.releaseKept(k) // what no adopted or started instance took
 
+	passed := lns
+	lns = nil
 	if cfg.NoSocket {
-		for _, ln := range inherited.Listeners {
+		for _, ln := range passed {
 			ln.Close()
 		}
 	} else {
-		ln, gid, err := a.listen(cfg, inherited.Listeners)
+		ln, gid, err := a.listen(cfg, passed)
 		if err != nil {
 			return err
 		}
