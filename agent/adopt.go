@@ -17,8 +17,11 @@ package agent
 //   - under systemd, its place in the instance's cgroup.
 //
 // The supervisor then checks pid, start time and markers with the pid
-// held by a pidfd (supervisor.Adopt). What fails any check is stopped as
-// before (killLeftovers) and started afresh by startAll.
+// held by a pidfd (supervisor.Adopt). What fails any check has its
+// process group killed, as before adoption existed, and is started
+// afresh by startAll. A recorded process that died while no agent ran
+// has what it wrote meanwhile read from its kept pipes into its log
+// (supervisor.Salvage) before the instance starts again.
 //
 // Names of the kept fds (in the fd store, after systemd.StorePrefix, and
 // in $BERTH_HANDOFF): "out/<pid>/<instance name>", "err/<pid>/<instance
@@ -258,6 +261,11 @@ func (a *Agent) adoptLeftovers(ctx context.Context, k *kept) adoptedSet {
 				}
 				a.dropPipes(rec.Name, rec.PID)
 			}
+			a.log.Info("process left by the previous agent is gone", "name", rec.Name, "pid", rec.PID)
+			if err := a.store.DeleteProc(rec.Name); err != nil {
+				a.log.Error("delete process record", "name", rec.Name, "error", err)
+			}
+			continue
 		}
 		err := a.adopt(rec, k)
 		if err == nil {
