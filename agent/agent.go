@@ -68,6 +68,25 @@ type Agent struct {
 	sockMu  sync.Mutex
 	sockets map[string]*os.File
 
+	// cgroups contains app instances when the agent has a delegated
+	// cgroup (nil otherwise); set by Run before ready.
+	cgroups *systemd.Cgroups
+	// kept holds the fds a previous agent kept for this one until start-up
+	// has adopted what it can (adopt.go); only Run's start-up and
+	// socketFor (under sockMu) use it, before ready is closed.
+	kept *kept
+	// upgrade is set by Upgrade: Run hands the app processes over
+	// (handoff) instead of stopping them, for Exec.
+	upgrade   atomic.Bool
+	cancelRun atomic.Pointer[context.CancelFunc]
+	handoff   *handoff // set by shutdown when upgrading
+	// controlLn is the control socket's listener (nil with NoSocket);
+	// set by Run before up is closed. control is a copy of its fd that
+	// shutdown takes for an upgrade, to pass it on.
+	controlLn     net.Listener
+	control       *os.File
+	controlPassed bool // the first listener takeKept returned came through exec
+
 	// healthWG counts the health probers' goroutines (see prober).
 	healthWG sync.WaitGroup
 	// healthChanged wakes switches waiting for health after every change
@@ -217,6 +236,20 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	if a.store != nil {
 		return errors.New("agent: Run called twice")
 	}
+	ctx, cancelRun := context.WithCancel(ctx)
+	defer cancelRun()
+	a.cancelRun.Store(&cancelRun)
+	// The fds a previous agent kept (systemd's fd store, or exec) are
+	// taken first, before anything else opens files.
+	k, inherited := a.takeKept()
+	a.kept = k
+	defer k.closeAll() // after a failed start-up, which released none of them
+	lns := inherited.Listeners
+	defer func() { // after a failed start-up, before listen took them
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}()
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return fmt.Errorf("create data dir: %w", err)
 	}
@@ -253,9 +286,11 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		return fmt.Errorf("create %s: %w", cfg.path("inbox"), err)
 	}
 
-	supCfg := supervisor.Config{Subreaper: true, OutputLimit: releaseOutputMax}
+	supCfg := supervisor.Config{Subreaper: true, OutputLimit: releaseOutputMax,
+		KeepPipes: a.keepPipes, DropPipes: a.dropPipes}
 	if cg, err := systemd.NewCgroups(a.root.Named("systemd")); err == nil {
 		supCfg.Container = cg
+		a.cgroups = cg
 	} else {
 		a.log.Info("no delegated cgroup; containing app processes by process group only", "reason", err)
 	}
@@ -285,11 +320,12 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	a.store, a.builds, a.sup, a.opCtx = store, builds, sup, opCtx
 	a.startedAt = time.Now()
 
-	// A previous agent that died without stopping its apps left
-	// processes behind: kill them before starting new ones, those it
+	// A previous agent that died, restarted or re-executed left its app
+	// processes running: adopt those it can verify, with their pipes and
+	// sockets, and kill the others before starting new ones, those it
 	// recorded and those it had no time to record.
-	a.killLeftovers(ctx)
-	a.killStrays(ctx)
+	adopted := a.adoptLeftovers(ctx, k)
+	a.killStrays(ctx, adopted)
 	causes := a.openUnrecorded(cfg.path("unrecorded-failures"))
 	defer a.closeUnrecorded()
 	a.failInterrupted(causes)
@@ -305,12 +341,23 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	defer func() { a.shutdown(cancelOps, &sd) }()
 
 	a.startAll(ctx)
+	a.sockMu.Lock()
+	a.kept = nil
+	a.sockMu.Unlock()
+	a.releaseKept(k) // what no adopted or started instance took
 
-	if !cfg.NoSocket {
-		ln, gid, err := a.listen(cfg)
+	passed := lns
+	lns = nil
+	if cfg.NoSocket {
+		for _, ln := range passed {
+			ln.Close()
+		}
+	} else {
+		ln, gid, err := a.listen(cfg, passed)
 		if err != nil {
 			return err
 		}
+		a.controlLn = ln
 		srv := api.NewServer(api.ServerConfig{Backend: a, GID: gid, Version: cfg.Version}, a.root.Named("api"))
 		sd.server = goOwned(context.Background(), func(ctx context.Context) {
 			if err := srv.Serve(ctx, ln); err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, net.ErrClosed) {
@@ -341,6 +388,9 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	close(a.up)
 	if err := a.mainLoop(ctx, supDone); err != nil {
 		return err
+	}
+	if a.upgrade.Load() {
+		return nil // not stopping: the next agent is this process (Exec)
 	}
 	a.log.Info("stopping")
 	if err := systemd.Stopping(); err != nil {
@@ -500,17 +550,17 @@ func (a *Agent) statusLine() string {
 // path, and the socket group's gid for the server. An unknown socket
 // group is an error only for a socket the agent makes itself; with one
 // systemd passed, the agent's own group stands in.
-func (a *Agent) listen(cfg Config) (net.Listener, int, error) {
-	lns, err := systemd.Listeners()
-	if err != nil {
-		return nil, 0, fmt.Errorf("socket activation: %w", err)
-	}
+func (a *Agent) listen(cfg Config, lns []net.Listener) (net.Listener, int, error) {
 	gid, gerr := lookupGroup(cfg.SocketGroup)
 	if len(lns) > 0 {
 		for _, extra := range lns[1:] {
 			extra.Close()
 		}
-		a.log.Info("using the socket passed by systemd", "addr", lns[0].Addr().String())
+		if a.controlPassed {
+			a.log.Info("using the control socket the agent passed to itself through exec", "addr", lns[0].Addr().String())
+		} else {
+			a.log.Info("using the socket passed by systemd", "addr", lns[0].Addr().String())
+		}
 		if gerr != nil {
 			gid = os.Getegid()
 		}
@@ -545,6 +595,11 @@ func (a *Agent) shutdown(cancelOps context.CancelFunc, sd *shutdownSteps) {
 	cancelOps()
 	a.ops.Wait()
 
+	if a.upgrade.Load() && a.controlLn != nil {
+		// The control socket goes on to the re-executed agent: clients
+		// connecting meanwhile wait in its queue.
+		a.control = passListener(a.controlLn)
+	}
 	for _, stop := range []func(){sd.inbox, sd.server, sd.watchdog} {
 		if stop != nil {
 			stop()
@@ -553,6 +608,23 @@ func (a *Agent) shutdown(cancelOps context.CancelFunc, sd *shutdownSteps) {
 
 	insts := a.appInstances("")
 	names := slices.Collect(maps.Keys(insts))
+	if a.keepApps() {
+		// Their records stay for the next agent, which adopts them.
+		stopProbers(slices.Collect(maps.Values(insts)))
+		h := a.detachAll()
+		if a.control != nil {
+			h.files[controlName] = a.control
+			a.control = nil
+		}
+		a.retryUnrecorded()
+		a.log.Info("left app processes running for the next agent", "count", len(names), "files", len(h.files))
+		if a.upgrade.Load() {
+			a.handoff = h
+		} else {
+			h.close() // systemd's fd store holds copies
+		}
+		return
+	}
 	cfg := a.config()
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.StopTimeout+5*time.Second)
 	defer cancel()

@@ -27,8 +27,11 @@
 //	spec.go, env.go  a release instance as a supervisor.Spec, and the
 //	               user it runs as (as root, each app its own uid)
 //	sockets.go     the listening sockets the agent owns (socket mode)
-//	recovery.go    start-up after a crash or reboot: leftovers, strays,
+//	recovery.go    start-up after a crash or reboot: strays,
 //	               interrupted releases, starting every app
+//	adopt.go       adopting the app processes a previous agent left (the
+//	               fds kept in systemd's fd store or passed through exec),
+//	               leaving them to the next agent, the upgrade in place
 //	inbox.go       deploys from files dropped in $DATA/inbox, one queue per
 //	               app; inbox_archive.go tells a complete archive
 //	failures.go    release failures the store could not record (disk full)
@@ -36,15 +39,19 @@
 //
 // # Life cycle
 //
-// New checks the configuration and starts nothing. Run opens the store
-// (failing at once, having started nothing, when another agent holds the
-// data dir), opens the build store, starts the supervisor, kills the
-// processes a previous agent left behind (found by the process records in
-// the store: pid, process group and start time; and, for one started
-// but not yet recorded when that agent died, by the BERTH_APP and TMPDIR
-// of its environment), marks releases left pending by an interrupted
-// switch failed, starts every app on its active release and formation,
-// serves the socket, tells systemd it is ready and watches the inbox.
+// New checks the configuration and starts nothing. Run takes the fds a
+// previous agent kept (systemd's fd store, or $BERTH_HANDOFF after an
+// upgrade in place), opens the store (failing at once, having started
+// nothing, when another agent holds the data dir), opens the build store,
+// starts the supervisor, adopts the app processes a previous agent left
+// running that it can verify and still has the pipes of (adopt.go; found
+// by the process records in the store: pid, process group and start
+// time), kills the others (and, for one started but not yet recorded when
+// that agent died, found by the BERTH_APP and TMPDIR of its environment),
+// marks releases left pending by an interrupted switch failed, starts
+// every app on its active release and formation (adopted instances of it
+// are kept), serves the socket, tells systemd it is ready and watches the
+// inbox.
 //
 // When its context ends (SIGTERM), shutdown stops in order, what takes
 // work first:
@@ -57,7 +64,12 @@
 //     the error over a socket still served),
 //  2. the inbox, the control socket's server and the watchdog stop,
 //  3. every app process gets its stop signal, all at once (SIGKILL after
-//     its stop timeout), and Run returns nil.
+//     its stop timeout), and Run returns nil. Unless the apps are left
+//     to the next agent: for an upgrade (Upgrade, SIGUSR2), and when
+//     systemd restarts the unit (systemd.WhyStopping); then the
+//     supervisor lets go of them (Detach), their records stay in the
+//     store, and their pipes and sockets stay in the fd store or go on
+//     through exec (Exec).
 //
 // An inbox file whose deploy was interrupted stays in the inbox and is
 // deployed at the next start.
@@ -153,4 +165,6 @@
 // store's writes of failures it could not record before). gcMu is read-locked by a deploy between
 // its upload and the pin of its build, and try-locked by garbage
 // collection. What runs is the supervisor's and needs no lock here.
+// The fds a previous agent kept (Agent.kept) are used by start-up alone,
+// and by socketFor under sockMu, until start-up drops them.
 package agent

@@ -67,7 +67,29 @@ func runHelperAgent(dir, socket string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	if err := a.Run(ctx); err != nil {
+	// SIGUSR2 upgrades in place, as `berth agent` does: the agent hands
+	// its apps over and re-executes this binary, which runs the helper
+	// agent again (its environment is kept).
+	usr2 := make(chan os.Signal, 1)
+	signal.Notify(usr2, syscall.SIGUSR2)
+	upgradeDone := make(chan struct{})
+	go func() {
+		defer close(upgradeDone)
+		select {
+		case <-usr2:
+			if err := a.Upgrade(); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+			}
+		case <-ctx.Done():
+		}
+	}()
+	err = a.Run(ctx)
+	stop()
+	<-upgradeDone
+	if err == nil {
+		err = a.Exec() // returns only on failure, or without an upgrade
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}

@@ -3,8 +3,9 @@ package agent
 // Recovery is what the agent does at start, before it serves: a previous
 // agent may have died (kill -9, power cut) with app processes running and
 // a switch half done. The store is written before processes are touched,
-// so the agent can always finish or undo: it kills what the previous one
-// left (killLeftovers, killStrays), marks releases left pending failed
+// so the agent can always finish or undo: it adopts what the previous one
+// left running when it can verify it and kills the rest (adoptLeftovers,
+// killStrays), marks releases left pending failed
 // (failInterrupted), and starts every app on its active release
 // (startAll).
 
@@ -66,57 +67,40 @@ func (a *Agent) startApp(ctx context.Context, app string) error {
 	return nil
 }
 
-// killLeftovers kills the process groups a previous agent recorded and
-// that still run (same pid and same start time, so a reused pid is never
-// hit), waits until they are gone, and deletes the records. This is what
-// makes a kill -9 of the agent followed by a restart end with exactly one
-// set of processes.
-func (a *Agent) killLeftovers(ctx context.Context) {
-	recs, err := a.store.Procs()
-	if err != nil {
-		a.log.Error("read process records of the previous run", "error", err)
-		return
-	}
-	own := unix.Getpgrp()
-	for _, rec := range recs {
-		st, err := procfs.ReadStat(rec.PID)
-		alive := err == nil && st.StartTime == rec.StartTime && st.State != 'Z'
-		if alive && rec.PGID > 1 && rec.PGID != own {
-			a.log.Warn("killing process left by the previous agent", "name", rec.Name, "pid", rec.PID, "pgid", rec.PGID)
-			a.killGroup(ctx, rec.PGID)
-		}
-		if err := a.store.DeleteProc(rec.Name); err != nil {
-			a.log.Error("delete process record", "name", rec.Name, "error", err)
-		}
-	}
-}
-
 // killStrays kills the app processes of this data dir that no record
-// names, with their process groups, and waits until they are gone. A
+// names, with their process groups (sparing the adopted instances' and
+// what left them: their markers say so), and waits until they are gone. A
 // previous agent killed between starting a process and recording it
 // leaves such a stray behind, which killLeftovers cannot know of. A
 // process is ours when the environment it was started with has
 // BERTH_APP=<app> and the TMPDIR this agent gives that app's processes
 // (apps/<app>/tmp under the data dir): processEnv sets both, and neither
 // can be configured. Called at start, before any app process runs.
-func (a *Agent) killStrays(ctx context.Context) {
+func (a *Agent) killStrays(ctx context.Context, adopted adoptedSet) {
 	own := unix.Getpgrp()
 	groups := map[int]string{} // pgid -> app
 	err := procfs.Each(func(pid int, st procfs.Stat) bool {
-		if st.State == 'Z' || st.PGID <= 1 || st.PGID == own {
+		if st.State == 'Z' || st.PGID <= 1 || st.PGID == own || adopted.pgids[st.PGID] {
 			return true
 		}
 		env, err := procfs.Environ(pid)
 		if err != nil {
 			return true
 		}
-		var app, tmp string
+		var app, tmp, proc, rel string
 		for _, kv := range env {
 			if v, ok := strings.CutPrefix(kv, "BERTH_APP="); ok {
 				app = v
 			} else if v, ok := strings.CutPrefix(kv, "TMPDIR="); ok {
 				tmp = v
+			} else if v, ok := strings.CutPrefix(kv, "BERTH_PROCESS="); ok {
+				proc = v
+			} else if v, ok := strings.CutPrefix(kv, "BERTH_RELEASE="); ok {
+				rel = v
 			}
+		}
+		if adopted.instances[app+"/"+proc+"@"+rel] {
+			return true // it left an adopted instance's group: stopped with it
 		}
 		if app != "" && tmp == a.appDir(app, "tmp") {
 			groups[st.PGID] = app

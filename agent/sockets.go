@@ -19,6 +19,14 @@ func (a *Agent) socketFor(slot string, port int) (*os.File, error) {
 	if f, ok := a.sockets[slot]; ok {
 		return f, nil
 	}
+	if a.kept != nil {
+		// At start-up: the socket a previous agent kept (fd store or exec),
+		// still bound to the port, with the connections waiting on it.
+		if f := a.kept.take(sockName(slot)); f != nil {
+			a.sockets[slot] = f
+			return f, nil
+		}
+	}
 	ln, err := net.Listen("tcp", ":"+strconv.Itoa(port))
 	if err != nil {
 		return nil, fmt.Errorf("listen on port %d for %s: %w", port, slot, err)
@@ -32,6 +40,7 @@ func (a *Agent) socketFor(slot string, port int) (*os.File, error) {
 		return nil, fmt.Errorf("socket of %s: %w", slot, err)
 	}
 	a.sockets[slot] = f
+	a.keepSocket(slot, f)
 	a.log.Debug("listening for socket-activated instances", "slot", slot, "port", port)
 	return f, nil
 }
@@ -65,6 +74,7 @@ func (a *Agent) pruneSockets(app string, keep map[string]bool) {
 		}
 		f.Close()
 		delete(a.sockets, slot)
+		a.dropSocket(slot)
 	}
 }
 
@@ -77,6 +87,7 @@ func (a *Agent) closeSockets(app string) {
 		if app == "" || strings.HasPrefix(slot, app+"/") {
 			f.Close()
 			delete(a.sockets, slot)
+			a.dropSocket(slot)
 		}
 	}
 }

@@ -101,6 +101,26 @@
 // are a process-wide resource, so only one Supervisor may Run in a
 // process at a time.
 //
+// # Adoption
+//
+// Adopt takes over a process another supervisor started (a previous
+// agent that died, or this process before it re-executed itself), given
+// its recorded pid and start time and the read ends of its output pipes.
+// It is verified with its pid held by a pidfd: the same start time in
+// /proc (a reused pid never matches), leader of its own process group,
+// the spec's Markers in its environment, and the owner's Verify (e.g.
+// its cgroup); anything else is ErrNotAdopted and left alone. An adopted
+// child of this process is reaped as usual; one that is not (reparented
+// to systemd or init) is watched through its pidfd, its exit status
+// unknown (Exit.Code -1, no Signal). It then runs as if started here
+// (restarted on exit, stopped by Stop), running since its real start;
+// the last lines of its log file seed Tail. Detach is the other side:
+// it lets go of every instance without touching its process and hands
+// over the pipes' read ends, the readers having stored what they read;
+// what the processes write meanwhile waits in the pipes. KeepPipes and
+// DropPipes tell the owner of each new process's pipes, so it can keep
+// copies outside this process (systemd's fd store) for a crash.
+//
 // # Socket activation
 //
 // An instance starts with exactly fds 0, 1 and 2 and its ListenFiles:

@@ -18,6 +18,13 @@ type proc struct {
 	exited chan struct{} // closed by the reaper once exit is set
 	exit   Exit
 	output chan struct{} // closed once its output pipes reached end of file
+
+	// stdout and stderr are the read ends of its output pipes (nil once
+	// closed), kept for Detach; their readers own them until then.
+	stdout, stderr *os.File
+	// pidfd, for an adopted process that is not this process's child,
+	// is the pidfd its exit is watched by (adopt.go); nil otherwise.
+	pidfd *os.File
 }
 
 // instance is one supervised instance across its restarts.
@@ -52,15 +59,16 @@ type instance struct {
 	cause       string      // Status.LastCause; while halting, also the cause of the exit
 	announced   bool        // starting was published with the exit that caused it
 	gone        bool        // stopped and forgotten
+	detached    bool        // Detach let go of the process: nothing more is done
 	lastExited  *proc       // the process that exited last, for WaitOutput
-	pipes       map[*os.File]struct{}
+	pipes       map[*os.File]*pipeReader
 	idle        chan struct{} // closed while no pipe reader runs
 }
 
 func newInstance(s *Supervisor, sp Spec) *instance {
 	idle := make(chan struct{})
 	close(idle)
-	return &instance{s: s, spec: sp, markers: markerValues(sp.Env, sp.Markers), logs: newLogSink(s, sp.Name, sp.Log), pipes: make(map[*os.File]struct{}), idle: idle}
+	return &instance{s: s, spec: sp, markers: markerValues(sp.Env, sp.Markers), logs: newLogSink(s, sp.Name, sp.Log), pipes: make(map[*os.File]*pipeReader), idle: idle}
 }
 
 // setState is the one place where the state changes; every change is
@@ -107,7 +115,7 @@ func (in *instance) spawn() error {
 	in.spawnMu.Lock()
 	defer in.spawnMu.Unlock()
 	in.mu.Lock()
-	if in.halting || in.gone {
+	if in.halting || in.gone || in.detached {
 		in.mu.Unlock()
 		return nil
 	}
@@ -156,7 +164,12 @@ func (in *instance) started(p *proc) {
 
 // exited handles the exit of p. It runs on the reaper goroutine.
 func (in *instance) exited(p *proc, ws syscall.WaitStatus, at time.Time) {
-	exit := exitOf(ws, at)
+	in.exitedAs(p, exitOf(ws, at), at)
+}
+
+// exitedAs handles the exit of p, reaped by the reaper or, for an adopted
+// process that is not a child, seen on its pidfd (its status unknown).
+func (in *instance) exitedAs(p *proc, exit Exit, at time.Time) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	if in.halting {
@@ -417,9 +430,9 @@ func (in *instance) addReader(f *os.File, stream string, done func()) {
 	if len(in.pipes) == 0 {
 		in.idle = make(chan struct{})
 	}
-	in.pipes[f] = struct{}{}
-	in.mu.Unlock()
 	pr := &pipeReader{f: f, stream: stream, ls: in.logs, maxLine: in.spec.Log.MaxLine}
+	in.pipes[f] = pr
+	in.mu.Unlock()
 	in.s.wg.Add(1)
 	go func() {
 		defer in.s.wg.Done()

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -660,6 +661,10 @@ type pipeReader struct {
 	ls      *logSink
 	maxLine int
 	partial []byte // an unfinished line carried to the next chunk; nil when empty
+	// detach, once set (and the read deadline passed, to wake the
+	// reader), ends run after the read in progress without closing f:
+	// the pipe is handed to the next supervisor (Detach).
+	detach atomic.Bool
 }
 
 // run reads until EOF or until f is closed under it, then stores the
@@ -672,7 +677,7 @@ func (p *pipeReader) run() {
 	}
 	var buf *[]byte
 	first := true
-	for eof := false; !eof; {
+	for eof := false; !eof && !p.detach.Load(); {
 		var n int
 		var rerr error
 		err := rc.Read(func(fd uintptr) bool {
@@ -708,7 +713,9 @@ func (p *pipeReader) run() {
 		p.ls.s.pools.bufs.Put(buf)
 	}
 	p.flush(time.Now())
-	p.f.Close()
+	if !p.detach.Load() {
+		p.f.Close()
+	}
 }
 
 // pipeReady reports whether a read of the pipe fd would not block: it

@@ -40,6 +40,9 @@ func TestMain(m *testing.M) {
 //	long MAXLINE        print "short", a line of 2.5*MAXLINE x, then "tail" without newline, exit
 //	spew2 N             print "stdout I" and "stderr I" for I in 0..N-1 to each stream at once, exit
 //	listen              check socket activation, print the verdict, block
+//	tick                print "tick N" every 2ms, N from 0, forever
+//	spawn FILE MODE...  start the helper MODE in a process group of its own, with
+//	                    this environment and output, write its pid to FILE, exit
 //	stamp SOCK DELAY    send "start <ns>" to the unix datagram socket SOCK, stay DELAY,
 //	                    send "exit <ns>", exit 1 (DELAY 0: wait for SIGTERM, exit 0)
 func helper(mode string, args []string) {
@@ -98,6 +101,26 @@ func helper(mode string, args []string) {
 		<-usr1
 		fmt.Println("after")
 		block()
+	case "tick":
+		for i := 0; ; i++ {
+			if _, err := fmt.Printf("tick %d\n", i); err != nil {
+				os.Exit(1)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	case "spawn":
+		pid, err := syscall.ForkExec(os.Args[0], append([]string{os.Args[0]}, args[1:]...), &syscall.ProcAttr{
+			Env: os.Environ(), Files: []uintptr{0, 1, 2}, Sys: &syscall.SysProcAttr{Setpgid: true}})
+		if err != nil {
+			os.Exit(3)
+		}
+		if err := os.WriteFile(args[0]+".tmp", []byte(strconv.Itoa(pid)), 0o644); err != nil {
+			os.Exit(3)
+		}
+		if err := os.Rename(args[0]+".tmp", args[0]); err != nil {
+			os.Exit(3)
+		}
+		os.Exit(0)
 	case "long":
 		n, _ := strconv.Atoi(args[0])
 		fmt.Print("short\n" + strings.Repeat("x", n*5/2) + "\ntail")

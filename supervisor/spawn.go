@@ -53,16 +53,34 @@ func (s *Supervisor) startInstance(in *instance) error {
 		}
 		return err
 	}
+	if keep := s.cfg.KeepPipes; keep != nil {
+		keep(sp.Name, p.pid, outR, errR)
+	}
+	in.readOutput(p, outR, errR)
+	return nil
+}
+
+// readOutput starts the readers of p's output pipes; p.output is closed
+// once both reached end of file.
+func (in *instance) readOutput(p *proc, outR, errR *os.File) {
+	in.mu.Lock()
+	p.stdout, p.stderr = outR, errR
+	in.mu.Unlock()
 	var left atomic.Int32
 	left.Store(2)
 	done := func() {
 		if left.Add(-1) == 0 {
 			close(p.output)
+			in.mu.Lock()
+			detached := in.detached
+			in.mu.Unlock()
+			if drop := in.s.cfg.DropPipes; drop != nil && !detached {
+				drop(in.spec.Name, p.pid)
+			}
 		}
 	}
 	in.addReader(outR, "stdout", done)
 	in.addReader(errR, "stderr", done)
-	return nil
 }
 
 // fork starts a process in a new process group, with stdin from

@@ -311,7 +311,10 @@ const CauseUnhealthy = "unhealthy"
 
 // Exit is how a process ended.
 type Exit struct {
-	Code   int            // exit code; -1 when killed by a signal
+	// Code is the exit code; -1 when killed by a signal, or, with no
+	// Signal, when the status is unknown: an adopted process that is not
+	// this process's child (see Adopt) is seen to exit, not reaped.
+	Code   int
 	Signal syscall.Signal // the signal that killed it, or 0
 	Time   time.Time      // when the supervisor reaped it
 	// Cause is set when the supervisor stopped the process to restart
@@ -325,6 +328,9 @@ type Exit struct {
 // Cause "restarted: unhealthy (signal SIGTERM)".
 func (e Exit) String() string {
 	how := fmt.Sprintf("exit %d", e.Code)
+	if e.Code == -1 && e.Signal == 0 {
+		how = "exit status unknown (adopted process)"
+	}
 	if e.Signal != 0 {
 		how = "signal " + signalName(e.Signal)
 	}

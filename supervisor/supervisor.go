@@ -53,6 +53,19 @@ type Config struct {
 	// OutputLimit caps the output RunCommand keeps (the last bytes are
 	// kept). 0 means 1 MiB.
 	OutputLimit int
+	// KeepPipes, if set, is given the read ends of each new process's
+	// stdout and stderr pipes as soon as it has exec'd, before its
+	// output is read, so that the owner can keep copies outside this
+	// process (systemd's file descriptor store): with them, a next
+	// supervisor can Adopt the process after this one died, and lines
+	// written meanwhile wait in the pipes. It must not close or read the
+	// files, and must be quick: the start waits for it.
+	KeepPipes func(name string, pid int, stdout, stderr *os.File)
+	// DropPipes, if set, is called once the pipes of the process pid
+	// were read to their end (or closed by a stop) and closed: copies
+	// kept by KeepPipes are no longer needed. It is not called for the
+	// pipes Detach hands over.
+	DropPipes func(name string, pid int)
 }
 
 // Supervisor runs instances, restarts them when they exit, stops them on
@@ -68,6 +81,7 @@ type Supervisor struct {
 	mu        sync.Mutex
 	instances map[string]*instance
 	closed    bool // Run's context ended: nothing new may start
+	detached  bool // Detach let go of the processes: Run stops none of them
 	ran       bool
 	shutdown  chan struct{} // closed when Run's context ends
 	reaping   chan struct{} // closed once Run reaps (tests wait for it)
@@ -176,13 +190,20 @@ func (s *Supervisor) Run(ctx context.Context) error {
 // every goroutine the supervisor started.
 func (s *Supervisor) closeAndStopAll() {
 	s.mu.Lock()
+	if !s.closed {
+		close(s.shutdown)
+	}
 	s.closed = true
-	close(s.shutdown)
 	names := make([]string, 0, len(s.instances))
 	for name := range s.instances {
 		names = append(names, name)
 	}
+	detached := s.detached
 	s.mu.Unlock()
+	if detached {
+		s.wg.Wait() // Detach let go of every process: nothing to stop
+		return
+	}
 	if err := s.StopMany(context.Background(), names); err != nil {
 		s.log.Warn("stop at shutdown", "error", err)
 	}

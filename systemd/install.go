@@ -115,7 +115,7 @@ func (in installer) install(ctx context.Context, c UnitConfig, log hclog.Logger)
 		return fmt.Errorf("install: %w", err)
 	}
 	if len(old) > 0 && string(old) != service {
-		log.Info("the unit changed; if berth was running it keeps the old settings until `systemctl restart berth`")
+		log.Info("the unit changed; if berth was running it keeps the old settings until `systemctl restart berth` (its apps keep running)")
 	}
 	return nil
 }

@@ -71,10 +71,10 @@ func TestRenderService_Golden(t *testing.T) {
 func TestRenderService_Settings(t *testing.T) {
 	unit := RenderService(UnitConfig{BinaryPath: "/usr/bin/berth", StopTimeout: 40 * time.Second})
 	for _, line := range []string{
-		"Type=notify", "Restart=always", "KillMode=mixed", "TimeoutStopSec=55s", "WatchdogSec=30s",
+		"Type=notify", "Restart=always", "KillMode=process", "FileDescriptorStoreMax=4096", "TimeoutStopSec=55s", "WatchdogSec=30s",
 		"NotifyAccess=main", "StateDirectory=berth", "RuntimeDirectory=berth", "RuntimeDirectoryPreserve=yes",
 		"Delegate=yes", "WantedBy=multi-user.target", "ExecStart=/usr/bin/berth agent",
-		"ExecReload=/bin/kill -HUP $MAINPID", "EnvironmentFile=-/etc/default/berth",
+		"ExecReload=/bin/kill -USR2 $MAINPID", "EnvironmentFile=-/etc/default/berth",
 		`Environment="BERTH_DATA_DIR=/var/lib/berth"`, `Environment="BERTH_SOCKET=/run/berth/berth.sock"`,
 		`Environment="BERTH_STOP_TIMEOUT=40s"`,
 	} {
@@ -316,5 +316,36 @@ func TestInstall_SwitchToSocketActivation(t *testing.T) {
 	want = "systemctl daemon-reload\nsystemctl enable --now berth.socket berth.service\n"
 	if got := readLog(t, log); got != want {
 		t.Errorf("commands:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+// TestInstall_UpgradesOldUnit ensures installing over a unit of an older
+// berth (apps killed with the agent: KillMode=mixed, reload by SIGHUP)
+// replaces it with one where apps outlive the agent, and reloads systemd.
+func TestInstall_UpgradesOldUnit(t *testing.T) {
+	in, log := fakeInstaller(t, true, "")
+	old := "[Service]\nType=notify\nExecStart=/bin/sh agent\nExecReload=/bin/kill -HUP $MAINPID\nKillMode=mixed\n"
+	if err := os.WriteFile(filepath.Join(in.unitDir, "berth.service"), []byte(old), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := UnitConfig{BinaryPath: "/bin/sh"}
+	if err := in.install(context.Background(), c, hclog.NewNullLogger()); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(filepath.Join(in.unitDir, "berth.service"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	unit := string(data)
+	for _, line := range []string{"KillMode=process", "FileDescriptorStoreMax=4096", "ExecReload=/bin/kill -USR2 $MAINPID"} {
+		if !strings.Contains(unit, "\n"+line+"\n") {
+			t.Errorf("upgraded unit lacks %q:\n%s", line, unit)
+		}
+	}
+	if strings.Contains(unit, "KillMode=mixed") {
+		t.Errorf("upgraded unit still kills the apps with the agent:\n%s", unit)
+	}
+	if got := readLog(t, log); !strings.HasPrefix(got, "systemctl daemon-reload\n") {
+		t.Errorf("commands:\n%s\nwant a daemon-reload first", got)
 	}
 }

@@ -46,6 +46,9 @@ type Main struct {
 	Getenv func(string) string
 	// Reload delivers SIGHUP: each receive reloads the settings.
 	Reload <-chan os.Signal
+	// Upgrade delivers SIGUSR2 (`systemctl reload berth`): the agent
+	// hands its apps over and re-executes its binary in place (see Run).
+	Upgrade <-chan os.Signal
 
 	args []string
 	log  hclog.Logger
@@ -261,11 +264,24 @@ func (m *Main) Run(ctx context.Context) error {
 				return
 			case <-m.Reload:
 				m.reload(a)
+			case <-m.Upgrade:
+				if err := a.Upgrade(); err != nil {
+					m.log.Error("upgrade in place refused; the agent keeps running", "error", err)
+				}
 			}
 		}
 	}()
 	err = a.Run(ctx)
 	cancel()
+	wg.Wait()
+	if err == nil {
+		// After an Upgrade: the apps still run, their pipes and sockets
+		// are passed to the same binary path, re-executed in this
+		// process (its PID, and systemd's MainPID, stay). Exec returns
+		// only on failure; systemd then starts a new agent, which adopts
+		// the apps from its fd store.
+		err = a.Exec()
+	}
 	return err
 }
 
@@ -324,6 +340,11 @@ func newAgentCmd(env *cliEnv) *cobra.Command {
 				hup, stop := env.notifyHangup()
 				defer stop()
 				m.Reload = hup
+			}
+			if env.notifyUpgrade != nil {
+				usr2, stop := env.notifyUpgrade()
+				defer stop()
+				m.Upgrade = usr2
 			}
 			if err := m.ParseFlags(args); err != nil {
 				return err

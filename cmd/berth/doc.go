@@ -76,7 +76,11 @@ BERTH_LOCK_TIMEOUT, BERTH_START_TIMEOUT, BERTH_SETTLE, BERTH_PROBATION, BERTH_RE
 BERTH_INBOX_QUIET, BERTH_JOURNAL, BERTH_LOG_LEVEL, BERTH_LOG_FORMAT,
 BERTH_ENV_FILE). A flag wins over the environment, which wins over the
 --env-file, which wins over the default. SIGINT and SIGTERM stop every app
-gracefully and exit 0; SIGHUP re-reads the settings (the env file
-included) and applies those that can change at run time.
+gracefully and exit 0, except that under systemd a restart of the unit
+leaves the apps running for the next agent to adopt; SIGHUP re-reads the
+settings (the env file included) and applies those that can change at run
+time; SIGUSR2 upgrades in place: the agent hands its apps over and
+re-executes its binary (possibly a new version at the same path) in the
+same process, which adopts them (`systemctl reload berth` sends it).
 */
 package main

@@ -47,6 +47,11 @@ func realMain() int {
 			signal.Notify(hup, syscall.SIGHUP)
 			return hup, func() { signal.Stop(hup) }
 		},
+		notifyUpgrade: func() (<-chan os.Signal, func()) {
+			usr2 := make(chan os.Signal, 1)
+			signal.Notify(usr2, syscall.SIGUSR2)
+			return usr2, func() { signal.Stop(usr2) }
+		},
 	}
 	return run(ctx, env, os.Args[1:])
 }
@@ -63,6 +68,9 @@ type cliEnv struct {
 	// every other command keeps SIGHUP's default action. nil means no
 	// SIGHUP reaches the agent (tests).
 	notifyHangup func() (<-chan os.Signal, func())
+	// notifyUpgrade subscribes to SIGUSR2 (an upgrade in place), for
+	// `berth agent` only, like notifyHangup.
+	notifyUpgrade func() (<-chan os.Signal, func())
 }
 
 // Exit codes.

@@ -19,6 +19,8 @@
 //	HELLO_START_DELAY=2s       wait that long before listening
 //	HELLO_REQUEST_DELAY=500ms  hold every GET / that long before answering
 //	HELLO_SHUTDOWN_TIMEOUT=8s  how long SIGTERM waits for in-flight requests
+//	HELLO_TICK=10ms            print "tick N" (N = 0, 1, 2, ...) that often, to
+//	                           check that no line is lost or doubled
 package main
 
 import (
@@ -60,6 +62,7 @@ type settings struct {
 	StartDelay                      time.Duration
 	RequestDelay                    time.Duration
 	ShutdownTimeout                 time.Duration
+	Tick                            time.Duration // 0: no ticks
 }
 
 // crashError is returned by run when HELLO_CRASH_AFTER fired; main exits 1.
@@ -101,6 +104,7 @@ func loadSettings(getenv func(string) string) (settings, error) {
 		{"HELLO_START_DELAY", &s.StartDelay},
 		{"HELLO_REQUEST_DELAY", &s.RequestDelay},
 		{"HELLO_SHUTDOWN_TIMEOUT", &s.ShutdownTimeout},
+		{"HELLO_TICK", &s.Tick},
 	}
 	for _, d := range durations {
 		v := getenv(d.name)
@@ -217,6 +221,15 @@ func serve(ctx context.Context, ln net.Listener, mode string, s settings, out io
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
+	if s.Tick > 0 {
+		stop := make(chan struct{})
+		ticked := make(chan struct{})
+		go tick(s.Tick, logw, stop, ticked)
+		defer func() {
+			close(stop)
+			<-ticked
+		}()
+	}
 
 	var crash <-chan time.Time
 	if s.CrashAfter > 0 {
@@ -248,6 +261,21 @@ func serve(ctx context.Context, ln net.Listener, mode string, s settings, out io
 	}
 	fmt.Fprintln(logw, "hello: stopped")
 	return nil
+}
+
+// tick prints "tick N" every d until stop is closed, then closes done.
+func tick(d time.Duration, w io.Writer, stop <-chan struct{}, done chan<- struct{}) {
+	defer close(done)
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for n := 0; ; n++ {
+		fmt.Fprintf(w, "tick %d\n", n)
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // newHandler returns hello's routes; it logs one line per request to log.

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -469,6 +470,21 @@ func TestBinary_CrashAfter(t *testing.T) {
 	}
 	if !strings.Contains(p.stderr.String(), "HELLO_CRASH_AFTER") {
 		t.Errorf("stderr = %q", p.stderr.String())
+	}
+}
+
+// TestBinary_Tick ensures HELLO_TICK prints "tick 0", "tick 1", ... in
+// order, each once.
+func TestBinary_Tick(t *testing.T) {
+	p := startHello(t, []string{"PORT=0", "HELLO_TICK=1ms"}, "")
+	for i := range 20 {
+		if l := p.line(t, "tick "); l != "tick "+strconv.Itoa(i) {
+			t.Fatalf("line %q, want tick %d", l, i)
+		}
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if code := p.wait(); code != 0 {
+		t.Fatalf("exit code = %d", code)
 	}
 }
 

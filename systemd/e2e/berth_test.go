@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/agent/api"
+	"github.com/berth-dev/berth/supervisor"
 	"golang.org/x/sys/unix"
 )
 
@@ -244,8 +245,23 @@ func TestBerth(t *testing.T) {
 				t.Errorf("port after reboot %d, want the same %d", p, port)
 			}
 			b.checkOneSet(1)
+			// The shutdown stopped the app with its stop signal (hello logs
+			// its graceful stop), though apps outlive the agent otherwise.
+			lines, err := supervisor.ReadLogFile(filepath.Join(b.m.Root, "var/lib/berth/apps/hello/logs/web.1.log"), 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			stopped := false
+			for _, l := range lines {
+				stopped = stopped || l.Text == "hello: stopped"
+			}
+			if !stopped {
+				t.Errorf("hello was not stopped gracefully by the shutdown; its log:\n%v", lines[max(0, len(lines)-10):])
+			}
 		}},
 		{"4_kill9_agent", func(t *testing.T) {
+			// The app outlives the agent: the next agent adopts it (issue 14).
+			app := b.webPID("hello")
 			before := b.agentProps()
 			b.m.MustExec("kill", "-9", before["MainPID"])
 			after := b.waitAgentRunning(before["MainPID"])
@@ -254,6 +270,9 @@ func TestBerth(t *testing.T) {
 			}
 			b.waitServing(port, 1)
 			b.checkOneSet(1)
+			if now := b.webPID("hello"); now != app {
+				t.Errorf("hello web.1 pid %d -> %d after a kill -9 of the agent, want it adopted", app, now)
+			}
 		}},
 		{"4b_kill9_app", func(t *testing.T) {
 			// A crashed app process is restarted by the agent into a fresh
@@ -277,6 +296,7 @@ func TestBerth(t *testing.T) {
 			}
 		}},
 		{"5_watchdog", func(t *testing.T) {
+			app := b.webPID("hello")
 			before := b.agentProps()
 			frozen := time.Now()
 			b.m.MustExec("kill", "-STOP", before["MainPID"])
@@ -291,6 +311,9 @@ func TestBerth(t *testing.T) {
 			}
 			b.waitServing(port, 1)
 			b.checkOneSet(1)
+			if now := b.webPID("hello"); now != app {
+				t.Errorf("hello web.1 pid %d -> %d after the watchdog replaced the agent, want it adopted", app, now)
+			}
 		}},
 		{"6_stop", func(t *testing.T) {
 			b.mustBerth("deploy", "-a", "forker", "/root/forker.tar.gz")
@@ -307,8 +330,12 @@ func TestBerth(t *testing.T) {
 			if len(b.appProcs("hello")) == 0 {
 				t.Fatal("hello is not running before the stop")
 			}
+			// A stop of the unit stops the apps (on purpose), unlike a
+			// restart or a crash of the agent.
 			since := strings.TrimSpace(b.m.MustExec("date", "+%Y-%m-%d %H:%M:%S"))
+			stopStart := time.Now()
 			b.m.MustExec("systemctl", "stop", "berth")
+			t.Logf("systemctl stop berth took %s", time.Since(stopStart).Round(time.Millisecond))
 			for _, app := range []string{"hello", "forker"} {
 				if pids := b.appProcs(app); len(pids) != 0 {
 					t.Errorf("%s processes left after systemctl stop berth: %v", app, pids)
@@ -322,6 +349,9 @@ func TestBerth(t *testing.T) {
 			logs := b.m.MustExec("journalctl", "-u", "berth", "--since", since, "--no-pager", "-o", "cat")
 			if strings.Contains(logs, "with signal SIGKILL") {
 				t.Errorf("systemd had to SIGKILL leftovers of the agent:\n%s", logs)
+			}
+			if !strings.Contains(logs, "why=stop") {
+				t.Errorf("the agent did not tell a stop of the unit:\n%s", tail(logs, 20))
 			}
 			if st := strings.TrimSpace(b.m.Props("berth.service", "ActiveState")["ActiveState"]); st != "inactive" {
 				t.Errorf("berth.service %s after stop", st)
@@ -383,8 +413,15 @@ func TestBerth(t *testing.T) {
 				t.Fatalf("berth.socket is %s", st)
 			}
 			since := strings.TrimSpace(b.m.MustExec("date", "+%Y-%m-%d %H:%M:%S"))
+			// A restart of the unit leaves the apps to the next agent (the
+			// install switched to socket activation, which stopped them).
+			b.waitServing(port, activeOf(t, b.releases("hello")))
+			app := b.webPID("hello")
 			b.m.MustExec("systemctl", "restart", "berth")
 			b.waitAgentRunning("")
+			if now := b.webPID("hello"); now != app {
+				t.Errorf("hello web.1 pid %d -> %d after systemctl restart berth, want it adopted", app, now)
+			}
 			logs := b.m.MustExec("journalctl", "-u", "berth", "--since", since, "--no-pager", "-o", "cat")
 			if !strings.Contains(logs, "socket passed by systemd") {
 				t.Errorf("the agent did not take the socket from systemd:\n%s", tail(logs, 20))

@@ -13,6 +13,10 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(clientEnv) != "" {
+		// The load client, run inside the container (adopt_test.go).
+		os.Exit(runClient())
+	}
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "e2e-systemd needs root (debootstrap, systemd-nspawn, nsenter)")
 		os.Exit(1)
