@@ -18,6 +18,10 @@ type proc struct {
 	exited chan struct{} // closed by the reaper once exit is set
 	exit   Exit
 	output chan struct{} // closed once its output pipes reached end of file
+	// oomWatch says its container's OOM events are counted (a Limiter),
+	// from oomBase at its start (limits.go).
+	oomWatch bool
+	oomBase  uint64
 }
 
 // instance is one supervised instance across its restarts.
@@ -157,6 +161,7 @@ func (in *instance) started(p *proc) {
 // exited handles the exit of p. It runs on the reaper goroutine.
 func (in *instance) exited(p *proc, ws syscall.WaitStatus, at time.Time) {
 	exit := exitOf(ws, at)
+	in.markOOM(p, ws, &exit)
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	if in.halting {
