@@ -94,6 +94,11 @@ type Agent struct {
 	releaseDue   atomic.Bool
 	changesEnded chan struct{}
 	settled      chan struct{}
+
+	// met counts what metrics.go reports and no one else keeps; notes
+	// remembers the limits said to be unenforced (limits.go).
+	met   metrics
+	notes limitNotes
 }
 
 // New checks cfg, fills its defaults and returns an agent. It starts
@@ -175,13 +180,14 @@ func (a *Agent) Reload(cfg Config) error {
 	defer a.cfgMu.Unlock()
 	old := a.cfg
 	fixed := map[string]bool{
-		"data_dir":     cfg.DataDir != old.DataDir,
-		"socket":       cfg.SocketPath != old.SocketPath,
-		"socket_group": cfg.SocketGroup != old.SocketGroup,
-		"base_port":    cfg.BasePort != old.BasePort,
-		"lock_timeout": cfg.LockTimeout != old.LockTimeout,
-		"journal":      cfg.Journal != old.Journal,
-		"inbox_quiet":  cfg.InboxQuiet != old.InboxQuiet,
+		"data_dir":       cfg.DataDir != old.DataDir,
+		"socket":         cfg.SocketPath != old.SocketPath,
+		"socket_group":   cfg.SocketGroup != old.SocketGroup,
+		"base_port":      cfg.BasePort != old.BasePort,
+		"lock_timeout":   cfg.LockTimeout != old.LockTimeout,
+		"journal":        cfg.Journal != old.Journal,
+		"inbox_quiet":    cfg.InboxQuiet != old.InboxQuiet,
+		"metrics_listen": cfg.MetricsListen != old.MetricsListen,
 	}
 	for name, changed := range fixed {
 		if changed {
@@ -319,6 +325,11 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		})
 		a.log.Info("serving", "socket", ln.Addr().String())
 	}
+	if cfg.MetricsListen != "" {
+		if sd.metrics, err = a.listenMetrics(cfg.MetricsListen); err != nil {
+			return err
+		}
+	}
 
 	// The inbox also stops as soon as Run's context ends, before the
 	// ordered shutdown reaches it: it starts no new deploy then.
@@ -368,7 +379,7 @@ func goOwned(parent context.Context, fn func(ctx context.Context)) func() {
 // shutdownSteps holds the stop functions of what Run started after the
 // store and the supervisor (nil for what it did not start).
 type shutdownSteps struct {
-	inbox, server, watchdog func()
+	inbox, server, metrics, watchdog func()
 }
 
 // mainLoop answers watchdog pings and updates the systemd status line
@@ -545,7 +556,7 @@ func (a *Agent) shutdown(cancelOps context.CancelFunc, sd *shutdownSteps) {
 	cancelOps()
 	a.ops.Wait()
 
-	for _, stop := range []func(){sd.inbox, sd.server, sd.watchdog} {
+	for _, stop := range []func(){sd.inbox, sd.server, sd.metrics, sd.watchdog} {
 		if stop != nil {
 			stop()
 		}

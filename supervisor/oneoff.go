@@ -87,14 +87,15 @@ func (o *oneOffs) remove(r *oneOff) {
 // A writer that fails (the caller went away) gets no more output: what
 // follows is read and dropped, so the command never blocks on a full
 // pipe; the caller is expected to end ctx. Each writer is called from
-// one goroutine at a time.
+// one goroutine at a time. started, if not nil, is called with the pid
+// once the command has exec'd, before any output is written.
 //
 // When the command exits, anything left in its group is killed and its
 // Exit returned (a non-zero exit is not an error). If ctx ends first (or
 // the supervisor shuts down) the group gets the stop signal, SIGKILL
 // after the stop timeout, and the exit is returned with ctx's error (or
 // ErrClosed). A command that cannot start returns an error and no exit.
-func (s *Supervisor) RunAttached(ctx context.Context, spec Spec, stdout, stderr io.Writer) (Exit, error) {
+func (s *Supervisor) RunAttached(ctx context.Context, spec Spec, stdout, stderr io.Writer, started func(pid int)) (Exit, error) {
 	sp, err := spec.withDefaults()
 	if err != nil {
 		return Exit{}, err
@@ -150,6 +151,9 @@ func (s *Supervisor) RunAttached(ctx context.Context, spec Spec, stdout, stderr 
 	if err != nil {
 		closeAll(outR, errR)
 		return Exit{}, fmt.Errorf("run %s: %w", sp.Name, err)
+	}
+	if started != nil {
+		started(p.pid)
 	}
 	var readers sync.WaitGroup
 	for _, pipe := range []struct {
