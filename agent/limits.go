@@ -11,8 +11,9 @@ import (
 
 // Resource limits of a process type (berth.json "limits") are applied
 // to each instance's own cgroup by the supervisor, where the agent has a
-// delegated cgroup (systemd, Delegate=yes). Without one they are not
-// enforced: the agent says so once per app, type and release, in its log
+// delegated cgroup (systemd, Delegate=yes) with the controllers they
+// need. Without, they are not enforced (and the instances run anyway):
+// the agent says so once per app, type and release, in its log
 // and as a "limits" event, and ps shows the limits with "(not
 // enforced: ...)". An instance the OOM killer killed is recorded as an
 // "oom" event ("web.1 killed by the OOM killer at 256 MiB") and restarted
@@ -29,8 +30,6 @@ func limitsOf(r *build.Resources) supervisor.Limits {
 	return supervisor.Limits{MemoryMax: int64(r.MemoryMax), MemoryHigh: int64(r.MemoryHigh), CPUs: r.CPUs, TasksMax: r.TasksMax}
 }
 
-// notEnforced is what ps adds to limits the agent cannot apply.
-const notEnforced = "not enforced: the agent has no delegated cgroup (run it under systemd with Delegate=yes)"
 
 // limitNotes remembers for which app, type and release the agent said
 // that the limits are not enforced, so it says it once.
@@ -43,7 +42,8 @@ type limitNotes struct {
 // release, when the instance's type has limits that the supervisor
 // cannot enforce.
 func (a *Agent) noteUnenforced(in *instance) {
-	if in.spec.Limits.IsZero() || a.sup.Enforces() {
+	why := a.sup.LimitsUnenforced(in.spec.Limits)
+	if why == "" {
 		return
 	}
 	key := fmt.Sprintf("%s\x00%s\x00%d", in.App, in.Type, in.Release)
@@ -58,8 +58,8 @@ func (a *Agent) noteUnenforced(in *instance) {
 		return
 	}
 	a.log.Warn("resource limits are not enforced", "app", in.App, "type", in.Type, "release", in.Release,
-		"limits", in.spec.Limits.String(), "reason", notEnforced)
-	a.appendEvent(in.App, "limits", fmt.Sprintf("limits of %s in v%d (%s) are %s", in.Type, in.Release, in.spec.Limits, notEnforced))
+		"limits", in.spec.Limits.String(), "reason", why)
+	a.appendEvent(in.App, "limits", fmt.Sprintf("limits of %s in v%d (%s) are not enforced: %s", in.Type, in.Release, in.spec.Limits, why))
 }
 
 // limitsText is the limits column of ps for an instance.
@@ -68,8 +68,8 @@ func (a *Agent) limitsText(in *instance) string {
 	if l.IsZero() {
 		return ""
 	}
-	if !a.sup.Enforces() {
-		return l.String() + " (" + notEnforced + ")"
+	if why := a.sup.LimitsUnenforced(l); why != "" {
+		return l.String() + " (not enforced: " + why + ")"
 	}
 	return l.String()
 }

@@ -120,8 +120,12 @@ type Limiter interface {
 	// SetLimits applies Limits (memory.max and memory.high in bytes, a
 	// share of cores, pids.max) to the instance's container after
 	// Prepare and before its process starts; a zero value means no
-	// limit. An error fails the start (retried like a failed exec).
+	// limit. Limits it cannot enforce here (Unenforced says which) are
+	// left out. An error fails the start (retried like a failed exec).
 	SetLimits(name string, memoryMax, memoryHigh int64, cpus float64, tasksMax int64) error
+	// Unenforced says which of the given limits cannot be enforced here
+	// and why (a controller that was not delegated), "" when all can.
+	Unenforced(memoryMax, memoryHigh int64, cpus float64, tasksMax int64) string
 	// OOMEvents returns how many times the instance's container hit its
 	// memory limit and had a process killed (memory.events: oom plus
 	// oom_kill); it only grows while the container exists.
@@ -137,6 +141,22 @@ type Limiter interface {
 func (s *Supervisor) Enforces() bool {
 	_, ok := s.cfg.Container.(Limiter)
 	return ok
+}
+
+// NoLimiter is what LimitsUnenforced says without a Limiter.
+const NoLimiter = "no delegated cgroup to apply them in"
+
+// LimitsUnenforced says which of l cannot be enforced and why; "" when
+// all of it is (or l sets none).
+func (s *Supervisor) LimitsUnenforced(l Limits) string {
+	if l.IsZero() {
+		return ""
+	}
+	lim, ok := s.cfg.Container.(Limiter)
+	if !ok {
+		return NoLimiter
+	}
+	return lim.Unenforced(l.MemoryMax, l.MemoryHigh, l.CPUs, l.TasksMax)
 }
 
 // Usage returns what the instance's container uses now. ok is false when

@@ -90,22 +90,41 @@ func enabledNames(m map[string]bool) []string {
 	return out
 }
 
+// Unenforced names the limits set whose controller is off here, and
+// why; "" when every one can be enforced.
+func (c *Cgroups) Unenforced(memoryMax, memoryHigh int64, cpus float64, tasksMax int64) string {
+	on, _ := c.enabledControllers()
+	var off []string
+	if (memoryMax > 0 || memoryHigh > 0) && !on["memory"] {
+		off = append(off, "memory")
+	}
+	if cpus > 0 && !on["cpu"] {
+		off = append(off, "cpu")
+	}
+	if tasksMax > 0 && !on["pids"] {
+		off = append(off, "pids")
+	}
+	if len(off) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("the %s controller(s) of cgroup v2 are not available to the agent's cgroup %s (bound to cgroup v1, or not delegated)",
+		strings.Join(off, ", "), c.own)
+}
+
 // SetLimits writes the instance's limits into its prepared cgroup:
 // memory.max and memory.high in bytes, with memory.oom.group 1 so the
 // OOM killer kills the instance whole; cpu.max as cpus times
 // CPUPeriodUsec per period; pids.max. A zero value writes "max" (no
-// limit) where the controller is on. A limit whose controller is off,
-// or a write the kernel refuses, is an error naming it.
+// limit) where the controller is on. A limit whose controller is off is
+// left out (Unenforced names it); a write the kernel refuses is an
+// error naming it.
 func (c *Cgroups) SetLimits(name string, memoryMax, memoryHigh int64, cpus float64, tasksMax int64) error {
 	dir, err := c.Dir(name)
 	if err != nil {
 		return err
 	}
-	on, why := c.enabledControllers()
-	type write struct {
-		ctl, file, value string
-		set              bool
-	}
+	on, _ := c.enabledControllers()
+	type write struct{ ctl, file, value string }
 	bytesOrMax := func(n int64) string {
 		if n <= 0 {
 			return "max"
@@ -122,17 +141,14 @@ func (c *Cgroups) SetLimits(name string, memoryMax, memoryHigh int64, cpus float
 		oomGroup = "1"
 	}
 	writes := []write{
-		{"memory", "memory.max", bytesOrMax(memoryMax), memoryMax > 0},
-		{"memory", "memory.high", bytesOrMax(memoryHigh), memoryHigh > 0},
-		{"memory", "memory.oom.group", oomGroup, memoryMax > 0},
-		{"cpu", "cpu.max", cpu, cpus > 0},
-		{"pids", "pids.max", bytesOrMax(tasksMax), tasksMax > 0},
+		{"memory", "memory.max", bytesOrMax(memoryMax)},
+		{"memory", "memory.high", bytesOrMax(memoryHigh)},
+		{"memory", "memory.oom.group", oomGroup},
+		{"cpu", "cpu.max", cpu},
+		{"pids", "pids.max", bytesOrMax(tasksMax)},
 	}
 	for _, w := range writes {
 		if !on[w.ctl] {
-			if w.set {
-				return fmt.Errorf("%s of %s: the %s controller is not available (%s)", w.file, name, w.ctl, why)
-			}
 			continue
 		}
 		if err := os.WriteFile(filepath.Join(dir, w.file), []byte(w.value), 0); err != nil {
