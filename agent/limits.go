@@ -30,7 +30,6 @@ func limitsOf(r *build.Resources) supervisor.Limits {
 	return supervisor.Limits{MemoryMax: int64(r.MemoryMax), MemoryHigh: int64(r.MemoryHigh), CPUs: r.CPUs, TasksMax: r.TasksMax}
 }
 
-
 // limitNotes remembers for which app, type and release the agent said
 // that the limits are not enforced, so it says it once.
 type limitNotes struct {
