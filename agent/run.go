@@ -62,10 +62,12 @@ func (a *Agent) oneOff(ctx context.Context, app string, argv []string, started f
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stdout, stderr = cancelOnError(stdout, cancel), cancelOnError(stderr, cancel)
-	command := shellQuote(argv)
+	// sh execs the program: its exit, or the signal that killed it, is
+	// the command's own.
+	command := "exec " + shellQuote(argv)
 	for n := 1; ; n++ {
 		inst := "run." + strconv.Itoa(n)
-		meta := &oneOff{App: app, Instance: inst, Release: rel.Version, Command: command}
+		meta := &oneOff{App: app, Instance: inst, Release: rel.Version, Command: shellQuote(argv)}
 		spec := supervisor.Spec{
 			Name:    oneOffName(app, n),
 			Command: command,
@@ -87,7 +89,7 @@ func (a *Agent) oneOff(ctx context.Context, app string, argv []string, started f
 			continue // run.n runs already: take the next number
 		}
 		if err != nil && exit.Time.IsZero() {
-			return api.RunExit{}, fmt.Errorf("run %s on %s: %w", command, app, err)
+			return api.RunExit{}, fmt.Errorf("run on %s: %w", app, err)
 		}
 		if err != nil {
 			a.log.Info("one-off command stopped", "app", app, "instance", inst, "reason", err, "exit", exit.String())
