@@ -44,17 +44,12 @@ func (c *Cgroups) enabledControllers() (map[string]bool, string) {
 		return c.ctrl.enabled, c.ctrl.why
 	}
 	c.ctrl.done = true
-	c.ctrl.enabled = map[string]bool{}
 	var why []string
 	for _, dir := range []string{c.own, c.apps} {
-		avail := map[string]bool{}
-		if data, err := os.ReadFile(filepath.Join(dir, "cgroup.controllers")); err == nil {
-			for _, f := range strings.Fields(string(data)) {
-				avail[f] = true
-			}
-		}
+		avail := readFields(filepath.Join(dir, "cgroup.controllers"))
+		have := readFields(filepath.Join(dir, "cgroup.subtree_control"))
 		for _, ctl := range limitControllers {
-			if !avail[ctl] {
+			if !avail[ctl] || have[ctl] {
 				continue
 			}
 			err := os.WriteFile(filepath.Join(dir, "cgroup.subtree_control"), []byte("+"+ctl), 0)
@@ -63,11 +58,7 @@ func (c *Cgroups) enabledControllers() (map[string]bool, string) {
 			}
 		}
 	}
-	if data, err := os.ReadFile(filepath.Join(c.apps, "cgroup.subtree_control")); err == nil {
-		for _, f := range strings.Fields(string(data)) {
-			c.ctrl.enabled[f] = true
-		}
-	}
+	c.ctrl.enabled = readFields(filepath.Join(c.apps, "cgroup.subtree_control"))
 	for _, ctl := range limitControllers {
 		if !c.ctrl.enabled[ctl] {
 			why = append(why, fmt.Sprintf("the %s controller is not delegated to %s", ctl, c.own))
@@ -199,6 +190,18 @@ func (c *Cgroups) Usage(name string) (memoryBytes, cpuUsec int64, err error) {
 		}
 	}
 	return memoryBytes, stat["usage_usec"], nil
+}
+
+// readFields returns the words of a file as a set; none if it cannot
+// be read.
+func readFields(path string) map[string]bool {
+	out := map[string]bool{}
+	if data, err := os.ReadFile(path); err == nil {
+		for _, f := range strings.Fields(string(data)) {
+			out[f] = true
+		}
+	}
+	return out
 }
 
 // readKeyed reads a flat keyed cgroup file ("key value" lines).
