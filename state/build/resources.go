@@ -91,6 +91,9 @@ func ParseBytes(s string) (int64, error) {
 		return 0, fmt.Errorf("size %q: too large", orig)
 	}
 	unit := strings.TrimSpace(s[i:])
+	if strings.HasPrefix(unit, ".") {
+		return 0, fmt.Errorf("size %q: whole numbers only (write 1536M for 1.5G)", orig)
+	}
 	shift, ok := sizeUnits[strings.ToUpper(unit)]
 	if !ok {
 		return 0, fmt.Errorf("size %q: unknown unit %q (want K, M, G or T)", orig, unit)
