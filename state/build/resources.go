@@ -1,6 +1,7 @@
 package build
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -30,6 +31,37 @@ type Resources struct {
 	CPUs float64 `json:"cpus,omitempty"`
 	// TasksMax bounds the instance's processes and threads (pids.max).
 	TasksMax int64 `json:"tasks_max,omitempty"`
+}
+
+// UnmarshalJSON reads the limits strictly (unknown keys are errors),
+// naming the field of a bad size.
+func (r *Resources) UnmarshalJSON(data []byte) error {
+	var raw struct {
+		MemoryMax  json.RawMessage `json:"memory_max"`
+		MemoryHigh json.RawMessage `json:"memory_high"`
+		CPUs       float64         `json:"cpus"`
+		TasksMax   int64           `json:"tasks_max"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&raw); err != nil {
+		return fmt.Errorf("limits: %w", err)
+	}
+	out := Resources{CPUs: raw.CPUs, TasksMax: raw.TasksMax}
+	for _, f := range []struct {
+		key string
+		raw json.RawMessage
+		to  *Bytes
+	}{{"memory_max", raw.MemoryMax, &out.MemoryMax}, {"memory_high", raw.MemoryHigh, &out.MemoryHigh}} {
+		if len(f.raw) == 0 {
+			continue
+		}
+		if err := f.to.UnmarshalJSON(f.raw); err != nil {
+			return fmt.Errorf("limits %s: %w", f.key, err)
+		}
+	}
+	*r = out
+	return nil
 }
 
 // Bounds of the limits a manifest may set.

@@ -29,7 +29,8 @@ func TestParseManifest_Limits(t *testing.T) {
 
 	for _, tc := range []struct{ limits, want string }{
 		{`{"memory_max": "256X"}`, `unknown unit "X"`},
-		{`{"memory_max": "1.5G"}`, `whole numbers only`},
+		{`{"memory_max": "1.5G"}`, `limits memory_max: size "1.5G": whole numbers only`},
+		{`{"memory_high": null}`, `limits memory_high: size "null"`},
 		{`{"memory_max": -1}`, `want a whole number of bytes`},
 		{`{"memory_max": "-1M"}`, `want a whole number of bytes`},
 		{`{"memory_max": "99999999999T"}`, `too large`},
