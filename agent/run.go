@@ -7,6 +7,7 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/berth-dev/berth/agent/api"
 	"github.com/berth-dev/berth/state"
@@ -23,7 +24,9 @@ import (
 // one-offs. When the client goes away it gets the stop signal (SIGTERM,
 // SIGKILL after the stop timeout). It takes no app lock: a deploy may
 // switch the app meanwhile and the command runs on in the release it
-// started in.
+// started in. It takes the app's lock only until it has started, so it
+// waits for a change in progress, and a destroy stops it (and waits for
+// it to end) before the app's uid is freed.
 
 // oneOff is what the agent knows of a running one-off command; it is
 // the supervisor spec's Meta, fixed at the start.
@@ -32,6 +35,9 @@ type oneOff struct {
 	Instance string // run.1
 	Release  int
 	Command  string
+
+	stop func()        // ends the command's context
+	done chan struct{} // closed once RunAttached returned
 }
 
 // oneOffName is the supervisor name of one-off n of app.
@@ -46,6 +52,13 @@ func (a *Agent) OneOff(ctx context.Context, app string, req api.RunRequest, star
 }
 
 func (a *Agent) oneOff(ctx context.Context, app string, argv []string, started func(api.RunStarted), stdout, stderr io.Writer) (api.RunExit, error) {
+	unlock, err := a.lockApp(ctx, app)
+	if err != nil {
+		return api.RunExit{}, err
+	}
+	var once sync.Once
+	release := func() { once.Do(unlock) }
+	defer release()
 	rel, b, err := a.activeBuild(app)
 	if errors.Is(err, state.ErrNoActiveRelease) {
 		return api.RunExit{}, fmt.Errorf("%w: run on %s: nothing is deployed yet", api.ErrConflict, app)
@@ -67,7 +80,7 @@ func (a *Agent) oneOff(ctx context.Context, app string, argv []string, started f
 	command := "exec " + shellQuote(argv)
 	for n := 1; ; n++ {
 		inst := "run." + strconv.Itoa(n)
-		meta := &oneOff{App: app, Instance: inst, Release: rel.Version, Command: shellQuote(argv)}
+		meta := &oneOff{App: app, Instance: inst, Release: rel.Version, Command: shellQuote(argv), stop: cancel, done: make(chan struct{})}
 		spec := supervisor.Spec{
 			Name:    oneOffName(app, n),
 			Command: command,
@@ -81,10 +94,12 @@ func (a *Agent) oneOff(ctx context.Context, app string, argv []string, started f
 		}
 		a.log.Info("one-off command", "app", app, "instance", inst, "release", rel.Version)
 		exit, err := a.sup.RunAttached(ctx, spec, stdout, stderr, func(pid int) {
+			release()
 			if started != nil {
 				started(api.RunStarted{Instance: inst, PID: pid, Release: rel.Version})
 			}
 		})
+		close(meta.done)
 		if errors.Is(err, supervisor.ErrExists) {
 			continue // run.n runs already: take the next number
 		}
@@ -132,6 +147,22 @@ func shellQuote(argv []string) string {
 		parts[i] = "'" + strings.ReplaceAll(w, "'", `'\''`) + "'"
 	}
 	return strings.Join(parts, " ")
+}
+
+// stopOneOffs stops the app's one-off commands and waits until they
+// have ended. The caller holds the app's lock, so no new one starts.
+func (a *Agent) stopOneOffs(app string) int {
+	var runs []*oneOff
+	for _, st := range a.sup.OneOffs() {
+		if o, ok := st.Meta.(*oneOff); ok && o.App == app {
+			o.stop()
+			runs = append(runs, o)
+		}
+	}
+	for _, o := range runs {
+		<-o.done
+	}
+	return len(runs)
 }
 
 // oneOffProcesses lists the app's running one-off commands (all apps'

@@ -224,3 +224,33 @@ func TestShellQuote(t *testing.T) {
 		}
 	}
 }
+
+// TestOneOff_StoppedByDestroy ensures destroying an app stops its
+// running one-offs before its uid is freed, and that the destroy waits
+// for them.
+func TestOneOff_StoppedByDestroy(t *testing.T) {
+	ta := startAgent(t, testConfig(dataDir(t)))
+	ta.mustDeploy(t, "hello", webBuild(t, "one"))
+	pids := make(chan int, 1)
+	type result struct {
+		exit api.RunExit
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		exit, err := ta.OneOff(context.Background(), "hello", api.RunRequest{Command: []string{"sleep", "1000"}},
+			func(s api.RunStarted) { pids <- s.PID }, nil, nil)
+		done <- result{exit, err}
+	}()
+	pid := <-pids
+	if err := ta.DestroyApp(context.Background(), "hello"); err != nil {
+		t.Fatal(err)
+	}
+	if alivePID(pid) {
+		t.Errorf("one-off %d still runs after the destroy returned", pid)
+	}
+	r := <-done
+	if !errors.Is(r.err, context.Canceled) || !strings.Contains(r.err.Error(), "signal SIGTERM") {
+		t.Errorf("the one-off's result: %+v", r)
+	}
+}
