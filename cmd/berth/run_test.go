@@ -1,12 +1,16 @@
 package main
 
 import (
+	"bytes"
 	"io"
 	"net/http"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
+
+	"github.com/berth-dev/berth/agent/api"
 
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -74,4 +78,29 @@ func TestE2E_Run(t *testing.T) {
 		t.Errorf("a config var reached /metrics:\n%s", body)
 	}
 	e.stopAgent()
+}
+
+// TestPrintProcesses_OOMAndOneOff ensures ps shows an OOM kill as the
+// last exit of an instance that runs again, and a one-off with its mode
+// and no port.
+func TestPrintProcesses_OOMAndOneOff(t *testing.T) {
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	g := &globals{env: &cliEnv{now: func() time.Time { return now }}}
+	var out bytes.Buffer
+	err := printProcesses(g, &out, []api.Process{
+		{App: "hello", Instance: "web.1", Type: "web", State: "running", PID: 10, Release: 2, Port: 5000,
+			StartedAt: now.Add(-time.Minute), Restarts: 1, LastExit: "killed by the OOM killer at 256 MiB", Mode: "bind", Command: "./web"},
+		{App: "hello", Instance: "run.1", Type: "run", State: "running", PID: 11, Release: 2,
+			StartedAt: now.Add(-time.Second), Mode: "one-off", Command: "sh -c 'echo hi'"},
+	}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(out.String(), "\n")
+	if !strings.Contains(lines[1], "running (last exit: killed by the OOM killer at 256 MiB)") {
+		t.Errorf("web.1 row %q", lines[1])
+	}
+	if f := strings.Fields(lines[2]); f[0] != "run.1" || f[4] != "-" || !strings.Contains(lines[2], "one-off") {
+		t.Errorf("run.1 row %q", lines[2])
+	}
 }
