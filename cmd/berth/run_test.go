@@ -10,10 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/berth-dev/berth/agent/api"
-
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/berth-dev/berth/agent/api"
 )
 
 // TestE2E_Run drives `berth run` and the metrics listener of the real
