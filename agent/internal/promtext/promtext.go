@@ -131,8 +131,9 @@ func (w *Writer) labels(pairs []string, extraName, extraValue string) {
 	w.str("}")
 }
 
-// FormatValue writes a sample value: the shortest decimal that reads
-// back the same, +Inf, -Inf or NaN.
+// FormatValue writes a sample value: a whole number as digits
+// ("67108864", not "6.7108864e+07"), else the shortest decimal that
+// reads back the same; +Inf, -Inf or NaN.
 func FormatValue(v float64) string {
 	switch {
 	case math.IsInf(v, 1):
@@ -141,6 +142,8 @@ func FormatValue(v float64) string {
 		return "-Inf"
 	case math.IsNaN(v):
 		return "NaN"
+	case v == math.Trunc(v) && math.Abs(v) < 1<<53:
+		return strconv.FormatFloat(v, 'f', -1, 64)
 	}
 	return strconv.FormatFloat(v, 'g', -1, 64)
 }

@@ -113,3 +113,12 @@ func TestWriter_KeepsFirstError(t *testing.T) {
 		t.Errorf("%d writes after the failure, want 1", fw.n)
 	}
 }
+
+func TestFormatValue(t *testing.T) {
+	for v, want := range map[float64]string{67108864: "67108864", 0: "0", -3: "-3", 0.056601: "0.056601",
+		1e20: "1e+20", 2.5e-9: "2.5e-09", math.Inf(-1): "-Inf", math.NaN(): "NaN"} {
+		if got := FormatValue(v); got != want {
+			t.Errorf("FormatValue(%g) = %q, want %q", v, got, want)
+		}
+	}
+}
