@@ -154,6 +154,11 @@ func (cfg Config) validate() error {
 			return fmt.Errorf("default user: %w", err)
 		}
 	}
+	if cfg.MetricsListen != "" {
+		if _, port, err := net.SplitHostPort(cfg.MetricsListen); err != nil || port == "" {
+			return fmt.Errorf("metrics listen address %q: want HOST:PORT, e.g. 127.0.0.1:9090", cfg.MetricsListen)
+		}
+	}
 	if r := cfg.AppUIDs; r.Min < 1 || r.Max < r.Min || r.Max >= 1<<32-1 {
 		return fmt.Errorf("app uids %d-%d: must be MIN-MAX with 0 < MIN <= MAX < 4294967295", r.Min, r.Max)
 	}
@@ -180,15 +185,15 @@ func (a *Agent) Reload(cfg Config) error {
 	defer a.cfgMu.Unlock()
 	old := a.cfg
 	fixed := map[string]bool{
-		"data_dir":       cfg.DataDir != old.DataDir,
-		"socket":         cfg.SocketPath != old.SocketPath,
-		"socket_group":   cfg.SocketGroup != old.SocketGroup,
-		"base_port":      cfg.BasePort != old.BasePort,
-		"lock_timeout":   cfg.LockTimeout != old.LockTimeout,
-		"journal":        cfg.Journal != old.Journal,
-		"inbox_quiet":    cfg.InboxQuiet != old.InboxQuiet,
-		"metrics_listen": cfg.MetricsListen != old.MetricsListen,
+		"data_dir":     cfg.DataDir != old.DataDir,
+		"socket":       cfg.SocketPath != old.SocketPath,
+		"socket_group": cfg.SocketGroup != old.SocketGroup,
+		"base_port":    cfg.BasePort != old.BasePort,
+		"lock_timeout": cfg.LockTimeout != old.LockTimeout,
+		"journal":      cfg.Journal != old.Journal,
+		"inbox_quiet":  cfg.InboxQuiet != old.InboxQuiet,
 	}
+	fixed["metrics_listen"] = cfg.MetricsListen != old.MetricsListen
 	for name, changed := range fixed {
 		if changed {
 			a.log.Warn("setting changes only when the agent restarts", "setting", name)
@@ -326,9 +331,13 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		a.log.Info("serving", "socket", ln.Addr().String())
 	}
 	if cfg.MetricsListen != "" {
-		if sd.metrics, err = a.listenMetrics(cfg.MetricsListen); err != nil {
-			return err
+		// The apps run on without it: a port taken by something else
+		// must not keep them down (the socket serves /metrics too).
+		stop, lerr := a.listenMetrics(cfg.MetricsListen)
+		if lerr != nil {
+			a.log.Error("no TCP metrics listener; /metrics is served on the control socket only", "error", lerr)
 		}
+		sd.metrics = stop
 	}
 
 	// The inbox also stops as soon as Run's context ends, before the

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"syscall"
@@ -200,4 +201,33 @@ func TestMetrics_NotReady(t *testing.T) {
 	if !errors.Is(err, api.ErrUnavailable) {
 		t.Fatalf("WriteMetrics before Run: %v, want ErrUnavailable", err)
 	}
+}
+
+// TestMetrics_ListenAddress ensures a malformed --metrics-listen is
+// refused before anything starts, and a port already taken leaves the
+// agent and its apps running, with /metrics still on the socket.
+func TestMetrics_ListenAddress(t *testing.T) {
+	cfg := testConfig(dataDir(t))
+	for _, bad := range []string{"9090", "localhost", "127.0.0.1:"} {
+		cfg.MetricsListen = bad
+		if _, err := New(cfg, testLogger()); err == nil || !strings.Contains(err.Error(), "want HOST:PORT") {
+			t.Errorf("MetricsListen %q: %v, want an error", bad, err)
+		}
+	}
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	cfg.MetricsListen = taken.Addr().String()
+	ta := startAgent(t, cfg)
+	ta.mustDeploy(t, "hello", webBuild(t, "one"))
+	if ta.MetricsAddr() != "" {
+		t.Errorf("a metrics listener on a taken port: %s", ta.MetricsAddr())
+	}
+	var buf bytes.Buffer
+	if err := ta.WriteMetrics(context.Background(), &buf); err != nil {
+		t.Fatal(err)
+	}
+	wantMetric(t, scrape(t, buf.Bytes()), "berth_app_active_release", map[string]string{"app": "hello"}, 1)
 }
