@@ -120,3 +120,25 @@ func TestServer_MetricsPeerCheck(t *testing.T) {
 		t.Errorf("nobody in the group: %s, want 200 and the metrics", out)
 	}
 }
+
+// FuzzDecodeRun feeds arbitrary bodies to the one-off command decoder: it
+// must not panic, must refuse with ErrInvalid or ErrTooLarge, and what it
+// accepts is a command CheckRunCommand passes.
+func FuzzDecodeRun(f *testing.F) {
+	for _, seed := range []string{`{"command":["true"]}`, `{"command":[]}`, `{"command":[""]}`, `{"command":["a\u0000"]}`,
+		`{"command":"ls"}`, `{"Command":["ls"]}`, `{"command":["a"],"command":["b"]}`, ``, `null`, `{"command":["ls"]} x`} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		req, err := decodeRun(bytes.NewReader(body))
+		if err != nil {
+			if !errors.Is(err, ErrInvalid) && !errors.Is(err, ErrTooLarge) {
+				t.Fatalf("error %v is neither ErrInvalid nor ErrTooLarge", err)
+			}
+			return
+		}
+		if err := CheckRunCommand(req.Command); err != nil {
+			t.Fatalf("accepted %q: %v", req.Command, err)
+		}
+	})
+}
