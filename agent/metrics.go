@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -122,7 +124,7 @@ func (a *Agent) writeMetrics(out io.Writer) error {
 	w.Sample("berth_build_info", 1, "version", cfg.Version)
 	w.Family("berth_agent_start_time_seconds", promtext.Gauge, "When the agent started, in seconds since the epoch.")
 	w.Sample("berth_agent_start_time_seconds", unixSeconds(a.startedAt))
-	w.Family("berth_limits_enforced", promtext.Gauge, "1 when resource limits of berth.json are enforced (each instance in a cgroup of its own), 0 when they are not.")
+	w.Family("berth_limits_enforced", promtext.Gauge, "1 when the agent has a delegated cgroup to apply the limits of berth.json in (each instance in a cgroup of its own), 0 when it enforces none; ps says which limits a cgroup without their controller cannot enforce.")
 	w.Sample("berth_limits_enforced", boolValue(a.sup.Enforces()))
 
 	w.Family("berth_app_active_release", promtext.Gauge, "The version number of the app's active release (0: none).")
@@ -220,8 +222,8 @@ func (a *Agent) writeMetrics(out io.Writer) error {
 	for k, h := range a.met.switches {
 		switches[k] = h.Snapshot()
 	}
-	rollbacks := cloneCounts(a.met.rollbacks)
-	ooms := cloneCounts(a.met.oomKills)
+	rollbacks := maps.Clone(a.met.rollbacks)
+	ooms := maps.Clone(a.met.oomKills)
 	a.met.mu.Unlock()
 
 	w.Family("berth_switch_duration_seconds", promtext.Histogram, "Switches of an app to a release (deploy, config, rollback) by outcome (ok, rolled_back, failed, interrupted): the time from the request to the end, since the agent started.")
@@ -230,7 +232,7 @@ func (a *Agent) writeMetrics(out io.Writer) error {
 		keys = append(keys, k)
 	}
 	slices.SortFunc(keys, func(x, y switchKey) int {
-		return cmpStrings(x.app+"\x00"+x.kind+"\x00"+x.outcome, y.app+"\x00"+y.kind+"\x00"+y.outcome)
+		return strings.Compare(x.app+"\x00"+x.kind+"\x00"+x.outcome, y.app+"\x00"+y.kind+"\x00"+y.outcome)
 	})
 	for _, k := range keys {
 		w.Histogram("berth_switch_duration_seconds", switches[k], "app", k.app, "kind", k.kind, "outcome", k.outcome)
@@ -268,30 +270,12 @@ func boolValue(b bool) float64 {
 
 func unixSeconds(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }
 
-func cmpStrings(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
-func cloneCounts(m map[[2]string]uint64) map[[2]string]uint64 {
-	out := make(map[[2]string]uint64, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
-}
-
 func sortedPairs(m map[[2]string]uint64) [][2]string {
 	keys := make([][2]string, 0, len(m))
 	for k := range m {
 		keys = append(keys, k)
 	}
-	slices.SortFunc(keys, func(x, y [2]string) int { return cmpStrings(x[0]+"\x00"+x[1], y[0]+"\x00"+y[1]) })
+	slices.SortFunc(keys, func(x, y [2]string) int { return strings.Compare(x[0]+"\x00"+x[1], y[0]+"\x00"+y[1]) })
 	return keys
 }
 

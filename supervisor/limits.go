@@ -11,8 +11,10 @@ import (
 //
 // Limits are enforced by a Container that also implements Limiter (the
 // systemd package's cgroups: memory.max, memory.high, cpu.max, pids.max
-// of the instance's own cgroup). Without one they are not enforced, and
-// Supervisor.Enforces says so: the owner tells the operator.
+// of the instance's own cgroup). Without one, or where the cgroup lacks
+// a controller a limit needs, they are not enforced (the instance runs
+// anyway) and LimitsUnenforced says which and why: the owner tells the
+// operator.
 //
 // An instance killed by the kernel's OOM killer is recognised by the
 // count of OOM events of its container (memory.events) having grown
