@@ -35,6 +35,7 @@ const vmCheckScript = `#!/bin/sh
 exec > /root/result.txt 2>&1
 berth=/usr/local/bin/berth
 echo "=== controllers $(cat /sys/fs/cgroup/cgroup.controllers)"
+echo "=== setup"
 $berth systemd install --env BERTH_SETTLE=1s --env BERTH_PROBATION=1s
 for i in $(seq 1 100); do $berth apps >/dev/null 2>&1 && break; sleep 0.2; done
 $berth deploy -a oom /root/oom.tar.gz
@@ -153,7 +154,7 @@ func TestLimitsVM(t *testing.T) {
 	}
 	t.Logf("VM booted, ran the check and powered off in %s", time.Since(start).Round(time.Second))
 	res := vmResult(t, string(data))
-	t.Logf("in the VM (cgroup v2: %s):\nevents:%s\nps:%s", res["controllers"], res["events"], res["ps"])
+	t.Logf("in the VM (cgroup v2: %s):%s\nevents:%s\nps:%s", res["controllers"], res["setup"], res["events"], res["ps"])
 
 	if !strings.Contains(res["controllers"], "memory") {
 		t.Fatalf("the VM's cgroup v2 has no memory controller: %q", res["controllers"])
@@ -202,7 +203,7 @@ func vmResult(t *testing.T, console string) map[string]string {
 	key := ""
 	for _, line := range strings.Split(console[i+len("=== VMCHECK start\n"):j], "\n") {
 		if rest, ok := strings.CutPrefix(line, "=== "); ok {
-			for _, k := range []string{"controllers", "events", "psjson", "ps", "memory.max", "memory.oom.group", "pids.max", "metrics", "run exit", "run"} {
+			for _, k := range []string{"controllers", "setup", "events", "psjson", "ps", "memory.max", "memory.oom.group", "pids.max", "metrics", "run exit", "run"} {
 				if v, ok := strings.CutPrefix(rest, k); ok {
 					key = k
 					res[key] = strings.TrimSpace(v)
