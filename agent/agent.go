@@ -113,6 +113,11 @@ type Agent struct {
 	releaseDue   atomic.Bool
 	changesEnded chan struct{}
 	settled      chan struct{}
+
+	// met counts what metrics.go reports and no one else keeps; notes
+	// remembers the limits said to be unenforced (limits.go).
+	met   metrics
+	notes limitNotes
 }
 
 // New checks cfg, fills its defaults and returns an agent. It starts
@@ -168,6 +173,11 @@ func (cfg Config) validate() error {
 			return fmt.Errorf("default user: %w", err)
 		}
 	}
+	if cfg.MetricsListen != "" {
+		if _, port, err := net.SplitHostPort(cfg.MetricsListen); err != nil || port == "" {
+			return fmt.Errorf("metrics listen address %q: want HOST:PORT, e.g. 127.0.0.1:9090", cfg.MetricsListen)
+		}
+	}
 	if r := cfg.AppUIDs; r.Min < 1 || r.Max < r.Min || r.Max >= 1<<32-1 {
 		return fmt.Errorf("app uids %d-%d: must be MIN-MAX with 0 < MIN <= MAX < 4294967295", r.Min, r.Max)
 	}
@@ -202,6 +212,7 @@ func (a *Agent) Reload(cfg Config) error {
 		"journal":      cfg.Journal != old.Journal,
 		"inbox_quiet":  cfg.InboxQuiet != old.InboxQuiet,
 	}
+	fixed["metrics_listen"] = cfg.MetricsListen != old.MetricsListen
 	for name, changed := range fixed {
 		if changed {
 			a.log.Warn("setting changes only when the agent restarts", "setting", name)
@@ -366,6 +377,15 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		})
 		a.log.Info("serving", "socket", ln.Addr().String())
 	}
+	if cfg.MetricsListen != "" {
+		// The apps run on without it: a port taken by something else
+		// must not keep them down (the socket serves /metrics too).
+		stop, lerr := a.listenMetrics(cfg.MetricsListen)
+		if lerr != nil {
+			a.log.Error("no TCP metrics listener; /metrics is served on the control socket only", "error", lerr)
+		}
+		sd.metrics = stop
+	}
 
 	// The inbox also stops as soon as Run's context ends, before the
 	// ordered shutdown reaches it: it starts no new deploy then.
@@ -418,7 +438,7 @@ func goOwned(parent context.Context, fn func(ctx context.Context)) func() {
 // shutdownSteps holds the stop functions of what Run started after the
 // store and the supervisor (nil for what it did not start).
 type shutdownSteps struct {
-	inbox, server, watchdog func()
+	inbox, server, metrics, watchdog func()
 }
 
 // mainLoop answers watchdog pings and updates the systemd status line
@@ -600,7 +620,7 @@ func (a *Agent) shutdown(cancelOps context.CancelFunc, sd *shutdownSteps) {
 		// connecting meanwhile wait in its queue.
 		a.control = passListener(a.controlLn)
 	}
-	for _, stop := range []func(){sd.inbox, sd.server, sd.watchdog} {
+	for _, stop := range []func(){sd.inbox, sd.server, sd.metrics, sd.watchdog} {
 		if stop != nil {
 			stop()
 		}

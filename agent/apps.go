@@ -71,6 +71,7 @@ func (a *Agent) DestroyApp(ctx context.Context, name string) error {
 	return do0(a, ctx, opts{app: name, exists: true, lock: true}, func(context.Context) error {
 		insts := a.appInstances(name)
 		names := slices.Collect(maps.Keys(insts))
+		a.stopOneOffs(name)
 		err := a.sup.StopMany(a.opCtx, names)
 		a.forget(pick(insts, names)...)
 		a.closeSockets(name)

@@ -85,6 +85,10 @@ type Config struct {
 	// NoSocket skips listening on the control socket (tests that drive
 	// the Backend directly).
 	NoSocket bool
+	// MetricsListen is a TCP address (host:port) on which GET /metrics
+	// is served besides the control socket, with nothing else; empty
+	// means none. Its metrics carry no config values, but name the apps.
+	MetricsListen string
 }
 
 // Defaults applied by New.

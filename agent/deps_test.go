@@ -31,6 +31,7 @@ var leaves = []struct {
 	{pkg: "agent/health"},
 	{pkg: "agent/rollout"},         // pure planning: no processes, files or network
 	{pkg: "agent/internal/procfs"}, // parsing /proc and sock_diag only
+	{pkg: "agent/internal/promtext", forbid: []string{"github.com/prometheus/common/expfmt"}}, // the format only; Prometheus's parser in its tests alone
 }
 
 // TestDeps ensures berth's leaf packages stay leaves: none imports package

@@ -36,6 +36,14 @@
 //	               app; inbox_archive.go tells a complete archive
 //	failures.go    release failures the store could not record (disk full)
 //	layout.go      apps/<app>/ on disk; gc.go garbage collection
+//	metrics.go     GET /metrics and the TCP metrics listener: what it
+//	               reads from the supervisor and store at each scrape,
+//	               and the counts only it keeps (switches, rollbacks,
+//	               OOM kills); agent/internal/promtext writes the format
+//	run.go         one-off commands (berth run): run.N in the active
+//	               release, listed in ps while they run
+//	limits.go      resource limits of berth.json into specs; saying
+//	               when they are not enforced; OOM kills as events
 //
 // # Life cycle
 //

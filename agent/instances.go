@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"fmt"
 	"sync"
 	"sync/atomic"
 
@@ -151,7 +150,10 @@ func (a *Agent) watchSupervisor(events <-chan supervisor.Event, done <-chan stru
 				// The prober recorded the "unhealthy" event already.
 				break
 			}
-			msg := fmt.Sprintf("crash %s %s", inst.Instance, ev.Exit)
+			if ev.Exit.OOMKill {
+				a.countOOMKill(inst)
+			}
+			kind, msg := exitEvent(inst, ev.Exit)
 			switch {
 			case ev.State == supervisor.StateCrashed && looping[ev.Name]:
 				a.log.Debug("crash-looping instance exited again", "name", ev.Name, "exit", ev.Exit.String())
@@ -161,7 +163,7 @@ func (a *Agent) watchSupervisor(events <-chan supervisor.Event, done <-chan stru
 			}
 			looping[ev.Name] = ev.State == supervisor.StateCrashed
 			if msg != "" {
-				a.appendEvent(inst.App, "crash", msg)
+				a.appendEvent(inst.App, kind, msg)
 			}
 		}
 		a.markChanged()

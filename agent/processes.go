@@ -102,8 +102,10 @@ func (a *Agent) processes(app string) []api.Process {
 		if st.LastExit != nil {
 			p.LastExit = st.LastExit.String()
 		}
+		p.Limits = a.limitsText(in)
 		out = append(out, p)
 	}
+	out = append(out, a.oneOffProcesses(app)...)
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].App != out[j].App {
 			return out[i].App < out[j].App

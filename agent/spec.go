@@ -59,6 +59,7 @@ func (a *Agent) specFor(cfg Config, app string, rel state.Release, b *build.Buil
 		StopSignal:  sig,
 		StopTimeout: stopTimeout,
 		Backoff:     backoff,
+		Limits:      limitsOf(pm.Limits),
 		Log: supervisor.LogConfig{
 			Path: logPath, MaxSize: cfg.LogMaxSize, MaxFiles: cfg.LogMaxFiles,
 			Fields: map[string]string{"BERTH_APP": app, "BERTH_PROCESS": inst, "BERTH_RELEASE": "v" + strconv.Itoa(rel.Version)},
@@ -68,6 +69,7 @@ func (a *Agent) specFor(cfg Config, app string, rel state.Release, b *build.Buil
 		Build: rel.Build, Port: port, Command: command, Mode: mode, LogPath: logPath, Check: check, spec: spec}
 	// The supervisor carries the instance: its list is the agent's.
 	spec.Meta = in
+	a.noteUnenforced(in)
 	return spec, in, nil
 }
 

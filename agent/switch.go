@@ -67,7 +67,8 @@ func (a *Agent) runReleasePhase(ctx context.Context, app string, rel state.Relea
 // one is activated and its processes brought back, and a *SwitchError
 // says so. The caller holds the app's lock. kind names the event
 // ("deploy", "config", "rollback").
-func (a *Agent) activate(app string, rel state.Release, b *build.Build, kind string, p *progress) (state.Release, error) {
+func (a *Agent) activate(app string, rel state.Release, b *build.Build, kind string, p *progress) (_ state.Release, err error) {
+	defer a.observeSwitch(app, kind, time.Now(), &err)
 	// Once the release is recorded the switch goes on even if the client
 	// goes away (a Ctrl-C of `berth deploy` must not leave a release
 	// phase half run); only shutdown cuts it short.

@@ -132,6 +132,17 @@
 // checks it). A compound command runs as written after the assignment:
 // `migrate; exec app` gives app the shell's pid, as Procfiles are written.
 //
+// # Limits and one-off commands
+//
+// Spec.Limits (memory, CPU, tasks) are enforced by a Container that is
+// also a Limiter (the systemd package's cgroups), set after each Prepare;
+// LimitsUnenforced says which cannot be and why. An exit by SIGKILL
+// while the container's OOM count grew is an OOM kill (Exit.OOMKill,
+// "killed by the OOM killer at 256 MiB"), a crash like any other
+// (limits.go). RunAttached runs a one-off command with its output
+// streamed to the caller, lists it in OneOffs while it runs and stops
+// it when the caller's context ends (oneoff.go).
+//
 // # Logs
 //
 // stdout and stderr go through one pipe each, read by one goroutine per

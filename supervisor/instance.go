@@ -25,6 +25,10 @@ type proc struct {
 	// pidfd, for an adopted process that is not this process's child,
 	// is the pidfd its exit is watched by (adopt.go); nil otherwise.
 	pidfd *os.File
+	// oomWatch says its container's OOM events are counted (a Limiter),
+	// from oomBase at its start (limits.go).
+	oomWatch bool
+	oomBase  uint64
 }
 
 // instance is one supervised instance across its restarts.
@@ -164,7 +168,9 @@ func (in *instance) started(p *proc) {
 
 // exited handles the exit of p. It runs on the reaper goroutine.
 func (in *instance) exited(p *proc, ws syscall.WaitStatus, at time.Time) {
-	in.exitedAs(p, exitOf(ws, at), at)
+	exit := exitOf(ws, at)
+	in.markOOM(p, ws, &exit)
+	in.exitedAs(p, exit, at)
 }
 
 // exitedAs handles the exit of p, reaped by the reaper or, for an adopted

@@ -32,16 +32,23 @@ func (s *Supervisor) startInstance(in *instance) error {
 	defer outW.Close()
 	defer errW.Close()
 	cgroup := -1
+	var oomBase uint64
+	oomWatch := false
 	if c := s.cfg.Container; c != nil {
 		if cgroup, err = c.Prepare(sp.Name); err != nil {
 			outR.Close()
 			errR.Close()
 			return fmt.Errorf("prepare container: %w", err)
 		}
+		if oomBase, oomWatch, err = s.applyLimits(sp); err != nil {
+			outR.Close()
+			errR.Close()
+			return err
+		}
 	}
 	var p *proc
 	err = s.fork(sp, path, argv, env, outW, errW, cgroup, func(pid int) exitFunc {
-		p = &proc{pid: pid, exited: make(chan struct{}), output: make(chan struct{})}
+		p = &proc{pid: pid, exited: make(chan struct{}), output: make(chan struct{}), oomWatch: oomWatch, oomBase: oomBase}
 		in.started(p)
 		return func(ws syscall.WaitStatus, at time.Time) { in.exited(p, ws, at) }
 	})

@@ -174,6 +174,9 @@ type Spec struct {
 	Backoff Backoff
 	// Log says where stdout and stderr go.
 	Log LogConfig
+	// Limits bound the instance's resources where the Container is a
+	// Limiter (see Supervisor.Enforces); zero sets none.
+	Limits Limits
 	// ListenFiles are passed to the process as fds 3, 4, ... with
 	// LISTEN_FDS=<n> and LISTEN_PID=<pid> in its environment
 	// (systemd's socket activation protocol). The command is then run
@@ -265,6 +268,9 @@ func (sp Spec) withDefaults() (Spec, error) {
 		return Spec{}, err
 	}
 	sp.Backoff = b
+	if err := sp.Limits.check(sp.Name); err != nil {
+		return Spec{}, err
+	}
 	l := &sp.Log
 	if l.MaxSize < 0 {
 		return bad("Log.MaxSize", fmt.Sprint(l.MaxSize), "must not be negative")
@@ -322,10 +328,16 @@ type Exit struct {
 	// exit of the process's own, a Stop and a Restart. Such an exit is
 	// no crash: it is neither backed off nor shown as crashed.
 	Cause string
+	// OOMKill says the kernel's OOM killer killed the process: it died
+	// of SIGKILL as its container's OOM count grew (see Limiter).
+	// MemoryMax is the instance's memory limit then (0: none set).
+	OOMKill   bool
+	MemoryMax int64
 }
 
-// String returns "exit 1" or "signal SIGKILL", and for an exit with a
-// Cause "restarted: unhealthy (signal SIGTERM)".
+// String returns "exit 1" or "signal SIGKILL", "killed by the OOM
+// killer at 256 MiB" for an OOM kill, and for an exit with a Cause
+// "restarted: unhealthy (signal SIGTERM)".
 func (e Exit) String() string {
 	how := fmt.Sprintf("exit %d", e.Code)
 	if e.Code == -1 && e.Signal == 0 {
@@ -333,6 +345,12 @@ func (e Exit) String() string {
 	}
 	if e.Signal != 0 {
 		how = "signal " + signalName(e.Signal)
+	}
+	if e.OOMKill {
+		how = "killed by the OOM killer"
+		if e.MemoryMax > 0 {
+			how += " at " + FormatBytes(e.MemoryMax)
+		}
 	}
 	if e.Cause != "" {
 		return "restarted: " + e.Cause + " (" + how + ")"

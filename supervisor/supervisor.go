@@ -101,6 +101,8 @@ type Supervisor struct {
 	dropped  atomic.Uint64 // log lines lost by slow followers
 
 	pools *pools
+
+	oneoffs oneOffs // the commands RunAttached runs (oneoff.go)
 }
 
 // New returns a Supervisor with defaults filled in. It starts nothing.

@@ -39,6 +39,8 @@ type Cgroups struct {
 
 	mu  sync.Mutex     // guards fds
 	fds map[string]int // open dir fds of prepared instance cgroups, by instance name
+
+	ctrl controllers // the controllers enabled for limits (limits.go)
 }
 
 // cgroupEnv is where NewCgroups looks; tests point it at fakes.

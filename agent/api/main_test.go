@@ -26,14 +26,18 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// peerClientMain does GET /v1/info on sock and prints the status and body,
-// as curl would.
+// peerClientMain does GET /v1/info (or $BERTH_API_TEST_PEER_PATH) on sock
+// and prints the status and body, as curl would.
 func peerClientMain(sock string) int {
 	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", sock)
 	}}, Timeout: 30 * time.Second}
-	resp, err := c.Get("http://berth/v1/info")
+	path := os.Getenv("BERTH_API_TEST_PEER_PATH")
+	if path == "" {
+		path = "/v1/info"
+	}
+	resp, err := c.Get("http://berth" + path)
 	if err != nil {
 		fmt.Println("error:", err)
 		return 1

@@ -193,6 +193,8 @@ func (s *Server) routes() {
 	m.HandleFunc("POST /v1/apps/{app}/restart", s.handleRestart)
 	m.HandleFunc("GET /v1/apps/{app}/logs", s.handleLogs)
 	m.HandleFunc("GET /v1/events", s.handleEvents)
+	m.HandleFunc("POST /v1/apps/{app}/run", s.handleRun)
+	m.HandleFunc("GET /metrics", s.handleMetrics)
 }
 
 // failure turns err into the wire error and its status, and logs it: as

@@ -50,8 +50,11 @@ type Process struct {
 	LastExit    string    `json:"last_exit,omitempty"` // "exit 1", "signal SIGKILL"
 	NextAttempt time.Time `json:"next_attempt,omitzero"`
 	Health      string    `json:"health,omitempty"` // healthy, unhealthy, starting, or empty without a check
-	Mode        string    `json:"mode"`             // "socket" (agent-owned socket, start-then-stop) or "bind" (stop-then-start)
+	Mode        string    `json:"mode"`             // "socket" (agent-owned socket, start-then-stop), "bind" (stop-then-start) or "one-off" (berth run)
 	Command     string    `json:"command"`
+	// Limits are the type's resource limits from berth.json, with
+	// "(not enforced: ...)" when the agent has no cgroups to apply them.
+	Limits string `json:"limits,omitempty"`
 }
 
 // Event is one entry of the append-only event log.

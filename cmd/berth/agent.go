@@ -102,6 +102,8 @@ var agentSettings = []agentSetting{
 	}, "bound on the release phase (default 10m)"},
 	{"inbox-quiet", "BERTH_INBOX_QUIET", func(fs *pflag.FlagSet, m *settings, n, u string) { fs.DurationVar(&m.Config.InboxQuiet, n, 0, u) },
 		"how long an inbox file must see no writes before it is deployed (default 1s)"},
+	{"metrics-listen", "BERTH_METRICS_LISTEN", func(fs *pflag.FlagSet, m *settings, n, u string) { fs.StringVar(&m.Config.MetricsListen, n, "", u) },
+		"also serve GET /metrics (Prometheus text format) on this TCP address, e.g. 127.0.0.1:9090 (default: only on the socket)"},
 	{"journal", "BERTH_JOURNAL", func(fs *pflag.FlagSet, m *settings, n, u string) { fs.BoolVar(&m.Config.Journal, n, false, u) },
 		"also send app output to journald"},
 	{"log-level", "BERTH_LOG_LEVEL", func(fs *pflag.FlagSet, m *settings, n, u string) { fs.StringVar(&m.LogLevel, n, "info", u) },

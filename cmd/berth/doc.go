@@ -28,6 +28,8 @@ commands take the app with -a APP, else $BERTH_APP.
 	berth logs [-f] [-n N] [INSTANCE]   the last N lines of output, and follow with -f
 	berth events [-f] [-n N]            the last N events (of the app with -a), and follow
 	berth version                       the CLI's and the agent's versions
+	berth run [--] COMMAND [ARG...]     run a one-off command in the active release, its
+	                                    output streamed; exit with its exit code
 	berth systemd unit [flags]          print berth.service (and berth.socket with --socket-activation)
 	berth systemd install [flags]       write the units, create the socket group, enable and start berth
 
@@ -36,7 +38,8 @@ commands take the app with -a APP, else $BERTH_APP.
 0 success; 1 failure (the agent refused or failed the request, or cannot be
 reached: the message says where the CLI looked and how to start the agent);
 2 usage error (a bad flag, argument, app name, KEY=VALUE or TYPE=N, found
-before the agent is asked).
+before the agent is asked). berth run exits with its command's exit code
+(128+N when signal N killed it).
 
 # Output
 
@@ -63,6 +66,8 @@ are stable within API version v1:
 	logs                       LogLine per line (NDJSON), also with -f
 	events                     Event per line (NDJSON), also with -f
 	version                    {"cli": VERSION, "agent": AgentInfo, "error": MESSAGE}
+	run                        the command's output as it is, then
+	                           {"app": APP, "instance": "run.N", "exit": RunExit}
 
 Errors go to stderr as "berth: MESSAGE" in both modes.
 
@@ -73,7 +78,7 @@ variable (BERTH_DATA_DIR, BERTH_SOCKET, BERTH_SOCKET_GROUP,
 BERTH_DEFAULT_USER, BERTH_BASE_PORT, BERTH_STOP_TIMEOUT, BERTH_RETENTION,
 BERTH_LOG_MAX_SIZE, BERTH_LOG_MAX_FILES, BERTH_ALLOW_ENV,
 BERTH_LOCK_TIMEOUT, BERTH_START_TIMEOUT, BERTH_SETTLE, BERTH_PROBATION, BERTH_RELEASE_TIMEOUT,
-BERTH_INBOX_QUIET, BERTH_JOURNAL, BERTH_LOG_LEVEL, BERTH_LOG_FORMAT,
+BERTH_INBOX_QUIET, BERTH_METRICS_LISTEN, BERTH_JOURNAL, BERTH_LOG_LEVEL, BERTH_LOG_FORMAT,
 BERTH_ENV_FILE). A flag wins over the environment, which wins over the
 --env-file, which wins over the default. SIGINT and SIGTERM stop every app
 gracefully and exit 0, except that under systemd a restart of the unit

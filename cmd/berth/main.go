@@ -105,6 +105,10 @@ func run(ctx context.Context, env *cliEnv, args []string) int {
 	if err == nil {
 		return exitOK
 	}
+	var es *exitStatus
+	if errors.As(err, &es) {
+		return es.code
+	}
 	var ue *usageError
 	if errors.As(err, &ue) {
 		fmt.Fprintf(env.stderr, "berth: %v\n", ue.err)

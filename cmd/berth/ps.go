@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 
 	"github.com/berth-dev/berth/agent/api"
 	"github.com/spf13/cobra"
@@ -61,6 +62,9 @@ func printProcesses(g *globals, out io.Writer, procs []api.Process, withApp bool
 			state += fmt.Sprintf(" (%s, retry in %s)", p.LastExit, approx(p.NextAttempt.Sub(now)))
 		case p.LastExit != "" && p.State != "running" && p.State != "starting":
 			state += " (" + p.LastExit + ")"
+		case strings.HasPrefix(p.LastExit, "killed by the OOM killer"):
+			// Restarted at once, but an OOM kill is worth seeing.
+			state += " (last exit: " + p.LastExit + ")"
 		}
 		pid, up := "-", "-"
 		if p.PID > 0 {

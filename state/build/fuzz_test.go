@@ -164,6 +164,9 @@ func FuzzManifest(f *testing.F) {
 		`{"processes": {"worker": {"restart": {}}, "clock": {"restart": {"settle": "1m"}}}}`,
 		`{"processes": {"web": {"restart": {"backoff_initial": "1m", "backoff_max": "30s"}}}}`,
 		`{"processes": {"web": {"restart": {"min_run": "10s", "settle": "5s", "delay": "1s"}}}}`,
+		`{"processes": {"web": {"limits": {"memory_max": "256M", "memory_high": "200MiB", "cpus": 0.5, "tasks_max": 64}}}}`,
+		`{"processes": {"web": {"limits": {"memory_max": 1048576, "cpus": 1e-3}}}}`,
+		`{"processes": {"web": {"limits": {"memory_max": "1.5G", "swap": "1G"}}}}`,
 	} {
 		f.Add([]byte(s))
 	}

@@ -73,6 +73,9 @@ type ProcessManifest struct {
 	// Restart, when set, spaces the restarts of the type's instances
 	// after they exit; its zero fields keep the agent's defaults.
 	Restart *Restart `json:"restart,omitempty"`
+	// Limits, when set, bound the resources of each instance
+	// (resources.go).
+	Limits *Resources `json:"limits,omitempty"`
 }
 
 // Restart is a process type's restart policy (see the supervisor's
@@ -201,6 +204,14 @@ func (m Manifest) validate() error {
 		}
 		if p.Restart != nil {
 			if err := p.Restart.validate(t); err != nil {
+				return err
+			}
+		}
+		if p.Limits != nil {
+			if t == "release" {
+				return fmt.Errorf("%w: process %q is the release phase and cannot have limits", ErrManifest, t)
+			}
+			if err := p.Limits.validate(t); err != nil {
 				return err
 			}
 		}
