@@ -64,6 +64,9 @@ const (
 	pipeSize     = 1 << 20
 	maxQueued    = 8 << 20  // bytes of output that may wait for the disk per instance
 	preallocMin  = 64 << 10 // writes at least this big allocate their blocks first
+	// writeBehindMin is the smallest batch written by a writer goroutine
+	// rather than by the pipe reader that formatted it (see store).
+	writeBehindMin = 64 << 10
 )
 
 // checkTag reports why tag cannot be a LogConfig.Tag.
@@ -380,9 +383,10 @@ type logSink struct {
 	// write, a crash): the next write starts with one, so its header
 	// starts a line.
 	torn bool
-	// reclaim tracks the goroutines giving back the blocks of rotated-out
-	// files (see discard); close waits for them.
-	reclaim sync.WaitGroup
+	// bg tracks the sink's goroutines: a writer behind the pipe readers
+	// (see store) and those giving back the blocks of rotated-out files
+	// (see discard); close waits for them.
+	bg sync.WaitGroup
 
 	mu      sync.Mutex // guards the fields below; taken by pipe readers per chunk
 	cond    *sync.Cond // on mu: signals queue progress and the writer's end
@@ -406,10 +410,15 @@ func newLogSink(s *Supervisor, name string, cfg LogConfig) *logSink {
 
 // store hands a formatted batch to the ring, the followers, the sink and
 // the file, and takes ownership of b. It never blocks on a reader of the
-// output. The calling pipe reader writes the file itself unless the
-// other stream's reader is writing; then it queues b and waits only when
-// more than maxQueued bytes are waiting for the disk. Either way a disk
-// slower than the app slows the app down instead of losing lines.
+// output. When nobody writes the file, a small batch is written by the
+// calling pipe reader itself (no goroutine is handed work for a line or
+// two), and a big one by a writer goroutine started for it, which writes
+// what is queued until the queue is empty: the reader goes back to its
+// pipe at once, so reading and formatting the next chunk overlaps the
+// write of this one (on another core). While someone writes, b is queued
+// and the reader waits only when more than maxQueued bytes are waiting
+// for the disk. Either way a disk slower than the app slows the app
+// down instead of losing lines.
 func (ls *logSink) store(b *batch) {
 	if len(b.out) == 0 {
 		ls.s.pools.releaseBatch(b)
@@ -434,12 +443,16 @@ func (ls *logSink) store(b *batch) {
 	ls.queue = append(ls.queue, b)
 	ls.queued += len(b.out)
 	if !ls.writing {
-		// This reader writes until the queue is empty: the batch it has
-		// just formatted is still in the CPU's cache, and no goroutine
-		// is handed work. A reader that finds another one writing (the
-		// other stream) queues its batch and returns to its pipe.
 		ls.writing = true
-		ls.drain()
+		if len(b.out) < writeBehindMin {
+			ls.drain()
+			return
+		}
+		ls.bg.Go(func() {
+			ls.mu.Lock()
+			ls.drain()
+			ls.mu.Unlock()
+		})
 		return
 	}
 	for ls.queued > maxQueued && !ls.closed {
@@ -467,6 +480,15 @@ func (ls *logSink) drain() {
 	}
 	ls.writing = false
 	ls.cond.Broadcast()
+}
+
+// settle waits until the batches stored so far are written.
+func (ls *logSink) settle() {
+	ls.mu.Lock()
+	for ls.writing {
+		ls.cond.Wait()
+	}
+	ls.mu.Unlock()
 }
 
 func (p *pools) releaseBatch(b *batch) {
@@ -634,7 +656,7 @@ func (ls *logSink) discard(path string) error {
 		unix.Close(fd)
 		return &os.PathError{Op: "remove", Path: path, Err: err}
 	}
-	ls.reclaim.Go(func() { unix.Close(fd) })
+	ls.bg.Go(func() { unix.Close(fd) })
 	return nil
 }
 
@@ -651,7 +673,7 @@ func (ls *logSink) close() {
 		ls.file = nil
 	}
 	ls.mu.Unlock()
-	ls.reclaim.Wait()
+	ls.bg.Wait()
 }
 
 // segment is a copy of the last records of a batch.
@@ -662,13 +684,13 @@ type segment struct {
 
 // remember keeps the last records of b (at least m of them, or all) in
 // the ring and drops old segments no longer needed for m lines. Called
-// with mu held. It copies the smallest power-of-two tail (from 64 KiB)
+// with mu held. It copies the smallest power-of-two tail (from 16 KiB)
 // that holds m records, found with vector counts of newlines, rather
 // than walking back line by line: at most twice the bytes, few
 // instructions.
 func (ls *logSink) remember(b *batch, m int) {
 	start, k := 0, 0
-	for w := 64 << 10; ; w *= 2 {
+	for w := 16 << 10; ; w *= 2 {
 		if w >= len(b.out) {
 			k = bytes.Count(b.out, []byte{'\n'})
 			break
@@ -797,6 +819,7 @@ func (p *pipeReader) run() {
 		p.ls.s.pools.bufs.Put(buf)
 	}
 	p.flush(time.Now())
+	p.ls.settle() // the output is in the file once its pipe is done
 	p.f.Close()
 }
 
