@@ -60,7 +60,7 @@ func (a *Agent) specFor(cfg Config, app string, rel state.Release, b *build.Buil
 		StopTimeout: stopTimeout,
 		Backoff:     backoff,
 		Log: supervisor.LogConfig{
-			Path: logPath, MaxSize: cfg.LogMaxSize, MaxFiles: cfg.LogMaxFiles,
+			Path: logPath, MaxSize: cfg.LogMaxSize, MaxFiles: cfg.LogMaxFiles, Tag: logTag(rel.Version),
 			Fields: map[string]string{"BERTH_APP": app, "BERTH_PROCESS": inst, "BERTH_RELEASE": "v" + strconv.Itoa(rel.Version)},
 		},
 	}
