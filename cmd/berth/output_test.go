@@ -80,7 +80,9 @@ func (c *chunked) Read(p []byte) (int, error) {
 // and times, and durations before now, and refuses anything else.
 func TestParseSince(t *testing.T) {
 	now := time.Date(2026, 12, 2, 23, 10, 0, 0, time.UTC)
-	local := func(y, mo, d, h, mi, s int) time.Time { return time.Date(y, time.Month(mo), d, h, mi, s, 0, time.Local) }
+	local := func(y, mo, d, h, mi, s int) time.Time {
+		return time.Date(y, time.Month(mo), d, h, mi, s, 0, time.Local)
+	}
 	for _, c := range []struct {
 		in   string
 		want time.Time
