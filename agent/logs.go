@@ -57,6 +57,10 @@ func toAPILine(app, inst string, l supervisor.LogLine) api.LogLine {
 		Split: l.Split, Partial: l.Partial, Missed: l.Missed}
 }
 
+// logMemory is how many of an instance's last lines the supervisor keeps
+// in memory.
+const logMemory = 100
+
 // logTag is the tag of the lines of release version in the log files.
 func logTag(version int) string { return "v" + strconv.Itoa(version) }
 

@@ -144,16 +144,16 @@ func (b *batch) add(text []byte, flag byte) {
 // addLines stores the whole lines at the start of data, up to the first
 // one longer than maxLine or the last newline, and returns how many
 // bytes of data they took. This is the common case and the hot loop of
-// capture: one vector count of the newlines sizes the output once, then
-// per line one vector scan for its end and two copies, the prefix and
-// the line, into the batch's buffer.
+// capture: per line one vector scan for its end and two copies, the
+// prefix and the line, into the batch's buffer, grown (rarely: a pooled
+// buffer has room for a read of 100-byte lines) only when a record does
+// not fit.
 func (b *batch) addLines(data []byte, maxLine int) int {
-	n := bytes.Count(data, []byte{'\n'})
-	if n == 0 {
-		return 0
-	}
 	stamp := b.stamp[:b.plain]
-	out := slices.Grow(b.out, len(data)+n*len(stamp))
+	out := b.out
+	if cap(out)-len(out) < len(data)+len(data)/2 {
+		out = slices.Grow(out, len(data)+len(data)/2)
+	}
 	done := 0
 	for {
 		i := bytes.IndexByte(data[done:], '\n')
@@ -161,7 +161,11 @@ func (b *batch) addLines(data []byte, maxLine int) int {
 			break
 		}
 		k := len(out)
-		out = out[:k+len(stamp)+i+1]
+		n := k + len(stamp) + i + 1
+		if n > cap(out) {
+			out = slices.Grow(out, len(stamp)+i+1+len(data)-done)
+		}
+		out = out[:n]
 		copy(out[k:], stamp)
 		copy(out[k+len(stamp):], data[done:done+i+1])
 		done += i + 1
