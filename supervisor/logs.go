@@ -64,9 +64,6 @@ const (
 	pipeSize     = 1 << 20
 	maxQueued    = 8 << 20  // bytes of output that may wait for the disk per instance
 	preallocMin  = 64 << 10 // writes at least this big allocate their blocks first
-	// writeBehindMin is the smallest batch written by a writer goroutine
-	// rather than by the pipe reader that formatted it (see store).
-	writeBehindMin = 64 << 10
 )
 
 // checkTag reports why tag cannot be a LogConfig.Tag.
@@ -387,9 +384,8 @@ type logSink struct {
 	// write, a crash): the next write starts with one, so its header
 	// starts a line.
 	torn bool
-	// bg tracks the sink's goroutines: a writer behind the pipe readers
-	// (see store) and those giving back the blocks of rotated-out files
-	// (see discard); close waits for them.
+	// bg tracks the goroutines giving back the blocks of rotated-out
+	// files (see discard); close waits for them.
 	bg sync.WaitGroup
 
 	mu      sync.Mutex // guards the fields below; taken by pipe readers per chunk
@@ -414,15 +410,10 @@ func newLogSink(s *Supervisor, name string, cfg LogConfig) *logSink {
 
 // store hands a formatted batch to the ring, the followers, the sink and
 // the file, and takes ownership of b. It never blocks on a reader of the
-// output. When nobody writes the file, a small batch is written by the
-// calling pipe reader itself (no goroutine is handed work for a line or
-// two), and a big one by a writer goroutine started for it, which writes
-// what is queued until the queue is empty: the reader goes back to its
-// pipe at once, so reading and formatting the next chunk overlaps the
-// write of this one (on another core). While someone writes, b is queued
-// and the reader waits only when more than maxQueued bytes are waiting
-// for the disk. Either way a disk slower than the app slows the app
-// down instead of losing lines.
+// output. The calling pipe reader writes the file itself unless the
+// other stream's reader is writing; then it queues b and waits only when
+// more than maxQueued bytes are waiting for the disk. Either way a disk
+// slower than the app slows the app down instead of losing lines.
 func (ls *logSink) store(b *batch) {
 	if len(b.out) == 0 {
 		ls.s.pools.releaseBatch(b)
@@ -447,16 +438,14 @@ func (ls *logSink) store(b *batch) {
 	ls.queue = append(ls.queue, b)
 	ls.queued += len(b.out)
 	if !ls.writing {
+		// This reader writes until the queue is empty: the batch it has
+		// just formatted is still in the CPU's cache (a writer goroutine
+		// on another core costs a quarter more CPU in all, measured with
+		// BenchmarkLogCapture), and no goroutine is handed work. A reader
+		// that finds another one writing (the other stream) queues its
+		// batch and returns to its pipe.
 		ls.writing = true
-		if len(b.out) < writeBehindMin {
-			ls.drain()
-			return
-		}
-		ls.bg.Go(func() {
-			ls.mu.Lock()
-			ls.drain()
-			ls.mu.Unlock()
-		})
+		ls.drain()
 		return
 	}
 	for ls.queued > maxQueued && !ls.closed {
@@ -484,15 +473,6 @@ func (ls *logSink) drain() {
 	}
 	ls.writing = false
 	ls.cond.Broadcast()
-}
-
-// settle waits until the batches stored so far are written.
-func (ls *logSink) settle() {
-	ls.mu.Lock()
-	for ls.writing {
-		ls.cond.Wait()
-	}
-	ls.mu.Unlock()
 }
 
 func (p *pools) releaseBatch(b *batch) {
@@ -823,7 +803,6 @@ func (p *pipeReader) run() {
 		p.ls.s.pools.bufs.Put(buf)
 	}
 	p.flush(time.Now())
-	p.ls.settle() // the output is in the file once its pipe is done
 	p.f.Close()
 }
 
