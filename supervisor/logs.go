@@ -159,11 +159,13 @@ func (b *batch) addLines(data []byte, maxLine int) int {
 		}
 		k := len(out)
 		n := k + len(stamp) + i + 1
-		if n > cap(out) {
-			out = slices.Grow(out, len(stamp)+i+1+len(data)-done)
+		if n+prefixMax > cap(out) {
+			out = slices.Grow(out, prefixMax+len(stamp)+i+1+len(data)-done)
 		}
+		// The prefix as one fixed-size copy of the whole stamp (a few
+		// vector moves, no call); the line overwrites its unused end.
+		*(*[prefixMax]byte)(out[k : k+prefixMax]) = b.stamp
 		out = out[:n]
-		copy(out[k:], stamp)
 		copy(out[k+len(stamp):], data[done:done+i+1])
 		done += i + 1
 	}
