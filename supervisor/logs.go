@@ -58,6 +58,7 @@ const (
 	timeWidth    = len(timeLayout)
 	prefixMax    = timeWidth + len(" ") + MaxTagLen + len(" out+ ")
 	lineOverhead = int64(prefixMax + 2) // a prefix, a newline, and a torn record's newline
+	shortLine    = 128                  // lines up to this long are copied as a fixed-size block
 	flagSplit    = '+'
 	flagPartial  = '%'
 	readBufSize  = 1 << 20
@@ -159,14 +160,20 @@ func (b *batch) addLines(data []byte, maxLine int) int {
 		}
 		k := len(out)
 		n := k + len(stamp) + i + 1
-		if n+prefixMax > cap(out) {
-			out = slices.Grow(out, prefixMax+len(stamp)+i+1+len(data)-done)
+		if n+shortLine > cap(out) {
+			out = slices.Grow(out, shortLine+len(stamp)+i+1+len(data)-done)
 		}
 		// The prefix as one fixed-size copy of the whole stamp (a few
 		// vector moves, no call); the line overwrites its unused end.
 		*(*[prefixMax]byte)(out[k : k+prefixMax]) = b.stamp
+		if p := k + len(stamp); i < shortLine && done+shortLine <= len(data) {
+			// A short line likewise, with the bytes after it, which the
+			// next record overwrites.
+			*(*[shortLine]byte)(out[p : p+shortLine]) = *(*[shortLine]byte)(data[done : done+shortLine])
+		} else {
+			copy(out[p:n], data[done:done+i+1])
+		}
 		out = out[:n]
-		copy(out[k+len(stamp):], data[done:done+i+1])
 		done += i + 1
 	}
 	b.out = out
