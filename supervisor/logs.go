@@ -390,12 +390,12 @@ type logSink struct {
 	// noPrealloc is set once the file system refused fallocate.
 	noPrealloc bool
 	// torn is set when the file may not end with a newline (a failed
-	// write, a crash): the next write starts with one, so its header
-	// starts a line.
+	// write, a crash): the next write starts with one, so its first
+	// record starts a line.
 	torn bool
-	// bg tracks the goroutines giving back the blocks of rotated-out
+	// reclaim tracks the goroutines giving back the blocks of rotated-out
 	// files (see discard); close waits for them.
-	bg sync.WaitGroup
+	reclaim sync.WaitGroup
 
 	mu      sync.Mutex // guards the fields below; taken by pipe readers per chunk
 	cond    *sync.Cond // on mu: signals queue progress and the writer's end
@@ -649,7 +649,7 @@ func (ls *logSink) discard(path string) error {
 		unix.Close(fd)
 		return &os.PathError{Op: "remove", Path: path, Err: err}
 	}
-	ls.bg.Go(func() { unix.Close(fd) })
+	ls.reclaim.Go(func() { unix.Close(fd) })
 	return nil
 }
 
@@ -666,7 +666,7 @@ func (ls *logSink) close() {
 		ls.file = nil
 	}
 	ls.mu.Unlock()
-	ls.bg.Wait()
+	ls.reclaim.Wait()
 }
 
 // segment is a copy of the last records of a batch.
