@@ -982,14 +982,17 @@ func ReadLogs(path string, q LogQuery) ([]LogLine, error) {
 	}
 	var parts [][]LogLine // newest file first
 	have := 0
+	// A rotation while the files are read renames them: a file read
+	// under one name is not read again under the next.
+	seen := map[fileID]bool{}
 	for _, p := range files {
 		need := 0
 		if q.N > 0 {
 			need = q.N - have
 		}
-		lines, older, err := readStored(p, q, need)
-		if errors.Is(err, os.ErrNotExist) {
-			continue // rotated away meanwhile
+		lines, older, err := readStored(p, q, need, seen)
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, errSeen) {
+			continue // rotated away, or read already under its former name
 		}
 		if err != nil {
 			return nil, err
@@ -1007,12 +1010,18 @@ func ReadLogs(path string, q LogQuery) ([]LogLine, error) {
 	return out, nil
 }
 
+// fileID identifies a file across renames: device and inode.
+type fileID struct{ dev, ino uint64 }
+
+// errSeen is readStored's answer for a file read before.
+var errSeen = errors.New("read already")
+
 // readStored returns the lines stored in one file that match q: the last
 // need of them (all if need is 0). It reads the file backwards in
 // growing blocks, until they hold need lines or reach back to lines
 // older than q.Since (older reports that), so the tail of a big file is
 // cheap.
-func readStored(path string, q LogQuery, need int) (lines []LogLine, older bool, err error) {
+func readStored(path string, q LogQuery, need int, seen map[fileID]bool) (lines []LogLine, older bool, err error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, false, fmt.Errorf("read log %s: %w", path, err)
@@ -1021,6 +1030,13 @@ func readStored(path string, q LogQuery, need int) (lines []LogLine, older bool,
 	fi, err := f.Stat()
 	if err != nil {
 		return nil, false, fmt.Errorf("read log %s: %w", path, err)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		id := fileID{uint64(st.Dev), st.Ino}
+		if seen[id] {
+			return nil, false, errSeen
+		}
+		seen[id] = true
 	}
 	off := fi.Size()
 	var data []byte

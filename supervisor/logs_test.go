@@ -775,3 +775,24 @@ func FuzzReadLogs(f *testing.F) {
 		}
 	})
 }
+
+// Ensures a file met twice while the files are read (a rotation renamed
+// it from path to path.1 meanwhile; a hard link here) is read once.
+func TestLogs_ReadLogsSkipsAFileSeenUnderItsFormerName(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "web.1.log")
+	const ts = "2026-11-26T13:43:46.123456Z"
+	if err := os.WriteFile(path, []byte(ts+" v2 out new\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Link(path, path+".1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path+".2", []byte(ts+" v1 out old\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	lines, err := ReadLogFile(path, 0)
+	if err != nil || len(lines) != 2 || lines[0].Text != "old" || lines[1].Text != "new" {
+		t.Fatalf("read %+v, %v; want old, new", lines, err)
+	}
+}
