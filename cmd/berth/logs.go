@@ -16,7 +16,7 @@ func newLogsCmd(g *globals) *cobra.Command {
 	var n int
 	var since, release string
 	cmd := &cobra.Command{
-		Use:   "logs [-n N] [--since T] [--release vN] [-f] [INSTANCE]",
+		Use:   "logs [INSTANCE]",
 		Short: "Print an app's output (of one instance), and follow it with -f",
 		Long: `Print an app's output: the stored lines, across restarts and releases,
 whether the instances run or not, each with its time, instance and release.
