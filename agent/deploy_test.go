@@ -241,7 +241,7 @@ func TestAgent_UnknownApp(t *testing.T) {
 	wantKind(t, err, api.ErrNotFound)
 	_, err = ta.Processes(ctx, "nope")
 	wantKind(t, err, api.ErrNotFound)
-	_, err = ta.Logs(ctx, "nope", "", 10)
+	_, err = ta.Logs(ctx, "nope", api.LogQuery{N: 10})
 	wantKind(t, err, api.ErrNotFound)
 	wantKind(t, ta.Restart(ctx, "nope", ""), api.ErrNotFound)
 	wantKind(t, ta.DestroyApp(ctx, "nope"), api.ErrNotFound)
@@ -257,7 +257,7 @@ func TestAgent_UnknownApp(t *testing.T) {
 	wantKind(t, err, api.ErrNotFound)
 	_, err = ta.Rollback(ctx, "hello", 0, nil)
 	wantKind(t, err, api.ErrNotFound) // nothing before v1
-	_, err = ta.Logs(ctx, "hello", "worker.1", 10)
+	_, err = ta.Logs(ctx, "hello", api.LogQuery{Instance: "worker.1", N: 10})
 	wantKind(t, err, api.ErrNotFound)
 	wantKind(t, ta.Restart(ctx, "hello", "worker"), api.ErrNotFound)
 	_, err = ta.CreateApp(ctx, "hello")

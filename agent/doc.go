@@ -16,7 +16,10 @@
 //	op.go          how every API operation runs (do: begin, validate,
 //	               lock, run, map the error)
 //	apps.go, releases.go, appconfig.go, processes.go, logs.go, events.go
-//	               the API operations, by resource
+//	               the API operations, by resource; logs reads the
+//	               instances' log files (one record per line, tagged
+//	               with the release, see supervisor) and follows the
+//	               supervisor's output of the app's instances
 //	switch.go      a switch: release phase, activation, probation,
 //	               rollback, interruption by shutdown
 //	rollout.go     executing a rollout plan: stop first, start, overlap

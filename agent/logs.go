@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/berth-dev/berth/agent/api"
@@ -48,10 +49,20 @@ func (a *Agent) supervisorNames(app, inst string) []string {
 	return out
 }
 
-func toAPILine(l supervisor.LogLine) api.LogLine {
-	app, inst := splitName(l.Name)
-	return api.LogLine{Time: l.Time, App: app, Instance: inst, Stream: l.Stream, Text: l.Text, Missed: l.Missed}
+// toAPILine turns a line of app/inst into its wire form. The release is
+// the line's tag ("v3"), as spec.go sets it.
+func toAPILine(app, inst string, l supervisor.LogLine) api.LogLine {
+	rel, _ := strconv.Atoi(strings.TrimPrefix(l.Tag, "v"))
+	return api.LogLine{Time: l.Time, App: app, Instance: inst, Release: rel, Stream: l.Stream, Text: l.Text,
+		Split: l.Split, Partial: l.Partial, Missed: l.Missed}
 }
+
+// logMemory is how many of an instance's last lines the supervisor keeps
+// in memory.
+const logMemory = 100
+
+// logTag is the tag of the lines of release version in the log files.
+func logTag(version int) string { return "v" + strconv.Itoa(version) }
 
 // logInstances lists the instances of an app that have output: those the
 // agent runs and those with a log file.
@@ -69,56 +80,59 @@ func (a *Agent) logInstances(app string) []string {
 	return out
 }
 
-// Logs returns the last n lines of one instance, or of all the app's
-// instances merged by time: from memory for running instances, else from
-// the log files.
-func (a *Agent) Logs(ctx context.Context, app, instance string, n int) ([]api.LogLine, error) {
-	check := func() error {
-		if n < 0 {
-			return fmt.Errorf("%w: logs: line count %d must not be negative", api.ErrInvalid, n)
-		}
-		if instance != "" {
-			return state.ValidateInstance(instance)
-		}
-		return nil
-	}
-	return do(a, ctx, opts{app: app, exists: true, check: check}, func(context.Context) ([]api.LogLine, error) {
-		return a.logs(app, instance, n)
+// Logs returns the stored lines q asks for, of one instance or of all the
+// app's instances merged by time: read from the log files (the rotated
+// ones too), whether the instances run or not, so that what an instance
+// wrote before a crash, a restart or a switch is there.
+func (a *Agent) Logs(ctx context.Context, app string, q api.LogQuery) ([]api.LogLine, error) {
+	return do(a, ctx, opts{app: app, exists: true, check: func() error { return checkLogQuery(q) }}, func(context.Context) ([]api.LogLine, error) {
+		return a.logs(app, q)
 	})
 }
 
-func (a *Agent) logs(app, instance string, n int) ([]api.LogLine, error) {
+func checkLogQuery(q api.LogQuery) error {
+	if q.N < 0 {
+		return fmt.Errorf("%w: logs: line count %d must not be negative", api.ErrInvalid, q.N)
+	}
+	if q.Release < 0 {
+		return fmt.Errorf("%w: logs: release v%d does not exist", api.ErrInvalid, q.Release)
+	}
+	if q.Instance != "" {
+		return state.ValidateInstance(q.Instance)
+	}
+	return nil
+}
+
+func (a *Agent) logs(app string, q api.LogQuery) ([]api.LogLine, error) {
 	insts := a.logInstances(app)
-	if instance != "" {
-		if !slices.Contains(insts, instance) {
-			return nil, fmt.Errorf("%w: logs: app %s has no instance %s (it has %s)", api.ErrNotFound, app, instance, strings.Join(insts, ", "))
+	if q.Instance != "" {
+		if !slices.Contains(insts, q.Instance) {
+			return nil, fmt.Errorf("%w: logs: app %s has no instance %s (it has %s)", api.ErrNotFound, app, q.Instance, strings.Join(insts, ", "))
 		}
-		insts = []string{instance}
+		insts = []string{q.Instance}
+	}
+	sq := supervisor.LogQuery{N: q.N, Since: q.Since}
+	if q.Release > 0 {
+		sq.Tag = logTag(q.Release)
 	}
 	var out []api.LogLine
 	for _, inst := range insts {
-		for _, name := range a.supervisorNames(app, inst) {
-			lines, err := a.sup.Tail(name, n)
-			if errors.Is(err, supervisor.ErrNotFound) {
-				lines, err = supervisor.ReadLogFile(a.appDir(app, "logs", inst+".log"), n)
-				if errors.Is(err, os.ErrNotExist) {
-					continue
-				}
-				for i := range lines {
-					lines[i].Name = name
-				}
-			}
-			if err != nil {
-				return nil, fmt.Errorf("logs of %s: %w", name, err)
-			}
-			for _, l := range lines {
-				out = append(out, toAPILine(l))
-			}
+		lines, err := supervisor.ReadLogs(a.appDir(app, "logs", inst+".log"), sq)
+		if errors.Is(err, os.ErrNotExist) {
+			// No file (none written yet, or it could not be): what
+			// memory holds of the running instances.
+			lines, err = a.memoryLines(app, inst, sq)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("logs of %s/%s: %w", app, inst, err)
+		}
+		for _, l := range lines {
+			out = append(out, toAPILine(app, inst, l))
 		}
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Time.Before(out[j].Time) })
-	if n > 0 && len(out) > n {
-		out = out[len(out)-n:]
+	if q.N > 0 && len(out) > q.N {
+		out = out[len(out)-q.N:]
 	}
 	if out == nil {
 		out = []api.LogLine{}
@@ -126,29 +140,54 @@ func (a *Agent) logs(app, instance string, n int) ([]api.LogLine, error) {
 	return out, nil
 }
 
-// FollowLogs sends the app's new output lines (of one instance, or all)
-// as they come, until ctx ends or send fails.
-func (a *Agent) FollowLogs(ctx context.Context, app, instance string, send func(api.LogLine) error) error {
-	check := func() error {
-		if instance != "" {
-			return state.ValidateInstance(instance)
+// memoryLines returns the lines kept in memory by the instances of a
+// slot that match q, oldest release first.
+func (a *Agent) memoryLines(app, inst string, q supervisor.LogQuery) ([]supervisor.LogLine, error) {
+	var out []supervisor.LogLine
+	for _, name := range a.supervisorNames(app, inst) {
+		lines, err := a.sup.Tail(name, 0)
+		if errors.Is(err, supervisor.ErrNotFound) {
+			continue
 		}
-		return nil
+		if err != nil {
+			return nil, err
+		}
+		for _, l := range lines {
+			if (q.Since.IsZero() || !l.Time.Before(q.Since)) && (q.Tag == "" || l.Tag == q.Tag) {
+				out = append(out, l)
+			}
+		}
 	}
-	return do0(a, ctx, opts{app: app, exists: true, check: check}, func(ctx context.Context) error {
-		return a.followLogs(ctx, app, instance, send)
+	if q.N > 0 && len(out) > q.N {
+		out = out[len(out)-q.N:]
+	}
+	return out, nil
+}
+
+// FollowLogs sends the app's new output lines (of q.Instance and
+// q.Release, or all) as they come, including those of instances started
+// meanwhile (a switch, a restart, a scale), until ctx ends or send fails.
+// A line after some the follower lost carries their count in Missed.
+func (a *Agent) FollowLogs(ctx context.Context, app string, q api.LogQuery, send func(api.LogLine) error) error {
+	return do0(a, ctx, opts{app: app, exists: true, check: func() error { return checkLogQuery(q) }}, func(ctx context.Context) error {
+		return a.followLogs(ctx, app, q, send)
 	})
 }
 
-func (a *Agent) followLogs(ctx context.Context, app, instance string, send func(api.LogLine) error) error {
+func (a *Agent) followLogs(ctx context.Context, app string, q api.LogQuery, send func(api.LogLine) error) error {
 	prefix := app + "/"
 	lines, cancel := a.sup.FollowLogs(func(name string) bool {
-		if instance != "" {
-			return name == prefix+instance || strings.HasPrefix(name, prefix+instance+"@")
+		if q.Instance != "" {
+			return name == prefix+q.Instance || strings.HasPrefix(name, prefix+q.Instance+"@")
 		}
 		return strings.HasPrefix(name, prefix)
 	}, 256)
 	defer cancel()
+	tag := ""
+	if q.Release > 0 {
+		tag = logTag(q.Release)
+	}
+	missed := 0 // lost lines not told yet: they were before a line filtered out
 	for {
 		select {
 		case <-ctx.Done():
@@ -157,7 +196,13 @@ func (a *Agent) followLogs(ctx context.Context, app, instance string, send func(
 			if !ok {
 				return nil
 			}
-			if err := send(toAPILine(l)); err != nil {
+			missed += l.Missed
+			if tag != "" && l.Tag != tag {
+				continue
+			}
+			l.Missed, missed = missed, 0
+			_, inst := splitName(l.Name)
+			if err := send(toAPILine(app, inst, l)); err != nil {
 				return err
 			}
 		}

@@ -268,7 +268,7 @@ func (ta *testAgent) waitLog(t *testing.T, app, instance, text string) {
 	var last []api.LogLine
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		lines, err := ta.Logs(context.Background(), app, instance, 0)
+		lines, err := ta.Logs(context.Background(), app, api.LogQuery{Instance: instance})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -393,7 +393,7 @@ func TestSafe_SocketKeepsAnswering(t *testing.T) {
 		t.Errorf("env of web.1 (pid %d, port %d): LISTEN_FDS=%q LISTEN_PID=%q PORT=%q",
 			p1.PID, p1.Port, env["LISTEN_FDS"], env["LISTEN_PID"], env["PORT"])
 	}
-	lines, _ := ta.Logs(context.Background(), "hello", "web.1", 0)
+	lines, _ := ta.Logs(context.Background(), "hello", api.LogQuery{Instance: "web.1"})
 	if !slices.ContainsFunc(lines, func(l api.LogLine) bool { return strings.Contains(l.Text, "socket") }) {
 		t.Errorf("hello did not log that it serves the passed socket: %+v", lines)
 	}

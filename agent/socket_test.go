@@ -44,7 +44,7 @@ func TestAgent_OverSocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "the v2 log line over the socket", func() bool {
-		lines, err := c.Logs(ctx, "hello", "web.1", 10)
+		lines, err := c.Logs(ctx, "hello", api.LogQuery{Instance: "web.1", N: 10})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -61,7 +61,7 @@ func TestAgent_OverSocket(t *testing.T) {
 	lines := make(chan api.LogLine, 16)
 	done := make(chan error, 1)
 	go func() {
-		done <- c.FollowLogs(fctx, "hello", "", func(l api.LogLine) error { lines <- l; return nil })
+		done <- c.FollowLogs(fctx, "hello", api.LogQuery{}, func(l api.LogLine) error { lines <- l; return nil })
 	}()
 	waitFor(t, 10*time.Second, "restart that a follower sees", func() bool {
 		if err := c.Restart(ctx, "hello", "web"); err != nil {

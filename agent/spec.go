@@ -61,7 +61,11 @@ func (a *Agent) specFor(cfg Config, app string, rel state.Release, b *build.Buil
 		Backoff:     backoff,
 		Limits:      limitsOf(pm.Limits),
 		Log: supervisor.LogConfig{
-			Path: logPath, MaxSize: cfg.LogMaxSize, MaxFiles: cfg.LogMaxFiles,
+			Path: logPath, MaxSize: cfg.LogMaxSize, MaxFiles: cfg.LogMaxFiles, Tag: logTag(rel.Version),
+			// Logs are read from the files; memory keeps what a failed
+			// release reports (failureOutput) and what a file could not
+			// take. Few lines: each read copies them.
+			Memory: logMemory,
 			Fields: map[string]string{"BERTH_APP": app, "BERTH_PROCESS": inst, "BERTH_RELEASE": "v" + strconv.Itoa(rel.Version)},
 		},
 	}

@@ -93,6 +93,12 @@ func (a *Agent) activate(app string, rel state.Release, b *build.Build, kind str
 			return state.Release{}, err
 		}
 		p.step("release-phase", "release phase of v%d succeeded", rel.Version)
+		if out != "" {
+			// Kept for `releases info`; the switch goes on without it.
+			if err := a.store.SetOutput(app, rel.Version, out); err != nil {
+				a.log.Error("record release phase output", "app", app, "release", rel.Version, "error", err)
+			}
+		}
 	}
 
 	// The store first: after a crash from here on, the agent brings the

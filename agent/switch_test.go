@@ -255,7 +255,7 @@ func TestAgent_ScaleRestart(t *testing.T) {
 		t.Fatalf("host processes after scale down: %v", got)
 	}
 	// A stopped instance's output is still there, from its log file.
-	lines, err := ta.Logs(ctx, "hello", "web.3", 10)
+	lines, err := ta.Logs(ctx, "hello", api.LogQuery{Instance: "web.3", N: 10})
 	if err != nil || len(lines) != 1 || lines[0].Text != fmt.Sprintf("rel=v1 FOO= port=%d", after["web.3"].Port) || lines[0].Instance != "web.3" {
 		t.Fatalf("logs of the stopped web.3 = %+v, %v", lines, err)
 	}

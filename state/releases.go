@@ -249,10 +249,7 @@ func markFailed(tx *bolt.Tx, app string, version int, reason, output string) err
 		}
 		reason = short
 	}
-	if len(output) > MaxOutputBytes {
-		cut := len(output) - MaxOutputBytes
-		output = fmt.Sprintf("[... %d bytes of output dropped ...]\n", cut) + output[cut:]
-	}
+	output = CutOutput(output)
 	r, rec, b, err := loadRelease(tx, app, version)
 	if err != nil {
 		return err
@@ -270,6 +267,52 @@ func markFailed(tx *bolt.Tx, app string, version int, reason, output string) err
 	}
 	r.Status, r.Reason, r.Output = StatusFailed, reason, output
 	return putRelease(b, &r)
+}
+
+// SetOutput records the output of a pending or active release's release
+// phase (its tail when longer than MaxOutputBytes, see CutOutput), so
+// that `releases info` shows what a successful release phase said. A
+// failed or superseded release keeps its output (ErrBadTransition).
+func (s *Store) SetOutput(app string, version int, output string) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		r, _, b, err := loadRelease(tx, app, version)
+		if err != nil {
+			return err
+		}
+		if r.Status != StatusPending && r.Status != StatusActive {
+			return fmt.Errorf("%w: %s v%d is %s", ErrBadTransition, app, version, r.Status)
+		}
+		r.Output = CutOutput(output)
+		return putRelease(b, &r)
+	})
+	if err != nil {
+		return fmt.Errorf("record release output: %w", err)
+	}
+	return nil
+}
+
+// cutNotice starts an output whose beginning was cut, with the count of
+// bytes cut. The supervisor's RunCommand writes the same notice.
+const cutNotice = "[... %d bytes of output dropped ...]\n"
+
+// CutOutput returns output, or its last MaxOutputBytes behind a notice
+// that says how many bytes were cut: "[... N bytes of output dropped
+// ...]". When the part cut holds such a notice already (output that was
+// cut before it reached the store), N counts the bytes that notice
+// counted too, so the notice always tells the whole loss.
+func CutOutput(output string) string {
+	if len(output) <= MaxOutputBytes {
+		return output
+	}
+	cut := len(output) - MaxOutputBytes
+	n := cut
+	if i := strings.Index(output[:cut], "[... "); i >= 0 {
+		var before int
+		if _, err := fmt.Sscanf(output[i:], cutNotice, &before); err == nil {
+			n += before - len(fmt.Sprintf(cutNotice, before))
+		}
+	}
+	return fmt.Sprintf(cutNotice, n) + output[cut:]
 }
 
 // Release returns one release of the app: ErrAppNotFound for an unknown

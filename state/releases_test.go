@@ -428,3 +428,53 @@ func TestStore_FailAndActivate(t *testing.T) {
 		t.Errorf("ActiveRelease(fresh) = %v, want ErrNoActiveRelease", err)
 	}
 }
+
+// Ensures a successful release phase's output is kept (SetOutput) on a
+// pending or active release and refused on a failed one, and that output
+// over MaxOutputBytes keeps its tail behind a notice counting every byte
+// cut, those cut before it reached the store too.
+func TestStore_SetOutputAndCut(t *testing.T) {
+	s := openTest(t)
+	mustApp(t, s, "web")
+	r1 := mustRelease(t, s, "web", NewRelease{Build: testDigest(1)})
+	if err := s.SetOutput("web", r1.Version, "migrated 3 tables\n"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Activate("web", r1.Version); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.Release("web", r1.Version); got.Output != "migrated 3 tables\n" || got.Status != StatusActive {
+		t.Errorf("active release: status %s output %q", got.Status, got.Output)
+	}
+	r2 := mustRelease(t, s, "web", NewRelease{Build: testDigest(2)})
+	if err := s.MarkFailed("web", r2.Version, "release phase exited 1", "boom"); err != nil {
+		t.Fatal(err)
+	}
+	wantErr(t, s.SetOutput("web", r2.Version, "other"), ErrBadTransition)
+
+	for _, c := range []struct {
+		in         string
+		dropped    int
+		keptSuffix string
+		unchanged  bool
+	}{
+		{"short", 0, "", true},
+		{strings.Repeat("x", MaxOutputBytes), 0, "", true},
+		{strings.Repeat("x", MaxOutputBytes) + "the end", 7, "the end", false},
+		// Cut before (by RunCommand): 5000 bytes, then the notice's own
+		// 40 bytes and 100 more are cut here.
+		{"[... 5000 bytes of output dropped ...]\n" + strings.Repeat("y", 100+MaxOutputBytes), 5100, "yyy", false},
+	} {
+		got := CutOutput(c.in)
+		if c.unchanged {
+			if got != c.in {
+				t.Errorf("CutOutput of %d bytes changed it", len(c.in))
+			}
+			continue
+		}
+		notice := fmt.Sprintf("[... %d bytes of output dropped ...]\n", c.dropped)
+		if !strings.HasPrefix(got, notice) || len(got) != len(notice)+MaxOutputBytes || !strings.HasSuffix(got, c.keptSuffix) {
+			t.Errorf("CutOutput of %d bytes = %d bytes starting %.50q, want notice %q", len(c.in), len(got), got, notice)
+		}
+	}
+}

@@ -342,18 +342,28 @@ func (ls *logSink) seed() {
 	if err != nil || len(lines) == 0 {
 		return
 	}
-	b := &batch{}
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
 	for i := 0; i < len(lines); {
-		// One batch per run of lines that shared a read (one header).
+		// One batch per run of lines that shared a read (one stamp).
 		first := lines[i]
-		b.reset(first.Time, first.Stream)
-		for ; i < len(lines) && lines[i].Time.Equal(first.Time) && lines[i].Stream == first.Stream; i++ {
-			b.add([]byte(lines[i].Text), lines[i].Split)
+		word := "out"
+		if first.Stream == "stderr" {
+			word = "err"
+		}
+		b := &batch{}
+		b.reset(first.Time, first.Tag, word)
+		for ; i < len(lines) && lines[i].Time.Equal(first.Time) && lines[i].Stream == first.Stream && lines[i].Tag == first.Tag; i++ {
+			var flag byte
+			switch {
+			case lines[i].Split:
+				flag = flagSplit
+			case lines[i].Partial:
+				flag = flagPartial
+			}
+			b.add([]byte(lines[i].Text), flag)
 		}
 		ls.remember(b, m)
-		b.own = b.out[:0]
 	}
 }
 

@@ -614,10 +614,9 @@ func cpuTime(b *testing.B, pid int) time.Duration {
 
 // BenchmarkFormatLines measures the supervisor's own per-line work on
 // captured output, without pipes or files: 1 MiB reads of 100-byte
-// lines split, stamped and kept in the in-memory tail (1,000 lines).
-// "read" is the path of a pipe reader (consumeBuf, which copies no
-// output: the batch takes the read buffer over), "copy" the general one
-// (consume), taken when a line must be split or escaped.
+// lines split into records (each with its time, tag and stream) and
+// kept in the in-memory tail (1,000 lines). "read" is the path of a pipe
+// reader.
 func BenchmarkFormatLines(b *testing.B) {
 	const size = 100
 	chunk := make([]byte, 0, readBufSize)
@@ -626,29 +625,13 @@ func BenchmarkFormatLines(b *testing.B) {
 		chunk = append(chunk, line...)
 	}
 	chunk = append(chunk, line[:readBufSize-len(chunk)]...) // a partial line carried over
-	for _, path := range []string{"read", "copy"} {
-		b.Run(path, func(b *testing.B) {
-			s := New(Config{}, nil)
-			ls := newLogSink(s, "app/web.1", LogConfig{Memory: 1000})
-			p := &pipeReader{stream: "stdout", ls: ls, maxLine: 16 << 10}
-			var filled *[]byte // the read buffer that holds chunk
-			b.SetBytes(int64(len(chunk)))
-			for b.Loop() {
-				if path == "copy" {
-					p.consume(chunk, time.Now())
-					continue
-				}
-				// The batch gives the buffer back to the pool, which
-				// mostly hands the same one out next.
-				buf := s.pools.bufs.Get().(*[]byte)
-				if buf != filled {
-					copy((*buf)[headroom:], chunk)
-					filled = buf
-				}
-				if !p.consumeBuf(buf, len(chunk), time.Now()) {
-					b.Fatal("the plain path was not taken")
-				}
-			}
-		})
-	}
+	b.Run("read", func(b *testing.B) {
+		s := New(Config{}, nil)
+		ls := newLogSink(s, "app/web.1", LogConfig{Memory: 1000, Tag: "v3"})
+		p := &pipeReader{stream: "stdout", ls: ls, maxLine: 16 << 10}
+		b.SetBytes(int64(len(chunk)))
+		for b.Loop() {
+			p.consume(chunk, time.Now())
+		}
+	})
 }

@@ -147,26 +147,27 @@
 //
 // stdout and stderr go through one pipe each, read by one goroutine per
 // pipe that holds a read buffer only while output flows. The reader
-// writes what it read to the file itself, right after formatting it;
-// while one stream's reader writes, the other's queues its batches (at
-// most 8 MiB; beyond that the app is slowed, never a line lost). Lines
-// are stored whole, each with a timestamp and its stream, in
-// LogConfig.Path. The lines of one read share one timestamp (the time
-// the read returned), written once per read in a header line that
-// starts with the ASCII record separator; the lines follow as the app
-// wrote them (see the format in logs.go):
+// formats what it read and writes it to the file itself; while one
+// stream's reader writes, the other's queues its batches (at most 8 MiB;
+// beyond that the app is slowed, never a line lost). Each line is stored
+// as one record, a line of its own, in LogConfig.Path: the time the read
+// returned (shared by the lines of one read), LogConfig.Tag (the agent's
+// release), the stream and the text, so grep and tail -f show every line
+// with its time (see the format in logs.go):
 //
-//	␞2026-11-26T13:43:46.123456Z stdout
-//	text of the line
-//	␞2026-11-26T13:43:46.123456Z stderr+
-//	first piece of a long line
+//	2026-12-02T23:10:00.123456Z v3 out hello world
+//	2026-12-02T23:10:00.123456Z v3 err+ first piece of a long line
+//	2026-12-02T23:10:00.123456Z v3 err its last piece
+//	2026-12-02T23:10:01.000020Z v3 out% last output, with no newline
 //
-// Files are rotated by size to Path.1 ... Path.<MaxFiles-1> (ReadLogFile
-// reads them back; the blocks of the file rotated out are freed by
-// another goroutine); lines longer than MaxLine are split into marked
-// pieces, never dropped; a trailing partial line is stored when the pipe
-// closes. The last LogConfig.Memory lines stay in memory for Tail.
-// Followers (FollowLogs) and event subscribers (Subscribe) get bounded
+// Files are rotated by size at record boundaries to Path.1 ...
+// Path.<MaxFiles-1> (ReadLogs reads them back, the newest lines first,
+// with a filter by count, time and tag; the blocks of the file rotated
+// out are freed by another goroutine); lines longer than MaxLine are
+// split into pieces marked "+", never dropped; a trailing partial line
+// is stored, marked "%", when the pipe closes. A record cut by a crash
+// is left out by readers until the next writer ends it with a newline.
+// The last LogConfig.Memory lines stay in memory for Tail. Followers (FollowLogs) and event subscribers (Subscribe) get bounded
 // channels: one that falls behind loses lines or events, is told how
 // many in the next one it gets (Missed), and never slows the app, the
 // files or the supervisor.

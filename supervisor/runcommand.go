@@ -14,7 +14,8 @@ import (
 // Start's (command, env, dir, credential, stop signal and timeout; the
 // name only labels it; Backoff and Log are ignored). stdout and stderr
 // are captured together; the last Config.OutputLimit bytes are
-// returned. When the command exits, anything left in its process group
+// returned, after a line "[... N bytes of output dropped ...]" when the
+// command wrote more, so a cut is never silent. When the command exits, anything left in its process group
 // is killed. If ctx ends (or Run is shutting down) first, the group is
 // stopped like an instance and ctx's error (or ErrClosed) is returned
 // with the exit. A non-zero exit is not an error: look at Exit.
@@ -104,10 +105,12 @@ func (s *Supervisor) RunCommand(ctx context.Context, spec Spec) (Exit, []byte, e
 	return p.exit, out.bytes(), runErr
 }
 
-// capture keeps the last limit bytes read.
+// capture keeps the last limit bytes read, and counts the bytes before
+// them.
 type capture struct {
-	limit int
-	buf   []byte
+	limit   int
+	buf     []byte
+	dropped int64
 }
 
 func (c *capture) readFrom(f interface{ Read([]byte) (int, error) }) {
@@ -117,6 +120,7 @@ func (c *capture) readFrom(f interface{ Read([]byte) (int, error) }) {
 		c.buf = append(c.buf, chunk[:n]...)
 		if over := len(c.buf) - c.limit; over > 0 {
 			c.buf = append(c.buf[:0], c.buf[over:]...)
+			c.dropped += int64(over)
 		}
 		if err != nil {
 			return
@@ -124,4 +128,10 @@ func (c *capture) readFrom(f interface{ Read([]byte) (int, error) }) {
 	}
 }
 
-func (c *capture) bytes() []byte { return c.buf }
+// bytes returns what was kept, after a notice of what was dropped.
+func (c *capture) bytes() []byte {
+	if c.dropped == 0 {
+		return c.buf
+	}
+	return append(fmt.Appendf(nil, "[... %d bytes of output dropped ...]\n", c.dropped), c.buf...)
+}

@@ -154,7 +154,12 @@ func outputPipe(name, stream string) (r, w *os.File, err error) {
 	if err := syscall.Pipe2(fds[:], syscall.O_CLOEXEC); err != nil {
 		return nil, nil, fmt.Errorf("create %s pipe: %w", stream, err)
 	}
-	unix.FcntlInt(uintptr(fds[0]), unix.F_SETPIPE_SZ, pipeSize) // best effort: the default 64 KiB works too
+	// Best effort: beyond fs.pipe-max-size (1 MiB by default) needs
+	// CAP_SYS_RESOURCE, so an agent not run as root gets 1 MiB; the
+	// default 64 KiB works too.
+	if _, err := unix.FcntlInt(uintptr(fds[0]), unix.F_SETPIPE_SZ, pipeSize); err != nil {
+		unix.FcntlInt(uintptr(fds[0]), unix.F_SETPIPE_SZ, pipeSizeUser)
+	}
 	if err := syscall.SetNonblock(fds[0], true); err != nil {
 		syscall.Close(fds[0])
 		syscall.Close(fds[1])

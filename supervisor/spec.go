@@ -142,10 +142,19 @@ type LogConfig struct {
 	// Memory is how many recent lines are kept in memory for Tail; 0
 	// means 1000, a negative value keeps none.
 	Memory int
+	// Tag is a word stored in every record of the file (see the format
+	// in logs.go) and handed back in LogLine.Tag: the agent puts the
+	// release there ("v3"). "" is stored as "-". At most MaxTagLen
+	// bytes of printable ASCII, no space, and not a stream name
+	// ("stdout", "stderr"), which earlier formats had in its place.
+	Tag string
 	// Fields are passed as they are to Config.Sink with every line
 	// (e.g. app, process and release for journald).
 	Fields map[string]string
 }
+
+// MaxTagLen is the longest LogConfig.Tag.
+const MaxTagLen = 32
 
 // Spec is what to run, with which environment and as whom.
 type Spec struct {
@@ -293,6 +302,9 @@ func (sp Spec) withDefaults() (Spec, error) {
 	if int64(l.MaxLine)+lineOverhead >= l.MaxSize {
 		return bad("Log.MaxLine", fmt.Sprint(l.MaxLine), fmt.Sprintf("a stored line must fit in Log.MaxSize %d", l.MaxSize))
 	}
+	if err := checkTag(l.Tag); err != nil {
+		return bad("Log.Tag", l.Tag, err.Error())
+	}
 	if l.Memory == 0 {
 		l.Memory = defaultMemory
 	}
@@ -435,12 +447,16 @@ type Event struct {
 type LogLine struct {
 	Name   string
 	Time   time.Time
-	Stream string // "stdout" or "stderr"
+	Tag    string // LogConfig.Tag of the instance that wrote it ("" for none)
+	Stream string // "stdout" or "stderr"; "" for a stored line that does not parse
 	Text   string // without the newline
 	// Split marks a piece of a line longer than LogConfig.MaxLine that
 	// continues in the next piece of the same stream; the last piece
 	// has Split false. Joining pieces while Split gives the whole line.
 	Split bool
+	// Partial marks the last line of an output that did not end with a
+	// newline (stored when the process's pipe closed).
+	Partial bool
 	// Missed counts the lines a follower lost, because its buffer was
 	// full, just before this one.
 	Missed int

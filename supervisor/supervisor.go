@@ -561,8 +561,7 @@ func (s *Supervisor) deliverLines(ls *logSink, b *batch) {
 	if len(fs) == 0 && sink == nil {
 		return
 	}
-	p := lineParser{name: ls.name}
-	p.parse(b.out, func(l LogLine) {
+	b.each(ls.name, ls.cfg.Tag, func(l LogLine) {
 		if sink != nil {
 			sink(l, ls.cfg.Fields)
 		}

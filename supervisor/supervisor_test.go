@@ -692,6 +692,28 @@ func TestSupervisor_RunCommand(t *testing.T) {
 	}
 }
 
+// Ensures RunCommand's output over Config.OutputLimit keeps its last
+// bytes behind a notice that says exactly how many were dropped.
+func TestSupervisor_RunCommandCutOutputIsMarked(t *testing.T) {
+	s := startSup(t, Config{OutputLimit: 1000})
+	env := []string{"PATH=/usr/bin:/bin"}
+	// 3000 lines "NNNN\n" (5 bytes each), then "end".
+	_, out, err := s.RunCommand(context.Background(), Spec{Name: "loud", Env: env,
+		Command: `i=1000; while [ $i -lt 4000 ]; do echo $i; i=$((i+1)); done; printf end`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const total = 3000*5 + 3
+	notice := fmt.Sprintf("[... %d bytes of output dropped ...]\n", total-1000)
+	if !strings.HasPrefix(string(out), notice) || len(out) != len(notice)+1000 || !strings.HasSuffix(string(out), "3999\nend") {
+		t.Fatalf("output of %d bytes: %.60q ... %q", len(out), out, out[max(0, len(out)-10):])
+	}
+	_, out, err = s.RunCommand(context.Background(), Spec{Name: "quiet", Env: env, Command: "echo short"})
+	if err != nil || string(out) != "short\n" {
+		t.Fatalf("short output %q, %v", out, err)
+	}
+}
+
 // fakeContainer records the calls of the containment hook.
 type fakeContainer struct {
 	mu    sync.Mutex

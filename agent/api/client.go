@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"strconv"
 	"syscall"
+	"time"
 )
 
 // Client talks to the agent over its unix socket. Its methods mirror
@@ -326,11 +327,10 @@ func (c *Client) Restart(ctx context.Context, app, target string) error {
 	return c.call(ctx, "POST", appPath(app, "restart"), q, nil, nil)
 }
 
-// Logs returns the last n lines of the app's output (of one instance when
-// instance is not "").
-func (c *Client) Logs(ctx context.Context, app, instance string, n int) ([]LogLine, error) {
+// Logs returns the stored lines of the app's output that q asks for.
+func (c *Client) Logs(ctx context.Context, app string, q LogQuery) ([]LogLine, error) {
 	var lines []LogLine
-	err := c.streamLogs(ctx, app, instance, n, false, func(l LogLine) error {
+	err := c.streamLogs(ctx, app, q, false, func(l LogLine) error {
 		lines = append(lines, l)
 		return nil
 	})
@@ -338,27 +338,35 @@ func (c *Client) Logs(ctx context.Context, app, instance string, n int) ([]LogLi
 }
 
 // FollowLogs sends new lines as they come until ctx ends (nil), send
-// fails (its error) or the agent ends the stream.
-func (c *Client) FollowLogs(ctx context.Context, app, instance string, send func(LogLine) error) error {
-	return c.TailLogs(ctx, app, instance, 0, send)
+// fails (its error) or the agent ends the stream. q.N and q.Since are
+// ignored.
+func (c *Client) FollowLogs(ctx context.Context, app string, q LogQuery, send func(LogLine) error) error {
+	q.N, q.Since = 0, time.Time{}
+	return c.TailLogs(ctx, app, q, send)
 }
 
-// TailLogs sends the last n lines, then new lines as they come, like
-// `tail -n N -f`, until ctx ends (nil), send fails or the agent ends the
-// stream.
-func (c *Client) TailLogs(ctx context.Context, app, instance string, n int, send func(LogLine) error) error {
-	return c.streamLogs(ctx, app, instance, n, true, send)
+// TailLogs sends the stored lines q asks for (none when q.N is 0 and
+// q.Since zero), then new lines as they come, like `tail -n N -f`, until
+// ctx ends (nil), send fails or the agent ends the stream.
+func (c *Client) TailLogs(ctx context.Context, app string, q LogQuery, send func(LogLine) error) error {
+	return c.streamLogs(ctx, app, q, true, send)
 }
 
-func (c *Client) streamLogs(ctx context.Context, app, instance string, n int, follow bool, send func(LogLine) error) error {
-	q := url.Values{"n": {strconv.Itoa(n)}}
-	if instance != "" {
-		q.Set("instance", instance)
+func (c *Client) streamLogs(ctx context.Context, app string, q LogQuery, follow bool, send func(LogLine) error) error {
+	v := url.Values{"n": {strconv.Itoa(q.N)}}
+	if q.Instance != "" {
+		v.Set("instance", q.Instance)
+	}
+	if !q.Since.IsZero() {
+		v.Set("since", q.Since.Format(time.RFC3339Nano))
+	}
+	if q.Release != 0 {
+		v.Set("release", strconv.Itoa(q.Release))
 	}
 	if follow {
-		q.Set("follow", "1")
+		v.Set("follow", "1")
 	}
-	resp, err := c.do(ctx, "GET", appPath(app, "logs"), q, nil, "")
+	resp, err := c.do(ctx, "GET", appPath(app, "logs"), v, nil, "")
 	if err != nil {
 		return followErr(ctx, follow, err)
 	}

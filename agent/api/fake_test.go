@@ -291,7 +291,7 @@ func (f *fakeBackend) Restart(_ context.Context, app, target string) error {
 	return nil
 }
 
-func (f *fakeBackend) Logs(_ context.Context, app, instance string, n int) ([]LogLine, error) {
+func (f *fakeBackend) Logs(_ context.Context, app string, q LogQuery) ([]LogLine, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if _, err := f.app(app); err != nil {
@@ -299,17 +299,18 @@ func (f *fakeBackend) Logs(_ context.Context, app, instance string, n int) ([]Lo
 	}
 	var out []LogLine
 	for _, l := range f.logs {
-		if l.App == app && (instance == "" || l.Instance == instance) {
+		if l.App == app && (q.Instance == "" || l.Instance == q.Instance) && (q.Release == 0 || l.Release == q.Release) &&
+			!l.Time.Before(q.Since) {
 			out = append(out, l)
 		}
 	}
-	if len(out) > n {
-		out = out[len(out)-n:]
+	if q.N > 0 && len(out) > q.N {
+		out = out[len(out)-q.N:]
 	}
 	return out, nil
 }
 
-func (f *fakeBackend) FollowLogs(ctx context.Context, app, instance string, send func(LogLine) error) error {
+func (f *fakeBackend) FollowLogs(ctx context.Context, app string, q LogQuery, send func(LogLine) error) error {
 	f.following <- struct{}{}
 	for {
 		select {
@@ -319,7 +320,7 @@ func (f *fakeBackend) FollowLogs(ctx context.Context, app, instance string, send
 			if !ok {
 				return fmt.Errorf("%w: log stream of %s ended", ErrUnavailable, app)
 			}
-			if instance != "" && l.Instance != instance {
+			if q.Instance != "" && l.Instance != q.Instance {
 				continue
 			}
 			if err := send(l); err != nil {

@@ -401,22 +401,34 @@ func (s *Server) handleRestart(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleLogs(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	n, err := intParam(q.Get("n"), "n", 100)
+	v := r.URL.Query()
+	n, err := intParam(v.Get("n"), "n", 100)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	follow, err := boolParam(q.Get("follow"), "follow")
+	follow, err := boolParam(v.Get("follow"), "follow")
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	app, instance := r.PathValue("app"), q.Get("instance")
-	ctx := r.Context()
+	q := LogQuery{Instance: v.Get("instance"), N: n}
+	if since := v.Get("since"); since != "" {
+		if q.Since, err = time.Parse(time.RFC3339Nano, since); err != nil {
+			s.writeError(w, r, fmt.Errorf("%w: bad since %q, want a time such as 2026-12-02T23:10:00Z", ErrInvalid, since))
+			return
+		}
+	}
+	if rel := v.Get("release"); rel != "" {
+		if q.Release, err = ParseVersion(rel); err != nil {
+			s.writeError(w, r, fmt.Errorf("%w: bad release %q, want a version such as v3", ErrInvalid, rel))
+			return
+		}
+	}
+	app, ctx := r.PathValue("app"), r.Context()
 	var lines []LogLine
-	if !follow || n > 0 {
-		if lines, err = s.cfg.Backend.Logs(ctx, app, instance, n); err != nil {
+	if !follow || n > 0 || !q.Since.IsZero() {
+		if lines, err = s.cfg.Backend.Logs(ctx, app, q); err != nil {
 			s.writeError(w, r, err)
 			return
 		}
@@ -432,7 +444,7 @@ func (s *Server) handleLogs(w http.ResponseWriter, r *http.Request) {
 	if !follow {
 		return
 	}
-	err = s.cfg.Backend.FollowLogs(ctx, app, instance, func(l LogLine) error { return st.send(l) })
+	err = s.cfg.Backend.FollowLogs(ctx, app, q, func(l LogLine) error { return st.send(l) })
 	s.endFollow(r, st, err)
 }
 

@@ -200,6 +200,9 @@ func TestServer_Routes(t *testing.T) {
 		{"POST", "/v1/apps/web/restart?target=nope", "", 404, `no process \"nope\"`},
 		{"GET", "/v1/apps/web/logs?n=5", "", 200, `"text":"hello"`},
 		{"GET", "/v1/apps/web/logs?n=x", "", 400, `bad n \"x\"`},
+		{"GET", "/v1/apps/web/logs?since=2026-12-02T23:10:00.5%2B01:00&release=v1", "", 200, ""},
+		{"GET", "/v1/apps/web/logs?since=yesterday", "", 400, `bad since \"yesterday\"`},
+		{"GET", "/v1/apps/web/logs?release=x", "", 400, `bad release \"x\"`},
 		{"GET", "/v1/events?app=web", "", 200, `"seq":1`},
 		{"GET", "/v1/events?since=abc", "", 400, `bad since \"abc\"`},
 		{"GET", "/v1/nothing", "", 404, `no such endpoint: GET /v1/nothing`},
@@ -417,17 +420,25 @@ func TestClient_RoundTrip(t *testing.T) {
 		t.Errorf("Restart(nope): %v", err)
 	}
 	ts.fake.logs = []LogLine{{App: "web", Instance: "web.1", Text: "a"}, {App: "web", Instance: "web.2", Text: "b"}, {App: "web", Instance: "web.1", Text: "c"}}
-	if lines, err := c.Logs(ctx, "web", "web.1", 10); err != nil || len(lines) != 2 || lines[1].Text != "c" {
+	if lines, err := c.Logs(ctx, "web", LogQuery{Instance: "web.1", N: 10}); err != nil || len(lines) != 2 || lines[1].Text != "c" {
 		t.Errorf("Logs = %+v, %v", lines, err)
 	}
-	if lines, err := c.Logs(ctx, "web", "", 1); err != nil || len(lines) != 1 || lines[0].Text != "c" {
+	if lines, err := c.Logs(ctx, "web", LogQuery{N: 1}); err != nil || len(lines) != 1 || lines[0].Text != "c" {
 		t.Errorf("Logs(n=1) = %+v, %v", lines, err)
+	}
+	// The query's since and release reach the backend.
+	t0 := time.Date(2026, 12, 2, 23, 10, 0, 0, time.UTC)
+	ts.fake.logs = []LogLine{{App: "web", Instance: "web.1", Time: t0, Release: 1, Text: "v1 old"},
+		{App: "web", Instance: "web.1", Time: t0.Add(time.Second), Release: 2, Text: "v2 new"},
+		{App: "web", Instance: "web.1", Time: t0.Add(2 * time.Second), Release: 1, Text: "v1 new"}}
+	if lines, err := c.Logs(ctx, "web", LogQuery{Since: t0.Add(time.Second), Release: 1}); err != nil || len(lines) != 1 || lines[0].Text != "v1 new" {
+		t.Errorf("Logs(since, release) = %+v, %v", lines, err)
 	}
 	ts.fake.events = []Event{{Seq: 1, App: "web"}, {Seq: 2, App: "web"}, {Seq: 3, App: "web"}}
 	if evs, err := c.Events(ctx, "web", 1, 1); err != nil || len(evs) != 1 || evs[0].Seq != 2 {
 		t.Errorf("Events = %+v, %v", evs, err)
 	}
-	if _, err := c.Logs(ctx, "nope", "", 10); !errors.Is(err, ErrNotFound) {
+	if _, err := c.Logs(ctx, "nope", LogQuery{N: 10}); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Logs(nope): %v", err)
 	}
 }
@@ -534,7 +545,7 @@ func TestServer_FollowLogs(t *testing.T) {
 	got := make(chan string, 10)
 	done := make(chan error, 1)
 	go func() {
-		done <- ts.client.TailLogs(ctx, "web", "web.1", 1, func(l LogLine) error { got <- l.Text; return nil })
+		done <- ts.client.TailLogs(ctx, "web", LogQuery{Instance: "web.1", N: 1}, func(l LogLine) error { got <- l.Text; return nil })
 	}()
 	<-ts.fake.following
 	ts.fake.liveLogs <- LogLine{App: "web", Instance: "web.2", Text: "other instance"}
@@ -557,7 +568,7 @@ func TestServer_FollowEnds(t *testing.T) {
 	ts.seed(t)
 	done := make(chan error, 1)
 	go func() {
-		done <- ts.client.FollowLogs(context.Background(), "web", "", func(LogLine) error { return nil })
+		done <- ts.client.FollowLogs(context.Background(), "web", LogQuery{}, func(LogLine) error { return nil })
 	}()
 	<-ts.fake.following
 	close(ts.fake.liveLogs)

@@ -66,15 +66,28 @@ type Event struct {
 	Message string    `json:"message"`
 }
 
-// LogLine is one captured line of app output. A line with Missed > 0 and
-// no Text is a notice that a slow reader lost that many lines.
+// LogLine is one captured line of app output. Missed > 0 says that a
+// follower that fell behind lost that many lines just before this one
+// (a line with no Text is only that notice).
 type LogLine struct {
 	Time     time.Time `json:"time"`
 	App      string    `json:"app"`
 	Instance string    `json:"instance"`
-	Stream   string    `json:"stream"` // stdout or stderr
+	Release  int       `json:"release,omitempty"` // the release of the process that wrote it; 0 when unknown
+	Stream   string    `json:"stream"`            // stdout or stderr; "" for a stored line that did not parse
 	Text     string    `json:"text"`
+	Split    bool      `json:"split,omitempty"`   // a piece of a longer line, continued in the next one
+	Partial  bool      `json:"partial,omitempty"` // the output ended here without a newline
 	Missed   int       `json:"missed,omitempty"`
+}
+
+// LogQuery says which lines Logs returns and FollowLogs sends
+// (GET /v1/apps/{app}/logs?instance=&n=&since=&release=&follow=).
+type LogQuery struct {
+	Instance string    // one instance ("web.1"); "" for all of the app's
+	N        int       // the last N lines (0: all); Logs only
+	Since    time.Time // lines from this time on; zero for no limit; Logs only
+	Release  int       // lines of this release only; 0 for all
 }
 
 // Progress is one step of a long operation (deploy, config, rollback),
@@ -161,11 +174,13 @@ type Backend interface {
 	// type ("web") or one instance ("web.1").
 	Restart(ctx context.Context, app, target string) error
 
-	// Logs returns the last n lines (of one instance, or of all when
-	// instance is "").
-	Logs(ctx context.Context, app, instance string, n int) ([]LogLine, error)
-	// FollowLogs sends lines as they come until ctx ends or send fails.
-	FollowLogs(ctx context.Context, app, instance string, send func(LogLine) error) error
+	// Logs returns the stored lines that q asks for, oldest first, across
+	// restarts and releases, whether the instances run or not.
+	Logs(ctx context.Context, app string, q LogQuery) ([]LogLine, error)
+	// FollowLogs sends new lines (of q.Instance and q.Release, or all)
+	// as they come, those of instances started meanwhile too, until ctx
+	// ends or send fails.
+	FollowLogs(ctx context.Context, app string, q LogQuery, send func(LogLine) error) error
 
 	// Events returns events with Seq > since (app "" for all apps), oldest
 	// first, at most limit of them.

@@ -25,7 +25,10 @@ commands take the app with -a APP, else $BERTH_APP.
 	berth scale TYPE=N...               set instance counts; other instances keep running
 	berth ps                            processes of the app (of every app without -a)
 	berth restart [TYPE|INSTANCE]       restart all, one type (web) or one instance (web.1)
-	berth logs [-f] [-n N] [INSTANCE]   the last N lines of output, and follow with -f
+	berth logs [-n N] [--since T] [--release vN] [-f] [INSTANCE]
+	                                    the last N lines of stored output (across restarts
+	                                    and releases, running or not), from T on, of vN
+	                                    only; follow new lines with -f (skips told on stderr)
 	berth events [-f] [-n N]            the last N events (of the app with -a), and follow
 	berth version                       the CLI's and the agent's versions
 	berth run [--] COMMAND [ARG...]     run a one-off command in the active release, its
@@ -63,7 +66,8 @@ are stable within API version v1:
 	config get                 {KEY: VALUE}
 	scale, ps                  []Process
 	restart                    {"app": APP, "target": TARGET}
-	logs                       LogLine per line (NDJSON), also with -f
+	logs                       LogLine per line (NDJSON), also with -f; a line
+	                           after some a follower skipped has "missed": N
 	events                     Event per line (NDJSON), also with -f
 	version                    {"cli": VERSION, "agent": AgentInfo, "error": MESSAGE}
 	run                        the command's output as it is, then

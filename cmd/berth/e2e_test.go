@@ -501,7 +501,7 @@ func TestE2E(t *testing.T) {
 	current := e.running(app, 1, 3)
 	e.waitFor("the restarted instance's line in logs -f", func() (bool, string) {
 		out := strings.TrimPrefix(logsF.out.String(), logsBefore)
-		return strings.Contains(out, "web.1: release=v3 FOO="), out
+		return strings.Contains(out, "web.1@v3: release=v3 FOO="), out
 	})
 	e.waitFor("the restart in events -f", func() (bool, string) {
 		out := eventsF.out.String()

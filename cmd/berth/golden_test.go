@@ -153,18 +153,21 @@ func (goldenBackend) Processes(_ context.Context, app string) ([]api.Process, er
 
 func (goldenBackend) Restart(_ context.Context, app, target string) error { return checkApp(app) }
 
-func (goldenBackend) Logs(_ context.Context, app, instance string, n int) ([]api.LogLine, error) {
+func (goldenBackend) Logs(_ context.Context, app string, q api.LogQuery) ([]api.LogLine, error) {
 	if err := checkApp(app); err != nil {
 		return nil, err
 	}
 	return []api.LogLine{
-		{Time: now.Add(-time.Minute), App: app, Instance: "web.1", Stream: "stdout", Text: "listening on :5000"},
-		{Time: now.Add(-30 * time.Second), App: app, Instance: "web.1", Stream: "stderr", Text: "warning: slow query"},
-		{Time: now.Add(-10 * time.Second), App: app, Instance: "web.1", Stream: "stdout", Missed: 12},
+		{Time: now.Add(-time.Minute), App: app, Instance: "web.1", Release: 7, Stream: "stdout", Text: "listening on :5000"},
+		{Time: now.Add(-30 * time.Second), App: app, Instance: "web.1", Release: 7, Stream: "stderr", Text: "warning: slow query"},
+		{Time: now.Add(-20 * time.Second), App: app, Instance: "worker.1", Release: 7, Stream: "stderr", Split: true, Text: "a long line's first piece"},
+		{Time: now.Add(-20 * time.Second), App: app, Instance: "worker.1", Release: 7, Stream: "stderr", Text: " and its end"},
+		{Time: now.Add(-10 * time.Second), App: app, Instance: "web.1", Release: 8, Stream: "stdout", Text: "after a skip", Missed: 12},
+		{Time: now.Add(-5 * time.Second), App: app, Instance: "web.1", Release: 8, Stream: "stdout", Partial: true, Text: "bye"},
 	}, nil
 }
 
-func (goldenBackend) FollowLogs(ctx context.Context, app, instance string, send func(api.LogLine) error) error {
+func (goldenBackend) FollowLogs(ctx context.Context, app string, q api.LogQuery, send func(api.LogLine) error) error {
 	return fmt.Errorf("%w: the golden backend does not follow", api.ErrUnavailable)
 }
 

@@ -75,3 +75,35 @@ func (c *chunked) Read(p []byte) (int, error) {
 	}
 	return c.r.Read(p)
 }
+
+// TestParseSince ensures logs --since takes RFC 3339 times, local dates
+// and times, and durations before now, and refuses anything else.
+func TestParseSince(t *testing.T) {
+	now := time.Date(2026, 12, 2, 23, 10, 0, 0, time.UTC)
+	local := func(y, mo, d, h, mi, s int) time.Time {
+		return time.Date(y, time.Month(mo), d, h, mi, s, 0, time.Local)
+	}
+	for _, c := range []struct {
+		in   string
+		want time.Time
+	}{
+		{"10m", now.Add(-10 * time.Minute)},
+		{"1h30m", now.Add(-90 * time.Minute)},
+		{"0s", now},
+		{"2026-12-02T23:00:00Z", time.Date(2026, 12, 2, 23, 0, 0, 0, time.UTC)},
+		{"2026-12-02T23:00:00.5+01:00", time.Date(2026, 12, 2, 22, 0, 0, 5e8, time.UTC)},
+		{"2026-12-02T23:00:01", local(2026, 12, 2, 23, 0, 1)},
+		{"2026-12-02 23:00", local(2026, 12, 2, 23, 0, 0)},
+		{"2026-12-02", local(2026, 12, 2, 0, 0, 0)},
+	} {
+		got, err := parseSince(now, c.in)
+		if err != nil || !got.Equal(c.want) {
+			t.Errorf("parseSince(%q) = %v, %v; want %v", c.in, got, err, c.want)
+		}
+	}
+	for _, bad := range []string{"", "yesterday", "-5m", "2026-13-02", "23:00"} {
+		if got, err := parseSince(now, bad); err == nil {
+			t.Errorf("parseSince(%q) = %v, want an error", bad, got)
+		}
+	}
+}
