@@ -57,6 +57,12 @@ type Agent struct {
 	locksMu sync.Mutex
 	locks   map[string]chan struct{}
 
+	// probMu guards probations: the probation of each app's last switch
+	// while it runs in the agent after the switch returned
+	// (probation.go). Lock order: app lock, then probMu.
+	probMu     sync.Mutex
+	probations map[string]*probationRun
+
 	// gcMu keeps garbage collection out while a deploy is between its
 	// upload and the pin of its build (read-locked by deploys).
 	gcMu sync.RWMutex
@@ -114,6 +120,7 @@ func New(cfg Config, log hclog.Logger) (*Agent, error) {
 		up:           make(chan struct{}),
 		pins:         map[string]int{},
 		locks:        map[string]chan struct{}{},
+		probations:   map[string]*probationRun{},
 		sockets:      map[string]*os.File{},
 		changed:      make(chan struct{}, 1),
 		ping:         make(chan chan struct{}),
@@ -603,8 +610,20 @@ func (a *Agent) opContext(ctx context.Context) (context.Context, context.CancelF
 // lockApp waits for the app's switching lock: one change per app at a
 // time, other apps are not affected. It returns the unlock function. A
 // change counts as in flight from the call until the unlock (see
-// changeDone).
+// changeDone). Taking the lock ends the probation of the app's last
+// switch if it still runs (see probation.go).
 func (a *Agent) lockApp(ctx context.Context, app string) (func(), error) {
+	unlock, err := a.acquireApp(ctx, app)
+	if err != nil {
+		return nil, err
+	}
+	a.endProbation(app)
+	return unlock, nil
+}
+
+// acquireApp is lockApp without ending the app's probation: the
+// probation's own rollback takes the lock with it.
+func (a *Agent) acquireApp(ctx context.Context, app string) (func(), error) {
 	a.beginChange()
 	a.locksMu.Lock()
 	l, ok := a.locks[app]

@@ -34,6 +34,10 @@ type Release struct {
 	Config      map[string]string `json:"config,omitempty"`
 	Formation   map[string]int    `json:"formation"`
 	Output      string            `json:"output,omitempty"` // release-phase output, when there was one
+	// Probation is set on the answer of a switch: ProbationWatching (it
+	// returned once the new instances were up; the agent watches them
+	// for the rest of the probation) or ProbationPassed (it waited).
+	Probation string `json:"probation,omitempty"`
 }
 
 // Process is one supervised instance, as shown by `berth ps`.

@@ -93,7 +93,7 @@ var agentSettings = []agentSetting{
 	{"settle", "BERTH_SETTLE", func(fs *pflag.FlagSet, m *settings, n, u string) { fs.DurationVar(&m.Config.Settle, n, 0, u) },
 		"how long a new instance without a health check must run before a switch counts it as up (default 5s)"},
 	{"probation", "BERTH_PROBATION", func(fs *pflag.FlagSet, m *settings, n, u string) { fs.DurationVar(&m.Config.Probation, n, 0, u) },
-		"how long a switch watches the new instances before it reports success; negative for none (default 10s)"},
+		"how long the agent watches the new instances of a switch once they are up (a failure rolls back); negative for none (default 30s)"},
 	{"release-timeout", "BERTH_RELEASE_TIMEOUT", func(fs *pflag.FlagSet, m *settings, n, u string) {
 		fs.DurationVar(&m.Config.ReleasePhaseTimeout, n, 0, u)
 	}, "bound on the release phase (default 10m)"},
