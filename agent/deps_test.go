@@ -31,6 +31,7 @@ var leaves = []struct {
 	{pkg: "agent/health"},
 	{pkg: "agent/rollout"},         // pure planning: no processes, files or network
 	{pkg: "agent/internal/procfs"}, // parsing /proc and sock_diag only
+	{pkg: "agent/internal/steer"},  // the sk_lookup program and its maps only
 }
 
 // TestDeps ensures berth's leaf packages stay leaves: none imports package
