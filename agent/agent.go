@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/berth-dev/berth/agent/api"
+	"github.com/berth-dev/berth/agent/internal/steer"
 	"github.com/berth-dev/berth/state"
 	"github.com/berth-dev/berth/state/build"
 	"github.com/berth-dev/berth/supervisor"
@@ -73,6 +74,19 @@ type Agent struct {
 	// closes the port.
 	sockMu  sync.Mutex
 	sockets map[string]*os.File
+
+	// steerer steers the public ports' connections (steer.go); nil when
+	// steering is off, and steerOff says why. Set by Run before the apps
+	// start, read-only afterwards.
+	steerer  *steer.Steerer
+	steerOff string
+	// steerMu serialises the updates of the steering groups and guards
+	// the joined and draining flags of steered instances. Lock order:
+	// app lock, then steerMu (never with cfgMu, opMu, sockMu).
+	steerMu sync.Mutex
+	// steerWG counts the goroutines that wait for a steered instance to
+	// listen again (watchListening).
+	steerWG sync.WaitGroup
 
 	// healthWG counts the health probers' goroutines (see prober).
 	healthWG sync.WaitGroup
@@ -311,6 +325,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	var sd shutdownSteps
 	defer func() { a.shutdown(cancelOps, &sd) }()
 
+	a.openSteering(cfg)
 	a.startAll(ctx)
 
 	if !cfg.NoSocket {
@@ -568,6 +583,8 @@ func (a *Agent) shutdown(cancelOps context.CancelFunc, sd *shutdownSteps) {
 	}
 	a.forget(pick(insts, names)...)
 	a.healthWG.Wait()
+	a.steerWG.Wait()
+	a.closeSteering()
 	a.closeSockets("")
 	a.log.Info("stopped app processes", "count", len(names))
 	a.retryUnrecorded() // a last chance before the cause file is all that is left

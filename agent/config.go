@@ -87,6 +87,11 @@ type Config struct {
 	// NoSocket skips listening on the control socket (tests that drive
 	// the Backend directly).
 	NoSocket bool
+	// NoSteer turns connection steering off (steer.go): socket-activated
+	// types share one socket per slot and others switch stop-then-start,
+	// as where steering is unavailable. False means steering is on
+	// wherever the kernel and the agent's privileges allow it.
+	NoSteer bool
 }
 
 // Defaults applied by New.

@@ -93,7 +93,7 @@ func (a *Agent) processes(app string) []api.Process {
 			continue
 		}
 		p := api.Process{App: in.App, Instance: in.Instance, Type: in.Type, State: st.State.String(),
-			Release: in.Release, Port: in.Port, Mode: in.Mode, Command: in.Command,
+			Release: in.Release, Port: in.Port, Mode: in.Mode, Command: in.Command, Steering: a.steeringOf(in),
 			PID: st.PID, StartedAt: st.StartedAt, Restarts: st.Restarts, NextAttempt: st.NextAttempt}
 		if in.prober != nil {
 			h, _ := in.prober.status(st.PID)
@@ -161,6 +161,10 @@ func (a *Agent) restart(ctx context.Context, app, target string) error {
 		err := a.sup.Restart(name)
 		if err == nil {
 			err = a.waitUp(ctx, cfg, []*instance{in}, w, true, newProgress(nil))
+		}
+		if err == nil {
+			// A steered one is back in its group before the next stops.
+			err = a.join(ctx, []*instance{in})
 		}
 		if err != nil {
 			if i > 0 {

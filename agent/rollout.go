@@ -64,6 +64,11 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 		for _, inst := range start {
 			spec, in, err := a.specFor(cfg, app, rel, b, inst, who, tmp)
 			if err != nil {
+				for _, in := range insts {
+					if in.steer != nil {
+						in.steer.closeSock()
+					}
+				}
 				return nil, err
 			}
 			in.prober = a.newProber(in)
@@ -75,11 +80,13 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 	starting := make([]rollout.Starting, len(insts))
 	for i, in := range insts {
 		starting[i] = rollout.Starting{Name: in.Name, Slot: in.Instance, Socket: in.Mode == "socket",
-			SocketOpen: in.Mode == "socket" && a.hasSocket(in.slot())}
+			SocketOpen: in.Mode == "socket" && in.steer == nil && a.hasSocket(in.slot()), Steered: in.steer != nil}
 	}
 	plan := rollout.PlanStops(want, running, starting, rel.Version, healthy)
 	if len(plan.StopFirst) > 0 {
 		p.mark()
+		// Steered ones (a slot the formation dropped) are drained first.
+		a.retire(ctx, app, plan.StopFirst)
 		if err := a.stopInstances(ctx, app, plan.StopFirst); err != nil {
 			return nil, err
 		}
@@ -93,8 +100,8 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 	}
 	a.pruneSockets(app, keep)
 	for i, in := range insts {
-		if in.Mode != "socket" {
-			continue
+		if in.Mode != "socket" || in.steer != nil {
+			continue // a steered instance has a socket of its own
 		}
 		f, err := a.socketFor(in.slot(), in.Port)
 		if err != nil {
@@ -149,6 +156,16 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 					"app", app, "version", rel.Version, "instances", strings.Join(fallback, ","))
 			}
 		}
+		// Steered: the public ports go to the new instances once they are
+		// up and listen, and the old ones drain before their stop signal.
+		if err := a.join(ctx, insts); err != nil {
+			return insts, err
+		}
+		if steeredAny(pick(have, plan.StopAlong)) {
+			p.mark()
+			a.retire(ctx, app, plan.StopAlong)
+			p.step("drain", "the public ports reach the new instances; the old ones drained")
+		}
 		if err := a.stopInstances(ctx, app, plan.StopAlong); err != nil {
 			return insts, err
 		}
@@ -170,6 +187,12 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 	if err := a.waitUp(ctx, cfg, insts, w, healthy, p); err != nil {
 		return insts, err
 	}
+	// Steered instances that did not overlap (a start, a scale, a
+	// stop-first switch) join their groups now; at boot without waiting
+	// for them to listen.
+	if err := a.join(ctx, insts); err != nil {
+		return insts, err
+	}
 	// The supervisor events record the processes too; doing it here as
 	// well means a switch reports done only once its records are durable.
 	a.recordAll(insts)
@@ -182,8 +205,8 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 func runningOf(have map[string]*instance) []rollout.Running {
 	out := make([]rollout.Running, 0, len(have))
 	for _, in := range have {
-		out = append(out, rollout.Running{Name: in.Name, Slot: in.Instance, Release: in.Release, Socket: in.Mode == "socket",
-			HTTPCheck: in.prober != nil && in.Check != nil && in.Check.HTTP != ""})
+		out = append(out, rollout.Running{Name: in.Name, Slot: in.Instance, Release: in.Release, Socket: in.Mode == "socket" && in.steer == nil,
+			HTTPCheck: in.prober != nil && in.Check != nil && in.Check.HTTP != "", Steered: in.steer != nil})
 	}
 	return out
 }
@@ -235,7 +258,7 @@ func (a *Agent) startSpecs(ctx context.Context, specs []supervisor.Spec) error {
 func (a *Agent) overlapUp(ctx context.Context, cfg Config, insts []*instance, plan rollout.Plan, w *watch, p *progress) ([]string, error) {
 	var verify, others []*instance
 	for _, in := range insts {
-		if plan.Overlapping(in.Instance) && in.Check != nil && in.Check.HTTP != "" {
+		if plan.Overlapping(in.Instance) && in.Check != nil && in.Check.HTTP != "" && in.steer == nil {
 			verify = append(verify, in)
 		} else {
 			others = append(others, in)
@@ -297,4 +320,14 @@ func (a *Agent) stopInstances(ctx context.Context, app string, names []string) e
 		a.log.Warn("stopping old instances", "app", app, "error", err)
 	}
 	return nil
+}
+
+// steeredAny reports whether any of insts is steered.
+func steeredAny(insts []*instance) bool {
+	for _, in := range insts {
+		if in.steer != nil {
+			return true
+		}
+	}
+	return false
 }

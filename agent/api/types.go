@@ -56,6 +56,11 @@ type Process struct {
 	Health      string    `json:"health,omitempty"` // healthy, unhealthy, starting, or empty without a check
 	Mode        string    `json:"mode"`             // "socket" (agent-owned socket, start-then-stop) or "bind" (stop-then-start)
 	Command     string    `json:"command"`
+	// Steering says whether the agent steers the public port's new
+	// connections to this instance's own socket: "on: listens on port N"
+	// (N is its PORT), "off: <why>" for a type it would steer if it could,
+	// empty for other types.
+	Steering string `json:"steering,omitempty"`
 }
 
 // Event is one entry of the append-only event log.

@@ -99,6 +99,8 @@ var agentSettings = []agentSetting{
 	}, "bound on the release phase (default 10m)"},
 	{"inbox-quiet", "BERTH_INBOX_QUIET", func(fs *pflag.FlagSet, m *settings, n, u string) { fs.DurationVar(&m.Config.InboxQuiet, n, 0, u) },
 		"how long an inbox file must see no writes before it is deployed (default 1s)"},
+	{"no-steer", "BERTH_NO_STEER", func(fs *pflag.FlagSet, m *settings, n, u string) { fs.BoolVar(&m.Config.NoSteer, n, false, u) },
+		"do not steer connections with sk_lookup: socket-activated types share one socket per slot, others switch stop-then-start"},
 	{"journal", "BERTH_JOURNAL", func(fs *pflag.FlagSet, m *settings, n, u string) { fs.BoolVar(&m.Config.Journal, n, false, u) },
 		"also send app output to journald"},
 	{"log-level", "BERTH_LOG_LEVEL", func(fs *pflag.FlagSet, m *settings, n, u string) { fs.StringVar(&m.LogLevel, n, "info", u) },
