@@ -14,6 +14,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/berth-dev/berth/agent/api"
 	"github.com/berth-dev/berth/agent/rollout"
@@ -306,12 +307,36 @@ func (a *Agent) overlapUp(ctx context.Context, cfg Config, insts []*instance, pl
 	return unreached, nil
 }
 
-// stopInstances stops and forgets the named instances.
+// stopInstances stops and forgets the named instances, all at once, and
+// logs how each ended: one that needed SIGKILL after its stop timeout
+// (it ignored its stop signal, or took too long) is a warning.
 func (a *Agent) stopInstances(ctx context.Context, app string, names []string) error {
 	// Stop forgets an instance even when it fails (its group is killed
 	// when ctx ends), so forget them all either way.
-	insts := pick(a.appInstances(app), names)
-	err := a.sup.StopMany(ctx, names)
+	have := a.appInstances(app)
+	insts := pick(have, names)
+	exits := make([]supervisor.Exit, len(names))
+	errs := make([]error, len(names))
+	var wg sync.WaitGroup
+	for i, name := range names {
+		wg.Go(func() {
+			if exits[i], errs[i] = a.sup.Stop(ctx, name); errs[i] != nil {
+				errs[i] = fmt.Errorf("stop %s: %w", name, errs[i])
+			}
+		})
+	}
+	wg.Wait()
+	for i, name := range names {
+		in := have[name]
+		switch {
+		case errs[i] != nil || in == nil:
+		case exits[i].Signal == syscall.SIGKILL && in.spec.StopSignal != syscall.SIGKILL:
+			a.log.Warn("old instance needed SIGKILL after its stop timeout", "name", name, "stop_timeout", in.spec.StopTimeout, "exit", exits[i].String())
+		default:
+			a.log.Info("stopped old instance", "name", name, "exit", exits[i].String())
+		}
+	}
+	err := errors.Join(errs...)
 	a.forget(insts...)
 	if ctx.Err() != nil {
 		return fmt.Errorf("stop old instances: %w", ctx.Err())

@@ -19,6 +19,9 @@
 //	HELLO_START_DELAY=2s       wait that long before listening
 //	HELLO_REQUEST_DELAY=500ms  hold every GET / that long before answering
 //	HELLO_SHUTDOWN_TIMEOUT=8s  how long SIGTERM waits for in-flight requests
+//	HELLO_EXIT_ON_TERM=1       die at once on SIGTERM (its default action), with
+//	                           no draining at all, as a plain Python
+//	                           http.server or a Node app does
 package main
 
 import (
@@ -39,7 +42,17 @@ import (
 const listenFDsStart = 3
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	stopSignals := []os.Signal{syscall.SIGTERM, syscall.SIGINT}
+	switch v := os.Getenv("HELLO_EXIT_ON_TERM"); v {
+	case "", "0":
+	case "1":
+		// SIGTERM keeps its default action: the process dies at once.
+		stopSignals = stopSignals[1:]
+	default:
+		fmt.Fprintf(os.Stderr, "hello: invalid HELLO_EXIT_ON_TERM %q: want 1 or 0\n", v)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), stopSignals...)
 	defer stop()
 	if err := run(ctx, os.Getenv, os.Stdout); err != nil {
 		fmt.Fprintf(os.Stderr, "hello: %v\n", err)
