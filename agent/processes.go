@@ -164,7 +164,7 @@ func (a *Agent) restart(ctx context.Context, app, target string) error {
 		}
 		if err == nil {
 			// A steered one is back in its group before the next stops.
-			err = a.join(ctx, []*instance{in})
+			err = a.join([]*instance{in})
 		}
 		if err != nil {
 			if i > 0 {

@@ -159,7 +159,7 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 		}
 		// Steered: the public ports go to the new instances once they are
 		// up and listen, and the old ones drain before their stop signal.
-		if err := a.join(ctx, insts); err != nil {
+		if err := a.join(insts); err != nil {
 			return insts, err
 		}
 		if steeredAny(pick(have, plan.StopAlong)) {
@@ -191,7 +191,7 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 	// Steered instances that did not overlap (a start, a scale, a
 	// stop-first switch) join their groups now; at boot without waiting
 	// for them to listen.
-	if err := a.join(ctx, insts); err != nil {
+	if err := a.join(insts); err != nil {
 		return insts, err
 	}
 	// The supervisor events record the processes too; doing it here as
@@ -338,6 +338,7 @@ func (a *Agent) stopInstances(ctx context.Context, app string, names []string) e
 	}
 	err := errors.Join(errs...)
 	a.forget(insts...)
+	a.resteerStopped(app, insts)
 	if ctx.Err() != nil {
 		return fmt.Errorf("stop old instances: %w", ctx.Err())
 	}

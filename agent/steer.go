@@ -325,7 +325,7 @@ func compareSlotsOf(x, y *instance) int {
 // port); one without a check ran for the settle time. One that does not
 // listen yet is not waited for: it joins once it does (watchListening,
 // bounded by Config.StartTimeout), and the log says so.
-func (a *Agent) join(ctx context.Context, insts []*instance) error {
+func (a *Agent) join(insts []*instance) error {
 	types := map[string]string{}
 	for _, in := range insts {
 		if in.steer == nil {
@@ -428,6 +428,24 @@ func (a *Agent) steerEvent(in *instance, running bool) {
 	a.steerMu.Unlock()
 	if ok {
 		a.watchListening(in)
+	}
+}
+
+// resteerStopped updates the groups of the steered types of insts,
+// which were stopped: a type whose last instance went (scale to 0, a
+// destroy, a failed first release) releases its public ports.
+func (a *Agent) resteerStopped(app string, insts []*instance) {
+	if a.steerer == nil {
+		return
+	}
+	types := map[string]bool{}
+	for _, in := range insts {
+		if in.steer != nil && !types[in.Type] {
+			types[in.Type] = true
+			if err := a.resteer(app, in.Type); err != nil {
+				a.log.Error("steer connections after a stop", "app", app, "type", in.Type, "error", err)
+			}
+		}
 	}
 }
 

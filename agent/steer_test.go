@@ -220,3 +220,34 @@ func TestSteer_OffSaysSo(t *testing.T) {
 		t.Errorf("PORT=%q, want the stable port %d", env["PORT"], p.Port)
 	}
 }
+
+// TestSteer_PortsReleased ensures a type's public ports stop being
+// steered once its last instance goes: scaled to zero, and after the app
+// is destroyed.
+func TestSteer_PortsReleased(t *testing.T) {
+	ta := startAgent(t, steerConfig(t))
+	ctx := context.Background()
+	ta.mustDeploy(t, "hello", helloTarFiles(t, exitProcfile, bindManifest, "one"))
+	port := ta.procs(t, "hello")["web.1"].Port
+	if got := ta.steerer.Ports("hello/web"); len(got) != 1 || int(got[0]) != port {
+		t.Fatalf("steered ports of hello/web = %v, want [%d]", got, port)
+	}
+	if _, err := ta.Scale(ctx, "hello", map[string]int{"web": 0}); err != nil {
+		t.Fatal(err)
+	}
+	if got := ta.steerer.Ports("hello/web"); got != nil {
+		t.Fatalf("steered ports after scaling to 0 = %v", got)
+	}
+	if _, err := ta.Scale(ctx, "hello", map[string]int{"web": 1}); err != nil {
+		t.Fatal(err)
+	}
+	if got := ta.steerer.Ports("hello/web"); len(got) != 1 {
+		t.Fatalf("steered ports after scaling to 1 = %v", got)
+	}
+	if err := ta.DestroyApp(ctx, "hello"); err != nil {
+		t.Fatal(err)
+	}
+	if got := ta.steerer.Ports("hello/web"); got != nil {
+		t.Fatalf("steered ports after destroy = %v", got)
+	}
+}
