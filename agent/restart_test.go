@@ -14,11 +14,12 @@ import (
 
 // rollingProcfile's web appends "start INSTANCE PID" to a file shared by
 // the app's instances when it starts and "stop INSTANCE PID" when it gets
-// its stop signal; rollingManifest's exec check appends "up INSTANCE PID"
-// each time it passes, PID being the process it checked.
+// its stop signal, and keeps its pid in a file of its own only while it
+// runs; rollingManifest's exec check passes only while that file exists
+// and appends "up INSTANCE PID" each time it does.
 const (
-	rollingProcfile = `web: echo $$ > "$TMPDIR/pid-$BERTH_PROCESS"; echo "start $BERTH_PROCESS $$" >> "$TMPDIR/order"; ` +
-		`trap 'echo "stop $BERTH_PROCESS $$" >> "$TMPDIR/order"; exit 0' TERM; while :; do sleep 0.05; done` + "\n"
+	rollingProcfile = `web: echo "start $BERTH_PROCESS $$" >> "$TMPDIR/order"; echo $$ > "$TMPDIR/pid-$BERTH_PROCESS"; ` +
+		`trap 'rm -f "$TMPDIR/pid-$BERTH_PROCESS"; echo "stop $BERTH_PROCESS $$" >> "$TMPDIR/order"; exit 0' TERM; while :; do sleep 0.05; done` + "\n"
 	rollingManifest = `{"processes":{"web":{"healthcheck":{"exec":"test -s \"$TMPDIR/pid-$BERTH_PROCESS\" && echo \"up $BERTH_PROCESS $(cat \"$TMPDIR/pid-$BERTH_PROCESS\")\" >> \"$TMPDIR/order\"","interval":"50ms","timeout":"2s","retries":3}}}}`
 )
 
