@@ -219,6 +219,16 @@ func listenerInode(pgid, port int) (uint64, procfs.PIDFD, error) {
 	return 0, procfs.PIDFD{}, nil
 }
 
+// listens reports whether in is a steered instance that binds its PORT
+// itself and whose process group pid listens there now.
+func (in *instance) listens(pid int) bool {
+	if in.steer == nil || in.steer.sock != nil || pid <= 0 {
+		return false
+	}
+	inode, _, err := listenerInode(pid, in.steer.private)
+	return err == nil && inode != 0
+}
+
 // errNotListening says a steered instance holds no listening socket on
 // its private port (yet).
 var errNotListening = errors.New("not listening on its PORT")

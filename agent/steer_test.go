@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/berth-dev/berth/agent/api"
 	"github.com/berth-dev/berth/agent/internal/steer"
@@ -249,5 +250,24 @@ func TestSteer_PortsReleased(t *testing.T) {
 	}
 	if got := ta.steerer.Ports("hello/web"); got != nil {
 		t.Fatalf("steered ports after destroy = %v", got)
+	}
+}
+
+// TestSteer_ListeningIsUp ensures a steered web type without a health
+// check that binds $PORT itself counts as up once it listens there,
+// without waiting for the settle time (an hour here: the deploy and the
+// switch would not return otherwise), and serves on the public port.
+func TestSteer_ListeningIsUp(t *testing.T) {
+	cfg := steerConfig(t)
+	cfg.Settle = time.Hour
+	cfg.StartTimeout = time.Hour
+	ta := startAgent(t, cfg)
+	ta.mustDeploy(t, "hello", helloTarFiles(t, exitProcfile, "", "one"))
+	if _, err := ta.SetConfig(context.Background(), "hello", api.ConfigChange{Set: map[string]string{"GREETING": "up"}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	p := ta.procs(t, "hello")["web.1"]
+	if body, err := get(newClient(), fmt.Sprintf("http://127.0.0.1:%d/", p.Port)); err != nil || !strings.Contains(body, "v2 (web.1) GREETING=up") {
+		t.Fatalf("GET on the public port = %q, %v", body, err)
 	}
 }
