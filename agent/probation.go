@@ -29,8 +29,7 @@ type probationRun struct {
 	version int
 	cancel  context.CancelFunc
 	// superseded is set (under probMu, with the app's lock held) by the
-	// next change to the app: the run then neither rolls back nor
-	// enables liveness restarts.
+	// next change to the app: the run then does not roll back.
 	superseded atomic.Bool
 }
 
@@ -58,6 +57,9 @@ func (a *Agent) watchProbation(app string, rel, prev state.Release, insts []*ins
 		unsubscribe()
 		switch {
 		case run.superseded.Load():
+			// A scale or restart may keep these instances: their failing
+			// checks restart them from now on, as after any probation.
+			setLive(insts)
 			return
 		case err == nil:
 			a.dropProbation(app, run)

@@ -807,3 +807,31 @@ func TestSafe_SocketFallback(t *testing.T) {
 		}
 	}
 }
+
+// TestSafe_ScaleDuringProbationKeepsLiveness ensures instances whose
+// probation a scale cut short (the scale keeps them) get liveness
+// restarts all the same, as they would once their probation passed.
+func TestSafe_ScaleDuringProbationKeepsLiveness(t *testing.T) {
+	cfg := safeConfig(t)
+	ta := startAgent(t, cfg)
+	ctx := context.Background()
+	ta.mustDeploy(t, "hello", helloTar(t, socketManifest, "one"))
+	cfg.Probation = time.Hour
+	if err := ta.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ta.SetConfig(ctx, "hello", api.ConfigChange{Set: map[string]string{"A": "1"}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ta.Scale(ctx, "hello", map[string]int{"web": 1}); err != nil {
+		t.Fatal(err)
+	}
+	var web *instance
+	for _, in := range ta.appInstances("hello") {
+		web = in
+	}
+	if web == nil || web.Release != 2 {
+		t.Fatalf("instance after the scale = %+v, want web.1 of v2", web)
+	}
+	waitFor(t, 10*time.Second, "liveness restarts of web.1 enabled", func() bool { return web.prober.live.Load() })
+}
