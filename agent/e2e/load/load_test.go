@@ -132,28 +132,32 @@ func TestLoad_SafeSwitching(t *testing.T) {
 		}
 		return files
 	}
-	exitProcfile := []byte("web: export HELLO_EXIT_ON_TERM=1; exec ./hello\n")
+	// Each request takes 100 ms, so that requests are in flight when an
+	// old instance gets its SIGTERM and dies: only a drain saves them.
+	exitProcfile := []byte("web: export HELLO_EXIT_ON_TERM=1 HELLO_REQUEST_DELAY=100ms; exec ./hello\n")
 	socketTars := tarballs("socket", nil)
 	exitTars := tarballs("exit", map[string][]byte{"Procfile": exitProcfile})
 	bindExitTars := tarballs("bind-exit", map[string][]byte{"Procfile": exitProcfile, "berth.json": bindJSON})
 
 	h := startAgent(t, berth, "--probation", cfg.probation.String())
 	var reports []runReport
+	slow := 10 * cfg.workers // 100 ms requests: ten times the clients for the same rate
 	for _, run := range []struct {
 		app      string
 		tarballs []string
 		wantMode string
 		scale    int
+		workers  int
 	}{
-		{"hello", socketTars, "socket", 1},
-		{"exit", exitTars, "socket", 1},
-		{"bind-exit", bindExitTars, "bind", 1},
-		{"hello-x3", socketTars, "socket", 3},
-		{"exit-x3", exitTars, "socket", 3},
-		{"bind-exit-x3", bindExitTars, "bind", 3},
+		{"hello", socketTars, "socket", 1, cfg.workers},
+		{"exit", exitTars, "socket", 1, slow},
+		{"bind-exit", bindExitTars, "bind", 1, slow},
+		{"hello-x3", socketTars, "socket", 3, cfg.workers},
+		{"exit-x3", exitTars, "socket", 3, slow},
+		{"bind-exit-x3", bindExitTars, "bind", 3, slow},
 	} {
 		ok := t.Run(run.app, func(t *testing.T) {
-			rep := runMode(t, h, cfg, run.app, run.tarballs, run.scale)
+			rep := runMode(t, h, cfg, run.app, run.tarballs, run.scale, run.workers)
 			reports = append(reports, rep)
 			if rep.mode != run.wantMode {
 				t.Errorf("%s's web runs in mode %q, want %q", run.app, rep.mode, run.wantMode)
@@ -185,7 +189,10 @@ func TestLoad_SafeSwitching(t *testing.T) {
 // runMode deploys app and scales its web type to scale instances, then
 // runs the load while cfg.switches deploys and cfg.switches config
 // changes happen, alternating, evenly spaced.
-func runMode(t *testing.T, h *harness, cfg settings, app string, tarballs []string, scale int) runReport {
+//
+// workers overrides cfg.workers (slow requests need more to keep the
+// rate).
+func runMode(t *testing.T, h *harness, cfg settings, app string, tarballs []string, scale, workers int) runReport {
 	rep := runReport{app: app, scale: scale}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -217,7 +224,7 @@ func runMode(t *testing.T, h *harness, cfg settings, app string, tarballs []stri
 	go func() {
 		done <- runLoad(loadConfig{
 			url: url, expect: "hello from " + app, stop: stopLoad,
-			duration: 3 * cfg.duration, rate: cfg.rate, workers: cfg.workers, max: cfg.max,
+			duration: 3 * cfg.duration, rate: cfg.rate, workers: workers, max: cfg.max,
 		})
 	}()
 	began := time.Now()
@@ -360,8 +367,9 @@ func reportTable(cfg settings, reports []runReport) string {
 		fmt.Fprintf(&b, "%s: failures {%s}; paced slots skipped while all workers were busy: %d\n",
 			r.app, strings.Join(kinds, ", "), r.skipped)
 	}
-	b.WriteString("apps: hello = examples/hello (socket-activated, drains on SIGTERM); exit = the same dying at once on SIGTERM;\n" +
-		"bind-exit = that one binding $PORT itself (no LISTEN_FDS); -x3 = scaled to web=3\n")
+	b.WriteString("apps: hello = examples/hello (socket-activated, drains on SIGTERM); exit = the same dying at once on SIGTERM,\n" +
+		"each request taking 100 ms (ten times the workers); bind-exit = that one binding $PORT itself (no LISTEN_FDS);\n" +
+		"-x3 = scaled to web=3\n")
 	for _, r := range reports {
 		if s, ok := strings.CutPrefix(r.steering, "off: "); ok {
 			fmt.Fprintf(&b, "connection steering was off: %s\n", s)
