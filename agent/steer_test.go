@@ -61,15 +61,20 @@ func loadUntil(url string, stop <-chan struct{}) (sent int, failed []error, seen
 	}
 }
 
+// slowExitProcfile is exitProcfile with every request taking 100 ms, so
+// that requests are in flight when an old instance gets its SIGTERM.
+const slowExitProcfile = "web: export HELLO_EXIT_ON_TERM=1 HELLO_REQUEST_DELAY=100ms; exec ./hello\n"
+
 // TestSteer_SwitchesDropNothing ensures an app that binds $PORT itself
 // and dies at once on SIGTERM is steered: its PORT is a private port,
-// the public port reaches it, and a client sending requests to the
-// public port throughout three switches sees no failure, each old
-// instance getting its stop signal only once the new one serves and it
-// drained.
+// the public port reaches it, and eight clients sending 100 ms requests
+// to the public port throughout three switches see no failure: each old
+// instance gets its stop signal only once the new one serves and the
+// old one's requests in flight are done (without the drain, those die
+// with it).
 func TestSteer_SwitchesDropNothing(t *testing.T) {
 	ta := startAgent(t, steerConfig(t))
-	ta.mustDeploy(t, "hello", helloTarFiles(t, exitProcfile, bindManifest, "one"))
+	ta.mustDeploy(t, "hello", helloTarFiles(t, slowExitProcfile, bindManifest, "one"))
 	p1 := ta.procs(t, "hello")["web.1"]
 	if !strings.HasPrefix(p1.Steering, "on: listens on port ") || p1.Mode != "bind" {
 		t.Fatalf("web.1 = %+v, want steered in bind mode", p1)
@@ -89,24 +94,39 @@ func TestSteer_SwitchesDropNothing(t *testing.T) {
 		failed []error
 		seen   map[string]int
 	}
-	done := make(chan result)
-	go func() {
-		var r result
-		r.sent, r.failed, r.seen = loadUntil(url, stop)
-		done <- r
-	}()
+	const clients = 8
+	done := make(chan result, clients)
+	for range clients {
+		go func() {
+			var r result
+			r.sent, r.failed, r.seen = loadUntil(url, stop)
+			done <- r
+		}()
+	}
+	collect := func() result {
+		all := result{seen: map[string]int{}}
+		for range clients {
+			r := <-done
+			all.sent += r.sent
+			all.failed = append(all.failed, r.failed...)
+			for k, n := range r.seen {
+				all.seen[k] += n
+			}
+		}
+		return all
+	}
 	var steps []string
 	for i := range 3 {
 		_, err := ta.SetConfig(context.Background(), "hello", api.ConfigChange{Set: map[string]string{"GREETING": strconv.Itoa(i)}},
 			func(p api.Progress) { steps = append(steps, p.Step) })
 		if err != nil {
 			close(stop)
-			<-done
+			collect()
 			t.Fatal(err)
 		}
 	}
 	close(stop)
-	r := <-done
+	r := collect()
 	if len(r.failed) > 0 || r.sent == 0 || r.seen["v1 (web.1)"] == 0 || r.seen["v4 (web.1)"] == 0 {
 		t.Fatalf("%d requests, %d failed (%v), answered by %v: want none failed, v1 to v4", r.sent, len(r.failed), r.failed, r.seen)
 	}
