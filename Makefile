@@ -66,7 +66,7 @@ e2e: e2e-systemd e2e-load ## all slow end-to-end suites
 e2e-systemd: build example ## boot systemd in systemd-nspawn and test install, reboot, kill -9, watchdog, stop, power cut
 	$(GO) test -tags e2e_systemd -run . -v -count=1 -timeout 20m ./systemd/e2e/
 
-e2e-load: build example ## 60 s of requests during 10 deploys + 10 config changes, socket vs bind switching
+e2e-load: build example ## requests during 10 deploys + 10 config changes on six apps; 50 switches without SIGKILL; config set time
 	$(GO) test -tags e2e_load -run . -v -count=1 -timeout 20m ./agent/e2e/load/
 
 clean: ## remove bin/ and the local state under .berth/

@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/berth-dev/berth/agent/api"
+	"github.com/berth-dev/berth/agent/internal/steer"
 	"github.com/berth-dev/berth/state"
 	"github.com/berth-dev/berth/state/build"
 	"github.com/berth-dev/berth/supervisor"
@@ -57,6 +58,12 @@ type Agent struct {
 	locksMu sync.Mutex
 	locks   map[string]chan struct{}
 
+	// probMu guards probations: the probation of each app's last switch
+	// while it runs in the agent after the switch returned
+	// (probation.go). Lock order: app lock, then probMu.
+	probMu     sync.Mutex
+	probations map[string]*probationRun
+
 	// gcMu keeps garbage collection out while a deploy is between its
 	// upload and the pin of its build (read-locked by deploys).
 	gcMu sync.RWMutex
@@ -86,6 +93,18 @@ type Agent struct {
 	controlLn     net.Listener
 	control       *os.File
 	controlPassed bool // the first listener takeKept returned came through exec
+	// steerer steers the public ports' connections (steer.go); nil when
+	// steering is off, and steerOff says why. Set by Run before the apps
+	// start, read-only afterwards.
+	steerer  *steer.Steerer
+	steerOff string
+	// steerMu serialises the updates of the steering groups and guards
+	// the joined and draining flags of steered instances. Lock order:
+	// app lock, then steerMu (never with cfgMu, opMu, sockMu).
+	steerMu sync.Mutex
+	// steerWG counts the goroutines that wait for a steered instance to
+	// listen again (watchListening).
+	steerWG sync.WaitGroup
 
 	// healthWG counts the health probers' goroutines (see prober).
 	healthWG sync.WaitGroup
@@ -138,6 +157,7 @@ func New(cfg Config, log hclog.Logger) (*Agent, error) {
 		up:           make(chan struct{}),
 		pins:         map[string]int{},
 		locks:        map[string]chan struct{}{},
+		probations:   map[string]*probationRun{},
 		sockets:      map[string]*os.File{},
 		changed:      make(chan struct{}, 1),
 		ping:         make(chan chan struct{}),
@@ -351,6 +371,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	var sd shutdownSteps
 	defer func() { a.shutdown(cancelOps, &sd) }()
 
+	a.openSteering(cfg)
 	a.startAll(ctx)
 	a.sockMu.Lock()
 	a.kept = nil
@@ -653,6 +674,8 @@ func (a *Agent) shutdown(cancelOps context.CancelFunc, sd *shutdownSteps) {
 	}
 	a.forget(pick(insts, names)...)
 	a.healthWG.Wait()
+	a.steerWG.Wait()
+	a.closeSteering()
 	a.closeSockets("")
 	a.log.Info("stopped app processes", "count", len(names))
 	a.retryUnrecorded() // a last chance before the cause file is all that is left
@@ -695,8 +718,20 @@ func (a *Agent) opContext(ctx context.Context) (context.Context, context.CancelF
 // lockApp waits for the app's switching lock: one change per app at a
 // time, other apps are not affected. It returns the unlock function. A
 // change counts as in flight from the call until the unlock (see
-// changeDone).
+// changeDone). Taking the lock ends the probation of the app's last
+// switch if it still runs (see probation.go).
 func (a *Agent) lockApp(ctx context.Context, app string) (func(), error) {
+	unlock, err := a.acquireApp(ctx, app)
+	if err != nil {
+		return nil, err
+	}
+	a.endProbation(app)
+	return unlock, nil
+}
+
+// acquireApp is lockApp without ending the app's probation: the
+// probation's own rollback takes the lock with it.
+func (a *Agent) acquireApp(ctx context.Context, app string) (func(), error) {
 	a.beginChange()
 	a.locksMu.Lock()
 	l, ok := a.locks[app]

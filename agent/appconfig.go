@@ -38,7 +38,7 @@ func (a *Agent) Config(ctx context.Context, app string) (map[string]string, erro
 func (a *Agent) SetConfig(ctx context.Context, app string, change api.ConfigChange, progressFn api.ProgressFunc) (api.Release, error) {
 	check := func() error { return checkConfigChange(change) }
 	return do(a, ctx, opts{app: app, exists: true, check: check, lock: true}, func(context.Context) (api.Release, error) {
-		return a.setConfig(app, change, newProgress(progressFn))
+		return a.setConfig(app, change, api.WaitsForProbation(ctx), newProgress(progressFn))
 	})
 }
 
@@ -68,7 +68,7 @@ func checkConfigChange(change api.ConfigChange) error {
 	return nil
 }
 
-func (a *Agent) setConfig(app string, change api.ConfigChange, p *progress) (api.Release, error) {
+func (a *Agent) setConfig(app string, change api.ConfigChange, wait bool, p *progress) (api.Release, error) {
 	cur, err := a.store.Config(app)
 	if err != nil {
 		return api.Release{}, err
@@ -138,9 +138,11 @@ func (a *Agent) setConfig(app string, change api.ConfigChange, p *progress) (api
 		return api.Release{}, err
 	}
 	p.step("record", "created v%d", rel.Version)
-	out, err := a.activate(app, rel, b, "config", p)
+	out, probation, err := a.activate(app, rel, b, "config", wait, p)
 	if err != nil {
 		return api.Release{}, err
 	}
-	return toAPIRelease(out, false), nil
+	res := toAPIRelease(out, false)
+	res.Probation = probation
+	return res, nil
 }

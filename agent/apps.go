@@ -74,6 +74,7 @@ func (a *Agent) DestroyApp(ctx context.Context, name string) error {
 		a.stopOneOffs(name)
 		err := a.sup.StopMany(a.opCtx, names)
 		a.forget(pick(insts, names)...)
+		a.resteerStopped(name, pick(insts, names))
 		a.closeSockets(name)
 		if err != nil {
 			a.log.Warn("stopping processes of a destroyed app", "app", name, "error", err)

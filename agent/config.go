@@ -72,10 +72,12 @@ type Config struct {
 	// must run before it counts as up. Zero means Backoff.Settle, or
 	// DefaultSettle (5s, the supervisor's default too) when that is zero.
 	Settle time.Duration
-	// Probation is how long a switch keeps watching the new instances
-	// after the old ones stopped, before it reports success: an instance
-	// that exits or turns unhealthy inside it fails the release, which is
-	// rolled back. Zero means 10s; a negative value means no probation.
+	// Probation is how long the agent keeps watching the new instances
+	// of a switch once they are up: an instance that exits or turns
+	// unhealthy inside it fails the release, which is rolled back. The
+	// switch returns once they are up and the watch goes on in the agent,
+	// unless its caller asked to wait (api.WithProbationWait). Zero means
+	// 30s; a negative value means no probation.
 	Probation time.Duration
 	// ReleasePhaseTimeout bounds the release phase. Zero means 10m.
 	ReleasePhaseTimeout time.Duration
@@ -89,6 +91,11 @@ type Config struct {
 	// is served besides the control socket, with nothing else; empty
 	// means none. Its metrics carry no config values, but name the apps.
 	MetricsListen string
+	// NoSteer turns connection steering off (steer.go): socket-activated
+	// types share one socket per slot and others switch stop-then-start,
+	// as where steering is unavailable. False means steering is on
+	// wherever the kernel and the agent's privileges allow it.
+	NoSteer bool
 }
 
 // Defaults applied by New.
@@ -100,7 +107,7 @@ const (
 	DefaultLogMaxFiles         = 5
 	DefaultLockTimeout         = time.Second
 	DefaultStartTimeout        = 60 * time.Second
-	DefaultProbation           = 10 * time.Second
+	DefaultProbation           = 30 * time.Second
 	DefaultSettle              = 5 * time.Second
 	DefaultReleasePhaseTimeout = 10 * time.Minute
 	DefaultInboxQuiet          = time.Second

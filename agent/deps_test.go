@@ -32,6 +32,7 @@ var leaves = []struct {
 	{pkg: "agent/rollout"},         // pure planning: no processes, files or network
 	{pkg: "agent/internal/procfs"}, // parsing /proc and sock_diag only
 	{pkg: "agent/internal/promtext", forbid: []string{"github.com/prometheus/common/expfmt"}}, // the format only; Prometheus's parser in its tests alone
+	{pkg: "agent/internal/steer"}, // the sk_lookup program and its maps only
 }
 
 // TestDeps ensures berth's leaf packages stay leaves: none imports package

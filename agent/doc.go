@@ -8,7 +8,8 @@
 //
 // The leaves it uses must not import it (deps_test.go says so in a
 // test); planning a rollout is a leaf of its own (agent/rollout), as are
-// health checks (agent/health) and /proc parsing (agent/internal/procfs).
+// health checks (agent/health), /proc parsing (agent/internal/procfs) and
+// the sk_lookup program that steers connections (agent/internal/steer).
 //
 // # Files
 //
@@ -24,6 +25,11 @@
 //	               rollback, interruption by shutdown
 //	rollout.go     executing a rollout plan: stop first, start, overlap
 //	wait.go        waiting until new instances are up, probation
+//	probation.go   the probation that goes on in the agent after a switch
+//	               returned, and its rollback
+//	steer.go       connection steering: private ports and sockets per
+//	               instance, the public ports' groups (agent/internal/
+//	               steer), joining new instances, draining old ones
 //	instances.go   what runs (the supervisor's list), process records
 //	probe.go       health probing of each instance, liveness restarts
 //	owner.go       attributed probes while two instances share a socket
@@ -130,11 +136,18 @@
 //	  |
 //	socket mode: wait until the new ones are up while the old ones
 //	  |          still accept on the same socket, then stop the old ones
+//	steered: wait until the new ones are up and listen on their own
+//	  |      sockets, point the public ports at them, drain the old ones
+//	  |      (accept queue empty, connections closed, drain_timeout),
+//	  |      then stop them
 //	wait until up: healthy (with a check) or running Config.Settle
 //	  |
-//	probation: Config.Probation without an exit or a turn to unhealthy
+//	return to the caller (event); --wait: through the probation first
 //	  |
-//	done (event) -- or, on a failure at any step after activation:
+//	probation, in the agent: Config.Probation without an exit or a turn
+//	  |        to unhealthy (ended early by the app's next change)
+//	  |
+//	done -- or, on a failure at any step after activation:
 //	roll back: failed with the cause and last log lines, the previous
 //	release active again and its processes back, "rollback" event,
 //	*SwitchError -- or, on shutdown: interrupted (see Life cycle).
@@ -142,9 +155,16 @@
 // Up means healthy for a type with a health check in berth.json (a
 // health.Monitor per process, deadline start_period + retries probes plus
 // a margin, bounded by Config.StartTimeout), and running for
-// Config.Settle for a type without one. The deploy call waits through
-// probation so that `berth deploy` can say exactly what failed; a release
-// that fails later is a liveness matter.
+// Config.Settle for a type without one. The deploy call returns once the
+// new instances are up; the probation goes on in the agent, which rolls
+// back and records it as an event (probation.go). With --wait the call
+// waits through probation, so that `berth deploy` can say exactly what
+// failed; a release that fails after probation is a liveness matter.
+//
+// Steering (steer.go) takes precedence over both modes below where the
+// kernel allows it: a socket-activated or web type's instances each
+// listen on a private port, and the slot's stable ports are steered to
+// the instances that are up.
 //
 // Modes. A type with socket_activation runs in socket mode: the agent
 // owns a listening socket on the instance's stable port, created once and
@@ -172,7 +192,7 @@
 // # Locks
 //
 // Lock order: an app's lock (lockApp), then any of cfgMu, opMu, sockMu,
-// unrec.mu (never two of these at once; unrec.mu is held across the
+// probMu, steerMu, unrec.mu (never two of these at once; unrec.mu is held across the
 // store's writes of failures it could not record before). gcMu is read-locked by a deploy between
 // its upload and the pin of its build, and try-locked by garbage
 // collection. What runs is the supervisor's and needs no lock here.

@@ -40,6 +40,10 @@ type instance struct {
 	Mode     string // "socket" (agent-owned socket, start-then-stop) or "bind" (stop-then-start)
 	LogPath  string
 
+	// steer is set for an instance the agent steers connections to
+	// (steer.go); nil otherwise.
+	steer *steerInst
+
 	// Check is the type's health check; nil when it has none.
 	Check *health.Check
 	// prober runs Check while the instance lives; nil without a check.
@@ -131,6 +135,7 @@ func (a *Agent) watchSupervisor(events <-chan supervisor.Event, done <-chan stru
 		if inst.prober != nil {
 			inst.prober.poke()
 		}
+		a.steerEvent(inst, ev.State == supervisor.StateRunning)
 		// A process that exited after running for the settle time, or
 		// that a failed health check restarted, is started again at
 		// once: its event is "starting" with the exit.
@@ -266,6 +271,11 @@ func (a *Agent) forgetRecords(insts ...*instance) {
 // probers and process records.
 func (a *Agent) forget(insts ...*instance) {
 	stopProbers(insts)
+	for _, in := range insts {
+		if in.steer != nil {
+			in.steer.closeSock()
+		}
+	}
 	a.forgetRecords(insts...)
 	a.markChanged()
 }

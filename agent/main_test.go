@@ -109,6 +109,9 @@ func testConfig(dir string) Config {
 		InboxQuiet:   150 * time.Millisecond,
 		NoSocket:     true,
 		Version:      "test",
+		// Today's switching, as where steering is unavailable; the tests
+		// of steering (steer_test.go) turn it on.
+		NoSteer: true,
 	}
 }
 
@@ -222,7 +225,8 @@ func webBuild(t testing.TB, marker string) []byte {
 func (ta *testAgent) deploy(t *testing.T, app string, body []byte) (api.Release, []api.Progress, error) {
 	t.Helper()
 	var steps []api.Progress
-	rel, err := ta.Deploy(context.Background(), api.DeployRequest{App: app, Body: bytes.NewReader(body), Source: "cli"},
+	// Through probation: a deploy of the tests is over once it returns.
+	rel, err := ta.Deploy(api.WithProbationWait(context.Background()), api.DeployRequest{App: app, Body: bytes.NewReader(body), Source: "cli"},
 		func(p api.Progress) { steps = append(steps, p) })
 	return rel, steps, err
 }

@@ -93,6 +93,19 @@ func (a *Agent) observeSwitch(app, kind string, start time.Time, err *error) {
 	}
 }
 
+// countRollback counts an automatic rollback that happened after the
+// switch returned (a failure in probation, probation.go), which
+// observeSwitch no longer sees.
+func (a *Agent) countRollback(app string) {
+	m := &a.met
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.rollbacks == nil {
+		m.rollbacks = map[[2]string]uint64{}
+	}
+	m.rollbacks[[2]string{app, "automatic"}]++
+}
+
 // countOOMKill counts an instance killed by the OOM killer.
 func (a *Agent) countOOMKill(in *instance) {
 	m := &a.met

@@ -178,7 +178,7 @@ func (pr *prober) flagUnhealthy(pid int) {
 // target is what the check probes for a process started at started.
 func (pr *prober) target(started time.Time) health.Target {
 	in := pr.inst
-	return health.Target{Port: in.Port, Env: in.spec.Env, Dir: in.spec.Dir, StartedAt: started,
+	return health.Target{Port: in.probePort(), Env: in.spec.Env, Dir: in.spec.Dir, StartedAt: started,
 		RunExec: func(ctx context.Context, command string, env []string, dir string) (int, []byte, error) {
 			exit, out, err := pr.a.sup.RunCommand(ctx, supervisor.Spec{Name: in.Name + " health", Command: command,
 				Env: env, Dir: dir, Credential: in.spec.Credential, StopTimeout: time.Second})

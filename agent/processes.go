@@ -93,7 +93,7 @@ func (a *Agent) processes(app string) []api.Process {
 			continue
 		}
 		p := api.Process{App: in.App, Instance: in.Instance, Type: in.Type, State: st.State.String(),
-			Release: in.Release, Port: in.Port, Mode: in.Mode, Command: in.Command,
+			Release: in.Release, Port: in.Port, Mode: in.Mode, Command: in.Command, Steering: a.steeringOf(in),
 			PID: st.PID, StartedAt: st.StartedAt, Restarts: st.Restarts, NextAttempt: st.NextAttempt}
 		if in.prober != nil {
 			h, _ := in.prober.status(st.PID)
@@ -119,12 +119,18 @@ func (a *Agent) processes(app string) []api.Process {
 // ("web") or one instance ("web.1"), each with its stop signal and stop
 // timeout, on the same release.
 func (a *Agent) Restart(ctx context.Context, app, target string) error {
-	return do0(a, ctx, opts{app: app, exists: true, lock: true}, func(context.Context) error {
-		return a.restart(app, target)
+	return do0(a, ctx, opts{app: app, exists: true, lock: true}, func(ctx context.Context) error {
+		return a.restart(ctx, app, target)
 	})
 }
 
-func (a *Agent) restart(app, target string) error {
+// restart restarts the app's instances that target names (all, a type
+// or one instance), rolling: one at a time, in instance order, each up
+// again (healthy with a check, else running for the settle time) before
+// the next one is stopped, so the others keep serving. It returns once
+// the last one is up; the first that does not come up stops the roll,
+// leaving the rest untouched, and the error names it.
+func (a *Agent) restart(ctx context.Context, app, target string) error {
 	insts := a.appInstances(app)
 	var names []string
 	for name, in := range insts {
@@ -143,19 +149,33 @@ func (a *Agent) restart(app, target string) error {
 		slices.SortFunc(have, rollout.CompareInstances)
 		return fmt.Errorf("%w: restart %s: no process type or instance %q (running: %s)", api.ErrNotFound, app, target, strings.Join(have, ", "))
 	}
-	slices.SortFunc(names, rollout.CompareInstances)
-	// One at a time: a rolling restart keeps the other instances serving.
-	errs := make([]error, len(names))
-	for i, name := range names {
-		errs[i] = a.sup.Restart(name)
-	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("restart %s: %w", app, err)
-	}
+	slices.SortFunc(names, func(x, y string) int { return rollout.CompareInstances(insts[x].Instance, insts[y].Instance) })
+	events, unsubscribe := a.sup.Subscribe(16)
+	defer unsubscribe()
+	w := a.newWatch(events)
+	cfg := a.config()
 	what := target
 	if what == "" {
 		what = "all processes"
 	}
-	a.appendEvent(app, "restart", fmt.Sprintf("restarted %s (%d)", what, len(names)))
+	for i, name := range names {
+		in := insts[name]
+		err := a.sup.Restart(name)
+		if err == nil {
+			err = a.waitUp(ctx, cfg, []*instance{in}, w, true, newProgress(nil))
+		}
+		if err == nil {
+			// A steered one is back in its group before the next stops.
+			err = a.join([]*instance{in})
+		}
+		if err != nil {
+			if i > 0 {
+				a.appendEvent(app, "restart", fmt.Sprintf("restarted %s: %d of %d up again, then %s failed: %v", what, i, len(names), in.Instance, err))
+			}
+			return fmt.Errorf("restart %s: %s did not come back up (%d of %d restarted before it; the rest were left running): %w",
+				app, in.Instance, i, len(names), err)
+		}
+	}
+	a.appendEvent(app, "restart", fmt.Sprintf("restarted %s (%d), one at a time, each up before the next", what, len(names)))
 	return nil
 }

@@ -113,11 +113,13 @@ func (a *Agent) deploy(ctx context.Context, req api.DeployRequest, p *progress) 
 	if err != nil {
 		return api.Release{}, fmt.Errorf("deploy %s: %w", req.App, err)
 	}
-	out, err := a.activate(req.App, rel, b, "deploy", p)
+	out, probation, err := a.activate(req.App, rel, b, "deploy", api.WaitsForProbation(ctx), p)
 	if err != nil {
 		return api.Release{}, err
 	}
-	return toAPIRelease(out, false), nil
+	res := toAPIRelease(out, false)
+	res.Probation = probation
+	return res, nil
 }
 
 // countingReader reports the end of the upload.
@@ -174,11 +176,11 @@ func (a *Agent) Rollback(ctx context.Context, app string, version int, progressF
 		return nil
 	}
 	return do(a, ctx, opts{app: app, exists: true, check: check, lock: true}, func(context.Context) (api.Release, error) {
-		return a.rollback(app, version, newProgress(progressFn))
+		return a.rollback(app, version, api.WaitsForProbation(ctx), newProgress(progressFn))
 	})
 }
 
-func (a *Agent) rollback(app string, version int, p *progress) (api.Release, error) {
+func (a *Agent) rollback(app string, version int, wait bool, p *progress) (api.Release, error) {
 	active, err := a.store.ActiveRelease(app)
 	if err != nil {
 		return api.Release{}, fmt.Errorf("%w: rollback %s: nothing is deployed", api.ErrConflict, app)
@@ -225,11 +227,13 @@ func (a *Agent) rollback(app string, version int, p *progress) (api.Release, err
 		return api.Release{}, err
 	}
 	p.step("record", "created v%d with the build and config of v%d", rel.Version, target.Version)
-	out, err := a.activate(app, rel, b, "rollback", p)
+	out, probation, err := a.activate(app, rel, b, "rollback", wait, p)
 	if err != nil {
 		return api.Release{}, err
 	}
-	return toAPIRelease(out, false), nil
+	res := toAPIRelease(out, false)
+	res.Probation = probation
+	return res, nil
 }
 
 // toAPIRelease converts a release; config values only when withConfig.

@@ -14,6 +14,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/berth-dev/berth/agent/api"
 	"github.com/berth-dev/berth/agent/rollout"
@@ -64,6 +65,11 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 		for _, inst := range start {
 			spec, in, err := a.specFor(cfg, app, rel, b, inst, who, tmp)
 			if err != nil {
+				for _, in := range insts {
+					if in.steer != nil {
+						in.steer.closeSock()
+					}
+				}
 				return nil, err
 			}
 			in.prober = a.newProber(in)
@@ -75,11 +81,13 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 	starting := make([]rollout.Starting, len(insts))
 	for i, in := range insts {
 		starting[i] = rollout.Starting{Name: in.Name, Slot: in.Instance, Socket: in.Mode == "socket",
-			SocketOpen: in.Mode == "socket" && a.hasSocket(in.slot())}
+			SocketOpen: in.Mode == "socket" && in.steer == nil && a.hasSocket(in.slot()), Steered: in.steer != nil}
 	}
 	plan := rollout.PlanStops(want, running, starting, rel.Version, healthy)
 	if len(plan.StopFirst) > 0 {
 		p.mark()
+		// Steered ones (a slot the formation dropped) are drained first.
+		a.retire(ctx, app, plan.StopFirst)
 		if err := a.stopInstances(ctx, app, plan.StopFirst); err != nil {
 			return nil, err
 		}
@@ -93,8 +101,8 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 	}
 	a.pruneSockets(app, keep)
 	for i, in := range insts {
-		if in.Mode != "socket" {
-			continue
+		if in.Mode != "socket" || in.steer != nil {
+			continue // a steered instance has a socket of its own
 		}
 		f, err := a.socketFor(in.slot(), in.Port)
 		if err != nil {
@@ -149,6 +157,16 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 					"app", app, "version", rel.Version, "instances", strings.Join(fallback, ","))
 			}
 		}
+		// Steered: the public ports go to the new instances once they are
+		// up and listen, and the old ones drain before their stop signal.
+		if err := a.join(insts); err != nil {
+			return insts, err
+		}
+		if steeredAny(pick(have, plan.StopAlong)) {
+			p.mark()
+			a.retire(ctx, app, plan.StopAlong)
+			p.step("drain", "the public ports reach the new instances; the old ones drained")
+		}
 		if err := a.stopInstances(ctx, app, plan.StopAlong); err != nil {
 			return insts, err
 		}
@@ -170,6 +188,12 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 	if err := a.waitUp(ctx, cfg, insts, w, healthy, p); err != nil {
 		return insts, err
 	}
+	// Steered instances that did not overlap (a start, a scale, a
+	// stop-first switch) join their groups now; at boot without waiting
+	// for them to listen.
+	if err := a.join(insts); err != nil {
+		return insts, err
+	}
 	// The supervisor events record the processes too; doing it here as
 	// well means a switch reports done only once its records are durable.
 	a.recordAll(insts)
@@ -182,8 +206,8 @@ func (a *Agent) converge(ctx context.Context, app string, rel state.Release, b *
 func runningOf(have map[string]*instance) []rollout.Running {
 	out := make([]rollout.Running, 0, len(have))
 	for _, in := range have {
-		out = append(out, rollout.Running{Name: in.Name, Slot: in.Instance, Release: in.Release, Socket: in.Mode == "socket",
-			HTTPCheck: in.prober != nil && in.Check != nil && in.Check.HTTP != ""})
+		out = append(out, rollout.Running{Name: in.Name, Slot: in.Instance, Release: in.Release, Socket: in.Mode == "socket" && in.steer == nil,
+			HTTPCheck: in.prober != nil && in.Check != nil && in.Check.HTTP != "", Steered: in.steer != nil})
 	}
 	return out
 }
@@ -235,7 +259,7 @@ func (a *Agent) startSpecs(ctx context.Context, specs []supervisor.Spec) error {
 func (a *Agent) overlapUp(ctx context.Context, cfg Config, insts []*instance, plan rollout.Plan, w *watch, p *progress) ([]string, error) {
 	var verify, others []*instance
 	for _, in := range insts {
-		if plan.Overlapping(in.Instance) && in.Check != nil && in.Check.HTTP != "" {
+		if plan.Overlapping(in.Instance) && in.Check != nil && in.Check.HTTP != "" && in.steer == nil {
 			verify = append(verify, in)
 		} else {
 			others = append(others, in)
@@ -283,13 +307,38 @@ func (a *Agent) overlapUp(ctx context.Context, cfg Config, insts []*instance, pl
 	return unreached, nil
 }
 
-// stopInstances stops and forgets the named instances.
+// stopInstances stops and forgets the named instances, all at once, and
+// logs how each ended: one that needed SIGKILL after its stop timeout
+// (it ignored its stop signal, or took too long) is a warning.
 func (a *Agent) stopInstances(ctx context.Context, app string, names []string) error {
 	// Stop forgets an instance even when it fails (its group is killed
 	// when ctx ends), so forget them all either way.
-	insts := pick(a.appInstances(app), names)
-	err := a.sup.StopMany(ctx, names)
+	have := a.appInstances(app)
+	insts := pick(have, names)
+	exits := make([]supervisor.Exit, len(names))
+	errs := make([]error, len(names))
+	var wg sync.WaitGroup
+	for i, name := range names {
+		wg.Go(func() {
+			if exits[i], errs[i] = a.sup.Stop(ctx, name); errs[i] != nil {
+				errs[i] = fmt.Errorf("stop %s: %w", name, errs[i])
+			}
+		})
+	}
+	wg.Wait()
+	for i, name := range names {
+		in := have[name]
+		switch {
+		case errs[i] != nil || in == nil:
+		case exits[i].Signal == syscall.SIGKILL && in.spec.StopSignal != syscall.SIGKILL:
+			a.log.Warn("old instance needed SIGKILL after its stop timeout", "name", name, "stop_timeout", in.spec.StopTimeout, "exit", exits[i].String())
+		default:
+			a.log.Info("stopped old instance", "name", name, "exit", exits[i].String())
+		}
+	}
+	err := errors.Join(errs...)
 	a.forget(insts...)
+	a.resteerStopped(app, insts)
 	if ctx.Err() != nil {
 		return fmt.Errorf("stop old instances: %w", ctx.Err())
 	}
@@ -297,4 +346,14 @@ func (a *Agent) stopInstances(ctx context.Context, app string, names []string) e
 		a.log.Warn("stopping old instances", "app", app, "error", err)
 	}
 	return nil
+}
+
+// steeredAny reports whether any of insts is steered.
+func steeredAny(insts []*instance) bool {
+	for _, in := range insts {
+		if in.steer != nil {
+			return true
+		}
+	}
+	return false
 }

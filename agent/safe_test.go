@@ -261,11 +261,12 @@ func TestSafe_UnhealthyReleaseRolledBack(t *testing.T) {
 
 // TestSafe_CrashDuringProbationRolledBack ensures a release that passes
 // its health check but crashes 3 s after start is rolled back within the
-// probation window, by the deploy that made it.
+// probation window, by the switch that made it when its caller waits
+// through probation (--wait).
 func TestSafe_CrashDuringProbationRolledBack(t *testing.T) {
 	cfg := safeConfig(t)
 	ta := startAgent(t, cfg)
-	ctx := context.Background()
+	ctx := api.WithProbationWait(context.Background())
 	ta.mustDeploy(t, "hello", helloTar(t, socketManifest, "one"))
 	cfg.Probation = 5 * time.Second
 	if err := ta.Reload(cfg); err != nil {
@@ -291,6 +292,105 @@ func TestSafe_CrashDuringProbationRolledBack(t *testing.T) {
 	}
 	if body, err := get(newClient(), fmt.Sprintf("http://127.0.0.1:%d/", ps["web.1"].Port)); err != nil || !strings.Contains(body, "hello from hello v1") {
 		t.Errorf("GET / after rollback = %q, %v", body, err)
+	}
+}
+
+// TestSafe_CrashAfterReturnRolledBack ensures a switch returns once
+// its new instance is healthy, saying that probation goes on in the
+// agent, and that a crash of that instance 10 s later, inside the
+// default probation, still rolls the release back: the release is marked
+// failed, a "rollback" event says why, and the previous release serves
+// again.
+func TestSafe_CrashAfterReturnRolledBack(t *testing.T) {
+	cfg := safeConfig(t)
+	ta := startAgent(t, cfg)
+	ctx := context.Background()
+	ta.mustDeploy(t, "hello", helloTar(t, socketManifest, "one"))
+	cfg.Probation = DefaultProbation
+	if err := ta.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	var steps []string
+	rel, err := ta.SetConfig(ctx, "hello", api.ConfigChange{Set: map[string]string{"HELLO_CRASH_AFTER": "10s"}},
+		func(p api.Progress) { steps = append(steps, p.Step+": "+p.Message) })
+	if err != nil {
+		t.Fatalf("switch to a release that crashes later: %v", err)
+	}
+	if rel.Version != 2 || rel.Status != "active" || rel.Probation != api.ProbationWatching {
+		t.Fatalf("switch returned %+v, want v2 active with probation %q", rel, api.ProbationWatching)
+	}
+	if !slices.ContainsFunc(steps, func(s string) bool {
+		return strings.HasPrefix(s, "probation: the agent watches v2 for 30s more") && strings.Contains(s, "v1 comes back")
+	}) {
+		t.Errorf("steps do not say probation goes on in the agent:\n%s", strings.Join(steps, "\n"))
+	}
+	if p := ta.procs(t, "hello")["web.1"]; p.Release != 2 {
+		t.Fatalf("web.1 runs v%d once the switch returned, want v2", p.Release)
+	}
+	var last api.Event
+	waitFor(t, 40*time.Second, "the rollback event", func() bool {
+		evs, err := ta.Events(ctx, "hello", 0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = evs[len(evs)-1]
+		return last.Kind == "rollback"
+	})
+	if !strings.Contains(last.Message, "rolled back to v1") {
+		t.Errorf("rollback event = %+v, want the rollback to v1", last)
+	}
+	if n := ta.activeRelease(t, "hello"); n != 1 {
+		t.Fatalf("active release after the rollback = v%d, want v1", n)
+	}
+	v2, _ := ta.Release(ctx, "hello", 2)
+	if v2.Status != "failed" || !strings.Contains(v2.Reason, "during the 30s probation") || !strings.Contains(v2.Output, "crashing on purpose after 10s") {
+		t.Errorf("v2 = %s (%s), output:\n%s", v2.Status, v2.Reason, v2.Output)
+	}
+	waitFor(t, 10*time.Second, "web.1 of v1 healthy", func() bool {
+		p := ta.procs(t, "hello")["web.1"]
+		return p.Release == 1 && p.Health == "healthy"
+	})
+	ps := ta.procs(t, "hello")
+	if body, err := get(newClient(), fmt.Sprintf("http://127.0.0.1:%d/", ps["web.1"].Port)); err != nil || !strings.Contains(body, "hello from hello v1") {
+		t.Errorf("GET / after rollback = %q, %v", body, err)
+	}
+}
+
+// TestSafe_NewerChangeEndsProbation ensures a change to the app during
+// the probation of its last switch ends that probation: the instance
+// the newer change replaced is not the previous release's to roll back.
+func TestSafe_NewerChangeEndsProbation(t *testing.T) {
+	cfg := safeConfig(t)
+	ta := startAgent(t, cfg)
+	ctx := context.Background()
+	ta.mustDeploy(t, "hello", helloTar(t, socketManifest, "one"))
+	cfg.Probation = time.Minute
+	if err := ta.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ta.SetConfig(ctx, "hello", api.ConfigChange{Set: map[string]string{"A": "1"}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	// The next switch supersedes v2's probation; v3's stop of v2's
+	// instance is no failure of v2.
+	rel, err := ta.SetConfig(ctx, "hello", api.ConfigChange{Set: map[string]string{"A": "2"}}, nil)
+	if err != nil || rel.Version != 3 {
+		t.Fatalf("second switch = v%d, %v", rel.Version, err)
+	}
+	for _, v := range []int{2, 3} {
+		r, err := ta.Release(ctx, "hello", v)
+		if err != nil || r.Status == "failed" {
+			t.Fatalf("v%d = %+v, %v", v, r, err)
+		}
+	}
+	if n := ta.activeRelease(t, "hello"); n != 3 {
+		t.Fatalf("active release = v%d, want v3", n)
+	}
+	ta.probMu.Lock()
+	run := ta.probations["hello"]
+	ta.probMu.Unlock()
+	if run == nil || run.version != 3 {
+		t.Fatalf("running probation = %+v, want v3's alone", run)
 	}
 }
 
@@ -706,4 +806,32 @@ func TestSafe_SocketFallback(t *testing.T) {
 			t.Fatalf("%s answered after the switch, want v2", v)
 		}
 	}
+}
+
+// TestSafe_ScaleDuringProbationKeepsLiveness ensures instances whose
+// probation a scale cut short (the scale keeps them) get liveness
+// restarts all the same, as they would once their probation passed.
+func TestSafe_ScaleDuringProbationKeepsLiveness(t *testing.T) {
+	cfg := safeConfig(t)
+	ta := startAgent(t, cfg)
+	ctx := context.Background()
+	ta.mustDeploy(t, "hello", helloTar(t, socketManifest, "one"))
+	cfg.Probation = time.Hour
+	if err := ta.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ta.SetConfig(ctx, "hello", api.ConfigChange{Set: map[string]string{"A": "1"}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ta.Scale(ctx, "hello", map[string]int{"web": 1}); err != nil {
+		t.Fatal(err)
+	}
+	var web *instance
+	for _, in := range ta.appInstances("hello") {
+		web = in
+	}
+	if web == nil || web.Release != 2 {
+		t.Fatalf("instance after the scale = %+v, want web.1 of v2", web)
+	}
+	waitFor(t, 10*time.Second, "liveness restarts of web.1 enabled", func() bool { return web.prober.live.Load() })
 }

@@ -59,7 +59,7 @@ func (a *Agent) hasSocket(slot string) bool {
 func (a *Agent) pruneSockets(app string, keep map[string]bool) {
 	used := map[string]bool{}
 	for _, in := range a.appInstances(app) {
-		if in.Mode == "socket" {
+		if in.Mode == "socket" && in.steer == nil {
 			used[in.slot()] = true
 		}
 	}

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"os"
 	"strconv"
 	"time"
 
@@ -47,6 +48,11 @@ func (a *Agent) specFor(cfg Config, app string, rel state.Release, b *build.Buil
 	if pm.SocketActivation {
 		name, mode = fmt.Sprintf("%s/%s@v%d", app, inst, rel.Version), "socket"
 	}
+	steered := a.steerable(typ, pm)
+	if steered {
+		// Old and new instances of the slot run side by side.
+		name = fmt.Sprintf("%s/%s@v%d", app, inst, rel.Version)
+	}
 	logPath := a.appDir(app, "logs", inst+".log")
 	spec := supervisor.Spec{
 		Name:    name,
@@ -69,8 +75,17 @@ func (a *Agent) specFor(cfg Config, app string, rel state.Release, b *build.Buil
 			Fields: map[string]string{"BERTH_APP": app, "BERTH_PROCESS": inst, "BERTH_RELEASE": "v" + strconv.Itoa(rel.Version)},
 		},
 	}
+	var st *steerInst
+	if steered {
+		if st, spec.Env, err = newSteerInst(pm.SocketActivation, pm, spec.Env); err != nil {
+			return supervisor.Spec{}, nil, fmt.Errorf("%w: %s: %w", api.ErrUnavailable, inst, err)
+		}
+		if st.sock != nil {
+			spec.ListenFiles = []*os.File{st.sock}
+		}
+	}
 	in := &instance{Name: name, App: app, Instance: inst, Type: typ, Release: rel.Version,
-		Build: rel.Build, Port: port, Command: command, Mode: mode, LogPath: logPath, Check: check, spec: spec}
+		Build: rel.Build, Port: port, Command: command, Mode: mode, LogPath: logPath, Check: check, spec: spec, steer: st}
 	// The supervisor carries the instance: its list is the agent's.
 	spec.Meta = in
 	a.noteUnenforced(in)

@@ -61,13 +61,15 @@ func (a *Agent) runReleasePhase(ctx context.Context, app string, rel state.Relea
 
 // activate runs the release phase of a pending release, records it as
 // active, points current at its build, and replaces the app's processes:
-// it returns once the new instances are up and the probation window
-// after the switch passed. If they are not (a failed health check, a
-// crash, a start timeout), the release is marked failed, the previous
-// one is activated and its processes brought back, and a *SwitchError
-// says so. The caller holds the app's lock. kind names the event
-// ("deploy", "config", "rollback").
-func (a *Agent) activate(app string, rel state.Release, b *build.Build, kind string, p *progress) (_ state.Release, err error) {
+// it returns once the new instances are up, with the probation window
+// after the switch going on in the agent (probation.go), or, with wait,
+// once it passed; the api.Probation* value says which. If they are not
+// up (a failed health check, a crash, a start timeout), or fail while
+// activate waits through probation, the release is marked failed, the
+// previous one is activated and its processes brought back, and a
+// *SwitchError says so. The caller holds the app's lock. kind names the
+// event ("deploy", "config", "rollback").
+func (a *Agent) activate(app string, rel state.Release, b *build.Build, kind string, wait bool, p *progress) (_ state.Release, _ string, err error) {
 	defer a.observeSwitch(app, kind, time.Now(), &err)
 	// Once the release is recorded the switch goes on even if the client
 	// goes away (a Ctrl-C of `berth deploy` must not leave a release
@@ -75,13 +77,13 @@ func (a *Agent) activate(app string, rel state.Release, b *build.Build, kind str
 	sctx := a.opCtx
 	if err := checkManifest(b); err != nil {
 		a.failPending(app, rel.Version, err.Error(), "")
-		return state.Release{}, fmt.Errorf("%w: v%d not activated: %w", api.ErrInvalid, rel.Version, err)
+		return state.Release{}, "", fmt.Errorf("%w: v%d not activated: %w", api.ErrInvalid, rel.Version, err)
 	}
 	if command, ok := b.Procfile.Command("release"); ok {
 		p.mark()
 		out, err := a.runReleasePhase(sctx, app, rel, b, command)
 		if err != nil && sctx.Err() != nil {
-			return state.Release{}, a.interrupt(app, rel, nil, "release phase", out, p)
+			return state.Release{}, "", a.interrupt(app, rel, nil, "release phase", out, p)
 		}
 		if err != nil {
 			var rpe *ReleasePhaseError
@@ -90,7 +92,7 @@ func (a *Agent) activate(app string, rel state.Release, b *build.Build, kind str
 				reason = "release phase: " + rpe.Reason
 			}
 			a.failPending(app, rel.Version, reason, out)
-			return state.Release{}, err
+			return state.Release{}, "", err
 		}
 		p.step("release-phase", "release phase of v%d succeeded", rel.Version)
 		if out != "" {
@@ -110,7 +112,7 @@ func (a *Agent) activate(app string, rel state.Release, b *build.Build, kind str
 		// not stay pending; the active one is untouched and runs on.
 		err = mapErr(err)
 		a.failPending(app, rel.Version, fmt.Sprintf("activation could not be recorded: %v", err), "")
-		return state.Release{}, fmt.Errorf("v%d not activated: %w", rel.Version, err)
+		return state.Release{}, "", fmt.Errorf("v%d not activated: %w", rel.Version, err)
 	}
 	if cur, err := a.store.Formation(app); err == nil {
 		add := map[string]int{}
@@ -131,30 +133,50 @@ func (a *Agent) activate(app string, rel state.Release, b *build.Build, kind str
 	p.step("record", "v%d is the active release", rel.Version)
 
 	events, unsubscribe := a.sup.Subscribe(64)
-	defer unsubscribe()
+	handedOver := false
+	defer func() {
+		if !handedOver {
+			unsubscribe()
+		}
+	}()
 	insts, err := a.converge(sctx, app, rel, b, true, true, p)
+	w := a.newWatch(events)
+	cfg := a.config()
 	failedStep := "health"
-	if err == nil {
+	if err == nil && wait {
 		failedStep = "probation"
-		err = a.probation(sctx, a.config(), insts, a.newWatch(events), p)
+		err = a.probation(sctx, cfg, insts, w, p)
 	}
 	if err != nil {
 		if sctx.Err() != nil {
-			return state.Release{}, a.interrupt(app, rel, &prev, failedStep, "", p)
+			return state.Release{}, "", a.interrupt(app, rel, &prev, failedStep, "", p)
 		}
 		// The step that failed, with the time it took.
 		p.step(failedStep, "v%d failed: %v", rel.Version, err)
-		return state.Release{}, a.rollBack(app, rel, prev, err, p)
+		return state.Release{}, "", a.rollBack(app, rel, prev, err, p)
 	}
-	setLive(insts)
+	probation := api.ProbationPassed
+	if wait || cfg.Probation <= 0 || len(insts) == 0 {
+		setLive(insts)
+	} else {
+		handedOver = true
+		a.watchProbation(app, rel, prev, insts, w, unsubscribe)
+		probation = api.ProbationWatching
+		back := "the app has no release to go back to, so it would be stopped"
+		if prev.Version != 0 {
+			back = fmt.Sprintf("v%d comes back", prev.Version)
+		}
+		p.step("probation", "the agent watches v%d for %s more: if it exits or turns unhealthy, it is rolled back (%s; `berth events` says so)",
+			rel.Version, cfg.Probation, back)
+	}
 	a.appendEvent(app, kind, fmt.Sprintf("v%d %s", rel.Version, rel.Description))
 	a.collectGarbage()
 	out, err := a.store.Release(app, rel.Version)
 	if err != nil {
-		return state.Release{}, mapErr(err)
+		return state.Release{}, "", mapErr(err)
 	}
 	p.step("done", "v%d %s", out.Version, out.Description)
-	return out, nil
+	return out, probation, nil
 }
 
 // interrupt records a switch to rel that the agent's shutdown cut short

@@ -101,7 +101,9 @@ func (a *Agent) waitUp(ctx context.Context, cfg Config, insts []*instance, w *wa
 }
 
 // upState says whether in is up; if not, when to look again, or why it
-// never will be.
+// never will be. A steered instance without a check that binds $PORT
+// itself is up as soon as it listens there, or once it ran for the
+// settle time, whichever comes first.
 func (a *Agent) upState(cfg Config, in *instance, w *watch, healthy bool, begin, now time.Time) (bool, time.Time, error) {
 	st, err := w.newStatus(in)
 	if err != nil {
@@ -110,9 +112,15 @@ func (a *Agent) upState(cfg Config, in *instance, w *watch, healthy bool, begin,
 	if in.Check == nil || !healthy {
 		if st.State == supervisor.StateRunning {
 			settled := st.StartedAt.Add(cfg.Settle)
-			if !now.Before(settled) {
+			if !now.Before(settled) || healthy && in.listens(st.PID) {
 				in.upRestarts = st.Restarts
 				return true, now, nil
+			}
+			if healthy && in.steer != nil && in.steer.sock == nil {
+				// Look again soon for its listening socket.
+				if soon := now.Add(drainPoll); soon.Before(settled) {
+					return false, soon, nil
+				}
 			}
 			return false, settled, nil
 		}

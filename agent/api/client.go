@@ -213,6 +213,7 @@ func (c *Client) SetAppUser(ctx context.Context, name, user string) (App, error)
 // progressCall sends a request whose response is a Progress stream and
 // returns the release of the last message.
 func (c *Client) progressCall(ctx context.Context, method, path string, q url.Values, body io.Reader, ct string, progress ProgressFunc) (Release, error) {
+	q = addWait(ctx, q)
 	resp, err := c.doClose(ctx, method, path, q, body, ct, ct == "application/octet-stream")
 	if err != nil {
 		return Release{}, err

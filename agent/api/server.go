@@ -528,9 +528,14 @@ type streamError struct {
 // the server shuts down. An upload still fails when its client goes away,
 // since its body ends early.
 func (s *Server) progressOp(w http.ResponseWriter, r *http.Request, op func(context.Context, ProgressFunc) (Release, error)) {
+	wctx, err := waitContext(context.WithoutCancel(r.Context()), r.URL.Query())
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	st := s.newStream(w)
 	start := time.Now()
-	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
+	ctx, cancel := context.WithCancel(wctx)
 	defer cancel()
 	if serveCtx, ok := r.Context().Value(serveCtxKey{}).(context.Context); ok {
 		stop := context.AfterFunc(serveCtx, cancel)

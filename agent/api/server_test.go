@@ -783,3 +783,43 @@ func TestServer_OperationOutlivesClient(t *testing.T) {
 		t.Error("the client saw success for an operation the shutdown canceled")
 	}
 }
+
+// TestServer_WaitProbation ensures a switch accepts wait=probation, and
+// that any other value of wait is refused with a 400 that names the
+// accepted one, before the backend is called.
+func TestServer_WaitProbation(t *testing.T) {
+	ts := startServer(t, ServerConfig{})
+	ts.seed(t)
+	for _, tt := range []struct {
+		path     string
+		status   int
+		contains string
+	}{
+		{"/v1/apps/web/config?wait=probation", 200, `"done":true`},
+		{"/v1/apps/web/config?wait=yes", 400, `wait=\"yes\": the only value is \"probation\"`},
+		{"/v1/apps/web/config?wait=", 400, "the only value is"},
+	} {
+		status, body := ts.raw(t, "PATCH", tt.path, `{"set":{"A":"1"}}`)
+		if status != tt.status || !strings.Contains(body, tt.contains) {
+			t.Errorf("PATCH %s: got %d %s\nwant %d containing %s", tt.path, status, body, tt.status, tt.contains)
+		}
+	}
+}
+
+// TestClient_WaitProbation ensures a context made with
+// WithProbationWait is what WaitsForProbation reports, and that the
+// client turns it into the query the server reads back.
+func TestClient_WaitProbation(t *testing.T) {
+	ctx := WithProbationWait(context.Background())
+	if !WaitsForProbation(ctx) || WaitsForProbation(context.Background()) {
+		t.Fatal("WaitsForProbation does not report WithProbationWait")
+	}
+	q := addWait(ctx, nil)
+	back, err := waitContext(context.Background(), q)
+	if err != nil || !WaitsForProbation(back) || q.Encode() != "wait=probation" {
+		t.Fatalf("query %q read back: %v, %v", q.Encode(), WaitsForProbation(back), err)
+	}
+	if q := addWait(context.Background(), nil); q != nil {
+		t.Fatalf("query without wait = %v", q)
+	}
+}

@@ -34,6 +34,10 @@ type Release struct {
 	Config      map[string]string `json:"config,omitempty"`
 	Formation   map[string]int    `json:"formation"`
 	Output      string            `json:"output,omitempty"` // release-phase output, when there was one
+	// Probation is set on the answer of a switch: ProbationWatching (it
+	// returned once the new instances were up; the agent watches them
+	// for the rest of the probation) or ProbationPassed (it waited).
+	Probation string `json:"probation,omitempty"`
 }
 
 // Process is one supervised instance, as shown by `berth ps`.
@@ -55,6 +59,11 @@ type Process struct {
 	// Limits are the type's resource limits from berth.json, with
 	// "(not enforced: ...)" when the agent has no cgroups to apply them.
 	Limits string `json:"limits,omitempty"`
+	// Steering says whether the agent steers the public port's new
+	// connections to this instance's own socket: "on: listens on port N"
+	// (N is its PORT), "off: <why>" for a type it would steer if it could,
+	// empty for other types.
+	Steering string `json:"steering,omitempty"`
 }
 
 // Event is one entry of the append-only event log.

@@ -27,6 +27,9 @@ type Running struct {
 	// HTTPCheck is true when it has a running HTTP health check, which a
 	// new instance sharing its socket would otherwise answer.
 	HTTPCheck bool
+	// Steered is true when it listens on a socket of its own that the
+	// agent steers the public port's connections to (set Socket false).
+	Steered bool
 }
 
 // Starting is an instance about to start; at most one per slot.
@@ -39,6 +42,10 @@ type Starting struct {
 	// already (an instance used it before), so the new instance can
 	// share it with the old ones.
 	SocketOpen bool
+	// Steered is true when it gets a socket of its own and the agent
+	// steers the public port's connections to it once it is up: it can
+	// start beside any steered old instance, sharing nothing.
+	Steered bool
 }
 
 // Plan says which running instances a rollout stops, and when. Names
@@ -59,7 +66,8 @@ type Plan struct {
 	// ones.
 	Overlaps []string
 	// KeepSockets are the slots whose socket a new instance uses: every
-	// socket-mode instance starting, overlapping or not.
+	// socket-mode instance starting that is not steered, overlapping or
+	// not.
 	KeepSockets []string
 }
 
@@ -157,16 +165,18 @@ func ToStart(want []string, running []Running, version int, restart bool) []stri
 //     want has it; every other instance of it stops first.
 //   - A slot that starts an instance overlaps when the new instance and
 //     every old one are in socket mode, the socket is open and no old
-//     one has the new one's name: its old instances stop alongside, and
-//     those with an HTTP check are held when healthy. Otherwise they
-//     stop first.
+//     one has the new one's name, or when the new one and every old one
+//     are steered (each on a socket of its own) and none has the new
+//     one's name: its old instances stop alongside, and those with an
+//     HTTP check are held when healthy (never steered ones: nothing
+//     shares their socket). Otherwise they stop first.
 func PlanStops(want []string, running []Running, starting []Starting, version int, healthy bool) Plan {
 	var plan Plan
 	bySlot := map[string]Starting{}
 	keep := map[string]bool{}
 	for _, s := range starting {
 		bySlot[s.Slot] = s
-		if s.Socket {
+		if s.Socket && !s.Steered {
 			keep[s.Slot] = true
 		}
 	}
@@ -188,9 +198,9 @@ func PlanStops(want []string, running []Running, starting []Starting, version in
 			}
 			continue
 		}
-		overlap := s.Socket && s.SocketOpen
+		overlap := s.Socket && s.SocketOpen || s.Steered
 		for _, r := range rs {
-			if !r.Socket || r.Name == s.Name {
+			if r.Name == s.Name || s.Steered && !r.Steered || !s.Steered && (!r.Socket || r.Steered) {
 				overlap = false
 			}
 		}
@@ -203,7 +213,7 @@ func PlanStops(want []string, running []Running, starting []Starting, version in
 				plan.StopFirst = append(plan.StopFirst, r.Name)
 			default:
 				plan.StopAlong = append(plan.StopAlong, r.Name)
-				if r.HTTPCheck && healthy {
+				if r.HTTPCheck && healthy && !r.Steered {
 					plan.Held = append(plan.Held, r.Name)
 				}
 			}

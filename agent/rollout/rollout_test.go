@@ -174,6 +174,16 @@ func sockHTTP(slot string, v int) Running {
 
 func newBind(slot string) Starting { return Starting{Name: "app/" + slot, Slot: slot} }
 
+// steered is a running instance on a socket of its own (socket mode or
+// not), named after its release.
+func steered(slot string, v int, http bool) Running {
+	return Running{Name: fmt.Sprintf("app/%s@v%d", slot, v), Slot: slot, Release: v, Steered: true, HTTPCheck: http}
+}
+
+func newSteered(slot string, v int, socket bool) Starting {
+	return Starting{Name: fmt.Sprintf("app/%s@v%d", slot, v), Slot: slot, Socket: socket, Steered: true}
+}
+
 func newSock(slot string, v int, open bool) Starting {
 	return Starting{Name: fmt.Sprintf("app/%s@v%d", slot, v), Slot: slot, Socket: true, SocketOpen: open}
 }
@@ -216,6 +226,30 @@ func TestPlanStops(t *testing.T) {
 			version:  8, healthy: true,
 			plan: Plan{StopAlong: []string{"app/web.1@v7", "app/web.2@v7"},
 				Overlaps: []string{"web.1", "web.2"}, KeepSockets: []string{"web.1", "web.2"}},
+		},
+		{
+			name:     "steered switch overlaps, holds no check, keeps no slot socket",
+			want:     []string{"web.1", "web.2"},
+			running:  []Running{steered("web.1", 7, true), steered("web.2", 7, false)},
+			starting: []Starting{newSteered("web.1", 8, true), newSteered("web.2", 8, false)},
+			version:  8, healthy: true,
+			plan: Plan{StopAlong: []string{"app/web.1@v7", "app/web.2@v7"}, Overlaps: []string{"web.1", "web.2"}},
+		},
+		{
+			name:     "steered new beside an old one that is not stops it first",
+			want:     []string{"web.1", "web.2"},
+			running:  []Running{bind("web.1", 7), sock("web.2", 7)},
+			starting: []Starting{newSteered("web.1", 8, false), newSteered("web.2", 8, true)},
+			version:  8, healthy: true,
+			plan: Plan{StopFirst: []string{"app/web.1", "app/web.2@v7"}},
+		},
+		{
+			name:     "socket new beside a steered old one stops it first",
+			want:     []string{"web.1"},
+			running:  []Running{steered("web.1", 7, false)},
+			starting: []Starting{newSock("web.1", 8, true)},
+			version:  8, healthy: true,
+			plan: Plan{StopFirst: []string{"app/web.1@v7"}, KeepSockets: []string{"web.1"}},
 		},
 		{
 			name:     "socket switch holds HTTP checks when healthy",

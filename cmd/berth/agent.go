@@ -96,7 +96,7 @@ var agentSettings = []agentSetting{
 	{"settle", "BERTH_SETTLE", func(fs *pflag.FlagSet, m *settings, n, u string) { fs.DurationVar(&m.Config.Settle, n, 0, u) },
 		"how long a new instance without a health check must run before a switch counts it as up (default 5s)"},
 	{"probation", "BERTH_PROBATION", func(fs *pflag.FlagSet, m *settings, n, u string) { fs.DurationVar(&m.Config.Probation, n, 0, u) },
-		"how long a switch watches the new instances before it reports success; negative for none (default 10s)"},
+		"how long the agent watches the new instances of a switch once they are up (a failure rolls back); negative for none (default 30s)"},
 	{"release-timeout", "BERTH_RELEASE_TIMEOUT", func(fs *pflag.FlagSet, m *settings, n, u string) {
 		fs.DurationVar(&m.Config.ReleasePhaseTimeout, n, 0, u)
 	}, "bound on the release phase (default 10m)"},
@@ -104,6 +104,8 @@ var agentSettings = []agentSetting{
 		"how long an inbox file must see no writes before it is deployed (default 1s)"},
 	{"metrics-listen", "BERTH_METRICS_LISTEN", func(fs *pflag.FlagSet, m *settings, n, u string) { fs.StringVar(&m.Config.MetricsListen, n, "", u) },
 		"also serve GET /metrics (Prometheus text format) on this TCP address, e.g. 127.0.0.1:9090 (default: only on the socket)"},
+	{"no-steer", "BERTH_NO_STEER", func(fs *pflag.FlagSet, m *settings, n, u string) { fs.BoolVar(&m.Config.NoSteer, n, false, u) },
+		"do not steer connections with sk_lookup: socket-activated types share one socket per slot, others switch stop-then-start"},
 	{"journal", "BERTH_JOURNAL", func(fs *pflag.FlagSet, m *settings, n, u string) { fs.BoolVar(&m.Config.Journal, n, false, u) },
 		"also send app output to journald"},
 	{"log-level", "BERTH_LOG_LEVEL", func(fs *pflag.FlagSet, m *settings, n, u string) { fs.StringVar(&m.LogLevel, n, "info", u) },

@@ -58,7 +58,7 @@ func shellQuote(v string) string {
 }
 
 func newConfigSetCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "set KEY=VALUE...",
 		Short: "Set config vars: makes a new release and restarts the app on it",
 		Args:  minArgs(1, "at least one KEY=VALUE"),
@@ -81,10 +81,12 @@ func newConfigSetCmd(g *globals) *cobra.Command {
 			return configChange(cmd, g, app, change)
 		},
 	}
+	addWaitFlag(cmd)
+	return cmd
 }
 
 func newConfigUnsetCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "unset KEY...",
 		Short: "Unset config vars: makes a new release and restarts the app on it",
 		Args:  minArgs(1, "at least one KEY"),
@@ -101,11 +103,13 @@ func newConfigUnsetCmd(g *globals) *cobra.Command {
 			return configChange(cmd, g, app, api.ConfigChange{Unset: args})
 		},
 	}
+	addWaitFlag(cmd)
+	return cmd
 }
 
 func configChange(cmd *cobra.Command, g *globals, app string, change api.ConfigChange) error {
 	return releaseOp(g, cmd.OutOrStdout(), func(progress api.ProgressFunc) (api.Release, error) {
-		return g.client().SetConfig(cmd.Context(), app, change, progress)
+		return g.client().SetConfig(switchContext(cmd), app, change, progress)
 	})
 }
 

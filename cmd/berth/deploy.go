@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -49,7 +50,7 @@ with your own rights and streamed over the socket: the agent opens no file for a
 			}
 			req.Body = body
 			return releaseOp(g, cmd.OutOrStdout(), func(progress api.ProgressFunc) (api.Release, error) {
-				rel, err := g.client().Deploy(cmd.Context(), req, progress)
+				rel, err := g.client().Deploy(switchContext(cmd), req, progress)
 				if err != nil {
 					return rel, fmt.Errorf("deploy %s: %w", app, err)
 				}
@@ -58,7 +59,24 @@ with your own rights and streamed over the socket: the agent opens no file for a
 		},
 	}
 	cmd.Flags().StringVar(&digest, "digest", "", "the tarball's expected sha256 (hex); the agent refuses a mismatch")
+	addWaitFlag(cmd)
 	return cmd
+}
+
+// addWaitFlag gives a switch command (deploy, rollback, config set and
+// unset) its --wait flag.
+func addWaitFlag(cmd *cobra.Command) {
+	cmd.Flags().Bool("wait", false, "return only once the probation after the switch is over (by default it returns once the new processes are up, and the agent watches them for the rest of the probation)")
+}
+
+// switchContext is the command's context, asking the agent to answer
+// only after the probation when --wait is given.
+func switchContext(cmd *cobra.Command) context.Context {
+	ctx := cmd.Context()
+	if wait, _ := cmd.Flags().GetBool("wait"); wait {
+		ctx = api.WithProbationWait(ctx)
+	}
+	return ctx
 }
 
 // releaseOp runs a long operation that makes a new active release
@@ -74,6 +92,12 @@ func releaseOp(g *globals, out io.Writer, op func(api.ProgressFunc) (api.Release
 		return writeJSON(out, rel)
 	}
 	fmt.Fprintf(out, "Released %s v%d (build %s, %s) in %s: %s\n", rel.App, rel.Version, short(rel.Build), rel.Status, elapsed(g.env.now().Sub(start)), rel.Description)
+	switch rel.Probation {
+	case api.ProbationWatching:
+		fmt.Fprintf(out, "Its processes are up; probation goes on in the agent, which rolls v%d back if they fail (see `berth events`; --wait waits for it).\n", rel.Version)
+	case api.ProbationPassed:
+		fmt.Fprintf(out, "Its processes stayed up through the probation.\n")
+	}
 	return nil
 }
 

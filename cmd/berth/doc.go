@@ -13,7 +13,9 @@ commands take the app with -a APP, else $BERTH_APP.
 	berth apps destroy NAME --confirm NAME
 	berth apps set-user NAME USER       run the app as USER ("" for the agent's default)
 	berth deploy FILE [--digest D]      upload a tarball ("-" for stdin), release it, wait
-	                                    until its processes run
+	                                    until its processes are up (--wait: and through
+	                                    the probation, which otherwise goes on in the
+	                                    agent; also for rollback and config set/unset)
 	berth releases                      list releases, newest first
 	berth releases info vN              one release with its config and release-phase output
 	berth rollback [vN]                 release vN's build and config again (default: the
@@ -24,7 +26,8 @@ commands take the app with -a APP, else $BERTH_APP.
 	berth config unset KEY...           new release with the vars removed
 	berth scale TYPE=N...               set instance counts; other instances keep running
 	berth ps                            processes of the app (of every app without -a)
-	berth restart [TYPE|INSTANCE]       restart all, one type (web) or one instance (web.1)
+	berth restart [TYPE|INSTANCE]       restart all, one type (web) or one instance (web.1),
+	                                    one at a time, each up before the next stops
 	berth logs [-n N] [--since T] [--release vN] [-f] [INSTANCE]
 	                                    the last N lines of stored output (across restarts
 	                                    and releases, running or not), from T on, of vN
@@ -59,7 +62,8 @@ are stable within API version v1:
 	apps create, set-user      App
 	apps destroy               {"destroyed": NAME}
 	deploy, rollback, config set/unset
-	                           Release (the new active one; progress is not printed)
+	                           Release (the new active one, its probation "watching"
+	                           or "passed"; progress is not printed)
 	releases                   []Release (config_keys only)
 	releases info              Release (with config and output)
 	config                     {KEY: VALUE}

@@ -117,18 +117,29 @@ func (goldenBackend) Config(_ context.Context, app string) (map[string]string, e
 	return map[string]string{"FOO": "bar baz", "DATABASE_URL": "postgres://db/shop", "QUOTE": "it's"}, checkApp(app)
 }
 
-func (goldenBackend) SetConfig(_ context.Context, app string, c api.ConfigChange, fn api.ProgressFunc) (api.Release, error) {
+func (goldenBackend) SetConfig(ctx context.Context, app string, c api.ConfigChange, fn api.ProgressFunc) (api.Release, error) {
 	if err := checkApp(app); err != nil {
 		return api.Release{}, err
 	}
-	progress(fn, "record", "created v8", "stop", "stopped 3 old instance(s)", "start", "3 instance(s) of v8 running")
-	return release(8, "active", "Set "+strings.Join(sortedKeys(c.Set), ", ")), nil
+	rel := release(8, "active", "Set "+strings.Join(sortedKeys(c.Set), ", "))
+	if api.WaitsForProbation(ctx) {
+		progress(fn, "record", "created v8", "start", "started 3 instance(s) of v8", "health", "3 instance(s) healthy",
+			"drain", "the public ports reach the new instances; the old ones drained", "stop", "stopped 3 old instance(s)",
+			"probation", "3 instance(s) stayed up for 30s")
+		rel.Probation = api.ProbationPassed
+		return rel, nil
+	}
+	progress(fn, "record", "created v8", "start", "started 3 instance(s) of v8", "health", "3 instance(s) healthy",
+		"drain", "the public ports reach the new instances; the old ones drained", "stop", "stopped 3 old instance(s)",
+		"probation", "the agent watches v8 for 30s more: if it exits or turns unhealthy, it is rolled back (v7 comes back; `berth events` says so)")
+	rel.Probation = api.ProbationWatching
+	return rel, nil
 }
 
 func procs() []api.Process {
 	return []api.Process{
-		{App: "shop", Instance: "web.1", Type: "web", State: "running", PID: 3101, Release: 7, Port: 5000, StartedAt: now.Add(-(2*time.Hour + 5*time.Minute)), Restarts: 0, Health: "healthy", Mode: "socket", Command: "bin/shop serve"},
-		{App: "shop", Instance: "web.2", Type: "web", State: "running", PID: 3102, Release: 7, Port: 5001, StartedAt: now.Add(-45 * time.Second), Restarts: 2, LastExit: "exit 1", Health: "starting", Mode: "socket", Command: "bin/shop serve"},
+		{App: "shop", Instance: "web.1", Type: "web", State: "running", PID: 3101, Release: 7, Port: 5000, StartedAt: now.Add(-(2*time.Hour + 5*time.Minute)), Restarts: 0, Health: "healthy", Mode: "socket", Command: "bin/shop serve", Steering: "on: listens on port 40001"},
+		{App: "shop", Instance: "web.2", Type: "web", State: "running", PID: 3102, Release: 7, Port: 5001, StartedAt: now.Add(-45 * time.Second), Restarts: 2, LastExit: "exit 1", Health: "starting", Mode: "socket", Command: "bin/shop serve", Steering: "on: listens on port 40002"},
 		{App: "shop", Instance: "worker.1", Type: "worker", State: "backoff", Release: 7, Port: 5002, Restarts: 5, LastExit: "exit 2", NextAttempt: now.Add(3 * time.Second), Mode: "bind", Command: "bin/shop work"},
 	}
 }
@@ -270,6 +281,7 @@ func TestCLI_Golden(t *testing.T) {
 		{"config_get", "", []string{"config", "get", "FOO", "-a", "shop"}},
 		{"config_get_missing", "", []string{"config", "get", "NOPE", "-a", "shop"}},
 		{"config_set", "", []string{"config", "set", "-a", "shop", "FOO=1", "BAR=two words"}},
+		{"config_set_wait", "", []string{"config", "set", "-a", "shop", "--wait", "FOO=1"}},
 		{"scale", "", []string{"scale", "-a", "shop", "web=2", "worker=1"}},
 		{"scale_unknown_type", "", []string{"scale", "-a", "shop", "cron=1"}},
 		{"ps", "", []string{"ps", "-a", "shop"}},

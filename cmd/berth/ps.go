@@ -31,8 +31,11 @@ func newPsCmd(g *globals) *cobra.Command {
 
 // printProcesses prints the ps table: instance, state, pid, release,
 // port, uptime, restarts, switch mode (socket: start-then-stop on an
-// agent-owned socket; bind: stop-then-start); the app column when several
-// apps are shown and the health column when a process has a health check.
+// agent-owned socket; bind: stop-then-start; "+steer": the agent steers
+// the public port's connections to the instance's own socket); the app
+// column when several apps are shown and the health column when a
+// process has a health check. A last line says why steering is off when
+// it is for a type it would apply to.
 func printProcesses(g *globals, out io.Writer, procs []api.Process, withApp bool) error {
 	if g.json {
 		return writeJSON(out, procs)
@@ -81,11 +84,24 @@ func printProcesses(g *globals, out io.Writer, procs []api.Process, withApp bool
 		if withHealth {
 			row = append(row, orDash(p.Health))
 		}
-		row = append(row, orDash(p.Mode), p.Command)
+		mode := orDash(p.Mode)
+		if strings.HasPrefix(p.Steering, "on") {
+			mode += "+steer"
+		}
+		row = append(row, mode, p.Command)
 		if withApp {
 			row = append([]string{p.App}, row...)
 		}
 		t.row(row...)
 	}
-	return t.flush()
+	if err := t.flush(); err != nil {
+		return err
+	}
+	for _, p := range procs {
+		if why, ok := strings.CutPrefix(p.Steering, "off: "); ok {
+			_, err := fmt.Fprintf(out, "Connection steering is off (%s): socket-activated types share one socket per slot, others switch stop-then-start.\n", why)
+			return err
+		}
+	}
+	return nil
 }

@@ -6,7 +6,7 @@ import (
 )
 
 func newRollbackCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "rollback [vN]",
 		Short: "Release again the build and config of vN (default: the release before the active one)",
 		Args:  rangeArgs(0, 1, "at most one release version"),
@@ -22,8 +22,10 @@ func newRollbackCmd(g *globals) *cobra.Command {
 				}
 			}
 			return releaseOp(g, cmd.OutOrStdout(), func(progress api.ProgressFunc) (api.Release, error) {
-				return g.client().Rollback(cmd.Context(), app, v, progress)
+				return g.client().Rollback(switchContext(cmd), app, v, progress)
 			})
 		},
 	}
+	addWaitFlag(cmd)
+	return cmd
 }

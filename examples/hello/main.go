@@ -21,6 +21,9 @@
 //	HELLO_SHUTDOWN_TIMEOUT=8s  how long SIGTERM waits for in-flight requests
 //	HELLO_TICK=10ms            print "tick N" (N = 0, 1, 2, ...) that often, to
 //	                           check that no line is lost or doubled
+//	HELLO_EXIT_ON_TERM=1       die at once on SIGTERM (its default action), with
+//	                           no draining at all, as a plain Python
+//	                           http.server or a Node app does
 package main
 
 import (
@@ -41,7 +44,17 @@ import (
 const listenFDsStart = 3
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	stopSignals := []os.Signal{syscall.SIGTERM, syscall.SIGINT}
+	switch v := os.Getenv("HELLO_EXIT_ON_TERM"); v {
+	case "", "0":
+	case "1":
+		// SIGTERM keeps its default action: the process dies at once.
+		stopSignals = stopSignals[1:]
+	default:
+		fmt.Fprintf(os.Stderr, "hello: invalid HELLO_EXIT_ON_TERM %q: want 1 or 0\n", v)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), stopSignals...)
 	defer stop()
 	if err := run(ctx, os.Getenv, os.Stdout); err != nil {
 		fmt.Fprintf(os.Stderr, "hello: %v\n", err)

@@ -76,7 +76,16 @@ type ProcessManifest struct {
 	// Limits, when set, bound the resources of each instance
 	// (resources.go).
 	Limits *Resources `json:"limits,omitempty"`
+	// DrainTimeout bounds how long a switch waits, once no new
+	// connection reaches an old instance, for its accept queue to empty
+	// and its connections to close before its stop signal (with
+	// connection steering); zero means the agent's default. At most
+	// MaxDrainTimeout.
+	DrainTimeout Duration `json:"drain_timeout,omitempty"`
 }
+
+// MaxDrainTimeout bounds a type's drain_timeout.
+const MaxDrainTimeout = time.Hour
 
 // Restart is a process type's restart policy (see the supervisor's
 // Backoff): an instance that ran at least MinRun is restarted at once;
@@ -199,8 +208,11 @@ func (m Manifest) validate() error {
 		if p.StopSignal != "" && !stopSignals[p.StopSignal] {
 			return fmt.Errorf("%w: process %q: stop_signal %q is not one of SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGKILL", ErrManifest, t, p.StopSignal)
 		}
-		if t == "release" && (p.Healthcheck != nil || p.SocketActivation || p.Restart != nil) {
-			return fmt.Errorf("%w: process %q is the release phase and cannot have a healthcheck, socket_activation or restart", ErrManifest, t)
+		if t == "release" && (p.Healthcheck != nil || p.SocketActivation || p.Restart != nil || p.DrainTimeout != 0) {
+			return fmt.Errorf("%w: process %q is the release phase and cannot have a healthcheck, socket_activation, restart or drain_timeout", ErrManifest, t)
+		}
+		if d := time.Duration(p.DrainTimeout); d > MaxDrainTimeout {
+			return fmt.Errorf("%w: process %q: drain_timeout %s is longer than %s", ErrManifest, t, d, MaxDrainTimeout)
 		}
 		if p.Restart != nil {
 			if err := p.Restart.validate(t); err != nil {

@@ -73,7 +73,7 @@ func TestParseProcfile(t *testing.T) {
 func TestParseManifest(t *testing.T) {
 	m, err := ParseManifest([]byte(`{"processes": {
 		"web": {"healthcheck": {"http": "/up", "interval": "2s", "timeout": "1s", "start_period": "30s", "retries": 3},
-		        "socket_activation": true, "stop_signal": "SIGTERM", "stop_timeout": "30s",
+		        "socket_activation": true, "stop_signal": "SIGTERM", "stop_timeout": "30s", "drain_timeout": "20s",
 		        "restart": {"min_run": "1s", "settle": "5s", "backoff_initial": "100ms", "backoff_max": "30s"}},
 		"clock": {"restart": {"settle": "1m"}},
 		"worker": {"healthcheck": {"exec": "./bin/check"}, "stop_signal": "SIGQUIT"},
@@ -84,7 +84,7 @@ func TestParseManifest(t *testing.T) {
 	}
 	want := Manifest{Processes: map[string]ProcessManifest{
 		"web": {Healthcheck: &Healthcheck{HTTP: "/up", Interval: Duration(2 * time.Second), Timeout: Duration(time.Second), StartPeriod: Duration(30 * time.Second), Retries: 3},
-			SocketActivation: true, StopSignal: "SIGTERM", StopTimeout: Duration(30 * time.Second),
+			SocketActivation: true, StopSignal: "SIGTERM", StopTimeout: Duration(30 * time.Second), DrainTimeout: Duration(20 * time.Second),
 			Restart: &Restart{MinRun: Duration(time.Second), Settle: Duration(5 * time.Second),
 				BackoffInitial: Duration(100 * time.Millisecond), BackoffMax: Duration(30 * time.Second)}},
 		"clock":   {Restart: &Restart{Settle: Duration(time.Minute)}},
@@ -119,6 +119,10 @@ func TestParseManifest(t *testing.T) {
 		{"restart initial too short", `{"processes": {"web": {"restart": {"backoff_initial": "1ms"}}}}`, `restart backoff_initial 1ms must be between 10ms`},
 		{"restart max too short", `{"processes": {"web": {"restart": {"backoff_max": "100ms"}}}}`, `restart backoff_max 100ms must be between 1s`},
 		{"release restart", `{"processes": {"release": {"restart": {"settle": "5s"}}}}`, "release phase"},
+		{"drain too long", `{"processes": {"web": {"drain_timeout": "2h"}}}`, "drain_timeout 2h0m0s is longer than 1h0m0s"},
+		{"drain negative", `{"processes": {"web": {"drain_timeout": "-1s"}}}`, `negative duration "-1s"`},
+		{"drain not a duration", `{"processes": {"web": {"drain_timeout": "soon"}}}`, `invalid duration "soon"`},
+		{"release drain", `{"processes": {"release": {"drain_timeout": "5s"}}}`, "release phase"},
 		{"unknown healthcheck key", `{"processes": {"web": {"healthcheck": {"http": "/", "path": "/"}}}}`, `unknown field "path"`},
 		{"trailing data", `{} {}`, "unexpected data after the JSON object"},
 		{"trailing garbage", `{}x`, "unexpected data after the JSON object"},

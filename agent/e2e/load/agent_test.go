@@ -235,6 +235,23 @@ func (h *harness) web(app string) (api.Process, error) {
 	}
 }
 
+// logText returns the agent's whole log.
+func (h *harness) logText() string {
+	b, _ := os.ReadFile(h.logPath)
+	return string(b)
+}
+
+// grepLines returns the lines of text that contain s.
+func grepLines(text, s string) string {
+	var out []string
+	for _, l := range strings.Split(text, "\n") {
+		if strings.Contains(l, s) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
 // logTail returns the last n lines of the agent's log.
 func (h *harness) logTail(n int) string {
 	b, _ := os.ReadFile(h.logPath)

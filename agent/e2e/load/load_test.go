@@ -26,7 +26,7 @@ type settings struct {
 
 func loadSettings(t *testing.T) settings {
 	t.Helper()
-	s := settings{duration: 60 * time.Second, rate: 300, workers: 4, switches: 10, max: 200000, probation: time.Second}
+	s := settings{duration: 30 * time.Second, rate: 300, workers: 4, switches: 10, max: 200000, probation: time.Second}
 	for _, d := range []struct {
 		name string
 		dst  *time.Duration
@@ -74,6 +74,8 @@ type switchRecord struct {
 // runReport is the outcome of one mode's run.
 type runReport struct {
 	app, mode   string // mode as `berth ps` shows it
+	steering    string // web.1's steering as `berth ps --json` shows it
+	scale       int    // instances of web
 	stats       stats
 	length      time.Duration // how long the load ran
 	skipped     int64
@@ -87,11 +89,15 @@ type runReport struct {
 // the old instance's stop.
 const switchGrace = 500 * time.Millisecond
 
-// TestLoad_SafeSwitching sends requests continuously to the example app
-// while it is deployed and reconfigured repeatedly, first with the
-// agent-owned socket (start-then-stop) and then binding $PORT
-// (stop-then-start), and reports both. With socket activation in place no
-// request may fail.
+// TestLoad_SafeSwitching sends requests continuously to six apps while
+// each is deployed and reconfigured repeatedly (cfg.switches of each):
+// examples/hello (socket-activated, drains on SIGTERM), the same app
+// dying at once on SIGTERM (HELLO_EXIT_ON_TERM=1, as a Python
+// http.server or a Node app does), that app binding $PORT itself (no
+// socket activation, no draining code), and each of the three scaled to
+// web=3, and reports them side by side. With connection steering (root,
+// Linux 5.9+) no request of any may fail; without it, only those of the
+// socket-activated apps must not.
 func TestLoad_SafeSwitching(t *testing.T) {
 	cfg := loadSettings(t)
 	berth, helloTar := binaries(t)
@@ -126,32 +132,46 @@ func TestLoad_SafeSwitching(t *testing.T) {
 		}
 		return files
 	}
+	// Each request takes 100 ms, so that requests are in flight when an
+	// old instance gets its SIGTERM and dies: only a drain saves them.
+	exitProcfile := []byte("web: export HELLO_EXIT_ON_TERM=1 HELLO_REQUEST_DELAY=100ms; exec ./hello\n")
 	socketTars := tarballs("socket", nil)
-	bindTars := tarballs("bind", map[string][]byte{"berth.json": bindJSON})
+	exitTars := tarballs("exit", map[string][]byte{"Procfile": exitProcfile})
+	bindExitTars := tarballs("bind-exit", map[string][]byte{"Procfile": exitProcfile, "berth.json": bindJSON})
 
 	h := startAgent(t, berth, "--probation", cfg.probation.String())
 	var reports []runReport
+	slow := 10 * cfg.workers // 100 ms requests: ten times the clients for the same rate
 	for _, run := range []struct {
 		app      string
 		tarballs []string
 		wantMode string
+		scale    int
+		workers  int
 	}{
-		{"hello", socketTars, "socket"},
-		{"hello-bind", bindTars, "bind"},
+		{"hello", socketTars, "socket", 1, cfg.workers},
+		{"exit", exitTars, "socket", 1, slow},
+		{"bind-exit", bindExitTars, "bind", 1, slow},
+		{"hello-x3", socketTars, "socket", 3, cfg.workers},
+		{"exit-x3", exitTars, "socket", 3, slow},
+		{"bind-exit-x3", bindExitTars, "bind", 3, slow},
 	} {
-		ok := t.Run(run.wantMode, func(t *testing.T) {
-			rep := runMode(t, h, cfg, run.app, run.tarballs)
+		ok := t.Run(run.app, func(t *testing.T) {
+			rep := runMode(t, h, cfg, run.app, run.tarballs, run.scale, run.workers)
 			reports = append(reports, rep)
-			// The agent owns the sockets of socket-activated types since
-			// d294b60: a type switched the other way is a regression, and
-			// would make the zero-failure check below vacuous.
 			if rep.mode != run.wantMode {
-				t.Errorf("%s's web runs in mode %q, want %q (its berth.json says socket_activation: %v)",
-					run.app, rep.mode, run.wantMode, run.wantMode == "socket")
+				t.Errorf("%s's web runs in mode %q, want %q", run.app, rep.mode, run.wantMode)
 			}
-			if run.wantMode == "socket" && rep.stats.failed > 0 {
-				t.Errorf("%d of %d requests failed while switching with the agent-owned socket (goal: 0): %v",
-					rep.stats.failed, rep.stats.sent, rep.stats.errors)
+			if rep.steering == "" {
+				t.Errorf("%s's web.1 does not say whether it is steered", run.app)
+			}
+			steered := strings.HasPrefix(rep.steering, "on")
+			if !steered {
+				t.Logf("connection steering: %s", rep.steering)
+			}
+			if (steered || run.wantMode == "socket") && rep.stats.failed > 0 {
+				t.Errorf("%d of %d requests failed while switching (goal: 0; steering %s): %v",
+					rep.stats.failed, rep.stats.sent, rep.steering, rep.stats.errors)
 			}
 		})
 		if !ok && len(reports) == 0 {
@@ -161,12 +181,19 @@ func TestLoad_SafeSwitching(t *testing.T) {
 	table := reportTable(cfg, reports)
 	t.Log("\n" + table)
 	fmt.Println(table)
+	if log := h.logText(); strings.Contains(log, "needed SIGKILL") {
+		t.Errorf("an old instance needed SIGKILL:\n%s", grepLines(log, "needed SIGKILL"))
+	}
 }
 
-// runMode deploys app, then runs the load while cfg.switches deploys and
-// cfg.switches config changes happen, alternating, evenly spaced.
-func runMode(t *testing.T, h *harness, cfg settings, app string, tarballs []string) runReport {
-	rep := runReport{app: app}
+// runMode deploys app and scales its web type to scale instances, then
+// runs the load while cfg.switches deploys and cfg.switches config
+// changes happen, alternating, evenly spaced.
+//
+// workers overrides cfg.workers (slow requests need more to keep the
+// rate).
+func runMode(t *testing.T, h *harness, cfg settings, app string, tarballs []string, scale, workers int) runReport {
+	rep := runReport{app: app, scale: scale}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	if out, err := h.cli(ctx, "deploy", "-a", app, tarballs[0]); err != nil {
@@ -174,11 +201,16 @@ func runMode(t *testing.T, h *harness, cfg settings, app string, tarballs []stri
 	} else {
 		t.Logf("initial deploy of %s:\n%s", app, strings.TrimSpace(out))
 	}
+	if scale > 1 {
+		if _, err := h.cli(ctx, "scale", "-a", app, fmt.Sprintf("web=%d", scale)); err != nil {
+			t.Fatalf("scale: %v\nagent log:\n%s", err, h.logTail(30))
+		}
+	}
 	web, err := h.web(app)
 	if err != nil {
 		t.Fatalf("%v\nagent log:\n%s", err, h.logTail(30))
 	}
-	rep.mode = web.Mode
+	rep.mode, rep.steering = web.Mode, web.Steering
 	url := fmt.Sprintf("http://127.0.0.1:%d/", web.Port)
 	t.Logf("%s web.1: pid %d, port %d, mode %q, health %q", app, web.PID, web.Port, web.Mode, web.Health)
 	if err := waitAnswer(url, "hello from "+app); err != nil {
@@ -192,7 +224,7 @@ func runMode(t *testing.T, h *harness, cfg settings, app string, tarballs []stri
 	go func() {
 		done <- runLoad(loadConfig{
 			url: url, expect: "hello from " + app, stop: stopLoad,
-			duration: 3 * cfg.duration, rate: cfg.rate, workers: cfg.workers, max: cfg.max,
+			duration: 3 * cfg.duration, rate: cfg.rate, workers: workers, max: cfg.max,
 		})
 	}()
 	began := time.Now()
@@ -267,6 +299,23 @@ func runMode(t *testing.T, h *harness, cfg settings, app string, tarballs []stri
 		t.Errorf("web.1 runs release %d after %d switches, want %d", last.Release, total, wantRelease)
 	}
 	want := fmt.Sprintf("hello from %s v%d (web.1) GREETING=g%d", app, wantRelease, cfg.switches)
+	if scale > 1 {
+		// Any of the instances answers.
+		want = fmt.Sprintf("hello from %s v%d (web.", app, wantRelease)
+		procs, err := h.processes(app)
+		if err != nil {
+			t.Fatal(err)
+		}
+		running := 0
+		for _, p := range procs {
+			if p.State == "running" && p.Release == wantRelease {
+				running++
+			}
+		}
+		if running != scale {
+			t.Errorf("%d instances of v%d run after the switches, want %d: %+v", running, wantRelease, scale, procs)
+		}
+	}
 	if err := waitAnswer(url, want); err != nil {
 		t.Error(err)
 	}
@@ -295,11 +344,15 @@ func reportTable(cfg settings, reports []runReport) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "load: %s per run (longer if the switches take longer), %d workers, %s, new connection per request, %d deploys + %d config changes per run, agent --probation %s\n",
 		cfg.duration, cfg.workers, rateString(cfg.rate), cfg.switches, cfg.switches, cfg.probation)
-	fmt.Fprintf(&b, "%-11s %-7s %7s %8s %7s %9s %9s %9s %9s %9s %10s %11s\n",
-		"app", "mode", "ran", "sent", "failed", "p50", "p99", "max", "p99-sw", "sw-sent", "sw-failed", "switch-med")
+	fmt.Fprintf(&b, "%-13s %-12s %3s %7s %8s %7s %9s %9s %9s %9s %9s %10s %11s\n",
+		"app", "mode", "web", "ran", "sent", "failed", "p50", "p99", "max", "p99-sw", "sw-sent", "sw-failed", "switch-med")
 	for _, r := range reports {
-		fmt.Fprintf(&b, "%-11s %-7s %6.1fs %8d %7d %9s %9s %9s %9s %9d %10d %11s\n",
-			r.app, orDash(r.mode), r.length.Seconds(), r.stats.sent, r.stats.failed, ms(r.stats.p50), ms(r.stats.p99), ms(r.stats.max),
+		mode := orDash(r.mode)
+		if strings.HasPrefix(r.steering, "on") {
+			mode += "+steer"
+		}
+		fmt.Fprintf(&b, "%-13s %-12s %3d %6.1fs %8d %7d %9s %9s %9s %9s %9d %10d %11s\n",
+			r.app, mode, r.scale, r.length.Seconds(), r.stats.sent, r.stats.failed, ms(r.stats.p50), ms(r.stats.p99), ms(r.stats.max),
 			ms(r.stats.switchP99), r.stats.switchSent, r.stats.switchFailed, ms(median(r.switchTimes)))
 	}
 	for _, r := range reports {
@@ -313,6 +366,15 @@ func reportTable(cfg settings, reports []runReport) string {
 		sort.Strings(kinds)
 		fmt.Fprintf(&b, "%s: failures {%s}; paced slots skipped while all workers were busy: %d\n",
 			r.app, strings.Join(kinds, ", "), r.skipped)
+	}
+	b.WriteString("apps: hello = examples/hello (socket-activated, drains on SIGTERM); exit = the same dying at once on SIGTERM,\n" +
+		"each request taking 100 ms (ten times the workers); bind-exit = that one binding $PORT itself (no LISTEN_FDS);\n" +
+		"-x3 = scaled to web=3\n")
+	for _, r := range reports {
+		if s, ok := strings.CutPrefix(r.steering, "off: "); ok {
+			fmt.Fprintf(&b, "connection steering was off: %s\n", s)
+			break
+		}
 	}
 	b.WriteString("p99-sw: p99 of requests that started during a switch (CLI call + 500ms); switch-med: median CLI time of a switch\n")
 	return b.String()
