@@ -338,7 +338,12 @@ func (a *Agent) adopt(rec state.ProcRecord, k *kept) error {
 		closeBoth()
 		return fmt.Errorf("%w: the release would run it as %s", errNoAdopt, spec.Name)
 	}
-	if in.Mode == "socket" {
+	if in.steer != nil {
+		if err := a.adoptSteered(rec, in, &spec); err != nil {
+			closeBoth()
+			return err
+		}
+	} else if in.Mode == "socket" {
 		f, err := a.adoptSocket(in.slot(), k)
 		if err != nil {
 			closeBoth()
@@ -366,11 +371,65 @@ func (a *Agent) adopt(rec state.ProcRecord, k *kept) error {
 		return err
 	}
 	in.recorded.Store(int64(rec.PID))
+	if in.steer != nil {
+		a.adoptedSteered = append(a.adoptedSteered, in)
+	}
 	a.startProber(in)
 	if in.prober != nil {
 		in.prober.setLive()
 	}
 	a.log.Info("adopted app process", "name", rec.Name, "pid", rec.PID, "release", rec.Release)
+	return nil
+}
+
+// adoptSteered gives a steered instance about to be adopted what its
+// process has, in place of what specFor made for a new one: the private
+// port it was started with (its PORT) and, in socket mode, its own
+// listening socket, taken from the process with pidfd_getfd (the agent's
+// copy died with the previous agent). The previous agent's steering
+// program went with it; the adopted instances join their groups once
+// adoption is done (Run), so the public ports reach them again.
+func (a *Agent) adoptSteered(rec state.ProcRecord, in *instance, spec *supervisor.Spec) error {
+	in.steer.closeSock() // the fresh socket specFor made
+	env, err := procfs.Environ(rec.PID)
+	if err != nil {
+		return fmt.Errorf("%w: read its environment: %w", errNoAdopt, err)
+	}
+	port := 0
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "PORT="); ok {
+			port, _ = strconv.Atoi(v)
+		}
+	}
+	if port <= 0 || port > 65535 {
+		return fmt.Errorf("%w: it has no PORT to steer to", errNoAdopt)
+	}
+	st := &steerInst{private: port, drain: in.steer.drain}
+	if spec.ListenFiles != nil {
+		inode, pf, err := listenerInode(rec.PGID, port)
+		if err != nil || inode == 0 {
+			return fmt.Errorf("%w: no socket listening on its port %d (%v)", errNoAdopt, port, err)
+		}
+		pidfd, err := unix.PidfdOpen(pf.PID, 0)
+		if err != nil {
+			return fmt.Errorf("%w: pidfd_open %d: %w", errNoAdopt, pf.PID, err)
+		}
+		fd, err := unix.PidfdGetfd(pidfd, pf.FD, 0)
+		unix.Close(pidfd)
+		if err != nil {
+			return fmt.Errorf("%w: take its socket: %w", errNoAdopt, err)
+		}
+		unix.CloseOnExec(fd)
+		st.sock = os.NewFile(uintptr(fd), fmt.Sprintf("%s port %d", in.Instance, port))
+		spec.ListenFiles = []*os.File{st.sock}
+	}
+	for i, kv := range spec.Env {
+		if strings.HasPrefix(kv, "PORT=") {
+			spec.Env[i] = "PORT=" + strconv.Itoa(port)
+		}
+	}
+	in.steer = st
+	in.spec = *spec
 	return nil
 }
 

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -431,4 +432,78 @@ func pipeBytes(t *testing.T, s *fakeFDStore, name string) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// TestAgent_AdoptSteered ensures an agent with connection steering
+// adopts the steered web instance a child agent left at its kill -9,
+// in bind mode (the app binds its private PORT) and in socket mode (the
+// instance's own socket, taken back from the process): the same pid,
+// the same private port, steering on, and the public port answered by
+// that process again once adoption is done.
+func TestAgent_AdoptSteered(t *testing.T) {
+	steerConfig(t) // steering must work here
+	t.Run("bind", func(t *testing.T) { adoptSteered(t, "") })
+	t.Run("socket", func(t *testing.T) { adoptSteered(t, `{"processes":{"web":{"socket_activation":true}}}`) })
+}
+
+func adoptSteered(t *testing.T, manifest string) {
+	store := newFakeFDStore(t)
+	cfg := testConfig(dataDir(t))
+	cfg.BasePort = freeBasePort(t)
+	inbox := filepath.Join(cfg.DataDir, "inbox")
+	if err := os.MkdirAll(inbox, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(inbox, "hello.tar.gz"), helloTar(t, manifest, "one"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(helperSteerEnv, "1")
+	logf, childLog := childAgentLog(t)
+	child := startChildAgent(t, cfg, "", logf)
+	public := fmt.Sprintf("http://127.0.0.1:%d/", cfg.BasePort)
+	var pid int
+	waitFor(t, 30*time.Second, "the child agent to run web.1 behind its public port", func() bool {
+		if child.ProcessState != nil {
+			t.Fatalf("child agent exited: %s", childLog())
+		}
+		pid = 0
+		for p := range appProcs(t, cfg.DataDir, "hello") {
+			pid = p
+		}
+		body, err := get(newClient(), public)
+		return pid != 0 && err == nil && strings.Contains(body, "v1") && store.has(pipeName("out", pid, "hello/web.1@v1"))
+	})
+	t.Cleanup(func() { syscall.Kill(-pid, syscall.SIGKILL) })
+	env, err := procfs.Environ(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	private := ""
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "PORT="); ok {
+			private = v
+		}
+	}
+	if private == "" || private == strconv.Itoa(cfg.BasePort) {
+		t.Fatalf("web.1 PORT %q, want a private port, not the public %d", private, cfg.BasePort)
+	}
+	if err := child.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	child.Wait()
+
+	t.Setenv(envHandoff, store.handoff(t))
+	cfg.NoSteer = false
+	ta := startAgent(t, cfg)
+	web := ta.procs(t, "hello")["web.1"]
+	if web.PID != pid || web.Restarts != 0 {
+		t.Fatalf("web.1 after the new agent started: %+v, want pid %d adopted", web, pid)
+	}
+	if want := "on: listens on port " + private; web.Steering != want {
+		t.Errorf("web.1 steering %q, want %q", web.Steering, want)
+	}
+	body, err := get(newClient(), public)
+	if err != nil || !strings.Contains(body, "v1") {
+		t.Fatalf("public port after adoption: %q, %v", body, err)
+	}
 }

@@ -105,6 +105,9 @@ type Agent struct {
 	// steerWG counts the goroutines that wait for a steered instance to
 	// listen again (watchListening).
 	steerWG sync.WaitGroup
+	// adoptedSteered lists the steered instances adopted at start-up,
+	// which join their groups once adoption is done (Run only).
+	adoptedSteered []*instance
 
 	// healthWG counts the health probers' goroutines (see prober).
 	healthWG sync.WaitGroup
@@ -355,7 +358,16 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	// processes running: adopt those it can verify, with their pipes and
 	// sockets, and kill the others before starting new ones, those it
 	// recorded and those it had no time to record.
+	// Steering first: an adopted steered instance keeps its private port
+	// and joins its group once adoption is done.
+	a.openSteering(cfg)
 	adopted := a.adoptLeftovers(ctx, k)
+	if len(a.adoptedSteered) > 0 {
+		if err := a.join(a.adoptedSteered); err != nil {
+			a.log.Error("steer the public ports to the adopted instances", "error", err)
+		}
+		a.adoptedSteered = nil
+	}
 	a.killStrays(ctx, adopted)
 	causes := a.openUnrecorded(cfg.path("unrecorded-failures"))
 	defer a.closeUnrecorded()
@@ -371,7 +383,6 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	var sd shutdownSteps
 	defer func() { a.shutdown(cancelOps, &sd) }()
 
-	a.openSteering(cfg)
 	a.startAll(ctx)
 	a.sockMu.Lock()
 	a.kept = nil

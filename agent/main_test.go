@@ -28,6 +28,9 @@ import (
 // runHelperAgent): the recovery test kills such an agent with SIGKILL.
 const helperEnv = "BERTH_AGENT_TEST_HELPER"
 
+// helperSteerEnv, set, turns steering on in the helper agent.
+const helperSteerEnv = "BERTH_AGENT_TEST_STEER"
+
 // helperPortEnv is the helper agent's base port.
 const helperPortEnv = "BERTH_AGENT_TEST_BASE_PORT"
 
@@ -61,6 +64,9 @@ func runHelperAgent(dir, socket string) int {
 	if socket != "" {
 		cfg.SocketPath = socket
 		cfg.NoSocket = false
+	}
+	if os.Getenv(helperSteerEnv) != "" {
+		cfg.NoSteer = false
 	}
 	a, err := New(cfg, hclog.New(&hclog.LoggerOptions{Output: os.Stderr, Level: hclog.Info}))
 	if err != nil {
