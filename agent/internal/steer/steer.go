@@ -28,6 +28,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 
@@ -72,10 +73,17 @@ type Steerer struct {
 	ports   *ebpf.Map
 	sockets *ebpf.Map
 
-	// mu guards used and groups.
+	// pin is the bpffs directory the link and maps are pinned in ("" when
+	// not pinned).
+	pin string
+
+	// mu guards used, groups and orphans.
 	mu     sync.Mutex
 	used   [maxSlots]bool
 	groups map[string]*group
+	// orphans are the groups a previous Steerer left in pinned maps, by
+	// port: they steer until a Set takes the port over or DropOrphans.
+	orphans map[uint16]groupValue
 }
 
 // group is a set of sockets that the connections to ports are spread
@@ -87,7 +95,8 @@ type group struct {
 
 // Open loads the program and attaches it to the network namespace of
 // the calling process. The error wraps ErrUnsupported when the kernel or
-// the process's privileges do not allow it.
+// the process's privileges do not allow it. The program is detached
+// when the Steerer is closed or its process ends.
 func Open() (*Steerer, error) {
 	ports, err := ebpf.NewMap(&ebpf.MapSpec{Name: "berth_ports", Type: ebpf.Hash, KeySize: 4, ValueSize: 8, MaxEntries: maxPorts})
 	if err != nil {
@@ -128,11 +137,163 @@ func Open() (*Steerer, error) {
 	return &Steerer{prog: prog, link: l, ports: ports, sockets: sockets, groups: map[string]*group{}}, nil
 }
 
-// Close detaches the program: connections go to the kernel's own
-// listener lookup again. Sockets are not closed (the sockmap's
-// references to them go).
+// Pin names in a pin directory.
+const (
+	pinLink    = "link"
+	pinPorts   = "ports"
+	pinSockets = "sockets"
+)
+
+// bpffsMagic is BPF_FS_MAGIC, the f_type of a bpffs mount.
+const bpffsMagic = 0xcafe4a11
+
+// IsBPFFS reports whether dir is on a bpffs mount.
+func IsBPFFS(dir string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(dir, &st) == nil && uint32(st.Type) == bpffsMagic
+}
+
+// OpenPinned is Open with the link and the maps pinned in dir, a
+// directory on a bpffs mount (created if missing): the program keeps
+// steering after this process ends (a crash, an upgrade in place), with
+// the sockets in the sockmap, until a Steerer unpins it. If dir holds
+// what a previous Steerer pinned, it is taken over: the same maps, the
+// link updated to this build's program, and the groups found in the
+// ports map kept as orphans, which steer until Set takes their ports or
+// DropOrphans drops them. Pins in an unusable state are replaced.
+func OpenPinned(dir string) (*Steerer, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("steering pin directory: %w", err)
+	}
+	if !IsBPFFS(dir) {
+		return nil, fmt.Errorf("steering pin directory %s is not on a bpffs mount", dir)
+	}
+	if s, err := loadPinned(dir); err == nil {
+		return s, nil
+	}
+	unpinAll(dir) // nothing there, or something unusable: start afresh
+	s, err := Open()
+	if err != nil {
+		return nil, err
+	}
+	for name, pin := range map[string]interface{ Pin(string) error }{pinPorts: s.ports, pinSockets: s.sockets, pinLink: s.link} {
+		if err := pin.Pin(filepath.Join(dir, name)); err != nil {
+			s.Close()
+			unpinAll(dir)
+			return nil, fmt.Errorf("pin the steering %s in %s: %w", name, dir, err)
+		}
+	}
+	s.pin = dir
+	return s, nil
+}
+
+// loadPinned takes over what a previous Steerer pinned in dir.
+func loadPinned(dir string) (*Steerer, error) {
+	ports, err := ebpf.LoadPinnedMap(filepath.Join(dir, pinPorts), nil)
+	if err != nil {
+		return nil, err
+	}
+	sockets, err := ebpf.LoadPinnedMap(filepath.Join(dir, pinSockets), nil)
+	if err != nil {
+		ports.Close()
+		return nil, err
+	}
+	l, err := link.LoadPinnedLink(filepath.Join(dir, pinLink), nil)
+	if err != nil {
+		ports.Close()
+		sockets.Close()
+		return nil, err
+	}
+	s := &Steerer{link: l, ports: ports, sockets: sockets, pin: dir, groups: map[string]*group{}, orphans: map[uint16]groupValue{}}
+	// This build's program, on the same maps (an upgrade may change it).
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "berth_steer", Type: ebpf.SkLookup, AttachType: ebpf.AttachSkLookup,
+		License: "GPL", Instructions: program(ports.FD(), sockets.FD())})
+	if err == nil {
+		err = l.Update(prog)
+	}
+	if err != nil {
+		if prog != nil {
+			prog.Close()
+		}
+		s.Close()
+		return nil, fmt.Errorf("update the pinned steering program: %w", err)
+	}
+	s.prog = prog
+	var port uint32
+	var val groupValue
+	it := ports.Iterate()
+	for it.Next(&port, &val) {
+		if val.Count == 0 || int(val.Base)+int(val.Count) > maxSlots || port > 65535 {
+			ports.Delete(port) //nolint:errcheck // a bad entry steers nothing
+			continue
+		}
+		s.orphans[uint16(port)] = val
+		for i := val.Base; i < val.Base+val.Count; i++ {
+			s.used[i] = true
+		}
+	}
+	if err := it.Err(); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("read the pinned ports map: %w", err)
+	}
+	return s, nil
+}
+
+// unpinAll removes dir's pins (what is gone already is fine).
+func unpinAll(dir string) {
+	for _, name := range []string{pinLink, pinPorts, pinSockets} {
+		os.Remove(filepath.Join(dir, name))
+	}
+}
+
+// DropOrphans stops steering the ports of the groups a previous
+// Steerer left that no Set took over since OpenPinned.
+func (s *Steerer) DropOrphans() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for port := range s.orphans {
+		s.ports.Delete(uint32(port)) //nolint:errcheck // gone already is fine
+		s.dropOrphan(port)
+	}
+}
+
+// dropOrphan forgets port's orphan group, and frees its slots once no
+// other orphan port uses them. Called with mu held.
+func (s *Steerer) dropOrphan(port uint16) {
+	og, ok := s.orphans[port]
+	if !ok {
+		return
+	}
+	delete(s.orphans, port)
+	for _, o := range s.orphans {
+		if o.Base == og.Base {
+			return
+		}
+	}
+	s.release(int(og.Base), int(og.Count))
+}
+
+// Pinned reports whether the program stays attached after Close.
+func (s *Steerer) Pinned() bool { return s.pin != "" }
+
+// Close releases this process's hold on the program and maps. Unpinned,
+// that detaches the program: connections go to the kernel's own
+// listener lookup again. Pinned, it keeps steering until Unpin. Sockets
+// are not closed.
 func (s *Steerer) Close() error {
-	return errors.Join(s.link.Close(), s.prog.Close(), s.ports.Close(), s.sockets.Close())
+	var errs []error
+	if s.prog != nil {
+		errs = append(errs, s.prog.Close())
+	}
+	return errors.Join(append(errs, s.link.Close(), s.ports.Close(), s.sockets.Close())...)
+}
+
+// Unpin removes the pins, so that Close detaches the program.
+func (s *Steerer) Unpin() {
+	if s.pin != "" {
+		unpinAll(s.pin)
+		os.Remove(s.pin)
+	}
 }
 
 // Set makes the group named key steer every new connection to one of
@@ -199,6 +360,9 @@ func (s *Steerer) Set(key string, ports []uint16, fds []int) error {
 		s.release(int(old.base), int(old.count))
 	}
 	s.groups[key] = &group{ports: slices.Clone(ports), base: uint32(base), count: uint32(len(fds))}
+	for _, p := range ports {
+		s.dropOrphan(p) // taken over
+	}
 	return nil
 }
 

@@ -7,11 +7,14 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
 )
 
 func TestMain(m *testing.M) {
@@ -253,5 +256,108 @@ func TestSteerer_BadInput(t *testing.T) {
 	c.Close()
 	if got != "a" || fmt.Sprint(s.Ports("one")) != fmt.Sprint([]uint16{public}) {
 		t.Errorf("after refused changes: answered by %q, group ports %v", got, s.Ports("one"))
+	}
+}
+
+// bpffs mounts a bpffs on a temporary directory for the test.
+func bpffs(t *testing.T) string {
+	t.Helper()
+	open(t) // skips where there is no BPF
+	dir := t.TempDir()
+	if err := unix.Mount("bpf", dir, "bpf", 0, ""); err != nil {
+		t.Fatalf("mount a bpffs: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	return dir
+}
+
+// refused reports whether a connection to port is refused.
+func refused(port uint16) bool {
+	c, err := net.DialTimeout("tcp4", "127.0.0.1:"+strconv.Itoa(int(port)), 5*time.Second)
+	if err == nil {
+		c.Close()
+	}
+	return err != nil
+}
+
+// TestSteerer_PinnedOutlivesClose ensures a pinned Steerer keeps
+// steering after Close (its process gone: a crash, an upgrade), that
+// the next OpenPinned takes its groups over as orphans that still steer
+// until a Set takes their port or DropOrphans drops them, and that Unpin
+// then Close detaches the program.
+func TestSteerer_PinnedOutlivesClose(t *testing.T) {
+	pin := filepath.Join(bpffs(t), "berth")
+	a, b := newServer(t, "a"), newServer(t, "b")
+	p, q := freePort(t), freePort(t)
+
+	s1, err := OpenPinned(pin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s1.Pinned() {
+		t.Fatal("OpenPinned gave an unpinned Steerer")
+	}
+	if err := s1.Set("app/web", []uint16{p}, []int{a.fd}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s1.Set("app/other", []uint16{q}, []int{a.fd}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, port := range []uint16{p, q} {
+		c, got := dial(t, port)
+		c.Close()
+		if got != "a" {
+			t.Fatalf("port %d after Close answered by %q, want a: a pinned program steers on", port, got)
+		}
+	}
+
+	s2, err := OpenPinned(pin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s2.orphans) != 2 {
+		t.Fatalf("orphans after taking over = %v, want ports %d and %d", s2.orphans, p, q)
+	}
+	if c, got := dial(t, p); got != "a" {
+		t.Fatalf("orphan port answered by %q, want a", got)
+	} else {
+		c.Close()
+	}
+	if err := s2.Set("app/web", []uint16{p}, []int{b.fd}); err != nil {
+		t.Fatal(err)
+	}
+	if c, got := dial(t, p); got != "b" {
+		t.Fatalf("port taken over answered by %q, want b", got)
+	} else {
+		c.Close()
+	}
+	if _, ok := s2.orphans[p]; ok || len(s2.orphans) != 1 {
+		t.Fatalf("orphans after the take-over = %v, want only %d", s2.orphans, q)
+	}
+	s2.DropOrphans()
+	if !refused(q) {
+		t.Fatalf("port %d still accepted after DropOrphans", q)
+	}
+	s2.Unpin()
+	if err := s2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if !refused(p) {
+		t.Fatalf("port %d still accepted after Unpin and Close", p)
+	}
+	if _, err := os.Stat(pin); !os.IsNotExist(err) {
+		t.Fatalf("pin directory after Unpin: %v", err)
+	}
+}
+
+// TestSteerer_PinnedNeedsBPFFS ensures OpenPinned refuses a directory
+// that is not on a bpffs, and leaves nothing attached.
+func TestSteerer_PinnedNeedsBPFFS(t *testing.T) {
+	open(t)
+	if _, err := OpenPinned(t.TempDir()); err == nil || !strings.Contains(err.Error(), "not on a bpffs") {
+		t.Fatalf("OpenPinned on a plain directory = %v, want a bpffs error", err)
 	}
 }
