@@ -435,7 +435,8 @@ func pipeBytes(t *testing.T, s *fakeFDStore, name string) int {
 }
 
 // TestAgent_AdoptSteered ensures an agent with connection steering
-// adopts the steered web instance a child agent left at its kill -9,
+// adopts the steered web instance a child agent left at its kill -9
+// (whose pinned program steered the public port meanwhile),
 // in bind mode (the app binds its private PORT) and in socket mode (the
 // instance's own socket, taken back from the process): the same pid,
 // the same private port, steering on, and the public port answered by
@@ -457,7 +458,10 @@ func adoptSteered(t *testing.T, manifest string) {
 	if err := os.WriteFile(filepath.Join(inbox, "hello.tar.gz"), helloTar(t, manifest, "one"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	t.Setenv(helperSteerEnv, "1")
+	// Pinned in a bpffs of the test's own, so that the program steers on
+	// while no agent runs.
+	pin := filepath.Join(bpffsDir(t), "berth")
+	t.Setenv(helperSteerEnv, pin)
 	logf, childLog := childAgentLog(t)
 	child := startChildAgent(t, cfg, "", logf)
 	public := fmt.Sprintf("http://127.0.0.1:%d/", cfg.BasePort)
@@ -491,9 +495,16 @@ func adoptSteered(t *testing.T, manifest string) {
 		t.Fatal(err)
 	}
 	child.Wait()
+	// No agent runs: the pinned program still steers the public port to
+	// web.1's socket.
+	for i := range 20 {
+		if body, err := get(newClient(), public); err != nil || !strings.Contains(body, "v1") {
+			t.Fatalf("request %d to the public port while no agent runs: %q, %v", i, body, err)
+		}
+	}
 
 	t.Setenv(envHandoff, store.handoff(t))
-	cfg.NoSteer = false
+	cfg.NoSteer, cfg.SteerPin = false, pin
 	ta := startAgent(t, cfg)
 	web := ta.procs(t, "hello")["web.1"]
 	if web.PID != pid || web.Restarts != 0 {
@@ -506,4 +517,15 @@ func adoptSteered(t *testing.T, manifest string) {
 	if err != nil || !strings.Contains(body, "v1") {
 		t.Fatalf("public port after adoption: %q, %v", body, err)
 	}
+}
+
+// bpffsDir mounts a bpffs on a temporary directory for the test.
+func bpffsDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := unix.Mount("bpf", dir, "bpf", 0, ""); err != nil {
+		t.Fatalf("mount a bpffs: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	return dir
 }

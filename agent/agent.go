@@ -384,6 +384,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	defer func() { a.shutdown(cancelOps, &sd) }()
 
 	a.startAll(ctx)
+	a.dropSteerOrphans()
 	a.sockMu.Lock()
 	a.kept = nil
 	a.sockMu.Unlock()

@@ -96,6 +96,12 @@ type Config struct {
 	// as where steering is unavailable. False means steering is on
 	// wherever the kernel and the agent's privileges allow it.
 	NoSteer bool
+	// SteerPin is the bpffs directory the steering program's link and
+	// maps are pinned in, so that steering goes on while no agent runs
+	// (a crash, a restart, an upgrade). Empty means a directory named
+	// after the data dir under /sys/fs/bpf when that is a bpffs mount;
+	// "-" means never pinned.
+	SteerPin string
 }
 
 // Defaults applied by New.

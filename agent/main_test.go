@@ -28,7 +28,8 @@ import (
 // runHelperAgent): the recovery test kills such an agent with SIGKILL.
 const helperEnv = "BERTH_AGENT_TEST_HELPER"
 
-// helperSteerEnv, set, turns steering on in the helper agent.
+// helperSteerEnv, set, turns steering on in the helper agent, with its
+// value as the pin directory ("-": not pinned).
 const helperSteerEnv = "BERTH_AGENT_TEST_STEER"
 
 // helperPortEnv is the helper agent's base port.
@@ -65,8 +66,8 @@ func runHelperAgent(dir, socket string) int {
 		cfg.SocketPath = socket
 		cfg.NoSocket = false
 	}
-	if os.Getenv(helperSteerEnv) != "" {
-		cfg.NoSteer = false
+	if pin := os.Getenv(helperSteerEnv); pin != "" {
+		cfg.NoSteer, cfg.SteerPin = false, pin
 	}
 	a, err := New(cfg, hclog.New(&hclog.LoggerOptions{Output: os.Stderr, Level: hclog.Info}))
 	if err != nil {

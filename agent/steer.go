@@ -35,10 +35,13 @@ package agent
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -85,13 +88,26 @@ func (s *steerInst) closeSock() {
 }
 
 // openSteering loads the steering program, or records why it is off.
+// The program is pinned (steerPin) where a bpffs allows, so that the
+// public ports keep reaching the instances while no agent runs; the
+// previous agent's pinned program is taken over.
 func (a *Agent) openSteering(cfg Config) {
 	if cfg.NoSteer {
 		a.steerOff = "turned off (--no-steer)"
 		a.log.Info("connection steering is off (--no-steer): socket-activated types share one socket per slot, others switch stop-then-start")
 		return
 	}
-	s, err := steer.Open()
+	var s *steer.Steerer
+	var err error
+	pin, why := steerPin(cfg)
+	if pin != "" {
+		if s, err = steer.OpenPinned(pin); err != nil && !errors.Is(err, steer.ErrUnsupported) {
+			why = err.Error()
+			s, err = steer.Open()
+		}
+	} else {
+		s, err = steer.Open()
+	}
 	if err != nil {
 		a.steerOff = err.Error()
 		a.log.Warn("connection steering is unavailable: socket-activated types share one socket per slot, others switch stop-then-start", "error", err)
@@ -99,14 +115,45 @@ func (a *Agent) openSteering(cfg Config) {
 	}
 	a.steerer = s
 	a.log.Info("connection steering is on: each web instance listens on a port of its own, the agent steers the public ports (sk_lookup)")
+	if s.Pinned() {
+		a.log.Info("the steering program is pinned: the public ports keep reaching the instances while no agent runs", "pin", pin)
+	} else {
+		a.log.Warn("the steering program is not pinned: while no agent runs (a crash, a restart, an upgrade) the public ports of steered types refuse connections", "reason", why)
+	}
+}
+
+// steerPin is the steering pin directory of cfg, or "" and why none.
+func steerPin(cfg Config) (string, string) {
+	switch cfg.SteerPin {
+	case "-":
+		return "", "turned off (steer pin -)"
+	case "":
+		const root = "/sys/fs/bpf"
+		if !steer.IsBPFFS(root) {
+			return "", "no bpffs mounted at " + root
+		}
+		sum := sha256.Sum256([]byte(cfg.DataDir))
+		return filepath.Join(root, "berth-"+hex.EncodeToString(sum[:6])), ""
+	}
+	return cfg.SteerPin, ""
 }
 
 // closeSteering detaches the program once the apps are stopped.
 func (a *Agent) closeSteering() {
 	if a.steerer != nil {
+		a.steerer.Unpin()
 		if err := a.steerer.Close(); err != nil {
 			a.log.Error("detach the steering program", "error", err)
 		}
+	}
+}
+
+// dropSteerOrphans stops steering the ports of groups a previous agent's
+// pinned program had that no instance took over at start-up (a type or
+// an app gone while no agent ran).
+func (a *Agent) dropSteerOrphans() {
+	if a.steerer != nil {
+		a.steerer.DropOrphans()
 	}
 }
 

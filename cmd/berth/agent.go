@@ -106,6 +106,8 @@ var agentSettings = []agentSetting{
 		"also serve GET /metrics (Prometheus text format) on this TCP address, e.g. 127.0.0.1:9090 (default: only on the socket)"},
 	{"no-steer", "BERTH_NO_STEER", func(fs *pflag.FlagSet, m *settings, n, u string) { fs.BoolVar(&m.Config.NoSteer, n, false, u) },
 		"do not steer connections with sk_lookup: socket-activated types share one socket per slot, others switch stop-then-start"},
+	{"steer-pin", "BERTH_STEER_PIN", func(fs *pflag.FlagSet, m *settings, n, u string) { fs.StringVar(&m.Config.SteerPin, n, "", u) },
+		"bpffs directory to pin the steering program in, so steering goes on while no agent runs (default /sys/fs/bpf/berth-<hash of the data dir> when /sys/fs/bpf is a bpffs; - never pins)"},
 	{"journal", "BERTH_JOURNAL", func(fs *pflag.FlagSet, m *settings, n, u string) { fs.BoolVar(&m.Config.Journal, n, false, u) },
 		"also send app output to journald"},
 	{"log-level", "BERTH_LOG_LEVEL", func(fs *pflag.FlagSet, m *settings, n, u string) { fs.StringVar(&m.LogLevel, n, "info", u) },

@@ -47,7 +47,9 @@ done
 echo "=== events"; $berth events -a oom
 echo "=== ps"; $berth ps -a oom
 echo "=== psjson"; $berth ps -a oom --json | tr -d '\n'; echo
-cg="/sys/fs/cgroup$(systemctl show -P ControlGroup berth)/apps/oom\x2fweb.1"
+# web.1's cgroup: "oom/web.1", or "oom/web.1@v1" when steering runs old
+# and new instances of the slot side by side.
+cg=$(ls -d "/sys/fs/cgroup$(systemctl show -P ControlGroup berth)/apps/oom\x2fweb.1"* | head -n 1)
 echo "=== memory.max $(cat "$cg/memory.max")"
 echo "=== memory.oom.group $(cat "$cg/memory.oom.group")"
 echo "=== pids.max $(cat "$cg/pids.max")"
