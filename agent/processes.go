@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/berth-dev/berth/agent/api"
 	"github.com/berth-dev/berth/agent/rollout"
@@ -150,7 +151,21 @@ func (a *Agent) restart(ctx context.Context, app, target string) error {
 		return fmt.Errorf("%w: restart %s: no process type or instance %q (running: %s)", api.ErrNotFound, app, target, strings.Join(have, ", "))
 	}
 	slices.SortFunc(names, func(x, y string) int { return rollout.CompareInstances(insts[x].Instance, insts[y].Instance) })
-	events, unsubscribe := a.sup.Subscribe(16)
+	// Rolling within a type, all types at once: round k restarts the k-th
+	// instance of every type together and waits until they are all up
+	// (and steered ones back in their groups) before round k+1 stops the
+	// next ones. A type's other instances serve meanwhile.
+	var rounds [][]string
+	nth := map[string]int{}
+	for _, name := range names {
+		k := nth[insts[name].Type]
+		nth[insts[name].Type]++
+		if k == len(rounds) {
+			rounds = append(rounds, nil)
+		}
+		rounds[k] = append(rounds[k], name)
+	}
+	events, unsubscribe := a.sup.Subscribe(4*len(names) + 16)
 	defer unsubscribe()
 	w := a.newWatch(events)
 	cfg := a.config()
@@ -158,24 +173,32 @@ func (a *Agent) restart(ctx context.Context, app, target string) error {
 	if what == "" {
 		what = "all processes"
 	}
-	for i, name := range names {
-		in := insts[name]
-		err := a.sup.Restart(name)
+	done := 0
+	for _, round := range rounds {
+		errs := make([]error, len(round))
+		var wg sync.WaitGroup
+		for i, name := range round {
+			wg.Go(func() { errs[i] = a.sup.Restart(name) })
+		}
+		wg.Wait()
+		err := errors.Join(errs...)
+		ins := pick(insts, round)
 		if err == nil {
-			err = a.waitUp(ctx, cfg, []*instance{in}, w, true, newProgress(nil))
+			err = a.waitUp(ctx, cfg, ins, w, true, newProgress(nil))
 		}
 		if err == nil {
-			// A steered one is back in its group before the next stops.
-			err = a.join([]*instance{in})
+			// Steered ones are back in their groups before the next stop.
+			err = a.join(ins)
 		}
 		if err != nil {
-			if i > 0 {
-				a.appendEvent(app, "restart", fmt.Sprintf("restarted %s: %d of %d up again, then %s failed: %v", what, i, len(names), in.Instance, err))
+			if done > 0 {
+				a.appendEvent(app, "restart", fmt.Sprintf("restarted %s: %d of %d up again, then: %v", what, done, len(names), err))
 			}
-			return fmt.Errorf("restart %s: %s did not come back up (%d of %d restarted before it; the rest were left running): %w",
-				app, in.Instance, i, len(names), err)
+			return fmt.Errorf("restart %s: not back up (%d of %d restarted before; the rest were left running): %w",
+				app, done, len(names), err)
 		}
+		done += len(round)
 	}
-	a.appendEvent(app, "restart", fmt.Sprintf("restarted %s (%d), one at a time, each up before the next", what, len(names)))
+	a.appendEvent(app, "restart", fmt.Sprintf("restarted %s (%d), one instance of a type at a time, each up before the next", what, len(names)))
 	return nil
 }

@@ -87,3 +87,93 @@ func TestAgent_RestartIsRolling(t *testing.T) {
 		prevUp = up
 	}
 }
+
+// TestAgent_RestartTypesAtOnce ensures `restart` of an app restarts its
+// types at once: with two types of two instances each, the first
+// instance of both types is stopped before either second one, and each
+// type stays rolling (its second instance stops only once its first new
+// one is up).
+func TestAgent_RestartTypesAtOnce(t *testing.T) {
+	ta := startAgent(t, testConfig(dataDir(t)))
+	ctx := context.Background()
+	procfile := rollingProcfile + strings.Replace(rollingProcfile, "web:", "api:", 1)
+	manifest := strings.Replace(rollingManifest, `{"processes":{"web":`, `{"processes":{"api":`+rollingManifest[len(`{"processes":{"web":`):len(rollingManifest)-2]+`,"web":`, 1)
+	ta.mustDeploy(t, "hello", tarball(t, map[string]string{"Procfile": procfile, "berth.json": manifest}))
+	if _, err := ta.Scale(ctx, "hello", map[string]int{"web": 2, "api": 2}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "four healthy instances", func() bool {
+		n := 0
+		for _, p := range ta.procs(t, "hello") {
+			if p.Health == "healthy" {
+				n++
+			}
+		}
+		return n == 4
+	})
+	before := ta.procs(t, "hello")
+	if err := ta.Restart(ctx, "hello", ""); err != nil {
+		t.Fatal(err)
+	}
+	after := ta.procs(t, "hello")
+	b, err := os.ReadFile(ta.appDir("hello", "tmp", "order"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	at := func(line string) int {
+		i := slices.Index(lines, line)
+		if i < 0 {
+			t.Fatalf("no line %q in:\n%s", line, b)
+		}
+		return i
+	}
+	pid := func(p api.Process) string { return strconv.Itoa(p.PID) }
+	stop := func(inst string) int { return at("stop " + inst + " " + pid(before[inst])) }
+	for _, first := range []string{"web.1", "api.1"} {
+		for _, second := range []string{"web.2", "api.2"} {
+			if stop(first) > stop(second) {
+				t.Errorf("%s stopped after %s: types restart at once, first instances first:\n%s", first, second, b)
+			}
+		}
+	}
+	for _, typ := range []string{"web", "api"} {
+		up := slices.Index(lines, "up "+typ+".1 "+pid(after[typ+".1"]))
+		if up < 0 || up > stop(typ+".2") {
+			t.Errorf("%s.2 stopped (line %d) before the new %s.1 was up (line %d):\n%s", typ, stop(typ+".2"), typ, up, b)
+		}
+	}
+}
+
+// TestWatch_DroppedEventsSeen ensures a switch wait does not stall on a
+// state the events left stale when the supervisor dropped events for a
+// full subscription and no later event carried the count: the watch
+// reads the states again, so waitUp returns as soon as the restarted
+// instances are up, not at the start timeout (an hour here).
+func TestWatch_DroppedEventsSeen(t *testing.T) {
+	cfg := testConfig(dataDir(t))
+	ta := startAgent(t, cfg)
+	ctx := context.Background()
+	var procfile strings.Builder
+	for i := range 8 {
+		procfile.WriteString("w" + strconv.Itoa(i) + ": exec sleep 1000\n")
+	}
+	ta.mustDeploy(t, "many", tarball(t, map[string]string{"Procfile": procfile.String()}))
+	insts := ta.appInstances("many")
+	events, unsubscribe := ta.sup.Subscribe(1)
+	defer unsubscribe()
+	w := ta.newWatch(events)
+	var list []*instance
+	for name, in := range insts {
+		if err := ta.sup.Restart(name); err != nil {
+			t.Fatal(err)
+		}
+		list = append(list, in)
+	}
+	cfg.StartTimeout = time.Hour
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := ta.waitUp(wctx, cfg, list, w, true, newProgress(nil)); err != nil {
+		t.Fatalf("waitUp after dropped events: %v", err)
+	}
+}

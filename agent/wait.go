@@ -245,12 +245,15 @@ type watch struct {
 	events <-chan supervisor.Event
 	last   map[string]supervisor.Status
 	gone   map[string]bool // stopped and no longer supervised
+	// dropped is the supervisor's count of dropped events when last
+	// looked at: a drop with no event after it carries no Missed.
+	dropped uint64
 }
 
 // newWatch follows events, a subscription taken before the instances it
 // is asked about were started.
 func (a *Agent) newWatch(events <-chan supervisor.Event) *watch {
-	return &watch{a: a, events: events, last: map[string]supervisor.Status{}, gone: map[string]bool{}}
+	return &watch{a: a, events: events, last: map[string]supervisor.Status{}, gone: map[string]bool{}, dropped: a.sup.DroppedEvents()}
 }
 
 // apply takes in one event.
@@ -282,7 +285,11 @@ func (w *watch) apply(ev supervisor.Event) {
 }
 
 // drain applies the events queued now, without waiting; false when the
-// subscription ended.
+// subscription ended. If the supervisor dropped events meanwhile (for
+// any subscriber: the count is global), every state is read again when
+// asked: a drop happens only while this buffer may be full, and the
+// event that would carry its Missed count may never come. A drop always
+// leaves events queued, so a waiter wakes up and gets here after it.
 func (w *watch) drain() bool {
 	for {
 		select {
@@ -292,6 +299,10 @@ func (w *watch) drain() bool {
 			}
 			w.apply(ev)
 		default:
+			if d := w.a.sup.DroppedEvents(); d != w.dropped {
+				w.dropped = d
+				clear(w.last)
+			}
 			return true
 		}
 	}

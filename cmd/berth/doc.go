@@ -27,7 +27,8 @@ commands take the app with -a APP, else $BERTH_APP.
 	berth scale TYPE=N...               set instance counts; other instances keep running
 	berth ps                            processes of the app (of every app without -a)
 	berth restart [TYPE|INSTANCE]       restart all, one type (web) or one instance (web.1),
-	                                    one at a time, each up before the next stops
+	                                    types at once, a type's instances one at a time, each up
+	                                    before the next stops
 	berth logs [-n N] [--since T] [--release vN] [-f] [INSTANCE]
 	                                    the last N lines of stored output (across restarts
 	                                    and releases, running or not), from T on, of vN

@@ -10,7 +10,7 @@ import (
 func newRestartCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "restart [TYPE|INSTANCE]",
-		Short: "Restart an app's processes, one at a time, each up before the next: all, one type (web) or one instance (web.1)",
+		Short: "Restart an app's processes (types at once, a type's instances one at a time, each up before the next): all, one type (web) or one instance (web.1)",
 		Args:  rangeArgs(0, 1, "at most one TYPE or INSTANCE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			app, err := g.appName(cmd)
