@@ -59,15 +59,18 @@
 // New checks the configuration and starts nothing. Run takes the fds a
 // previous agent kept (systemd's fd store, or $BERTH_HANDOFF after an
 // upgrade in place), opens the store (failing at once, having started
-// nothing, when another agent holds the data dir), opens the build store,
-// starts the supervisor, adopts the app processes a previous agent left
-// running that it can verify and still has the pipes of (adopt.go; found
-// by the process records in the store: pid, process group and start
-// time), kills the others (and, for one started but not yet recorded when
-// that agent died, found by the BERTH_APP and TMPDIR of its environment),
-// marks releases left pending by an interrupted switch failed, starts
-// every app on its active release and formation (adopted instances of it
-// are kept), serves the socket, tells systemd it is ready and watches the
+// nothing, when another agent holds the data dir), opens the build
+// store, starts the supervisor, opens connection steering (taking over
+// the program a previous agent pinned, steer.go), adopts the app
+// processes a previous agent left running that it can verify and still
+// has the pipes of (adopt.go; found by the process records in the store:
+// pid, process group and start time), kills the others (and, for one
+// started but not yet recorded when that agent died, found by the
+// BERTH_APP and TMPDIR of its environment), marks releases left pending
+// by an interrupted switch failed, starts every app on its active
+// release and formation (adopted instances of it are kept, steered ones
+// joined to their groups again; groups of types gone meanwhile are
+// dropped), serves the socket, tells systemd it is ready and watches the
 // inbox.
 //
 // When its context ends (SIGTERM), shutdown stops in order, what takes
