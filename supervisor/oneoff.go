@@ -126,18 +126,12 @@ func (s *Supervisor) RunAttached(ctx context.Context, spec Spec, stdout, stderr 
 			f.Close()
 		}
 	}
-	cgroup := -1
-	if c := s.cfg.Container; c != nil {
-		if cgroup, err = c.Prepare(sp.Name); err != nil {
-			closeAll(outR, outW, errR, errW)
-			return Exit{}, fmt.Errorf("run %s: prepare container: %w", sp.Name, err)
-		}
-		defer func() {
-			if err := errors.Join(c.Kill(sp.Name), c.Remove(sp.Name)); err != nil {
-				s.log.Warn("clean up container", "command", sp.Name, "error", err)
-			}
-		}()
+	cgroup, cleanup, err := s.onceContainer(sp.Name)
+	if err != nil {
+		closeAll(outR, outW, errR, errW)
+		return Exit{}, err
 	}
+	defer cleanup()
 	p := &proc{exited: make(chan struct{})}
 	err = s.fork(&sp, path, argv, env, outW, errW, cgroup, func(pid int) exitFunc {
 		p.pid = pid

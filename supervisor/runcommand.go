@@ -33,19 +33,13 @@ func (s *Supervisor) RunCommand(ctx context.Context, spec Spec) (Exit, []byte, e
 	if err != nil {
 		return Exit{}, nil, fmt.Errorf("run %s: %w", sp.Name, err)
 	}
-	cgroup := -1
-	if c := s.cfg.Container; c != nil {
-		if cgroup, err = c.Prepare(sp.Name); err != nil {
-			r.Close()
-			w.Close()
-			return Exit{}, nil, fmt.Errorf("run %s: prepare container: %w", sp.Name, err)
-		}
-		defer func() {
-			if err := errors.Join(c.Kill(sp.Name), c.Remove(sp.Name)); err != nil {
-				s.log.Warn("clean up container", "command", sp.Name, "error", err)
-			}
-		}()
+	cgroup, cleanup, err := s.onceContainer(sp.Name)
+	if err != nil {
+		r.Close()
+		w.Close()
+		return Exit{}, nil, err
 	}
+	defer cleanup()
 	p := &proc{exited: make(chan struct{})}
 	err = s.fork(&sp, path, argv, env, w, w, cgroup, func(pid int) exitFunc {
 		p.pid = pid
@@ -74,25 +68,10 @@ func (s *Supervisor) RunCommand(ctx context.Context, spec Spec) (Exit, []byte, e
 	case <-s.shutdown:
 		runErr = ErrClosed
 	}
-	sig, timeout := sp.StopSignal, sp.StopTimeout
-	if runErr == nil {
-		sig = syscall.SIGKILL // leftovers only: the command itself has exited
-	}
-	markers := markerValues(sp.Env, sp.Markers)
-	es := findEscaped(p.pid, p.exited, markers, s.r.known)
-	deadline := time.Now().Add(timeout)
-	signalEscapees(es, sig)
-	if err := killGroup(context.Background(), p.pid, p.exited, sig, timeout); err != nil {
+	// The stop signal to the group if the command is cut short, else
+	// SIGKILL to what it left (stopCommand, shared with one-offs).
+	if err := s.stopCommand(&sp, p, runErr != nil); err != nil {
 		runErr = errors.Join(runErr, err)
-	}
-	if err := waitEscapees(context.Background(), es, deadline); err != nil {
-		s.log.Warn("stop processes that left the group", "command", sp.Name, "error", err)
-	}
-	closeEscapees(es)
-	if es = findEscaped(0, nil, markers, s.r.known); len(es) > 0 { // what they forked meanwhile
-		signalEscapees(es, syscall.SIGKILL)
-		waitEscapees(context.Background(), es, time.Now())
-		closeEscapees(es)
 	}
 	t := time.NewTimer(s.cfg.DrainTimeout)
 	defer t.Stop()
@@ -134,4 +113,24 @@ func (c *capture) bytes() []byte {
 		return c.buf
 	}
 	return append(fmt.Appendf(nil, "[... %d bytes of output dropped ...]\n", c.dropped), c.buf...)
+}
+
+// onceContainer prepares the container of a command that runs once (the
+// release phase, a one-off): the cgroup fd to start it in (-1 without a
+// Container) and the cleanup that kills what is left in the container
+// and removes it.
+func (s *Supervisor) onceContainer(name string) (int, func(), error) {
+	c := s.cfg.Container
+	if c == nil {
+		return -1, func() {}, nil
+	}
+	cgroup, err := c.Prepare(name)
+	if err != nil {
+		return -1, nil, fmt.Errorf("run %s: prepare container: %w", name, err)
+	}
+	return cgroup, func() {
+		if err := errors.Join(c.Kill(name), c.Remove(name)); err != nil {
+			s.log.Warn("clean up container", "command", name, "error", err)
+		}
+	}, nil
 }
