@@ -297,6 +297,18 @@ func TestBerth(t *testing.T) {
 		}},
 		{"5_watchdog", func(t *testing.T) {
 			app := b.webPID("hello")
+			// 4b restarted web.1 moments ago: its process record and its
+			// pipes in the fd store are written as it starts, by the
+			// agent's event loop. A process the agent had no time to
+			// record cannot be adopted (it is killed and started again, by
+			// design), so the agent is frozen once web.1 has run a while.
+			waitFor(t, "web.1 running for 1s", time.Minute, func() (bool, string) {
+				ps, err := b.ps("hello")
+				if err != nil || len(ps) != 1 {
+					return false, fmt.Sprint(ps, err)
+				}
+				return ps[0].PID == app && time.Since(ps[0].StartedAt) > time.Second, fmt.Sprint(ps[0])
+			})
 			before := b.agentProps()
 			frozen := time.Now()
 			b.m.MustExec("kill", "-STOP", before["MainPID"])
@@ -312,7 +324,8 @@ func TestBerth(t *testing.T) {
 			b.waitServing(port, 1)
 			b.checkOneSet(1)
 			if now := b.webPID("hello"); now != app {
-				t.Errorf("hello web.1 pid %d -> %d after the watchdog replaced the agent, want it adopted", app, now)
+				t.Errorf("hello web.1 pid %d -> %d after the watchdog replaced the agent, want it adopted; the agent on it:\n%s",
+					app, now, grepLines(logs+b.m.MustExec("journalctl", "-u", "berth", "--no-pager", "-o", "cat"), "adopt", "left by the previous", "web.1"))
 			}
 		}},
 		{"6_stop", func(t *testing.T) {
@@ -580,4 +593,19 @@ func slowRelease(t *testing.T, path string) []byte {
 		t.Fatal(err)
 	}
 	return buf.Bytes()
+}
+
+// grepLines returns the lines of text that contain any of words, the last
+// 40 of them.
+func grepLines(text string, words ...string) string {
+	var out []string
+	for _, l := range strings.Split(text, "\n") {
+		for _, w := range words {
+			if strings.Contains(l, w) {
+				out = append(out, l)
+				break
+			}
+		}
+	}
+	return strings.Join(out[max(0, len(out)-40):], "\n")
 }
