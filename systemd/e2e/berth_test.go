@@ -307,7 +307,9 @@ func TestBerth(t *testing.T) {
 				if err != nil || len(ps) != 1 {
 					return false, fmt.Sprint(ps, err)
 				}
-				return ps[0].PID == app && time.Since(ps[0].StartedAt) > time.Second, fmt.Sprint(ps[0])
+				// ps gives the container's pid, app is the host's: only
+				// the start time is compared.
+				return ps[0].State == "running" && time.Since(ps[0].StartedAt) > time.Second, fmt.Sprint(ps[0])
 			})
 			before := b.agentProps()
 			frozen := time.Now()
