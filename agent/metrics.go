@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	rtmetrics "runtime/metrics"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/berth-dev/berth/agent/api"
 	"github.com/berth-dev/berth/agent/health"
+	"github.com/berth-dev/berth/agent/internal/procfs"
 	"github.com/berth-dev/berth/agent/internal/promtext"
 	"github.com/berth-dev/berth/supervisor"
 )
@@ -262,7 +264,50 @@ func (a *Agent) writeMetrics(out io.Writer) error {
 	w.Sample("berth_log_lines_dropped_total", float64(a.sup.DroppedLines()))
 	w.Family("berth_supervisor_events_dropped_total", promtext.Counter, "Supervisor events lost by full subscribers (the agent re-reads the state then).")
 	w.Sample("berth_supervisor_events_dropped_total", float64(a.sup.DroppedEvents()))
+	writeSelfMetrics(w)
 	return w.Flush()
+}
+
+// selfSamples are the runtime/metrics the agent reports of itself, under
+// the names Prometheus's Go collector gives them, so the usual dashboards
+// find them.
+var selfSamples = []struct{ name, metric, typ, help string }{
+	{"go_goroutines", "/sched/goroutines:goroutines", promtext.Gauge, "Goroutines of the agent."},
+	{"go_memstats_heap_inuse_bytes", "/memory/classes/heap/objects:bytes", promtext.Gauge, "Bytes of the agent's live and not yet swept heap objects."},
+	{"go_memstats_stack_inuse_bytes", "/memory/classes/heap/stacks:bytes", promtext.Gauge, "Bytes of goroutine stacks."},
+	{"go_memstats_sys_bytes", "/memory/classes/total:bytes", promtext.Gauge, "Bytes the Go runtime has mapped from the OS, released or not."},
+	{"go_memstats_heap_released_bytes", "/memory/classes/heap/released:bytes", promtext.Gauge, "Bytes of heap returned to the OS."},
+	{"go_gc_cycles_total", "/gc/cycles/total:gc-cycles", promtext.Counter, "Completed GC cycles."},
+}
+
+// writeSelfMetrics writes the agent's own Go runtime figures and, from
+// /proc, its resident memory: what an operator looks at first when
+// asking where the agent's memory goes (README, "Memory").
+func writeSelfMetrics(w *promtext.Writer) {
+	ms := make([]rtmetrics.Sample, len(selfSamples))
+	for i, s := range selfSamples {
+		ms[i].Name = s.metric
+	}
+	rtmetrics.Read(ms)
+	for i, s := range selfSamples {
+		var v float64
+		switch ms[i].Value.Kind() {
+		case rtmetrics.KindUint64:
+			v = float64(ms[i].Value.Uint64())
+		case rtmetrics.KindFloat64:
+			v = ms[i].Value.Float64()
+		default:
+			continue // unknown to this Go version
+		}
+		w.Family(s.name, s.typ, s.help)
+		w.Sample(s.name, v)
+	}
+	if rss, anon, err := procfs.SelfRSS(); err == nil {
+		w.Family("process_resident_memory_bytes", promtext.Gauge, "The agent's resident memory (VmRSS): its anonymous memory plus the pages of files it maps, its own binary included.")
+		w.Sample("process_resident_memory_bytes", float64(rss))
+		w.Family("berth_agent_resident_anon_bytes", promtext.Gauge, "The anonymous part of the agent's resident memory (RssAnon): heap, stacks and runtime structures.")
+		w.Sample("berth_agent_resident_anon_bytes", float64(anon))
+	}
 }
 
 // exitCode is an exit as a shell gives it: the code, or 128 plus the

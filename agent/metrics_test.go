@@ -137,6 +137,20 @@ func TestMetrics_ScrapeOverSocket(t *testing.T) {
 			t.Errorf("no %s", name)
 		}
 	}
+	// The agent's own figures: an agent that runs has goroutines, heap,
+	// stacks and resident memory, and the anonymous part is within it.
+	self := map[string]float64{}
+	for _, name := range []string{"go_goroutines", "go_memstats_heap_inuse_bytes", "go_memstats_stack_inuse_bytes",
+		"go_memstats_sys_bytes", "process_resident_memory_bytes", "berth_agent_resident_anon_bytes"} {
+		v, ok := metricValue(fams, name, nil)
+		if !ok || v <= 0 {
+			t.Errorf("%s = %g, %v; want it above 0", name, v, ok)
+		}
+		self[name] = v
+	}
+	if self["berth_agent_resident_anon_bytes"] > self["process_resident_memory_bytes"] {
+		t.Errorf("anonymous resident memory %g above the resident total %g", self["berth_agent_resident_anon_bytes"], self["process_resident_memory_bytes"])
+	}
 
 	// The TCP listener serves the same metrics, and nothing else.
 	addr := ta.MetricsAddr()

@@ -221,3 +221,19 @@ func dialAccept(t *testing.T, ln net.Listener, network, host string) (client, se
 	t.Cleanup(func() { srv.Close() })
 	return conn, srv
 }
+
+func TestParseRSS(t *testing.T) {
+	rss, anon, err := ParseRSS([]byte("Name:\tberth\nVmRSS:\t   14380 kB\nRssAnon:\t    4708 kB\nRssFile:\t    9672 kB\n"))
+	if err != nil || rss != 14380<<10 || anon != 4708<<10 {
+		t.Fatalf("ParseRSS = %d, %d, %v", rss, anon, err)
+	}
+	for _, bad := range []string{"", "VmRSS:\t12 kB\n", "VmRSS:\tx kB\nRssAnon:\t1 kB\n", "VmRSS:\t12 MB\nRssAnon:\t1 kB\n", "VmRSS:\t99999999999999999 kB\nRssAnon:\t1 kB\n"} {
+		if _, _, err := ParseRSS([]byte(bad)); err == nil {
+			t.Errorf("ParseRSS(%q) gives no error", bad)
+		}
+	}
+	rss, anon, err = SelfRSS()
+	if err != nil || rss == 0 || anon == 0 || anon > rss {
+		t.Fatalf("SelfRSS = %d, %d, %v", rss, anon, err)
+	}
+}
