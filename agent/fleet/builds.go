@@ -1,0 +1,212 @@
+package fleet
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// Builds travel by digest: etcd names a release's build, and a node that
+// lacks it fetches the tarball from another node's build endpoint or
+// from the release's URL, verifying its SHA-256 before it imports it.
+// Every tarball a node uploads or fetches is kept in Config.Dir, by
+// digest, to serve the nodes that come after.
+
+var digestRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+// ValidateDigest refuses anything but a lower-case SHA-256 hex digest.
+func ValidateDigest(d string) error {
+	if !digestRE.MatchString(d) {
+		return fmt.Errorf("%w: build digest %q: want 64 lower-case hex digits (SHA-256)", ErrInvalid, d)
+	}
+	return nil
+}
+
+// tarballs is the directory of kept tarballs, one file per digest.
+type tarballs struct{ dir string }
+
+func (t tarballs) path(digest string) string { return filepath.Join(t.dir, digest+".tar") }
+
+// open opens the kept tarball of digest.
+func (t tarballs) open(digest string) (*os.File, error) {
+	if err := ValidateDigest(digest); err != nil {
+		return nil, err
+	}
+	return os.Open(t.path(digest))
+}
+
+// put writes r to the tarball of digest (temp file, fsync, rename) if
+// its SHA-256 is digest, and refuses it, keeping nothing, otherwise.
+func (t tarballs) put(r io.Reader, digest string) (err error) {
+	if err := ValidateDigest(digest); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(t.dir, 0o700); err != nil {
+		return fmt.Errorf("keep build %s: %w", digest[:12], err)
+	}
+	f, err := os.CreateTemp(t.dir, ".tmp-*")
+	if err != nil {
+		return fmt.Errorf("keep build %s: %w", digest[:12], err)
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	h := sha256.New()
+	if _, err := io.Copy(io.MultiWriter(f, h), r); err != nil {
+		return fmt.Errorf("keep build %s: %w", digest[:12], err)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != digest {
+		return fmt.Errorf("%w: build %s: the tarball's SHA-256 is %s", ErrInvalid, digest[:12], got[:12])
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("keep build %s: %w", digest[:12], err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("keep build %s: %w", digest[:12], err)
+	}
+	return os.Rename(f.Name(), t.path(digest))
+}
+
+// buildServer is the build endpoint: GET and PUT /v1/builds/DIGEST with
+// the fleet's bearer token. A PUT keeps the tarball (verified) and
+// imports it into the local agent.
+type buildServer struct {
+	tb    tarballs
+	node  Node
+	token string
+	log   hclog.Logger
+}
+
+func (s *buildServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	got := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if subtle.ConstantTimeCompare([]byte(got), []byte(s.token)) != 1 {
+		http.Error(w, ErrUnauthorized.Error(), http.StatusUnauthorized)
+		return
+	}
+	digest, ok := strings.CutPrefix(r.URL.Path, "/v1/builds/")
+	if !ok || ValidateDigest(digest) != nil {
+		http.Error(w, "want /v1/builds/SHA256", http.StatusNotFound)
+		return
+	}
+	switch r.Method {
+	case http.MethodGet:
+		f, err := s.tb.open(digest)
+		if err != nil {
+			http.Error(w, "no such build", http.StatusNotFound)
+			return
+		}
+		defer f.Close()
+		w.Header().Set("Content-Type", "application/octet-stream")
+		io.Copy(w, f)
+	case http.MethodPut:
+		if err := s.tb.put(r.Body, digest); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		if err := s.importKept(r.Context(), digest); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		s.log.Info("build uploaded", "build", digest[:12])
+		w.WriteHeader(http.StatusNoContent)
+	default:
+		http.Error(w, "GET or PUT", http.StatusMethodNotAllowed)
+	}
+}
+
+// importKept imports the kept tarball of digest into the agent.
+func (s *buildServer) importKept(ctx context.Context, digest string) error {
+	if s.node.HasBuild(digest) {
+		return nil
+	}
+	f, err := s.tb.open(digest)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return s.node.ImportBuild(ctx, f, digest)
+}
+
+// serve runs the build endpoint on ln until ctx ends.
+func (s *buildServer) serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }() // owned: serve waits for it
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+		<-done
+		return nil
+	}
+}
+
+// fetcher downloads builds from other nodes or URLs.
+type fetcher struct {
+	tb     tarballs
+	client *http.Client
+	token  string
+	scheme string // "https" with PeerTLS, else "http"
+}
+
+// fetch gets the tarball of digest into the kept tarballs from the
+// first of urls that gives one with that SHA-256.
+func (f *fetcher) fetch(ctx context.Context, digest string, urls []string) error {
+	var errs []error
+	for _, u := range urls {
+		err := f.get(ctx, u, digest)
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, err)
+	}
+	return fmt.Errorf("%w: %s: %w", ErrBuildUnavailable, digest[:12], errors.Join(errs...))
+}
+
+func (f *fetcher) get(ctx context.Context, url, digest string) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	if f.token != "" && strings.Contains(url, "/v1/builds/") {
+		req.Header.Set("Authorization", "Bearer "+f.token)
+	}
+	resp, err := f.client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	if err := f.tb.put(resp.Body, digest); err != nil {
+		return fmt.Errorf("GET %s: %w", url, err)
+	}
+	return nil
+}
+
+// peerURL is the URL of digest on the build endpoint at addr.
+func (f *fetcher) peerURL(addr, digest string) string {
+	return f.scheme + "://" + addr + "/v1/builds/" + digest
+}

@@ -1,0 +1,172 @@
+package fleet
+
+import (
+	"encoding/json"
+	"fmt"
+	"maps"
+	"path"
+	"slices"
+	"strings"
+	"time"
+)
+
+// The records kept in etcd, one JSON value per key, and the key layout
+// (see doc.go). Every key is under Config.Prefix (default "/berth/").
+
+// Release is a fleet-wide release of an app: a fleet version number,
+// the build's digest and the config and formation every node runs it
+// with. It is what a node turns into a local release ("Fleet vN").
+type Release struct {
+	App       string            `json:"app"`
+	Version   int               `json:"version"`
+	Build     string            `json:"build"` // sha256 hex digest of the tarball
+	Config    map[string]string `json:"config,omitempty"`
+	Formation map[string]int    `json:"formation,omitempty"`
+	// Sources are the nodes that had the build when the release was
+	// made; URL, when set, is where any node may download the tarball.
+	// Either way the digest is verified before use.
+	Sources     []string  `json:"sources,omitempty"`
+	URL         string    `json:"url,omitempty"`
+	Description string    `json:"description"`
+	CreatedAt   time.Time `json:"created_at"`
+}
+
+// SameContent reports whether r and o run the same build with the same
+// config and formation (the version aside).
+func (r Release) SameContent(o Release) bool {
+	return r.Build == o.Build && maps.Equal(r.Config, o.Config) && maps.Equal(r.Formation, o.Formation)
+}
+
+// Placement says which nodes run an app: every node (the zero value),
+// the nodes carrying all of Labels, and at most Count of them (0: no
+// limit), chosen by name order.
+type Placement struct {
+	Labels map[string]string `json:"labels,omitempty"`
+	Count  int               `json:"count,omitempty"`
+}
+
+// RolloutState is where a rollout is.
+type RolloutState string
+
+const (
+	// RolloutRunning: waves go on, one after another.
+	RolloutRunning RolloutState = "running"
+	// RolloutSucceeded: every wave reported the release healthy; it is
+	// the app's release.
+	RolloutSucceeded RolloutState = "succeeded"
+	// RolloutFailed: a node of a wave failed the release; every node
+	// went back to the app's previous release. Reason says why.
+	RolloutFailed RolloutState = "failed"
+)
+
+// Rollout is the rollout of a release to an app's nodes, in waves. It is
+// written by the client that starts it and then only by its driver (the
+// agent holding the app's rollout lock).
+type Rollout struct {
+	App     string       `json:"app"`
+	To      Release      `json:"to"`
+	From    int          `json:"from,omitempty"` // the version it replaces, 0 on a first deploy
+	Waves   [][]string   `json:"waves"`
+	Wave    int          `json:"wave"` // index of the wave under way
+	State   RolloutState `json:"state"`
+	Reason  string       `json:"reason,omitempty"`
+	Driver  string       `json:"driver,omitempty"` // the node driving it
+	Started time.Time    `json:"started"`
+	Updated time.Time    `json:"updated"`
+}
+
+// Reached reports whether node is in a wave the rollout has reached.
+func (r Rollout) Reached(node string) bool {
+	for i := 0; i <= r.Wave && i < len(r.Waves); i++ {
+		if slices.Contains(r.Waves[i], node) {
+			return true
+		}
+	}
+	return false
+}
+
+// NodeInfo is a node's presence record, kept under its lease.
+type NodeInfo struct {
+	Name    string            `json:"name"`
+	Address string            `json:"address,omitempty"` // host:port of its build endpoint
+	Labels  map[string]string `json:"labels,omitempty"`
+	Version string            `json:"version"` // the agent's version
+	Since   time.Time         `json:"since"`
+}
+
+// Status is what a node reports about one app, under its lease.
+type Status struct {
+	App  string `json:"app"`
+	Node string `json:"node"`
+	// Version is the fleet version the node's active local release
+	// carries (0: none).
+	Version   int `json:"version"`
+	Healthy   int `json:"healthy"`   // instances up (healthy, or running without a check)
+	Instances int `json:"instances"` // instances in all
+	// Failed is the fleet version the node last failed to switch to and
+	// Error why (it rolled back locally); both clear on a success.
+	Failed  int       `json:"failed,omitempty"`
+	Error   string    `json:"error,omitempty"`
+	Updated time.Time `json:"updated"`
+}
+
+// Up reports whether the node runs version with every instance up.
+func (s Status) Up(version int) bool {
+	return s.Version == version && s.Instances > 0 && s.Healthy == s.Instances
+}
+
+// keys builds the etcd keys under a prefix.
+type keys struct{ prefix string }
+
+func (k keys) release(app string) string   { return k.prefix + "apps/" + app + "/release" }
+func (k keys) placement(app string) string { return k.prefix + "apps/" + app + "/placement" }
+func (k keys) rollout(app string) string   { return k.prefix + "apps/" + app + "/rollout" }
+func (k keys) history(app string, v int) string {
+	return fmt.Sprintf("%sapps/%s/releases/%010d", k.prefix, app, v)
+}
+func (k keys) node(name string) string        { return k.prefix + "nodes/" + name }
+func (k keys) status(app, node string) string { return k.prefix + "status/" + app + "/" + node }
+func (k keys) lock(app string) string         { return k.prefix + "locks/rollout/" + app }
+
+// parse tells what a key under the prefix is: kind is "release",
+// "placement", "rollout", "node" or "status" (else ""), with the app
+// and node it names.
+func (k keys) parse(key string) (kind, app, node string) {
+	rest, ok := strings.CutPrefix(key, k.prefix)
+	if !ok {
+		return "", "", ""
+	}
+	parts := strings.Split(rest, "/")
+	switch {
+	case len(parts) == 3 && parts[0] == "apps" && (parts[2] == "release" || parts[2] == "placement" || parts[2] == "rollout"):
+		return parts[2], parts[1], ""
+	case len(parts) == 2 && parts[0] == "nodes":
+		return "node", "", parts[1]
+	case len(parts) == 3 && parts[0] == "status":
+		return "status", parts[1], parts[2]
+	}
+	return "", "", ""
+}
+
+// normPrefix makes p end in exactly one slash ("/berth/").
+func normPrefix(p string) string {
+	if p == "" {
+		p = DefaultPrefix
+	}
+	return path.Clean("/"+p) + "/"
+}
+
+// MaxValue is the largest record berth writes to etcd: etcd refuses
+// requests over 1.5 MiB; a release is metadata only.
+const MaxValue = 1 << 20
+
+func encode(v any) (string, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return "", err
+	}
+	if len(b) > MaxValue {
+		return "", fmt.Errorf("%w: record of %d bytes (at most %d: etcd holds metadata only)", ErrInvalid, len(b), MaxValue)
+	}
+	return string(b), nil
+}

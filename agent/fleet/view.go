@@ -1,0 +1,92 @@
+package fleet
+
+import (
+	"encoding/json"
+	"maps"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+)
+
+// view is this node's copy of the records under the prefix, as of rev:
+// the watcher alone writes it (under Fleet.mu), the converger and the
+// drivers read it. When etcd is unreachable it stays as it was: the
+// node keeps running what it runs.
+type view struct {
+	rev        int64
+	releases   map[string]Release
+	placements map[string]Placement
+	rollouts   map[string]Rollout
+	rolloutRev map[string]int64 // mod revision of each rollout record
+	nodes      map[string]NodeInfo
+	statuses   map[string]map[string]Status // app -> node -> status
+}
+
+func newView() *view {
+	return &view{releases: map[string]Release{}, placements: map[string]Placement{}, rollouts: map[string]Rollout{},
+		rolloutRev: map[string]int64{}, nodes: map[string]NodeInfo{}, statuses: map[string]map[string]Status{}}
+}
+
+// apply records one key's new value (kv.Value empty on a delete). A
+// record that does not decode is ignored: it is not berth's.
+func (v *view) apply(k keys, kv *mvccpb.KeyValue, deleted bool) {
+	kind, app, node := k.parse(string(kv.Key))
+	switch kind {
+	case "release":
+		setOrDelete(v.releases, app, kv.Value, deleted)
+	case "placement":
+		setOrDelete(v.placements, app, kv.Value, deleted)
+	case "rollout":
+		setOrDelete(v.rollouts, app, kv.Value, deleted)
+		v.rolloutRev[app] = kv.ModRevision
+	case "node":
+		setOrDelete(v.nodes, node, kv.Value, deleted)
+	case "status":
+		if v.statuses[app] == nil {
+			v.statuses[app] = map[string]Status{}
+		}
+		setOrDelete(v.statuses[app], node, kv.Value, deleted)
+	}
+}
+
+func setOrDelete[T any](m map[string]T, key string, value []byte, deleted bool) {
+	var rec T
+	if deleted || json.Unmarshal(value, &rec) != nil {
+		delete(m, key)
+		return
+	}
+	m[key] = rec
+}
+
+// apps returns every app with a release or a rollout.
+func (v *view) apps() []string {
+	set := map[string]bool{}
+	for app := range v.releases {
+		set[app] = true
+	}
+	for app := range v.rollouts {
+		set[app] = true
+	}
+	return slicesSorted(set)
+}
+
+// target is what node should run of app (ok false: nothing).
+func (v *view) target(node, app string) (Release, bool) {
+	var rel *Release
+	if r, ok := v.releases[app]; ok {
+		rel = &r
+	}
+	var ro *Rollout
+	if r, ok := v.rollouts[app]; ok {
+		ro = &r
+	}
+	placed := false
+	for _, n := range Placed(v.placements[app], v.nodes) {
+		placed = placed || n == node
+	}
+	return Target(node, placed, rel, ro)
+}
+
+// statusesOf returns a copy of the app's statuses by node.
+func (v *view) statusesOf(app string) map[string]Status {
+	return maps.Clone(v.statuses[app])
+}
