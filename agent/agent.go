@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/berth-dev/berth/agent/api"
+	"github.com/berth-dev/berth/agent/fleet"
 	"github.com/berth-dev/berth/agent/internal/steer"
 	"github.com/berth-dev/berth/state"
 	"github.com/berth-dev/berth/state/build"
@@ -140,6 +141,10 @@ type Agent struct {
 	// remembers the limits said to be unenforced (limits.go).
 	met   metrics
 	notes limitNotes
+
+	// fleet is fleet mode (nil when Config.Fleet is nil), made by New
+	// and run by Run.
+	fleet *fleet.Fleet
 }
 
 // New checks cfg, fills its defaults and returns an agent. It starts
@@ -152,7 +157,7 @@ func New(cfg Config, log hclog.Logger) (*Agent, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	return &Agent{
+	a := &Agent{
 		log:          log.Named("agent"),
 		root:         log,
 		cfg:          cfg,
@@ -166,7 +171,15 @@ func New(cfg Config, log hclog.Logger) (*Agent, error) {
 		ping:         make(chan chan struct{}),
 		changesEnded: make(chan struct{}, 1),
 		settled:      make(chan struct{}, 1),
-	}, nil
+	}
+	if cfg.Fleet != nil {
+		f, err := fleet.New(*cfg.Fleet, fleetNode{a}, log.Named("fleet"))
+		if err != nil {
+			return nil, err
+		}
+		a.fleet = f
+	}
+	return a, nil
 }
 
 func (cfg Config) validate() error {
@@ -428,6 +441,16 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		}
 	})
 
+	// Fleet mode, like the inbox, stops with Run's context: the apps run
+	// on whatever becomes of etcd.
+	if a.fleet != nil {
+		sd.fleet = goOwned(ctx, func(ctx context.Context) {
+			if err := a.fleet.Run(ctx); err != nil {
+				a.log.Error("fleet mode stopped; the apps run on", "error", err)
+			}
+		})
+	}
+
 	if err := systemd.Ready(); err != nil {
 		a.log.Warn("notify systemd", "error", err)
 	}
@@ -471,7 +494,7 @@ func goOwned(parent context.Context, fn func(ctx context.Context)) func() {
 // shutdownSteps holds the stop functions of what Run started after the
 // store and the supervisor (nil for what it did not start).
 type shutdownSteps struct {
-	inbox, server, metrics, watchdog func()
+	fleet, inbox, server, metrics, watchdog func()
 }
 
 // mainLoop answers watchdog pings and updates the systemd status line
@@ -653,7 +676,7 @@ func (a *Agent) shutdown(cancelOps context.CancelFunc, sd *shutdownSteps) {
 		// connecting meanwhile wait in its queue.
 		a.control = passListener(a.controlLn)
 	}
-	for _, stop := range []func(){sd.inbox, sd.server, sd.metrics, sd.watchdog} {
+	for _, stop := range []func(){sd.fleet, sd.inbox, sd.server, sd.metrics, sd.watchdog} {
 		if stop != nil {
 			stop()
 		}

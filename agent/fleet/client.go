@@ -306,4 +306,3 @@ func Upload(ctx context.Context, addr string, peerTLS *tls.Config, token string,
 	}
 	return nil
 }
-
