@@ -293,7 +293,39 @@ type rolloutResult struct {
 	reported []time.Duration // per node, from the deploy call to its status up in etcd
 	applied  []time.Duration // per node, from the deploy call to the end of its Apply
 	total    time.Duration   // from the deploy call to the rollout recorded as succeeded
+	settle   time.Duration   // from then until etcd was quiet
 	delta    metrics         // etcd's counters over the rollout
+	// lockPuts and lockDeletes count the writes of the rollout locks'
+	// keys, lockNodes the leases (nodes) that wrote one.
+	lockPuts, lockDeletes, lockNodes int
+}
+
+// countLocks counts the writes under the rollout locks' prefix from a
+// revision on, until ctx ends; the function it returns waits for that
+// and returns the counts.
+func (h *harness) countLocks(ctx context.Context, from clientv3.OpOption) func() (puts, deletes, nodes int) {
+	ch := h.cli.Watch(ctx, fleet.DefaultPrefix+"locks/", clientv3.WithPrefix(), from)
+	done := make(chan struct{})
+	var puts, deletes int
+	leases := map[string]bool{}
+	go func() { // owned: the returned function waits for it
+		defer close(done)
+		for wr := range ch {
+			for _, ev := range wr.Events {
+				switch ev.Type {
+				case clientv3.EventTypePut:
+					puts++
+					leases[string(ev.Kv.Key)] = true
+				case clientv3.EventTypeDelete:
+					deletes++
+				}
+			}
+		}
+	}()
+	return func() (int, int, int) {
+		<-done
+		return puts, deletes, len(leases)
+	}
 }
 
 // rollout deploys the next pre-seeded build to the fleet and waits,
@@ -318,6 +350,7 @@ func (h *harness) rollout(ctx context.Context, o fleet.RolloutOptions) (rolloutR
 	from := clientv3.WithRev(resp.Header.Revision + 1)
 	statusCh := h.cli.Watch(wctx, statusPfx, clientv3.WithPrefix(), from)
 	rolloutCh := h.cli.Watch(wctx, rolloutKey, from)
+	locks := h.countLocks(wctx, from)
 
 	before, err := scrapeMetrics(ctx, h.metricsURL)
 	if err != nil {
@@ -366,11 +399,18 @@ func (h *harness) rollout(ctx context.Context, o fleet.RolloutOptions) (rolloutR
 			}
 		}
 	}
-	after, err := scrapeMetrics(ctx, h.metricsURL)
+	// The rollout's load goes on after it succeeded: watchers that fell
+	// behind still receive its events, and agents whose view lags still
+	// act on it. Count it all, up to the point where etcd is quiet.
+	settled := time.Now()
+	after, err := h.settle(ctx)
 	if err != nil {
 		return res, err
 	}
+	res.settle = time.Since(settled)
 	res.delta = after.minus(before)
+	wcancel()
+	res.lockPuts, res.lockDeletes, res.lockNodes = locks()
 	for _, d := range up {
 		res.reported = append(res.reported, d)
 	}
@@ -380,6 +420,42 @@ func (h *harness) rollout(ctx context.Context, o fleet.RolloutOptions) (rolloutR
 	}
 	h.mu.Unlock()
 	return res, nil
+}
+
+// settle waits until etcd is quiet: no watch event sent, no pending
+// event and no request but lease keep-alives over one poll interval,
+// and no slow watcher. It returns the last scrape.
+func (h *harness) settle(ctx context.Context) (metrics, error) {
+	const interval = 500 * time.Millisecond
+	prev, err := scrapeMetrics(ctx, h.metricsURL)
+	if err != nil {
+		return nil, err
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for etcd to be quiet: %w", ctx.Err())
+		case <-t.C:
+		}
+		cur, err := scrapeMetrics(ctx, h.metricsURL)
+		if err != nil {
+			return nil, err
+		}
+		d := cur.minus(prev)
+		busy := d.sum("etcd_debugging_mvcc_events_total", "", "") + cur.sum("etcd_debugging_mvcc_pending_events_total", "", "") +
+			cur.sum("etcd_debugging_mvcc_slow_watcher_total", "", "")
+		for _, m := range methods {
+			if m != "LeaseKeepAlive" {
+				busy += d.sum("grpc_server_msg_received_total", "grpc_method", m)
+			}
+		}
+		if busy == 0 {
+			return cur, nil
+		}
+		prev = cur
+	}
 }
 
 func (h *harness) scrape(tb testing.TB) metrics {
@@ -398,12 +474,15 @@ var methods = []string{"Range", "Put", "Txn", "DeleteRange", "LeaseGrant", "Leas
 // rollout's nodes in one sample) and logs them as a table.
 func (h *harness) reportRollouts(b *testing.B, results []rolloutResult) {
 	var reported, applied []time.Duration
-	var total time.Duration
+	var total, settle time.Duration
 	var delta metrics
+	var lockPuts, lockDeletes, lockNodes int
 	for _, r := range results {
+		lockPuts, lockDeletes, lockNodes = lockPuts+r.lockPuts, lockDeletes+r.lockDeletes, max(lockNodes, r.lockNodes)
 		reported = append(reported, r.reported...)
 		applied = append(applied, r.applied...)
 		total += r.total
+		settle += r.settle
 		delta = delta.plus(r.delta)
 	}
 	k := float64(len(results))
@@ -413,6 +492,7 @@ func (h *harness) reportRollouts(b *testing.B, results []rolloutResult) {
 	b.ReportMetric(ms(percentile(reported, 0.50)), "p50-ms/node")
 	b.ReportMetric(ms(percentile(reported, 0.99)), "p99-ms/node")
 	b.ReportMetric(ms(total)/k, "rollout-ms")
+	b.ReportMetric(ms(settle)/k, "settle-ms")
 	reqs := 0.0
 	for _, m := range methods {
 		c := delta.sum("grpc_server_msg_received_total", "grpc_method", m) / k
@@ -428,9 +508,10 @@ func (h *harness) reportRollouts(b *testing.B, results []rolloutResult) {
 	recv := delta.sum("etcd_network_client_grpc_received_bytes_total", "", "") / k
 	b.ReportMetric(sent/n, "sent-B/node")
 	b.ReportMetric(recv/n, "recv-B/node")
+	b.ReportMetric(float64(lockPuts+lockDeletes)/k, "lock-writes")
 
 	var t strings.Builder
-	fmt.Fprintf(&t, "\n%d nodes, %d rollout(s), %d wave(s) each (etcd's counters per rollout; the harness adds 1 watch stream and 2 watchers)\n", h.n, len(results), results[0].waves)
+	fmt.Fprintf(&t, "\n%d nodes, %d rollout(s), %d wave(s) each (etcd's counters per rollout, until etcd is quiet; the harness adds 1 watch stream and 3 watchers)\n", h.n, len(results), results[0].waves)
 	fmt.Fprintf(&t, "| figure | value |\n|---|---|\n")
 	row := func(name, format string, args ...any) {
 		fmt.Fprintf(&t, "| %s | "+format+" |\n", append([]any{name}, args...)...)
@@ -438,6 +519,7 @@ func (h *harness) reportRollouts(b *testing.B, results []rolloutResult) {
 	row("status up in etcd, p50 / p99 / max per node", "%.0f / %.0f / %.0f ms", ms(percentile(reported, .5)), ms(percentile(reported, .99)), ms(percentile(reported, 1)))
 	row("Apply done, p50 / p99 per node", "%.0f / %.0f ms", ms(percentile(applied, .5)), ms(percentile(applied, .99)))
 	row("rollout total (to succeeded)", "%.0f ms", ms(total)/k)
+	row("then until etcd is quiet", "%.0f ms", ms(settle)/k)
 	for _, m := range methods {
 		if c := delta.sum("grpc_server_msg_received_total", "grpc_method", m) / k; c > 0 {
 			row("requests "+m, "%.0f (%.1f per node)", c, c/n)
@@ -446,6 +528,7 @@ func (h *harness) reportRollouts(b *testing.B, results []rolloutResult) {
 	row("requests, all", "%.0f (%.1f per node)", reqs, reqs/n)
 	row("mvcc put / delete / txn / range", "%.0f / %.0f / %.0f / %.0f", delta.sum("etcd_mvcc_put_total", "", "")/k, delta.sum("etcd_mvcc_delete_total", "", "")/k,
 		delta.sum("etcd_mvcc_txn_total", "", "")/k, delta.sum("etcd_mvcc_range_total", "", "")/k)
+	row("rollout lock writes (put / delete; nodes that tried)", "%.0f / %.0f; %d", float64(lockPuts)/k, float64(lockDeletes)/k, lockNodes)
 	row("watch events sent", "%.0f (%.1f per node)", events, events/n)
 	row("bytes sent by etcd", "%.0f (%.0f per node)", sent, sent/n)
 	row("bytes received by etcd", "%.0f (%.0f per node)", recv, recv/n)
@@ -477,13 +560,19 @@ func (h *harness) reportIdle(b *testing.B, before, after metrics, window time.Du
 	b.ReportMetric(recv/n, "recv-B/s/node")
 
 	var t strings.Builder
-	fmt.Fprintf(&t, "\n%d nodes at idle, over %s (the harness adds 1 watch stream; its 2 watchers are open only during a rollout)\n", h.n, window)
+	fmt.Fprintf(&t, "\n%d nodes at idle, over %s (the harness adds 1 watch stream; its 3 watchers are open only during a rollout)\n", h.n, window)
 	fmt.Fprintf(&t, "| figure | value |\n|---|---|\n")
 	row := func(name, format string, args ...any) {
 		fmt.Fprintf(&t, "| %s | "+format+" |\n", append([]any{name}, args...)...)
 	}
 	row("lease keep-alives", "%.1f/s (%.3f per node; leases renewed %.1f/s)", keepalives, keepalives/n, renewed)
+	for _, m := range methods {
+		if c := d.sum("grpc_server_msg_received_total", "grpc_method", m) / s; c > 0 {
+			row("requests "+m, "%.1f/s", c)
+		}
+	}
 	row("requests, all", "%.1f/s", reqs)
+	row("watch events sent", "%.1f/s", d.sum("etcd_debugging_mvcc_events_total", "", "")/s)
 	row("watch streams / watchers", "%.0f / %.0f", streams, watchers)
 	row("bytes sent by etcd", "%.0f/s (%.1f per node)", sent, sent/n)
 	row("bytes received by etcd", "%.0f/s (%.1f per node)", recv, recv/n)
