@@ -12,7 +12,7 @@ FUZZTIME ?= 60s
 FUZZMINIMIZE ?= 3s
 
 .DEFAULT_GOAL := help
-.PHONY: help build example run test bench lint fuzz e2e e2e-systemd e2e-load clean
+.PHONY: help build example run test bench bench-fleet lint fuzz e2e e2e-systemd e2e-load clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -42,6 +42,12 @@ bench: ## run the benchmarks once each and print their figures (BENCHTIME=1x)
 	# -p 1: one package at a time, so no package's benchmarks share the
 	# machine with another's (they compare berth with a floor in one run).
 	$(GO) test -p 1 -run '^$$' -bench . -benchtime $(BENCHTIME) -timeout 60m ./...
+
+bench-fleet: ## fleet scale benchmark (issue 15): 200 simulated agents, one embedded etcd; figures in agent/fleet/SCALE.md
+	# -v: the benchmark logs its figures as tables for SCALE.md, which
+	# go test cuts to a few lines without it. BERTH_SCALE_NODES=N changes
+	# the fleet's size.
+	$(GO) test ./agent/fleet -run '^$$' -bench FleetConverge200 -benchtime 1x -timeout 20m -v
 
 lint: ## gofmt and go vet
 	@fmt=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$fmt" ]; then echo "gofmt needed:"; echo "$$fmt"; exit 1; fi
