@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
@@ -74,6 +75,7 @@ func BenchmarkFleetConverge200(b *testing.B) {
 			<-t.C
 			after := h.scrape(b)
 			h.reportIdle(b, before, after, window)
+			h.logRecords(b)
 		}
 	})
 	for _, wave := range []int{0, waveSize} {
@@ -577,6 +579,41 @@ func (h *harness) reportIdle(b *testing.B, before, after metrics, window time.Du
 	row("bytes sent by etcd", "%.0f/s (%.1f per node)", sent, sent/n)
 	row("bytes received by etcd", "%.0f/s (%.1f per node)", recv, recv/n)
 	row("keys / db size", "%.0f / %.0f bytes", after.sum("etcd_debugging_mvcc_keys_total", "", ""), after.sum("etcd_mvcc_db_total_size_in_bytes", "", ""))
+	b.Log(t.String())
+}
+
+// logRecords logs the count and the mean size (key and value) of the
+// records under the prefix, by kind: what a list of the prefix reads and
+// what each event of a kind weighs.
+func (h *harness) logRecords(b *testing.B) {
+	resp, err := h.cli.Get(context.Background(), fleet.DefaultPrefix, clientv3.WithPrefix())
+	if err != nil {
+		b.Fatal(err)
+	}
+	type agg struct{ n, bytes int }
+	kinds := map[string]*agg{}
+	total := 0
+	for _, kv := range resp.Kvs {
+		rest := strings.TrimPrefix(string(kv.Key), fleet.DefaultPrefix)
+		kind, _, _ := strings.Cut(rest, "/")
+		if kind == "apps" {
+			kind = "apps/" + rest[strings.LastIndex(rest, "/")+1:]
+			if strings.Contains(rest, "/releases/") {
+				kind = "apps/releases/N"
+			}
+		}
+		if kinds[kind] == nil {
+			kinds[kind] = &agg{}
+		}
+		kinds[kind].n++
+		kinds[kind].bytes += len(kv.Key) + len(kv.Value)
+		total += len(kv.Key) + len(kv.Value)
+	}
+	var t strings.Builder
+	fmt.Fprintf(&t, "\nrecords under %s with %d nodes: %d keys, %d bytes (a list of the prefix)\n| kind | keys | mean bytes (key + value) |\n|---|---|---|\n", fleet.DefaultPrefix, h.n, len(resp.Kvs), total)
+	for _, k := range slices.Sorted(maps.Keys(kinds)) {
+		fmt.Fprintf(&t, "| %s | %d | %d |\n", k, kinds[k].n, kinds[k].bytes/kinds[k].n)
+	}
 	b.Log(t.String())
 }
 
