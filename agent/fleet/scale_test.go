@@ -32,6 +32,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -47,6 +48,8 @@ const (
 	envApplyDelay = "BERTH_SCALE_APPLY_DELAY" // the simulated switch; default 5ms
 	envIdle       = "BERTH_SCALE_IDLE"        // idle measurement window; default 10s
 	envWave       = "BERTH_SCALE_WAVE"        // the second figure's wave size; default 50
+	envTimeout    = "BERTH_SCALE_TIMEOUT"     // the longest a rollout may take; default 15m
+	envLog        = "BERTH_SCALE_LOG"         // the agents' log level (hclog); default none
 )
 
 // benchApp is the one app the benchmark deploys.
@@ -199,6 +202,7 @@ type harness struct {
 	fc         *fleet.Client
 	nodes      []*simNode
 	builds     []string // pre-seeded digests, one per rollout
+	timeout    time.Duration
 
 	mu        sync.Mutex // guards next and appliedAt
 	next      int        // index in builds of the next rollout's build
@@ -210,7 +214,8 @@ type harness struct {
 func startHarness(tb testing.TB, n int, delay time.Duration, rollouts int) *harness {
 	tb.Helper()
 	clientURL, metricsURL := startEtcd(tb)
-	h := &harness{n: n, metricsURL: metricsURL, appliedAt: map[int]map[string]time.Time{}}
+	h := &harness{n: n, metricsURL: metricsURL, appliedAt: map[int]map[string]time.Time{},
+		timeout: envDuration(tb, envTimeout, 15*time.Minute)}
 	for i := range rollouts {
 		sum := sha256.Sum256([]byte("berth scale benchmark build " + strconv.Itoa(i)))
 		h.builds = append(h.builds, hex.EncodeToString(sum[:]))
@@ -232,7 +237,11 @@ func startHarness(tb testing.TB, n int, delay time.Duration, rollouts int) *harn
 		name := fmt.Sprintf("node-%04d", i)
 		sn := newSimNode(name, delay, h.builds, h.applied)
 		h.nodes = append(h.nodes, sn)
-		f, err := fleet.New(fleet.Config{Endpoints: []string{clientURL}, Node: name, Dir: tb.TempDir(), Version: "bench"}, sn, nil)
+		var log hclog.Logger // nil: none
+		if lvl := os.Getenv(envLog); lvl != "" {
+			log = hclog.New(&hclog.LoggerOptions{Name: name, Level: hclog.LevelFromString(lvl), Output: os.Stderr})
+		}
+		f, err := fleet.New(fleet.Config{Endpoints: []string{clientURL}, Node: name, Dir: tb.TempDir(), Version: "bench"}, sn, log)
 		if err != nil {
 			tb.Fatal(err)
 		}
@@ -334,7 +343,7 @@ func (h *harness) countLocks(ctx context.Context, from clientv3.OpOption) func()
 // watching the app's statuses and its rollout record, until every node
 // reports it up and the rollout succeeded.
 func (h *harness) rollout(ctx context.Context, o fleet.RolloutOptions) (rolloutResult, error) {
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
+	ctx, cancel := context.WithTimeout(ctx, h.timeout)
 	defer cancel()
 	h.mu.Lock()
 	build := h.builds[h.next]
@@ -366,6 +375,7 @@ func (h *harness) rollout(ctx context.Context, o fleet.RolloutOptions) (rolloutR
 	res := rolloutResult{version: ro.To.Version, waves: len(ro.Waves)}
 	up := map[string]time.Duration{}
 	succeeded := false
+	var last fleet.Rollout // the last rollout record seen
 	for !succeeded || len(up) < h.n {
 		var wr clientv3.WatchResponse
 		var ok bool
@@ -374,7 +384,8 @@ func (h *harness) rollout(ctx context.Context, o fleet.RolloutOptions) (rolloutR
 		case wr, ok = <-rolloutCh:
 		}
 		if !ok || wr.Err() != nil {
-			return res, fmt.Errorf("rollout of v%d: %d of %d nodes up, succeeded %t: %w", res.version, len(up), h.n, succeeded, errors.Join(ctx.Err(), wr.Err()))
+			return res, fmt.Errorf("rollout of v%d: %d of %d nodes up, succeeded %t (%s): %w", res.version, len(up), h.n, succeeded,
+				h.diagnose(before, last), errors.Join(ctx.Err(), wr.Err()))
 		}
 		now := time.Since(start)
 		for _, ev := range wr.Events {
@@ -384,6 +395,7 @@ func (h *harness) rollout(ctx context.Context, o fleet.RolloutOptions) (rolloutR
 			if string(ev.Kv.Key) == rolloutKey {
 				var r fleet.Rollout
 				if json.Unmarshal(ev.Kv.Value, &r) == nil && r.To.Version == res.version {
+					last = r
 					switch r.State {
 					case fleet.RolloutSucceeded:
 						succeeded, res.total = true, now
@@ -422,6 +434,23 @@ func (h *harness) rollout(ctx context.Context, o fleet.RolloutOptions) (rolloutR
 	}
 	h.mu.Unlock()
 	return res, nil
+}
+
+// diagnose says what went on in a rollout that did not end: the
+// rollout record last seen and etcd's lease and lock counters since it
+// started.
+func (h *harness) diagnose(before metrics, last fleet.Rollout) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	now, err := scrapeMetrics(ctx, h.metricsURL)
+	if err != nil {
+		return err.Error()
+	}
+	d := now.minus(before)
+	return fmt.Sprintf("last rollout record: state %q, driver %q, wave %d of %d, updated %s; since the deploy: leases granted %.0f, revoked %.0f, DeleteRange %.0f, Txn %.0f",
+		last.State, last.Driver, last.Wave+1, len(last.Waves), last.Updated.Format(time.RFC3339Nano),
+		d.sum("etcd_debugging_lease_granted_total", "", ""), d.sum("etcd_debugging_lease_revoked_total", "", ""),
+		d.sum("grpc_server_msg_received_total", "grpc_method", "DeleteRange"), d.sum("grpc_server_msg_received_total", "grpc_method", "Txn"))
 }
 
 // settle waits until etcd is quiet: no watch event sent, no pending
