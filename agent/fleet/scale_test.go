@@ -37,6 +37,7 @@ import (
 	"github.com/prometheus/common/model"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/goleak"
 
 	"github.com/berth-dev/berth/agent/fleet"
 )
@@ -104,6 +105,7 @@ func BenchmarkFleetConverge200(b *testing.B) {
 // is race-free): three agents against a real etcd converge on two
 // releases in turn, one in a single wave, one in waves of one node.
 func TestScale_HarnessConverges(t *testing.T) {
+	t.Cleanup(func() { goleak.VerifyNone(t) }) // registered first: runs after the agents and etcd stopped
 	h := startHarness(t, 3, time.Millisecond, 3)
 	for _, o := range []fleet.RolloutOptions{{}, {WaveSize: 1}} {
 		res, err := h.rollout(context.Background(), o)
@@ -672,6 +674,7 @@ func scrapeMetrics(ctx context.Context, base string) (metrics, error) {
 	if err != nil {
 		return nil, err
 	}
+	req.Close = true // no idle connection left behind (goleak)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("scrape etcd's metrics: %w", err)
