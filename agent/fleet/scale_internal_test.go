@@ -1,3 +1,5 @@
+// What an agent computes per watch event, at fleet sizes: the CPU side of
+// the scale figures in SCALE.md (scale_test.go measures etcd's side).
 package fleet
 
 import (
