@@ -290,6 +290,7 @@ func Upload(ctx context.Context, addr string, peerTLS *tls.Config, token string,
 	if peerTLS != nil {
 		scheme, tr.TLSClientConfig = "https", peerTLS
 	}
+	defer tr.CloseIdleConnections()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPut, scheme+"://"+addr+"/v1/builds/"+digest, body)
 	if err != nil {
 		return err
