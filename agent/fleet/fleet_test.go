@@ -38,12 +38,9 @@ func TestFleet_DeployConvergesOnEveryNode(t *testing.T) {
 	}
 
 	// A restarted agent finds itself converged: no new local release.
-	n2 := f.nodes["n2"]
-	n2.stop(t)
-	delete(f.nodes, "n2")
-	n2 = f.startNode("n2b", nil, nil) // a new process on a new data dir is a new node...
-	f.waitNodesUp("web", 1, "n2b")
-	if rels := n2.releases(t, "web"); len(rels) != 1 {
-		t.Fatalf("new node n2b: want 1 release, got %+v", rels)
+	f.restartNode("n2")
+	f.waitNodesUp("web", 1, "n2")
+	if rels := f.nodes["n2"].releases(t, "web"); len(rels) != 1 {
+		t.Fatalf("restarted node n2: want still 1 local release, got %+v", rels)
 	}
 }

@@ -37,6 +37,7 @@ type testFleet struct {
 // testNode is one agent process in fleet mode.
 type testNode struct {
 	name    string
+	hc      helperConfig
 	dataDir string
 	cmd     *exec.Cmd
 	api     *api.Client
@@ -80,12 +81,32 @@ func (f *testFleet) startNode(name string, endpoints []string, labels map[string
 		endpoints = f.etcd.clients
 	}
 	dir := dataDir(t)
-	n := &testNode{name: name, dataDir: filepath.Join(dir, "data"), log: filepath.Join(dir, "agent.log"), done: make(chan struct{})}
 	f.portGen++
-	hc := helperConfig{DataDir: n.dataDir, Socket: filepath.Join(dir, "s.sock"), Node: name, BasePort: 21000 + 100*f.portGen,
+	hc := helperConfig{DataDir: filepath.Join(dir, "data"), Socket: filepath.Join(dir, "s.sock"), Node: name, BasePort: 21000 + 100*f.portGen,
 		Endpoints: endpoints, Labels: labels, Cert: f.cert, Key: f.key, CA: f.ca, Token: f.token}
+	n := f.spawn(hc, filepath.Join(dir, "agent.log"))
+	f.nodes[name] = n
+	return n
+}
+
+// restartNode stops the node's agent and starts a new one on the same
+// data dir (its apps are stopped and started again).
+func (f *testFleet) restartNode(name string) *testNode {
+	f.t.Helper()
+	old := f.nodes[name]
+	old.stop(f.t)
+	n := f.spawn(old.hc, old.log)
+	f.nodes[name] = n
+	return n
+}
+
+// spawn runs a helper agent process and waits until it answers.
+func (f *testFleet) spawn(hc helperConfig, logPath string) *testNode {
+	t := f.t
+	t.Helper()
+	n := &testNode{name: hc.Node, hc: hc, dataDir: hc.DataDir, log: logPath, done: make(chan struct{})}
 	js, _ := json.Marshal(hc)
-	logf, err := os.Create(n.log)
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,14 +123,13 @@ func (f *testFleet) startNode(name string, endpoints []string, labels map[string
 		n.stop(t)
 		if t.Failed() {
 			b, _ := os.ReadFile(n.log)
-			t.Logf("log of node %s:\n%s", name, b)
+			t.Logf("log of node %s:\n%s", n.name, b)
 		}
 	})
-	waitFor(t, 30*time.Second, "agent "+name+" to answer", func() bool {
+	waitFor(t, 30*time.Second, "agent "+n.name+" to answer", func() bool {
 		_, err := n.api.Info(context.Background())
 		return err == nil
 	})
-	f.nodes[name] = n
 	return n
 }
 

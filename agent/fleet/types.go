@@ -103,6 +103,10 @@ type Status struct {
 	Version   int `json:"version"`
 	Healthy   int `json:"healthy"`   // instances up (healthy, or running without a check)
 	Instances int `json:"instances"` // instances in all
+	// Switching is true while the node switches the app (release
+	// phase, start, health checks, probation): Version may be the new
+	// one before it passed its probation.
+	Switching bool `json:"switching,omitempty"`
 	// Failed is the fleet version the node last failed to switch to and
 	// Error why (it rolled back locally); both clear on a success.
 	Failed  int       `json:"failed,omitempty"`
@@ -110,9 +114,10 @@ type Status struct {
 	Updated time.Time `json:"updated"`
 }
 
-// Up reports whether the node runs version with every instance up.
+// Up reports whether the node runs version, past its probation, with
+// every instance up.
 func (s Status) Up(version int) bool {
-	return s.Version == version && s.Instances > 0 && s.Healthy == s.Instances
+	return s.Version == version && !s.Switching && s.Instances > 0 && s.Healthy == s.Instances
 }
 
 // keys builds the etcd keys under a prefix.
