@@ -265,3 +265,52 @@ func tarball(t *testing.T, files map[string]string) []byte {
 	gz.Close()
 	return buf.Bytes()
 }
+
+// gatedBuild is appBuild with a release phase that waits until the file
+// gate exists: a rollout of it stays in its first wave until the test
+// opens the gate.
+func gatedBuild(t *testing.T, gate, marker string) []byte {
+	t.Helper()
+	return tarball(t, map[string]string{
+		"Procfile":   `web: echo "release=$BERTH_RELEASE"; exec sleep 1000` + "\n" + `release: while [ ! -e ` + gate + ` ]; do sleep 0.05; done` + "\n",
+		"berth.json": `{"processes":{"web":{"healthcheck":{"exec":"true","interval":"50ms","timeout":"2s","retries":2}}}}`,
+		"README":     marker,
+	})
+}
+
+// status returns the app's status in etcd.
+func (f *testFleet) status(app string) fleet.AppStatus {
+	f.t.Helper()
+	st, err := f.client.Status(context.Background(), app)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return st
+}
+
+// fleetVersions returns the fleet versions of the node's local releases
+// of app, newest first.
+func (n *testNode) fleetVersions(t *testing.T, app string) []string {
+	t.Helper()
+	var out []string
+	for _, r := range n.releases(t, app) {
+		v, _, _ := strings.Cut(r.Description, ":")
+		out = append(out, v+"/"+r.Status)
+	}
+	return out
+}
+
+// webPID returns the pid of the app's web.1 on the node (0: none running).
+func (n *testNode) webPID(t *testing.T, app string) int {
+	t.Helper()
+	ps, err := n.api.Processes(context.Background(), app)
+	if err != nil {
+		return 0
+	}
+	for _, p := range ps {
+		if p.Instance == "web.1" && p.State == "running" {
+			return p.PID
+		}
+	}
+	return 0
+}
