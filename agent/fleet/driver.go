@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sync"
 	"time"
 
@@ -108,9 +109,9 @@ func (f *Fleet) step(ctx context.Context, cli *clientv3.Client, m *concurrency.M
 		return true, f.finish(ctx, cli, m, rev, ro)
 	}
 	f.mu.Lock()
-	statuses := f.view.statusesOf(app)
+	statuses, nodes := f.view.statusesOf(app), maps.Clone(f.view.nodes)
 	f.mu.Unlock()
-	res, reason := CheckWave(ro.Waves[ro.Wave], ro.To.Version, statuses)
+	res, reason := CheckWave(ro.Waves[ro.Wave], ro.To.Version, statuses, nodes)
 	if res == WavePending && time.Since(ro.Updated) > f.cfg.WaveTimeout {
 		res, reason = WaveFailed, fmt.Sprintf("wave %d of %d not healthy within %s", ro.Wave+1, len(ro.Waves), f.cfg.WaveTimeout)
 	}

@@ -186,8 +186,14 @@ func TestFleet_CutOffAgentKeepsServing(t *testing.T) {
 		t.Fatalf("cut-off n3 should run v1 on: %v", got)
 	}
 
+	// What n3 missed is compacted away: its watch cannot resume from
+	// where it was, so it lists again.
+	f.compact()
 	link.setCut(false)
 	f.waitNodesUp("web", 2, "n3")
+	if b, _ := os.ReadFile(n3.log); !bytes.Contains(b, []byte("compacted")) {
+		t.Error("n3 should have listed again after its watch met the compaction")
+	}
 }
 
 // TestFleet_NewNodeRunsCurrentRelease ensures a node that joins runs
@@ -263,4 +269,42 @@ func TestFleet_BadInputChangesNothing(t *testing.T) {
 	if rels := f.nodes["n1"].releases(t, "web"); len(rels) != 0 {
 		t.Errorf("bad input changed the node: %+v", rels)
 	}
+}
+
+// TestFleet_DriverDiesAnotherTakesOver ensures a rollout survives the
+// agent driving it: when it is killed (kill -9) its lease ends, another
+// agent takes the app's rollout lock, records itself as the driver and
+// ends the rollout on the nodes left.
+func TestFleet_DriverDiesAnotherTakesOver(t *testing.T) {
+	f := newTestFleet(t, 3)
+	for _, n := range []string{"n1", "n2", "n3"} {
+		f.startNode(n, nil, nil)
+	}
+	waitFor(t, 30e9, "3 nodes registered", func() bool { return len(f.status("web").Nodes) == 3 })
+	gate := filepath.Join(dataDir(t), "gate")
+	f.deploy("web", "n1", gatedBuild(t, gate, "v1"), fleet.RolloutOptions{WaveSize: 1})
+	var driver string
+	waitFor(t, 30e9, "a driver", func() bool {
+		ro := f.status("web").Rollout
+		driver = ro.Driver
+		return driver != ""
+	})
+	dead := f.nodes[driver]
+	dead.cmd.Process.Kill()
+	<-dead.done
+	waitFor(t, 30e9, "another agent to drive the rollout", func() bool {
+		ro := f.status("web").Rollout
+		return ro.Driver != "" && ro.Driver != driver
+	})
+	os.WriteFile(gate, nil, 0o644)
+	if ro := f.waitRollout("web", 1); ro.State != fleet.RolloutSucceeded {
+		t.Fatalf("rollout after its driver died: %s (%s)", ro.State, ro.Reason)
+	}
+	var alive []string
+	for name := range f.nodes {
+		if name != driver {
+			alive = append(alive, name)
+		}
+	}
+	f.waitNodesUp("web", 1, alive...)
 }

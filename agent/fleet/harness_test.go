@@ -16,6 +16,9 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
 	"github.com/berth-dev/berth/agent/api"
 	"github.com/berth-dev/berth/agent/fleet"
 )
@@ -313,4 +316,21 @@ func (n *testNode) webPID(t *testing.T, app string) int {
 		}
 	}
 	return 0
+}
+
+// compact compacts etcd's history up to the current revision.
+func (f *testFleet) compact() {
+	f.t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: f.etcd.live(), Logger: zap.NewNop()})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer cli.Close()
+	resp, err := cli.Get(context.Background(), "/")
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	if _, err := cli.Compact(context.Background(), resp.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
+		f.t.Fatal(err)
+	}
 }
