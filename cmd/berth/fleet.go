@@ -210,6 +210,11 @@ func (ff *fleetFlags) upload(ctx context.Context, c *fleet.Client, app, file, vi
 	if err != nil {
 		return "", "", err
 	}
+	if ro := st.Rollout; ro != nil && ro.State == fleet.RolloutRunning {
+		// Refused before the upload; the transaction that starts the
+		// rollout refuses it again if one starts meanwhile.
+		return "", "", fmt.Errorf("%w: %s v%d, wave %d of %d", fleet.ErrRolloutRunning, app, ro.To.Version, ro.Wave+1, len(ro.Waves))
+	}
 	if via == "" {
 		for _, name := range slices.Sorted(maps.Keys(st.Nodes)) {
 			if st.Nodes[name].Address != "" {
