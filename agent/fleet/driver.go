@@ -108,6 +108,11 @@ func (f *Fleet) step(ctx context.Context, cli *clientv3.Client, m *concurrency.M
 	if len(ro.Waves) == 0 {
 		return true, f.finish(ctx, cli, m, rev, ro)
 	}
+	if ro.Wave < 0 || ro.Wave >= len(ro.Waves) {
+		// Not a record berth wrote: end it rather than guess.
+		ro.State, ro.Reason, ro.Updated = RolloutFailed, fmt.Sprintf("bad rollout record: wave %d of %d", ro.Wave+1, len(ro.Waves)), time.Now().UTC()
+		return true, f.writeRollout(ctx, cli, m, rev, ro, nil)
+	}
 	f.mu.Lock()
 	statuses, nodes := f.view.statusesOf(app), maps.Clone(f.view.nodes)
 	f.mu.Unlock()
