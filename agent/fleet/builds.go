@@ -25,6 +25,10 @@ import (
 // Every tarball a node uploads or fetches is kept in Config.Dir, by
 // digest, to serve the nodes that come after.
 
+// MaxTarball is the largest tarball a node keeps or serves: the build
+// store unpacks at most 4 GiB either.
+const MaxTarball = 4 << 30
+
 var digestRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
 // ValidateDigest refuses anything but a lower-case SHA-256 hex digest.
@@ -68,8 +72,12 @@ func (t tarballs) put(r io.Reader, digest string) (err error) {
 		}
 	}()
 	h := sha256.New()
-	if _, err := io.Copy(io.MultiWriter(f, h), r); err != nil {
+	n, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(r, MaxTarball+1))
+	if err != nil {
 		return fmt.Errorf("keep build %s: %w", digest[:12], err)
+	}
+	if n > MaxTarball {
+		return fmt.Errorf("%w: build %s: larger than %d bytes", ErrInvalid, digest[:12], int64(MaxTarball))
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != digest {
 		return fmt.Errorf("%w: build %s: the tarball's SHA-256 is %s", ErrInvalid, digest[:12], got[:12])

@@ -105,6 +105,7 @@ func (f *Fleet) Run(ctx context.Context) error {
 	wg.Go(func() { f.drive(ctx, cli) })
 	f.log.Info("fleet mode", "node", f.cfg.Node, "endpoints", f.cfg.Endpoints, "builds", f.addr)
 	wg.Wait()
+	f.fetch.client.CloseIdleConnections()
 	return nil
 }
 
