@@ -282,7 +282,12 @@ func TestFleet_DriverDiesAnotherTakesOver(t *testing.T) {
 	}
 	waitFor(t, 30e9, "3 nodes registered", func() bool { return len(f.status("web").Nodes) == 3 })
 	gate := filepath.Join(dataDir(t), "gate")
-	f.deploy("web", "n1", gatedBuild(t, gate, "v1"), fleet.RolloutOptions{WaveSize: 1})
+	body := gatedBuild(t, gate, "v1")
+	// Every node has the build: whichever drives, killing it leaves the
+	// build to the others (a build no live node has is waited for).
+	f.upload("n2", body)
+	f.upload("n3", body)
+	f.deploy("web", "n1", body, fleet.RolloutOptions{WaveSize: 1})
 	var driver string
 	waitFor(t, 30e9, "a driver", func() bool {
 		ro := f.status("web").Rollout

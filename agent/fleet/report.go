@@ -84,6 +84,9 @@ func (f *Fleet) status(ctx context.Context, app string) Status {
 	if fl, ok := f.failed[app]; ok {
 		st.Failed, st.Error = fl.version, fl.err
 	}
+	if e, ok := f.fetchErr[app]; ok {
+		st.Error = e
+	}
 	f.mu.Unlock()
 	return st
 }

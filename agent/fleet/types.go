@@ -108,7 +108,8 @@ type Status struct {
 	// one before it passed its probation.
 	Switching bool `json:"switching,omitempty"`
 	// Failed is the fleet version the node last failed to switch to and
-	// Error why (it rolled back locally); both clear on a success.
+	// Error why (it rolled back locally); both clear on a success. Error
+	// alone says why the node cannot get a build yet (it tries again).
 	Failed  int       `json:"failed,omitempty"`
 	Error   string    `json:"error,omitempty"`
 	Updated time.Time `json:"updated"`
