@@ -171,50 +171,69 @@ func (s *buildServer) serve(ctx context.Context, ln net.Listener) error {
 // fetcher downloads builds from other nodes or URLs.
 type fetcher struct {
 	tb     tarballs
-	client *http.Client
+	peers  *http.Client // with PeerTLS, for the build endpoints
+	public *http.Client // for a release's URL: the system's roots, no token
 	token  string
 	scheme string // "https" with PeerTLS, else "http"
 }
 
+// source is where a build may be: a node's build endpoint (peer: gets
+// the token) or a release's URL.
+type source struct {
+	url  string
+	peer bool
+}
+
 // fetch gets the tarball of digest into the kept tarballs from the
-// first of urls that gives one with that SHA-256.
-func (f *fetcher) fetch(ctx context.Context, digest string, urls []string) error {
+// first of sources that gives one with that SHA-256.
+func (f *fetcher) fetch(ctx context.Context, digest string, sources []source) error {
 	var errs []error
-	for _, u := range urls {
-		err := f.get(ctx, u, digest)
+	for _, src := range sources {
+		err := f.get(ctx, src, digest)
 		if err == nil {
 			return nil
 		}
 		errs = append(errs, err)
 	}
+	if len(errs) == 0 {
+		errs = append(errs, errors.New("no node with a build endpoint and no URL"))
+	}
 	return fmt.Errorf("%w: %s: %w", ErrBuildUnavailable, digest[:12], errors.Join(errs...))
 }
 
-func (f *fetcher) get(ctx context.Context, url, digest string) error {
+func (f *fetcher) get(ctx context.Context, src source, digest string) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, src.url, nil)
 	if err != nil {
 		return err
 	}
-	if f.token != "" && strings.Contains(url, "/v1/builds/") {
+	client := f.public
+	if src.peer {
+		client = f.peers
 		req.Header.Set("Authorization", "Bearer "+f.token)
 	}
-	resp, err := f.client.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: %s", url, resp.Status)
+		return fmt.Errorf("GET %s: %s", src.url, resp.Status)
 	}
 	if err := f.tb.put(resp.Body, digest); err != nil {
-		return fmt.Errorf("GET %s: %w", url, err)
+		return fmt.Errorf("GET %s: %w", src.url, err)
 	}
 	return nil
 }
 
-// peerURL is the URL of digest on the build endpoint at addr.
-func (f *fetcher) peerURL(addr, digest string) string {
-	return f.scheme + "://" + addr + "/v1/builds/" + digest
+// peerSource is digest on the build endpoint at addr.
+func (f *fetcher) peerSource(addr, digest string) source {
+	return source{url: f.scheme + "://" + addr + "/v1/builds/" + digest, peer: true}
+}
+
+// close closes the idle connections.
+func (f *fetcher) close() {
+	f.peers.CloseIdleConnections()
+	f.public.CloseIdleConnections()
 }

@@ -125,7 +125,7 @@ func (f *Fleet) ensureBuild(ctx context.Context, r Release) error {
 		return err
 	}
 	if _, err := os.Stat(f.tb.path(r.Build)); err != nil {
-		if err := f.fetch.fetch(ctx, r.Build, f.buildURLs(r)); err != nil {
+		if err := f.fetch.fetch(ctx, r.Build, f.buildSources(r)); err != nil {
 			return err
 		}
 	}
@@ -140,9 +140,9 @@ func (f *Fleet) ensureBuild(ctx context.Context, r Release) error {
 	return nil
 }
 
-// buildURLs lists where r's build may be: r's sources, the other nodes,
-// then r's URL.
-func (f *Fleet) buildURLs(r Release) []string {
+// buildSources lists where r's build may be: r's sources, the other
+// nodes, then r's URL.
+func (f *Fleet) buildSources(r Release) []source {
 	f.mu.Lock()
 	nodes := maps.Clone(f.view.nodes)
 	f.mu.Unlock()
@@ -152,16 +152,16 @@ func (f *Fleet) buildURLs(r Release) []string {
 			order = append(order, name)
 		}
 	}
-	var urls []string
+	var out []source
 	for _, name := range order {
 		if n, ok := nodes[name]; ok && n.Address != "" && name != f.cfg.Node {
-			urls = append(urls, f.fetch.peerURL(n.Address, r.Build))
+			out = append(out, f.fetch.peerSource(n.Address, r.Build))
 		}
 	}
 	if r.URL != "" {
-		urls = append(urls, r.URL)
+		out = append(out, source{url: r.URL})
 	}
-	return urls
+	return out
 }
 
 func keysOf[T any](m map[string]T) map[string]bool {

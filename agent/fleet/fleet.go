@@ -67,7 +67,8 @@ func New(cfg Config, node Node, log hclog.Logger) (*Fleet, error) {
 	}
 	return &Fleet{
 		cfg: cfg, log: log, node: node, keys: keys{prefix: cfg.Prefix}, tb: tb,
-		fetch:    &fetcher{tb: tb, client: &http.Client{Transport: tr}, token: cfg.Token, scheme: scheme},
+		fetch: &fetcher{tb: tb, peers: &http.Client{Transport: tr}, public: &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()},
+			token: cfg.Token, scheme: scheme},
 		view:     newView(),
 		failed:   map[string]failure{},
 		fetchErr: map[string]string{}, fetchTries: map[string]uint{}, retryAt: map[string]time.Time{},
@@ -112,7 +113,7 @@ func (f *Fleet) Run(ctx context.Context) error {
 	wg.Go(func() { f.drive(ctx, cli) })
 	f.log.Info("fleet mode", "node", f.cfg.Node, "endpoints", f.cfg.Endpoints, "builds", f.addr)
 	wg.Wait()
-	f.fetch.client.CloseIdleConnections()
+	f.fetch.close()
 	return nil
 }
 

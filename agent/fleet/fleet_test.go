@@ -3,11 +3,16 @@ package fleet_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 
@@ -312,4 +317,61 @@ func TestFleet_DriverDiesAnotherTakesOver(t *testing.T) {
 		}
 	}
 	f.waitNodesUp("web", 1, alive...)
+}
+
+// TestFleet_BuildFromURL ensures a node fetches a build from the
+// release's URL when no node has it, without sending the fleet's token
+// there, and refuses a download whose SHA-256 is not the digest: it says
+// so in its status and runs nothing of it.
+func TestFleet_BuildFromURL(t *testing.T) {
+	f := newTestFleet(t, 1)
+	f.startNode("n1", nil, nil)
+	waitFor(t, 30e9, "node registered", func() bool { return len(f.status("web").Nodes) == 1 })
+	good, other := appBuild(t, "true", "from-url"), appBuild(t, "true", "not-it")
+	var mu sync.Mutex
+	var auth []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		auth = append(auth, r.Header.Get("Authorization"))
+		mu.Unlock()
+		if r.URL.Path == "/good.tar.gz" {
+			w.Write(good)
+		} else {
+			w.Write(other)
+		}
+	}))
+	defer srv.Close()
+	sum := sha256.Sum256(good)
+	digest := hex.EncodeToString(sum[:])
+	ctx := context.Background()
+	if _, err := f.client.Deploy(ctx, "web", digest, nil, srv.URL+"/good.tar.gz", fleet.RolloutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if ro := f.waitRollout("web", 1); ro.State != fleet.RolloutSucceeded {
+		t.Fatalf("rollout from a URL: %s (%s)", ro.State, ro.Reason)
+	}
+	mu.Lock()
+	if len(auth) == 0 || slices.ContainsFunc(auth, func(a string) bool { return a != "" }) {
+		t.Errorf("the URL got %d requests with Authorization headers %q; want some, none with the token", len(auth), auth)
+	}
+	mu.Unlock()
+
+	if _, err := f.client.Deploy(ctx, "bad", digest, nil, srv.URL+"/other.tar.gz", fleet.RolloutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// The digest is good's, already imported for web: a node that has the
+	// build does not download it again.
+	// A digest that is not other's SHA-256.
+	sum = sha256.Sum256(other)
+	sum[0] ^= 0xff
+	if _, err := f.client.Deploy(ctx, "worse", hex.EncodeToString(sum[:]), nil, srv.URL+"/other.tar.gz", fleet.RolloutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30e9, "n1 to refuse the download", func() bool {
+		return strings.Contains(f.status("worse").Statuses["n1"].Error, "SHA-256")
+	})
+	if rels := f.nodes["n1"].releases(t, "worse"); len(rels) != 0 {
+		t.Fatalf("a build whose SHA-256 did not match was used: %+v", rels)
+	}
+	f.waitNodesUp("bad", 1, "n1")
 }
