@@ -237,3 +237,46 @@ func (f *fetcher) close() {
 	f.peers.CloseIdleConnections()
 	f.public.CloseIdleConnections()
 }
+
+// digests lists the digests of the kept tarballs.
+func (t tarballs) digests() ([]string, error) {
+	entries, err := os.ReadDir(t.dir)
+	if err != nil && !os.IsNotExist(err) {
+		return nil, err
+	}
+	var out []string
+	for _, e := range entries {
+		if d, ok := strings.CutSuffix(e.Name(), ".tar"); ok && ValidateDigest(d) == nil {
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
+
+// pruneTarballs removes the kept tarballs the fleet no longer needs: a
+// build neither the agent keeps (it garbage-collects builds past its
+// retention) nor a release or rollout in the view names.
+func (f *Fleet) pruneTarballs() {
+	f.mu.Lock()
+	wanted := map[string]bool{}
+	for _, r := range f.view.releases {
+		wanted[r.Build] = true
+	}
+	for _, ro := range f.view.rollouts {
+		wanted[ro.To.Build] = true
+	}
+	f.mu.Unlock()
+	ds, err := f.tb.digests()
+	if err != nil {
+		f.log.Warn("list kept builds", "error", err)
+		return
+	}
+	for _, d := range ds {
+		if wanted[d] || f.node.HasBuild(d) {
+			continue
+		}
+		if err := os.Remove(f.tb.path(d)); err == nil {
+			f.log.Info("removed kept build", "build", short(d))
+		}
+	}
+}

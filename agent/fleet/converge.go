@@ -100,6 +100,7 @@ func (f *Fleet) apply(ctx context.Context, r Release) {
 		log.Error("release failed on this node", "error", err)
 	case err == nil:
 		log.Info("converged")
+		f.pruneTarballs()
 	}
 	f.changed.notify() // the status changed; and the target may have meanwhile
 }

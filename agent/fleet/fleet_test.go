@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -374,4 +375,32 @@ func TestFleet_BuildFromURL(t *testing.T) {
 		t.Fatalf("a build whose SHA-256 did not match was used: %+v", rels)
 	}
 	f.waitNodesUp("bad", 1, "n1")
+}
+
+// TestFleet_KeptBuildsPruned ensures a node does not keep fleet tarballs
+// forever: one whose build the agent garbage-collected and that no
+// release or rollout names is removed.
+func TestFleet_KeptBuildsPruned(t *testing.T) {
+	f := newTestFleet(t, 1)
+	f.retention = 1
+	n1 := f.startNode("n1", nil, nil)
+	waitFor(t, 30e9, "node registered", func() bool { return len(f.status("web").Nodes) == 1 })
+	var digests []string
+	for i := 1; i <= 3; i++ {
+		ro := f.deploy("web", "n1", appBuild(t, "true", fmt.Sprintf("v%d", i)), fleet.RolloutOptions{})
+		if got := f.waitRollout("web", i); got.State != fleet.RolloutSucceeded {
+			t.Fatalf("v%d: %s (%s)", i, got.State, got.Reason)
+		}
+		digests = append(digests, ro.To.Build)
+	}
+	kept := func(d string) bool {
+		_, err := os.Stat(filepath.Join(n1.dataDir, "fleet", "builds", d+".tar"))
+		return err == nil
+	}
+	if kept(digests[0]) {
+		t.Error("v1's tarball is still kept: its build was collected and nothing names it")
+	}
+	if !kept(digests[2]) {
+		t.Error("the current release's tarball was removed")
+	}
 }

@@ -35,6 +35,8 @@ type testFleet struct {
 	client  *fleet.Client
 	nodes   map[string]*testNode
 	portGen int
+	// retention is the agents' release retention (0: the default).
+	retention int
 }
 
 // testNode is one agent process in fleet mode.
@@ -86,7 +88,7 @@ func (f *testFleet) startNode(name string, endpoints []string, labels map[string
 	dir := dataDir(t)
 	f.portGen++
 	hc := helperConfig{DataDir: filepath.Join(dir, "data"), Socket: filepath.Join(dir, "s.sock"), Node: name, BasePort: 21000 + 100*f.portGen,
-		Endpoints: endpoints, Labels: labels, Cert: f.cert, Key: f.key, CA: f.ca, Token: f.token}
+		Endpoints: endpoints, Labels: labels, Cert: f.cert, Key: f.key, CA: f.ca, Token: f.token, Retention: f.retention}
 	n := f.spawn(hc, filepath.Join(dir, "agent.log"))
 	f.nodes[name] = n
 	return n

@@ -30,6 +30,7 @@ type helperConfig struct {
 	Endpoints             []string
 	Labels                map[string]string
 	Cert, Key, CA, Token  string
+	Retention             int // 0: the agent's default
 }
 
 func TestMain(m *testing.M) {
@@ -69,6 +70,7 @@ func runHelperAgent(js string) int {
 		StopTimeout: 2 * time.Second, LockTimeout: time.Second,
 		Backoff:      supervisor.Backoff{Initial: 10 * time.Millisecond, Max: 200 * time.Millisecond, Settle: 300 * time.Millisecond},
 		StartTimeout: 15 * time.Second, Probation: 300 * time.Millisecond, Version: "test", NoSteer: true,
+		Retention: hc.Retention,
 		Fleet: &fleet.Config{
 			Endpoints: hc.Endpoints, Node: hc.Node, Labels: hc.Labels,
 			Listen: "127.0.0.1:0", PeerTLS: peerTLS, Token: hc.Token,
