@@ -41,6 +41,10 @@
 // local rollback. Converging twice does nothing. A version that failed
 // on the node is reported (Status.Failed, Status.Error) and not retried
 // until the target changes. A node never removes an app on its own.
+// The desired state wins: a local deploy, config change or rollback of an
+// app the fleet places on the node (through its socket) is replaced by
+// the fleet's release at the next change of the view; apps the fleet
+// does not know are the node's own and left alone.
 //
 // # Builds
 //
