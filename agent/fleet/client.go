@@ -307,3 +307,12 @@ func Upload(ctx context.Context, addr string, peerTLS *tls.Config, token string,
 	}
 	return nil
 }
+
+// Revision returns etcd's current revision (each write adds one).
+func (c *Client) Revision(ctx context.Context) (int64, error) {
+	resp, err := c.cli.Get(ctx, c.keys.prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return 0, fmt.Errorf("read etcd's revision: %w", err)
+	}
+	return resp.Header.Revision, nil
+}

@@ -31,7 +31,7 @@ type cluster struct {
 }
 
 // freePort returns a TCP port free at the time of the call.
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -43,7 +43,7 @@ func freePort(t *testing.T) int {
 
 // startCluster starts an n-member etcd cluster, stopped at the end of
 // the test.
-func startCluster(t *testing.T, n int) *cluster {
+func startCluster(t testing.TB, n int) *cluster {
 	t.Helper()
 	c := &cluster{}
 	var peers []string
@@ -122,7 +122,7 @@ func (c *cluster) leader() int {
 	return -1
 }
 
-func mustURL(t *testing.T, s string) url.URL {
+func mustURL(t testing.TB, s string) url.URL {
 	u, err := url.Parse(s)
 	if err != nil {
 		t.Fatal(err)

@@ -126,7 +126,7 @@ func TestKeys_Parse(t *testing.T) {
 		k.node("n1"):              {"node", "", "n1"},
 		k.status("web", "n1"):     {"status", "web", "n1"},
 		k.history("web", 3):       {"", "", ""},
-		k.lock("web") + "/694d7":  {"", "", ""},
+		k.lock("web") + "/694d7":  {"lock", "web", "694d7"},
 		"/other/apps/web/release": {"", "", ""},
 	} {
 		kind, app, node := k.parse(key)

@@ -135,8 +135,8 @@ func (k keys) status(app, node string) string { return k.prefix + "status/" + ap
 func (k keys) lock(app string) string         { return k.prefix + "locks/rollout/" + app }
 
 // parse tells what a key under the prefix is: kind is "release",
-// "placement", "rollout", "node" or "status" (else ""), with the app
-// and node it names.
+// "placement", "rollout", "node", "status" or "lock" (else ""), with
+// the app and node it names (for a lock, its holder's or waiter's key).
 func (k keys) parse(key string) (kind, app, node string) {
 	rest, ok := strings.CutPrefix(key, k.prefix)
 	if !ok {
@@ -150,6 +150,8 @@ func (k keys) parse(key string) (kind, app, node string) {
 		return "node", "", parts[1]
 	case len(parts) == 3 && parts[0] == "status":
 		return "status", parts[1], parts[2]
+	case len(parts) == 4 && parts[0] == "locks" && parts[1] == "rollout":
+		return "lock", parts[2], parts[3]
 	}
 	return "", "", ""
 }
