@@ -61,8 +61,11 @@
 // the rollout and release records are unchanged since it read them and
 // no rollout is running (so a second one is refused). The waves are the
 // placed live nodes in name order, WaveSize (or MaxUnavailable) per wave.
-// From then on the agents drive it: each tries the app's rollout lock (a
-// mutex under its lease); the holder records itself as the driver and
+// From then on the agents drive it: the app's rollout lock (a mutex
+// under the holder's lease) says who. Trying it writes to etcd, so a node
+// tries only while nobody holds it: the preferred node (rendezvous hash
+// of the app over the live nodes) at once, any other after the rollout
+// went a lease's time without a holder. The holder records itself as the driver and
 // moves the rollout on, each step a transaction on the rollout record's
 // revision that also requires the lock. The CLI may exit; if the driver
 // dies its lease ends and another agent takes the lock and goes on from
