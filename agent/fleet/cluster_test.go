@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 )
@@ -45,6 +46,13 @@ func freePort(t testing.TB) int {
 // the test.
 func startCluster(t testing.TB, n int) *cluster {
 	t.Helper()
+	return startClusterTLS(t, n, nil)
+}
+
+// startClusterTLS starts a cluster whose clients must connect over TLS
+// with a certificate tls's CA signed (tls nil: plain HTTP).
+func startClusterTLS(t testing.TB, n int, tls *transport.TLSInfo) *cluster {
+	t.Helper()
 	c := &cluster{}
 	var peers []string
 	cfgs := make([]*embed.Config, n)
@@ -54,7 +62,12 @@ func startCluster(t testing.TB, n int) *cluster {
 		cfg.Dir = filepath.Join(t.TempDir(), cfg.Name)
 		cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 		peer := mustURL(t, fmt.Sprintf("http://127.0.0.1:%d", freePort(t)))
-		client := mustURL(t, fmt.Sprintf("http://127.0.0.1:%d", freePort(t)))
+		scheme := "http"
+		if tls != nil {
+			scheme = "https"
+			cfg.ClientTLSInfo = *tls
+		}
+		client := mustURL(t, fmt.Sprintf("%s://127.0.0.1:%d", scheme, freePort(t)))
 		cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peer}, []url.URL{peer}
 		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{client}, []url.URL{client}
 		cfg.ListenMetricsUrls = nil

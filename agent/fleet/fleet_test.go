@@ -404,3 +404,31 @@ func TestFleet_KeptBuildsPruned(t *testing.T) {
 		t.Error("the current release's tarball was removed")
 	}
 }
+
+// TestFleet_EtcdOverTLS ensures agents and the client reach an etcd that
+// wants TLS with client certificates, and that an agent without a
+// certificate gets nothing from it but runs on.
+func TestFleet_EtcdOverTLS(t *testing.T) {
+	f := newFleet(t, 1, true)
+	f.startNode("n1", nil, nil)
+	f.startNode("n2", nil, nil)
+	waitFor(t, 30e9, "2 nodes registered over TLS", func() bool { return len(f.status("web").Nodes) == 2 })
+	f.deploy("web", "n1", appBuild(t, "true", "v1"), fleet.RolloutOptions{})
+	if ro := f.waitRollout("web", 1); ro.State != fleet.RolloutSucceeded {
+		t.Fatalf("rollout over TLS: %s (%s)", ro.State, ro.Reason)
+	}
+	f.waitNodesUp("web", 1, "n1", "n2")
+
+	f.etcdTLS = false // n3 has no client certificate
+	n3 := f.startNode("n3", nil, nil)
+	waitFor(t, 30e9, "n3 to say etcd is unreachable", func() bool {
+		b, _ := os.ReadFile(n3.log)
+		return bytes.Contains(b, []byte("etcd unreachable"))
+	})
+	if _, ok := f.status("web").Nodes["n3"]; ok {
+		t.Fatal("n3 registered without a client certificate")
+	}
+	if _, err := n3.api.Info(context.Background()); err != nil {
+		t.Fatalf("n3 should serve its socket without etcd: %v", err)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"compress/gzip"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
@@ -37,6 +39,7 @@ type testFleet struct {
 	portGen int
 	// retention is the agents' release retention (0: the default).
 	retention int
+	etcdTLS   bool // etcd wants TLS with client certificates
 }
 
 // testNode is one agent process in fleet mode.
@@ -52,9 +55,27 @@ type testNode struct {
 
 func newTestFleet(t *testing.T, members int) *testFleet {
 	t.Helper()
-	f := &testFleet{t: t, etcd: startCluster(t, members), token: "test-token", nodes: map[string]*testNode{}}
+	return newFleet(t, members, false)
+}
+
+// newFleet starts a fleet's etcd, over TLS with client certificates if
+// etcdTLS (every node then reaches it so).
+func newFleet(t *testing.T, members int, etcdTLS bool) *testFleet {
+	t.Helper()
+	f := &testFleet{t: t, token: "test-token", nodes: map[string]*testNode{}}
 	f.cert, f.key, f.ca = writeCerts(t)
-	c, err := fleet.NewClient(fleet.ClientConfig{Endpoints: f.etcd.clients})
+	var clientTLS *tls.Config
+	if etcdTLS {
+		f.etcdTLS = true
+		f.etcd = startClusterTLS(t, members, &transport.TLSInfo{CertFile: f.cert, KeyFile: f.key, TrustedCAFile: f.ca, ClientCertAuth: true})
+		var err error
+		if clientTLS, err = fleet.LoadTLS(f.cert, f.key, f.ca); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		f.etcd = startCluster(t, members)
+	}
+	c, err := fleet.NewClient(fleet.ClientConfig{Endpoints: f.etcd.clients, TLS: clientTLS})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,6 +110,9 @@ func (f *testFleet) startNode(name string, endpoints []string, labels map[string
 	f.portGen++
 	hc := helperConfig{DataDir: filepath.Join(dir, "data"), Socket: filepath.Join(dir, "s.sock"), Node: name, BasePort: 21000 + 100*f.portGen,
 		Endpoints: endpoints, Labels: labels, Cert: f.cert, Key: f.key, CA: f.ca, Token: f.token, Retention: f.retention}
+	if f.etcdTLS {
+		hc.EtcdCert, hc.EtcdKey, hc.EtcdCA = f.cert, f.key, f.ca
+	}
 	n := f.spawn(hc, filepath.Join(dir, "agent.log"))
 	f.nodes[name] = n
 	return n

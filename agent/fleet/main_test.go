@@ -31,6 +31,9 @@ type helperConfig struct {
 	Labels                map[string]string
 	Cert, Key, CA, Token  string
 	Retention             int // 0: the agent's default
+	// EtcdCert, EtcdKey and EtcdCA, set, reach etcd over TLS with a
+	// client certificate.
+	EtcdCert, EtcdKey, EtcdCA string
 }
 
 func TestMain(m *testing.M) {
@@ -65,6 +68,11 @@ func runHelperAgent(js string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	etcdTLS, err := fleet.LoadTLS(hc.EtcdCert, hc.EtcdKey, hc.EtcdCA)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	cfg := agent.Config{
 		DataDir: hc.DataDir, SocketPath: hc.Socket, BasePort: hc.BasePort,
 		StopTimeout: 2 * time.Second, LockTimeout: time.Second,
@@ -72,7 +80,7 @@ func runHelperAgent(js string) int {
 		StartTimeout: 15 * time.Second, Probation: 300 * time.Millisecond, Version: "test", NoSteer: true,
 		Retention: hc.Retention,
 		Fleet: &fleet.Config{
-			Endpoints: hc.Endpoints, Node: hc.Node, Labels: hc.Labels,
+			Endpoints: hc.Endpoints, TLS: etcdTLS, Node: hc.Node, Labels: hc.Labels,
 			Listen: "127.0.0.1:0", PeerTLS: peerTLS, Token: hc.Token,
 			LeaseTTL: 3, StatusInterval: 200 * time.Millisecond, Retry: 100 * time.Millisecond,
 		},
