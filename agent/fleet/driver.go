@@ -143,8 +143,12 @@ func (f *Fleet) step(ctx context.Context, cli *clientv3.Client, m *concurrency.M
 	statuses, nodes := f.view.statusesOf(app), maps.Clone(f.view.nodes)
 	f.mu.Unlock()
 	res, reason := CheckWave(ro.Waves[ro.Wave], ro.To.Version, statuses, nodes)
-	if res == WavePending && time.Since(ro.Updated) > f.cfg.WaveTimeout {
-		res, reason = WaveFailed, fmt.Sprintf("wave %d of %d not healthy within %s", ro.Wave+1, len(ro.Waves), f.cfg.WaveTimeout)
+	timeout := f.cfg.WaveTimeout
+	if ro.WaveTimeout > 0 {
+		timeout = ro.WaveTimeout
+	}
+	if res == WavePending && time.Since(ro.Updated) > timeout {
+		res, reason = WaveFailed, fmt.Sprintf("wave %d of %d not up within %s", ro.Wave+1, len(ro.Waves), timeout)
 	}
 	switch res {
 	case WaveFailed:

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/berth-dev/berth/agent/fleet"
 )
@@ -430,5 +431,27 @@ func TestFleet_EtcdOverTLS(t *testing.T) {
 	}
 	if _, err := n3.api.Info(context.Background()); err != nil {
 		t.Fatalf("n3 should serve its socket without etcd: %v", err)
+	}
+}
+
+// TestFleet_WaveTimeout ensures a wave that is not up within the
+// rollout's wave timeout fails the rollout, and that a node whose switch
+// ends after that goes back to the app's release.
+func TestFleet_WaveTimeout(t *testing.T) {
+	f := newTestFleet(t, 1)
+	f.startNode("n1", nil, nil)
+	waitFor(t, 30e9, "node registered", func() bool { return len(f.status("web").Nodes) == 1 })
+	f.deploy("web", "n1", appBuild(t, "true", "v1"), fleet.RolloutOptions{})
+	f.waitRollout("web", 1)
+	gate := filepath.Join(dataDir(t), "gate")
+	f.deploy("web", "n1", gatedBuild(t, gate, "v2"), fleet.RolloutOptions{WaveTimeout: time.Second})
+	ro := f.waitRollout("web", 2)
+	if ro.State != fleet.RolloutFailed || !strings.Contains(ro.Reason, "not up within 1s") {
+		t.Fatalf("rollout stuck in its release phase: want failed by the wave timeout, got %s (%s)", ro.State, ro.Reason)
+	}
+	os.WriteFile(gate, nil, 0o644)
+	f.waitNodesUp("web", 1, "n1")
+	if got := f.nodes["n1"].fleetVersions(t, "web"); got[0] != "Fleet v1/active" {
+		t.Fatalf("n1 should run v1 again: %v", got)
 	}
 }

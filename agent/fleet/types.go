@@ -63,16 +63,19 @@ const (
 // written by the client that starts it and then only by its driver (the
 // agent holding the app's rollout lock).
 type Rollout struct {
-	App     string       `json:"app"`
-	To      Release      `json:"to"`
-	From    int          `json:"from,omitempty"` // the version it replaces, 0 on a first deploy
-	Waves   [][]string   `json:"waves"`
-	Wave    int          `json:"wave"` // index of the wave under way
-	State   RolloutState `json:"state"`
-	Reason  string       `json:"reason,omitempty"`
-	Driver  string       `json:"driver,omitempty"` // the node driving it
-	Started time.Time    `json:"started"`
-	Updated time.Time    `json:"updated"`
+	App    string       `json:"app"`
+	To     Release      `json:"to"`
+	From   int          `json:"from,omitempty"` // the version it replaces, 0 on a first deploy
+	Waves  [][]string   `json:"waves"`
+	Wave   int          `json:"wave"` // index of the wave under way
+	State  RolloutState `json:"state"`
+	Reason string       `json:"reason,omitempty"`
+	Driver string       `json:"driver,omitempty"` // the node driving it
+	// WaveTimeout is how long a wave may take before the rollout fails
+	// (0: the driving agent's Config.WaveTimeout).
+	WaveTimeout time.Duration `json:"wave_timeout,omitempty"`
+	Started     time.Time     `json:"started"`
+	Updated     time.Time     `json:"updated"`
 }
 
 // Reached reports whether node is in a wave the rollout has reached.

@@ -31,6 +31,7 @@ type fleetFlags struct {
 	etcdUser, prefix          string
 	peerCA                    string
 	waveSize, maxUnavailable  int
+	waveTimeout               time.Duration
 	wait                      bool
 }
 
@@ -90,6 +91,7 @@ func (ff *fleetFlags) client() (*fleet.Client, error) {
 func (ff *fleetFlags) addRolloutFlags(cmd *cobra.Command) {
 	cmd.Flags().IntVar(&ff.waveSize, "wave-size", 0, "nodes per wave (default: all nodes in one wave)")
 	cmd.Flags().IntVar(&ff.maxUnavailable, "max-unavailable", 0, "nodes switching at once (the same as --wave-size; one of the two)")
+	cmd.Flags().DurationVar(&ff.waveTimeout, "wave-timeout", 0, "a wave not up by then fails the rollout (default 15m)")
 	cmd.Flags().BoolVar(&ff.wait, "wait", false, "follow the rollout until it ends; exit 1 if it failed")
 }
 
@@ -97,7 +99,7 @@ func (ff *fleetFlags) rolloutOptions(cmd *cobra.Command) (fleet.RolloutOptions, 
 	if ff.waveSize != 0 && ff.maxUnavailable != 0 {
 		return fleet.RolloutOptions{}, usagef(cmd.CommandPath(), "give --wave-size or --max-unavailable, not both")
 	}
-	return fleet.RolloutOptions{WaveSize: ff.waveSize, MaxUnavailable: ff.maxUnavailable}, nil
+	return fleet.RolloutOptions{WaveSize: ff.waveSize, MaxUnavailable: ff.maxUnavailable, WaveTimeout: ff.waveTimeout}, nil
 }
 
 // rollout starts a rollout with start and reports it (and, with
