@@ -126,6 +126,8 @@ func (f *Fleet) listen() (net.Listener, error) {
 	}
 	if f.cfg.PeerTLS != nil {
 		ln = tlsListener(ln, f.cfg.PeerTLS)
+	} else {
+		f.log.Warn("the build endpoint is plain HTTP: its token and builds cross the network in clear; for development only (--fleet-cert, --fleet-key)")
 	}
 	f.addr = f.cfg.Advertise
 	if f.addr == "" {
