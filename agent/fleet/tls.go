@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"net"
 	"os"
 )
 
@@ -40,3 +41,6 @@ func LoadTLS(certFile, keyFile, caFile string) (*tls.Config, error) {
 	}
 	return cfg, nil
 }
+
+// tlsListener serves TLS with cfg on ln.
+func tlsListener(ln net.Listener, cfg *tls.Config) net.Listener { return tls.NewListener(ln, cfg) }
