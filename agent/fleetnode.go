@@ -117,8 +117,11 @@ func (a *Agent) applyFleet(ctx context.Context, r fleet.Release) error {
 	if err != nil {
 		return fmt.Errorf("fleet v%d of %s: %w", r.Version, r.App, err)
 	}
-	_, _, err = a.activate(r.App, rel, b, "deploy", true, newProgress(nil))
-	return err
+	if _, _, err := a.activate(r.App, rel, b, "deploy", true, newProgress(nil)); err != nil {
+		// The error names the local versions: say which is which.
+		return fmt.Errorf("as local release v%d: %w", rel.Version, err)
+	}
+	return nil
 }
 
 // AppStatus returns the fleet version of the app's active release and

@@ -25,6 +25,10 @@ import (
 // Every tarball a node uploads or fetches is kept in Config.Dir, by
 // digest, to serve the nodes that come after.
 
+// MaxTarball is the largest tarball a node keeps or serves: the build
+// store unpacks at most 4 GiB either.
+const MaxTarball = 4 << 30
+
 var digestRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
 // ValidateDigest refuses anything but a lower-case SHA-256 hex digest.
@@ -68,8 +72,12 @@ func (t tarballs) put(r io.Reader, digest string) (err error) {
 		}
 	}()
 	h := sha256.New()
-	if _, err := io.Copy(io.MultiWriter(f, h), r); err != nil {
+	n, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(r, MaxTarball+1))
+	if err != nil {
 		return fmt.Errorf("keep build %s: %w", digest[:12], err)
+	}
+	if n > MaxTarball {
+		return fmt.Errorf("%w: build %s: larger than %d bytes", ErrInvalid, digest[:12], int64(MaxTarball))
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != digest {
 		return fmt.Errorf("%w: build %s: the tarball's SHA-256 is %s", ErrInvalid, digest[:12], got[:12])
@@ -163,50 +171,112 @@ func (s *buildServer) serve(ctx context.Context, ln net.Listener) error {
 // fetcher downloads builds from other nodes or URLs.
 type fetcher struct {
 	tb     tarballs
-	client *http.Client
+	peers  *http.Client // with PeerTLS, for the build endpoints
+	public *http.Client // for a release's URL: the system's roots, no token
 	token  string
 	scheme string // "https" with PeerTLS, else "http"
 }
 
+// source is where a build may be: a node's build endpoint (peer: gets
+// the token) or a release's URL.
+type source struct {
+	url  string
+	peer bool
+}
+
 // fetch gets the tarball of digest into the kept tarballs from the
-// first of urls that gives one with that SHA-256.
-func (f *fetcher) fetch(ctx context.Context, digest string, urls []string) error {
+// first of sources that gives one with that SHA-256.
+func (f *fetcher) fetch(ctx context.Context, digest string, sources []source) error {
 	var errs []error
-	for _, u := range urls {
-		err := f.get(ctx, u, digest)
+	for _, src := range sources {
+		err := f.get(ctx, src, digest)
 		if err == nil {
 			return nil
 		}
 		errs = append(errs, err)
 	}
+	if len(errs) == 0 {
+		errs = append(errs, errors.New("no node with a build endpoint and no URL"))
+	}
 	return fmt.Errorf("%w: %s: %w", ErrBuildUnavailable, digest[:12], errors.Join(errs...))
 }
 
-func (f *fetcher) get(ctx context.Context, url, digest string) error {
+func (f *fetcher) get(ctx context.Context, src source, digest string) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, src.url, nil)
 	if err != nil {
 		return err
 	}
-	if f.token != "" && strings.Contains(url, "/v1/builds/") {
+	client := f.public
+	if src.peer {
+		client = f.peers
 		req.Header.Set("Authorization", "Bearer "+f.token)
 	}
-	resp, err := f.client.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: %s", url, resp.Status)
+		return fmt.Errorf("GET %s: %s", src.url, resp.Status)
 	}
 	if err := f.tb.put(resp.Body, digest); err != nil {
-		return fmt.Errorf("GET %s: %w", url, err)
+		return fmt.Errorf("GET %s: %w", src.url, err)
 	}
 	return nil
 }
 
-// peerURL is the URL of digest on the build endpoint at addr.
-func (f *fetcher) peerURL(addr, digest string) string {
-	return f.scheme + "://" + addr + "/v1/builds/" + digest
+// peerSource is digest on the build endpoint at addr.
+func (f *fetcher) peerSource(addr, digest string) source {
+	return source{url: f.scheme + "://" + addr + "/v1/builds/" + digest, peer: true}
+}
+
+// close closes the idle connections.
+func (f *fetcher) close() {
+	f.peers.CloseIdleConnections()
+	f.public.CloseIdleConnections()
+}
+
+// digests lists the digests of the kept tarballs.
+func (t tarballs) digests() ([]string, error) {
+	entries, err := os.ReadDir(t.dir)
+	if err != nil && !os.IsNotExist(err) {
+		return nil, err
+	}
+	var out []string
+	for _, e := range entries {
+		if d, ok := strings.CutSuffix(e.Name(), ".tar"); ok && ValidateDigest(d) == nil {
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
+
+// pruneTarballs removes the kept tarballs the fleet no longer needs: a
+// build neither the agent keeps (it garbage-collects builds past its
+// retention) nor a release or rollout in the view names.
+func (f *Fleet) pruneTarballs() {
+	f.mu.Lock()
+	wanted := map[string]bool{}
+	for _, r := range f.view.releases {
+		wanted[r.Build] = true
+	}
+	for _, ro := range f.view.rollouts {
+		wanted[ro.To.Build] = true
+	}
+	f.mu.Unlock()
+	ds, err := f.tb.digests()
+	if err != nil {
+		f.log.Warn("list kept builds", "error", err)
+		return
+	}
+	for _, d := range ds {
+		if wanted[d] || f.node.HasBuild(d) {
+			continue
+		}
+		if err := os.Remove(f.tb.path(d)); err == nil {
+			f.log.Info("removed kept build", "build", short(d))
+		}
+	}
 }

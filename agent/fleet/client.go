@@ -54,11 +54,14 @@ type RolloutOptions struct {
 	// (the same thing: a node is unavailable while it switches). Both 0:
 	// one wave of every node.
 	WaveSize, MaxUnavailable int
+	// WaveTimeout is how long a wave may take before the rollout fails
+	// (0: the driving agent's default, 15 minutes).
+	WaveTimeout time.Duration
 }
 
 func (o RolloutOptions) size() (int, error) {
-	if o.WaveSize < 0 || o.MaxUnavailable < 0 {
-		return 0, fmt.Errorf("%w: wave size and max unavailable must not be negative", ErrInvalid)
+	if o.WaveSize < 0 || o.MaxUnavailable < 0 || o.WaveTimeout < 0 {
+		return 0, fmt.Errorf("%w: wave size, max unavailable and wave timeout must not be negative", ErrInvalid)
 	}
 	if o.WaveSize > 0 {
 		return o.WaveSize, nil
@@ -174,7 +177,7 @@ func (c *Client) start(ctx context.Context, app string, o RolloutOptions, change
 	next.App, next.CreatedAt = app, time.Now().UTC()
 	next.Version = 1
 	ro := Rollout{App: app, To: next, State: RolloutRunning, Started: next.CreatedAt, Updated: next.CreatedAt,
-		Waves: Waves(Placed(st.Placement, st.Nodes), size)}
+		Waves: Waves(Placed(st.Placement, st.Nodes), size), WaveTimeout: o.WaveTimeout}
 	if st.Release != nil {
 		ro.From = st.Release.Version
 		next.Version = st.Release.Version + 1
@@ -290,6 +293,7 @@ func Upload(ctx context.Context, addr string, peerTLS *tls.Config, token string,
 	if peerTLS != nil {
 		scheme, tr.TLSClientConfig = "https", peerTLS
 	}
+	defer tr.CloseIdleConnections()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPut, scheme+"://"+addr+"/v1/builds/"+digest, body)
 	if err != nil {
 		return err
@@ -305,4 +309,13 @@ func Upload(ctx context.Context, addr string, peerTLS *tls.Config, token string,
 		return fmt.Errorf("upload build to %s: %s: %s", addr, resp.Status, msg)
 	}
 	return nil
+}
+
+// Revision returns etcd's current revision (each write adds one).
+func (c *Client) Revision(ctx context.Context) (int64, error) {
+	resp, err := c.cli.Get(ctx, c.keys.prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return 0, fmt.Errorf("read etcd's revision: %w", err)
+	}
+	return resp.Header.Revision, nil
 }

@@ -68,8 +68,9 @@ type Config struct {
 	// StatusInterval is how often the node refreshes its status records;
 	// 0 means DefaultStatusInterval.
 	StatusInterval time.Duration
-	// WaveTimeout is how long a wave may take before its rollout fails;
-	// 0 means DefaultWaveTimeout.
+	// WaveTimeout is how long a wave of a rollout this node drives may
+	// take before the rollout fails, unless the rollout says; 0 means
+	// DefaultWaveTimeout.
 	WaveTimeout time.Duration
 	// Retry is the pause before reconnecting after etcd failed; 0 means
 	// DefaultRetry.
@@ -81,8 +82,11 @@ const (
 	DefaultPrefix         = "/berth/"
 	DefaultLeaseTTL       = 10
 	DefaultStatusInterval = 5 * time.Second
-	DefaultWaveTimeout    = 10 * time.Minute
-	DefaultRetry          = time.Second
+	// DefaultWaveTimeout is above what one switch may take with the
+	// agent's defaults: a release phase (10 min), the start (60 s) and
+	// the probation (30 s).
+	DefaultWaveTimeout = 15 * time.Minute
+	DefaultRetry       = time.Second
 )
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)

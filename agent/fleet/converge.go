@@ -6,6 +6,7 @@ import (
 	"maps"
 	"os"
 	"slices"
+	"time"
 )
 
 // Converging: whenever the view changes, the node compares, for every
@@ -39,7 +40,7 @@ func (f *Fleet) due(ctx context.Context) []Release {
 	v := f.view
 	var targets []Release
 	for _, app := range v.apps() {
-		if r, ok := v.target(f.cfg.Node, app); ok && !f.busy[app] && f.failed[app].version != r.Version {
+		if r, ok := v.target(f.cfg.Node, app); ok && !f.busy[app] && f.failed[app].version != r.Version && !time.Now().Before(f.retryAt[app]) {
 			targets = append(targets, r)
 		}
 	}
@@ -60,16 +61,34 @@ func (f *Fleet) due(ctx context.Context) []Release {
 	return out
 }
 
-// apply fetches the build if need be and switches the app to r.
+// apply fetches the build if need be and switches the app to r. A
+// build no node can give yet is waited for (tried again after Retry,
+// doubling to a minute): the node that has it may come back. A failed
+// switch is the release's failure, reported and not retried.
 func (f *Fleet) apply(ctx context.Context, r Release) {
 	log := f.log.With("app", r.App, "version", r.Version)
 	log.Info("converging", "build", short(r.Build))
-	err := f.ensureBuild(ctx, r)
-	if err == nil {
-		err = f.node.Apply(ctx, r)
+	if err := f.ensureBuild(ctx, r); err != nil {
+		if ctx.Err() == nil {
+			log.Warn("build not available yet; trying again", "error", err)
+		}
+		f.mu.Lock()
+		delete(f.busy, r.App)
+		f.fetchErr[r.App] = err.Error()
+		wait := min(f.cfg.Retry<<min(f.fetchTries[r.App], 16), time.Minute)
+		f.fetchTries[r.App]++
+		f.retryAt[r.App] = time.Now().Add(wait)
+		f.mu.Unlock()
+		f.changed.notify() // the status says so
+		f.later(ctx, wait)
+		return
 	}
+	err := f.node.Apply(ctx, r)
 	f.mu.Lock()
 	delete(f.busy, r.App)
+	delete(f.fetchErr, r.App)
+	delete(f.fetchTries, r.App)
+	delete(f.retryAt, r.App)
 	if err != nil && ctx.Err() == nil {
 		f.failed[r.App] = failure{version: r.Version, err: err.Error()}
 	} else if err == nil {
@@ -81,8 +100,20 @@ func (f *Fleet) apply(ctx context.Context, r Release) {
 		log.Error("release failed on this node", "error", err)
 	case err == nil:
 		log.Info("converged")
+		f.pruneTarballs()
 	}
 	f.changed.notify() // the status changed; and the target may have meanwhile
+}
+
+// later wakes the converger after d (or when ctx ends, not at all).
+func (f *Fleet) later(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+		f.changed.notify()
+	}
 }
 
 // ensureBuild makes sure the agent has r's build: from the kept tarball,
@@ -95,7 +126,7 @@ func (f *Fleet) ensureBuild(ctx context.Context, r Release) error {
 		return err
 	}
 	if _, err := os.Stat(f.tb.path(r.Build)); err != nil {
-		if err := f.fetch.fetch(ctx, r.Build, f.buildURLs(r)); err != nil {
+		if err := f.fetch.fetch(ctx, r.Build, f.buildSources(r)); err != nil {
 			return err
 		}
 	}
@@ -110,9 +141,9 @@ func (f *Fleet) ensureBuild(ctx context.Context, r Release) error {
 	return nil
 }
 
-// buildURLs lists where r's build may be: r's sources, the other nodes,
-// then r's URL.
-func (f *Fleet) buildURLs(r Release) []string {
+// buildSources lists where r's build may be: r's sources, the other
+// nodes, then r's URL.
+func (f *Fleet) buildSources(r Release) []source {
 	f.mu.Lock()
 	nodes := maps.Clone(f.view.nodes)
 	f.mu.Unlock()
@@ -122,16 +153,16 @@ func (f *Fleet) buildURLs(r Release) []string {
 			order = append(order, name)
 		}
 	}
-	var urls []string
+	var out []source
 	for _, name := range order {
 		if n, ok := nodes[name]; ok && n.Address != "" && name != f.cfg.Node {
-			urls = append(urls, f.fetch.peerURL(n.Address, r.Build))
+			out = append(out, f.fetch.peerSource(n.Address, r.Build))
 		}
 	}
 	if r.URL != "" {
-		urls = append(urls, r.URL)
+		out = append(out, source{url: r.URL})
 	}
-	return urls
+	return out
 }
 
 func keysOf[T any](m map[string]T) map[string]bool {

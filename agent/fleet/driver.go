@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sync"
 	"time"
 
@@ -19,24 +20,20 @@ import (
 // rollout thus survives the CLI that started it and any one agent.
 
 // drive starts a driver for each running rollout this node does not
-// drive yet, until ctx ends.
+// drive yet and should try to, until ctx ends. Trying the lock writes to
+// etcd, so a node tries only when nobody holds it: the preferred driver
+// (preferredDriver) at once, any other once it has seen the rollout
+// without a lock for a lease's time (its driver died, or the preferred
+// node cannot reach etcd).
 func (f *Fleet) drive(ctx context.Context, cli *clientv3.Client) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	t := time.NewTicker(f.cfg.Retry)
 	defer t.Stop()
+	unlocked := map[string]time.Time{} // app -> since when it has run without a lock
 	for {
 		changed := f.changed.wait()
-		f.mu.Lock()
-		s := f.session
-		var apps []string
-		for app, ro := range f.view.rollouts {
-			if ro.State == RolloutRunning && !f.driving[app] && s != nil {
-				f.driving[app] = true
-				apps = append(apps, app)
-			}
-		}
-		f.mu.Unlock()
+		s, apps := f.toDrive(unlocked)
 		for _, app := range apps {
 			wg.Go(func() {
 				defer func() {
@@ -51,9 +48,39 @@ func (f *Fleet) drive(ctx context.Context, cli *clientv3.Client) {
 		case <-ctx.Done():
 			return
 		case <-changed:
-		case <-t.C: // the lock of a driver that died passes on without a change here
+		case <-t.C: // the grace of a lock gone passes without a change
 		}
 	}
+}
+
+// toDrive returns the session and the apps whose rollout lock this node
+// should try now, marked as driven; unlocked is drive's own record.
+func (f *Fleet) toDrive(unlocked map[string]time.Time) (*concurrency.Session, []string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s := f.session
+	grace := time.Duration(f.cfg.LeaseTTL) * time.Second
+	var apps []string
+	for app, ro := range f.view.rollouts {
+		if ro.State != RolloutRunning || len(f.view.locks[app]) > 0 {
+			delete(unlocked, app)
+			continue
+		}
+		if _, ok := unlocked[app]; !ok {
+			unlocked[app] = time.Now()
+		}
+		due := f.view.preferredDriver(app) == f.cfg.Node || time.Since(unlocked[app]) > grace
+		if due && s != nil && !f.driving[app] {
+			f.driving[app] = true
+			apps = append(apps, app)
+		}
+	}
+	for app := range unlocked {
+		if ro, ok := f.view.rollouts[app]; !ok || ro.State != RolloutRunning {
+			delete(unlocked, app)
+		}
+	}
+	return s, apps
 }
 
 // driveApp drives app's rollout if it gets the lock, until the rollout
@@ -107,12 +134,21 @@ func (f *Fleet) step(ctx context.Context, cli *clientv3.Client, m *concurrency.M
 	if len(ro.Waves) == 0 {
 		return true, f.finish(ctx, cli, m, rev, ro)
 	}
+	if ro.Wave < 0 || ro.Wave >= len(ro.Waves) {
+		// Not a record berth wrote: end it rather than guess.
+		ro.State, ro.Reason, ro.Updated = RolloutFailed, fmt.Sprintf("bad rollout record: wave %d of %d", ro.Wave+1, len(ro.Waves)), time.Now().UTC()
+		return true, f.writeRollout(ctx, cli, m, rev, ro, nil)
+	}
 	f.mu.Lock()
-	statuses := f.view.statusesOf(app)
+	statuses, nodes := f.view.statusesOf(app), maps.Clone(f.view.nodes)
 	f.mu.Unlock()
-	res, reason := CheckWave(ro.Waves[ro.Wave], ro.To.Version, statuses)
-	if res == WavePending && time.Since(ro.Updated) > f.cfg.WaveTimeout {
-		res, reason = WaveFailed, fmt.Sprintf("wave %d of %d not healthy within %s", ro.Wave+1, len(ro.Waves), f.cfg.WaveTimeout)
+	res, reason := CheckWave(ro.Waves[ro.Wave], ro.To.Version, statuses, nodes)
+	timeout := f.cfg.WaveTimeout
+	if ro.WaveTimeout > 0 {
+		timeout = ro.WaveTimeout
+	}
+	if res == WavePending && time.Since(ro.Updated) > timeout {
+		res, reason = WaveFailed, fmt.Sprintf("wave %d of %d not up within %s", ro.Wave+1, len(ro.Waves), timeout)
 	}
 	switch res {
 	case WaveFailed:

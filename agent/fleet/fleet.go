@@ -26,16 +26,22 @@ type Fleet struct {
 	tb    tarballs
 	fetch *fetcher
 
-	// mu guards view, session, failed, busy and written. Never held
-	// across a call to etcd or to the node.
+	// mu guards view, session, failed, fetchErr, fetchTries, retryAt,
+	// busy, driving and written. Never held across a call to etcd or to
+	// the node.
 	mu      sync.Mutex
 	view    *view
 	session *concurrency.Session // nil while etcd is unreachable
 	failed  map[string]failure   // app -> the last local failure
-	busy    map[string]bool      // apps being converged
-	driving map[string]bool      // apps whose rollout this node drives
-	written map[string]string    // status key -> value written under the session
-	addr    string               // the build endpoint's advertised address
+	// fetchErr and fetchTries are, per app, why its build could not be
+	// had yet and how many times in a row.
+	fetchErr   map[string]string
+	fetchTries map[string]uint
+	retryAt    map[string]time.Time // no new attempt before
+	busy       map[string]bool      // apps being converged
+	driving    map[string]bool      // apps whose rollout this node drives
+	written    map[string]string    // status key -> value written under the session
+	addr       string               // the build endpoint's advertised address
 
 	changed notifier // notified at every change of the view or the session
 }
@@ -61,9 +67,11 @@ func New(cfg Config, node Node, log hclog.Logger) (*Fleet, error) {
 	}
 	return &Fleet{
 		cfg: cfg, log: log, node: node, keys: keys{prefix: cfg.Prefix}, tb: tb,
-		fetch:   &fetcher{tb: tb, client: &http.Client{Transport: tr}, token: cfg.Token, scheme: scheme},
-		view:    newView(),
-		failed:  map[string]failure{},
+		fetch: &fetcher{tb: tb, peers: &http.Client{Transport: tr}, public: &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()},
+			token: cfg.Token, scheme: scheme},
+		view:     newView(),
+		failed:   map[string]failure{},
+		fetchErr: map[string]string{}, fetchTries: map[string]uint{}, retryAt: map[string]time.Time{},
 		busy:    map[string]bool{},
 		driving: map[string]bool{},
 		written: map[string]string{},
@@ -105,6 +113,7 @@ func (f *Fleet) Run(ctx context.Context) error {
 	wg.Go(func() { f.drive(ctx, cli) })
 	f.log.Info("fleet mode", "node", f.cfg.Node, "endpoints", f.cfg.Endpoints, "builds", f.addr)
 	wg.Wait()
+	f.fetch.close()
 	return nil
 }
 
@@ -117,6 +126,8 @@ func (f *Fleet) listen() (net.Listener, error) {
 	}
 	if f.cfg.PeerTLS != nil {
 		ln = tlsListener(ln, f.cfg.PeerTLS)
+	} else {
+		f.log.Warn("the build endpoint is plain HTTP: its token and builds cross the network in clear; for development only (--fleet-cert, --fleet-key)")
 	}
 	f.addr = f.cfg.Advertise
 	if f.addr == "" {

@@ -78,9 +78,14 @@ func (f *Fleet) status(ctx context.Context, app string) Status {
 	if err == nil {
 		st.Version, st.Healthy, st.Instances = v, healthy, total
 	}
+	// After AppStatus: a switch that began since is then seen as one.
 	f.mu.Lock()
+	st.Switching = f.busy[app]
 	if fl, ok := f.failed[app]; ok {
 		st.Failed, st.Error = fl.version, fl.err
+	}
+	if e, ok := f.fetchErr[app]; ok {
+		st.Error = e
 	}
 	f.mu.Unlock()
 	return st

@@ -63,16 +63,19 @@ const (
 // written by the client that starts it and then only by its driver (the
 // agent holding the app's rollout lock).
 type Rollout struct {
-	App     string       `json:"app"`
-	To      Release      `json:"to"`
-	From    int          `json:"from,omitempty"` // the version it replaces, 0 on a first deploy
-	Waves   [][]string   `json:"waves"`
-	Wave    int          `json:"wave"` // index of the wave under way
-	State   RolloutState `json:"state"`
-	Reason  string       `json:"reason,omitempty"`
-	Driver  string       `json:"driver,omitempty"` // the node driving it
-	Started time.Time    `json:"started"`
-	Updated time.Time    `json:"updated"`
+	App    string       `json:"app"`
+	To     Release      `json:"to"`
+	From   int          `json:"from,omitempty"` // the version it replaces, 0 on a first deploy
+	Waves  [][]string   `json:"waves"`
+	Wave   int          `json:"wave"` // index of the wave under way
+	State  RolloutState `json:"state"`
+	Reason string       `json:"reason,omitempty"`
+	Driver string       `json:"driver,omitempty"` // the node driving it
+	// WaveTimeout is how long a wave may take before the rollout fails
+	// (0: the driving agent's Config.WaveTimeout).
+	WaveTimeout time.Duration `json:"wave_timeout,omitempty"`
+	Started     time.Time     `json:"started"`
+	Updated     time.Time     `json:"updated"`
 }
 
 // Reached reports whether node is in a wave the rollout has reached.
@@ -103,16 +106,22 @@ type Status struct {
 	Version   int `json:"version"`
 	Healthy   int `json:"healthy"`   // instances up (healthy, or running without a check)
 	Instances int `json:"instances"` // instances in all
+	// Switching is true while the node switches the app (release
+	// phase, start, health checks, probation): Version may be the new
+	// one before it passed its probation.
+	Switching bool `json:"switching,omitempty"`
 	// Failed is the fleet version the node last failed to switch to and
-	// Error why (it rolled back locally); both clear on a success.
+	// Error why (it rolled back locally); both clear on a success. Error
+	// alone says why the node cannot get a build yet (it tries again).
 	Failed  int       `json:"failed,omitempty"`
 	Error   string    `json:"error,omitempty"`
 	Updated time.Time `json:"updated"`
 }
 
-// Up reports whether the node runs version with every instance up.
+// Up reports whether the node runs version, past its probation, with
+// every instance up.
 func (s Status) Up(version int) bool {
-	return s.Version == version && s.Instances > 0 && s.Healthy == s.Instances
+	return s.Version == version && !s.Switching && s.Instances > 0 && s.Healthy == s.Instances
 }
 
 // keys builds the etcd keys under a prefix.
@@ -129,8 +138,8 @@ func (k keys) status(app, node string) string { return k.prefix + "status/" + ap
 func (k keys) lock(app string) string         { return k.prefix + "locks/rollout/" + app }
 
 // parse tells what a key under the prefix is: kind is "release",
-// "placement", "rollout", "node" or "status" (else ""), with the app
-// and node it names.
+// "placement", "rollout", "node", "status" or "lock" (else ""), with
+// the app and node it names (for a lock, its holder's or waiter's key).
 func (k keys) parse(key string) (kind, app, node string) {
 	rest, ok := strings.CutPrefix(key, k.prefix)
 	if !ok {
@@ -144,6 +153,8 @@ func (k keys) parse(key string) (kind, app, node string) {
 		return "node", "", parts[1]
 	case len(parts) == 3 && parts[0] == "status":
 		return "status", parts[1], parts[2]
+	case len(parts) == 4 && parts[0] == "locks" && parts[1] == "rollout":
+		return "lock", parts[2], parts[3]
 	}
 	return "", "", ""
 }

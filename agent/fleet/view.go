@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"encoding/json"
+	"hash/fnv"
 	"maps"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -19,11 +20,13 @@ type view struct {
 	rolloutRev map[string]int64 // mod revision of each rollout record
 	nodes      map[string]NodeInfo
 	statuses   map[string]map[string]Status // app -> node -> status
+	locks      map[string]map[string]bool   // app -> keys under its rollout lock
 }
 
 func newView() *view {
 	return &view{releases: map[string]Release{}, placements: map[string]Placement{}, rollouts: map[string]Rollout{},
-		rolloutRev: map[string]int64{}, nodes: map[string]NodeInfo{}, statuses: map[string]map[string]Status{}}
+		rolloutRev: map[string]int64{}, nodes: map[string]NodeInfo{}, statuses: map[string]map[string]Status{},
+		locks: map[string]map[string]bool{}}
 }
 
 // apply records one key's new value (kv.Value empty on a delete). A
@@ -45,6 +48,15 @@ func (v *view) apply(k keys, kv *mvccpb.KeyValue, deleted bool) {
 			v.statuses[app] = map[string]Status{}
 		}
 		setOrDelete(v.statuses[app], node, kv.Value, deleted)
+	case "lock":
+		if v.locks[app] == nil {
+			v.locks[app] = map[string]bool{}
+		}
+		if deleted {
+			delete(v.locks[app], node)
+		} else {
+			v.locks[app][node] = true
+		}
 	}
 }
 
@@ -89,4 +101,20 @@ func (v *view) target(node, app string) (Release, bool) {
 // statusesOf returns a copy of the app's statuses by node.
 func (v *view) statusesOf(app string) map[string]Status {
 	return maps.Clone(v.statuses[app])
+}
+
+// preferredDriver is the live node that tries an app's rollout lock
+// first: the one with the highest hash of app and name (rendezvous
+// hashing), so the drivers of different apps spread over the nodes and
+// the others need not all try at once.
+func (v *view) preferredDriver(app string) string {
+	best, bestHash := "", uint64(0)
+	for name := range v.nodes {
+		h := fnv.New64a()
+		h.Write([]byte(app + "\x00" + name))
+		if s := h.Sum64(); best == "" || s > bestHash || (s == bestHash && name < best) {
+			best, bestHash = name, s
+		}
+	}
+	return best
 }

@@ -1,15 +1,8 @@
 package fleet
 
-import (
-	"crypto/tls"
-	"net"
-
-	"go.uber.org/zap"
-)
+import "go.uber.org/zap"
 
 // zapLogger silences the etcd client's own logger: fleet logs what
 // matters through hclog, and the client would otherwise print every
 // retry while etcd is down.
 func zapLogger() *zap.Logger { return zap.NewNop() }
-
-func tlsListener(ln net.Listener, cfg *tls.Config) net.Listener { return tls.NewListener(ln, cfg) }
