@@ -41,12 +41,6 @@ func TestMain(m *testing.M) {
 		os.Exit(runHelperAgent(js))
 	}
 	goleak.VerifyTestMain(m,
-		// The embedded etcd members and their clients leave these
-		// behind for a moment after Close.
-		goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
-		goleak.IgnoreAnyFunction("google.golang.org/grpc/internal/grpcsync.(*CallbackSerializer).run"),
-		goleak.IgnoreAnyFunction("go.etcd.io/etcd/server/v3/embed.(*Etcd).serveClients.func1"),
-		goleak.IgnoreAnyFunction("internal/poll.runtime_pollWait"),
 		// The members' peer streams (rafthttp, HTTP between members in
 		// this process) end a moment after the cluster closed.
 		goleak.IgnoreAnyFunction("net/http.(*persistConn).writeLoop"),
