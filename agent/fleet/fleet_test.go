@@ -455,3 +455,29 @@ func TestFleet_WaveTimeout(t *testing.T) {
 		t.Fatalf("n1 should run v1 again: %v", got)
 	}
 }
+
+// TestFleet_EtcdAuth ensures agents and the client log in to an etcd
+// with authentication on, and that the password never reaches a log.
+func TestFleet_EtcdAuth(t *testing.T) {
+	f := newTestFleet(t, 1)
+	const password = "s3cret-etcd-pw"
+	f.enableAuth(password)
+	n1 := f.startNode("n1", nil, nil)
+	waitFor(t, 30e9, "node registered with a password", func() bool { return len(f.status("web").Nodes) == 1 })
+	f.deploy("web", "n1", appBuild(t, "true", "v1"), fleet.RolloutOptions{})
+	if ro := f.waitRollout("web", 1); ro.State != fleet.RolloutSucceeded {
+		t.Fatalf("rollout with auth: %s (%s)", ro.State, ro.Reason)
+	}
+	if _, err := f.client.SetConfig(context.Background(), "web", map[string]string{"GREETING": "very-secret-value"}, nil, fleet.RolloutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	f.waitRollout("web", 2)
+	f.waitNodesUp("web", 2, "n1")
+	n1.stop(t)
+	b, _ := os.ReadFile(n1.log)
+	for _, secret := range []string{password, "very-secret-value", f.token} {
+		if bytes.Contains(b, []byte(secret)) {
+			t.Errorf("the agent's log holds a secret (%q)", secret)
+		}
+	}
+}

@@ -34,6 +34,8 @@ type helperConfig struct {
 	// EtcdCert, EtcdKey and EtcdCA, set, reach etcd over TLS with a
 	// client certificate.
 	EtcdCert, EtcdKey, EtcdCA string
+	// EtcdUser and EtcdPassword, set, authenticate to etcd.
+	EtcdUser, EtcdPassword string
 }
 
 func TestMain(m *testing.M) {
@@ -74,7 +76,8 @@ func runHelperAgent(js string) int {
 		StartTimeout: 15 * time.Second, Probation: 300 * time.Millisecond, Version: "test", NoSteer: true,
 		Retention: hc.Retention,
 		Fleet: &fleet.Config{
-			Endpoints: hc.Endpoints, TLS: etcdTLS, Node: hc.Node, Labels: hc.Labels,
+			Endpoints: hc.Endpoints, TLS: etcdTLS, Username: hc.EtcdUser, Password: hc.EtcdPassword,
+			Node: hc.Node, Labels: hc.Labels,
 			Listen: "127.0.0.1:0", PeerTLS: peerTLS, Token: hc.Token,
 			LeaseTTL: 3, StatusInterval: 200 * time.Millisecond, Retry: 100 * time.Millisecond,
 		},
