@@ -98,6 +98,16 @@ func TestFleet_FailedWaveRollsBackFleetWide(t *testing.T) {
 			t.Errorf("%s never had v2: want only v1 active, got %v", n, got)
 		}
 	}
+
+	// A restarted n1 knows from its own store that it failed v2.
+	f.restartNode("n1")
+	waitFor(t, 30e9, "restarted n1 to report v1 up and v2 failed", func() bool {
+		s := f.status("web").Statuses["n1"]
+		return s.Up(1) && s.Failed == 2 && s.Error != ""
+	})
+	if got := f.nodes["n1"].fleetVersions(t, "web"); len(got) != 2 {
+		t.Errorf("restarted n1 made a release: %v", got)
+	}
 }
 
 // TestFleet_RolloutSurvivesEtcdMemberKill ensures that killing the etcd

@@ -46,7 +46,9 @@ func TestMain(m *testing.M) {
 		// The members' peer streams (rafthttp, HTTP between members in
 		// this process) end a moment after the cluster closed.
 		goleak.IgnoreAnyFunction("net/http.(*persistConn).writeLoop"),
+		goleak.IgnoreAnyFunction("net/http.(*persistConn).readLoop"),
 		goleak.IgnoreAnyFunction("net/http.(*connReader).abortPendingRead"),
+		goleak.IgnoreAnyFunction("net/http.(*connReader).backgroundRead"),
 	)
 }
 

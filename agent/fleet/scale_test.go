@@ -30,13 +30,13 @@ func (n *simNode) Apply(_ context.Context, r fleet.Release) error {
 	return nil
 }
 
-func (n *simNode) AppStatus(_ context.Context, app string) (int, int, int, error) {
+func (n *simNode) AppStatus(_ context.Context, app string) (fleet.LocalStatus, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if v, ok := n.versions[app]; ok {
-		return v, 1, 1, nil
+		return fleet.LocalStatus{Version: v, Healthy: 1, Instances: 1}, nil
 	}
-	return 0, 0, 0, nil
+	return fleet.LocalStatus{}, nil
 }
 
 func (n *simNode) HasBuild(string) bool { return true }
