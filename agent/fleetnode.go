@@ -124,31 +124,48 @@ func (a *Agent) applyFleet(ctx context.Context, r fleet.Release) error {
 	return nil
 }
 
-// AppStatus returns the fleet version of the app's active release and
-// how many of its instances are up: running, and healthy where the type
-// has a check. An app that does not exist has version 0.
-func (n fleetNode) AppStatus(ctx context.Context, app string) (version, healthy, instances int, err error) {
+// AppStatus returns the fleet version of the app's active release, how
+// many of its instances are up (running, and healthy where the type has
+// a check), and the newest fleet release after it that failed. An app
+// that does not exist has the zero status.
+func (n fleetNode) AppStatus(ctx context.Context, app string) (fleet.LocalStatus, error) {
 	a := n.a
 	if err := a.begin(); err != nil {
-		return 0, 0, 0, err
+		return fleet.LocalStatus{}, err
 	}
 	defer a.end()
 	active, err := a.store.ActiveRelease(app)
 	if errors.Is(err, state.ErrAppNotFound) || errors.Is(err, state.ErrNoActiveRelease) {
-		return 0, 0, 0, nil
+		return fleet.LocalStatus{}, nil
 	} else if err != nil {
-		return 0, 0, 0, err
+		return fleet.LocalStatus{}, err
 	}
+	ls := fleet.LocalStatus{Version: fleetVersion(active)}
 	for _, p := range a.processes(app) {
 		if p.Mode == "one-off" || p.Release != active.Version {
 			continue
 		}
-		instances++
+		ls.Instances++
 		if p.State == "running" && (p.Health == "" || p.Health == "healthy") {
-			healthy++
+			ls.Healthy++
 		}
 	}
-	return fleetVersion(active), healthy, instances, nil
+	// The newest few: failures pile up above the active release only
+	// while a rollout keeps failing here.
+	rels, err := a.store.Releases(app, 10)
+	if err != nil {
+		return fleet.LocalStatus{}, err
+	}
+	for _, r := range rels { // newest first
+		if r.Version <= active.Version {
+			break
+		}
+		if v := fleetVersion(r); v > 0 && r.Status == state.StatusFailed {
+			ls.Failed, ls.Reason = v, r.Reason
+			break
+		}
+	}
+	return ls, nil
 }
 
 // HasBuild reports whether the build is imported.

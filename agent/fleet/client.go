@@ -319,3 +319,17 @@ func (c *Client) Revision(ctx context.Context) (int64, error) {
 	}
 	return resp.Header.Revision, nil
 }
+
+// Nodes returns the registered nodes (those whose lease is alive), by
+// name.
+func (c *Client) Nodes(ctx context.Context) (map[string]NodeInfo, error) {
+	resp, err := c.cli.Get(ctx, c.keys.prefix+"nodes/", clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("read the fleet's nodes: %w", err)
+	}
+	v := newView()
+	for _, kv := range resp.Kvs {
+		v.apply(c.keys, kv, false)
+	}
+	return v.nodes, nil
+}

@@ -18,14 +18,28 @@ type Node interface {
 	// probation or failed. It does nothing when the app's active release
 	// already runs r's content. The build must have been imported.
 	Apply(ctx context.Context, r Release) error
-	// AppStatus returns the fleet version of the app's active local
-	// release (0: none, or not a fleet release) and its instances that
-	// are up and in all.
-	AppStatus(ctx context.Context, app string) (version, healthy, instances int, err error)
+	// AppStatus says what the node runs of the app (the zero value when
+	// the app does not exist).
+	AppStatus(ctx context.Context, app string) (LocalStatus, error)
 	// HasBuild reports whether the build is imported.
 	HasBuild(digest string) bool
 	// ImportBuild imports a tarball whose SHA-256 must be digest.
 	ImportBuild(ctx context.Context, body io.Reader, digest string) error
+}
+
+// LocalStatus is what a node runs of an app, from the agent's own store.
+type LocalStatus struct {
+	// Version is the fleet version of the active local release (0: none,
+	// or not a fleet release).
+	Version int
+	// Healthy and Instances count the active release's instances up
+	// and in all.
+	Healthy, Instances int
+	// Failed is the fleet version of a local release newer than the
+	// active one that failed (0: none), and Reason why: the agent's
+	// record, so a restarted agent does not try it again.
+	Failed int
+	Reason string
 }
 
 // Config is fleet mode's configuration. The zero value of each field

@@ -47,9 +47,9 @@ func (f *Fleet) due(ctx context.Context) []Release {
 	f.mu.Unlock()
 	var out []Release
 	for _, r := range targets {
-		version, _, _, err := f.node.AppStatus(ctx, r.App)
-		if err == nil && version == r.Version {
-			continue
+		ls, err := f.node.AppStatus(ctx, r.App)
+		if err == nil && (ls.Version == r.Version || ls.Failed == r.Version) {
+			continue // converged, or failed here already (reported)
 		}
 		f.mu.Lock()
 		if !f.busy[r.App] {

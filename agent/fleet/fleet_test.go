@@ -98,6 +98,16 @@ func TestFleet_FailedWaveRollsBackFleetWide(t *testing.T) {
 			t.Errorf("%s never had v2: want only v1 active, got %v", n, got)
 		}
 	}
+
+	// A restarted n1 knows from its own store that it failed v2.
+	f.restartNode("n1")
+	waitFor(t, 30e9, "restarted n1 to report v1 up and v2 failed", func() bool {
+		s := f.status("web").Statuses["n1"]
+		return s.Up(1) && s.Failed == 2 && s.Error != ""
+	})
+	if got := f.nodes["n1"].fleetVersions(t, "web"); len(got) != 2 {
+		t.Errorf("restarted n1 made a release: %v", got)
+	}
 }
 
 // TestFleet_RolloutSurvivesEtcdMemberKill ensures that killing the etcd
@@ -453,5 +463,31 @@ func TestFleet_WaveTimeout(t *testing.T) {
 	f.waitNodesUp("web", 1, "n1")
 	if got := f.nodes["n1"].fleetVersions(t, "web"); got[0] != "Fleet v1/active" {
 		t.Fatalf("n1 should run v1 again: %v", got)
+	}
+}
+
+// TestFleet_EtcdAuth ensures agents and the client log in to an etcd
+// with authentication on, and that the password never reaches a log.
+func TestFleet_EtcdAuth(t *testing.T) {
+	f := newTestFleet(t, 1)
+	const password = "s3cret-etcd-pw"
+	f.enableAuth(password)
+	n1 := f.startNode("n1", nil, nil)
+	waitFor(t, 30e9, "node registered with a password", func() bool { return len(f.status("web").Nodes) == 1 })
+	f.deploy("web", "n1", appBuild(t, "true", "v1"), fleet.RolloutOptions{})
+	if ro := f.waitRollout("web", 1); ro.State != fleet.RolloutSucceeded {
+		t.Fatalf("rollout with auth: %s (%s)", ro.State, ro.Reason)
+	}
+	if _, err := f.client.SetConfig(context.Background(), "web", map[string]string{"GREETING": "very-secret-value"}, nil, fleet.RolloutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	f.waitRollout("web", 2)
+	f.waitNodesUp("web", 2, "n1")
+	n1.stop(t)
+	b, _ := os.ReadFile(n1.log)
+	for _, secret := range []string{password, "very-secret-value", f.token} {
+		if bytes.Contains(b, []byte(secret)) {
+			t.Errorf("the agent's log holds a secret (%q)", secret)
+		}
 	}
 }

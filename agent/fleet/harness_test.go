@@ -40,6 +40,8 @@ type testFleet struct {
 	// retention is the agents' release retention (0: the default).
 	retention int
 	etcdTLS   bool // etcd wants TLS with client certificates
+	// etcdUser and etcdPassword are what the nodes authenticate with.
+	etcdUser, etcdPassword string
 }
 
 // testNode is one agent process in fleet mode.
@@ -113,6 +115,7 @@ func (f *testFleet) startNode(name string, endpoints []string, labels map[string
 	if f.etcdTLS {
 		hc.EtcdCert, hc.EtcdKey, hc.EtcdCA = f.cert, f.key, f.ca
 	}
+	hc.EtcdUser, hc.EtcdPassword = f.etcdUser, f.etcdPassword
 	n := f.spawn(hc, filepath.Join(dir, "agent.log"))
 	f.nodes[name] = n
 	return n
@@ -359,4 +362,32 @@ func (f *testFleet) compact() {
 	if _, err := cli.Compact(context.Background(), resp.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
 		f.t.Fatal(err)
 	}
+}
+
+// enableAuth turns etcd's authentication on with a root user, and makes
+// the test's client and the nodes started from now on log in as it.
+func (f *testFleet) enableAuth(password string) {
+	f.t.Helper()
+	ctx := context.Background()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: f.etcd.live(), Logger: zap.NewNop()})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer cli.Close()
+	if _, err := cli.UserAdd(ctx, "root", password); err != nil {
+		f.t.Fatal(err)
+	}
+	if _, err := cli.UserGrantRole(ctx, "root", "root"); err != nil {
+		f.t.Fatal(err)
+	}
+	if _, err := cli.AuthEnable(ctx); err != nil {
+		f.t.Fatal(err)
+	}
+	f.etcdUser, f.etcdPassword = "root", password
+	c, err := fleet.NewClient(fleet.ClientConfig{Endpoints: f.etcd.clients, Username: "root", Password: password})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.t.Cleanup(func() { c.Close() })
+	f.client = c
 }

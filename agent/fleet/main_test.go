@@ -34,6 +34,8 @@ type helperConfig struct {
 	// EtcdCert, EtcdKey and EtcdCA, set, reach etcd over TLS with a
 	// client certificate.
 	EtcdCert, EtcdKey, EtcdCA string
+	// EtcdUser and EtcdPassword, set, authenticate to etcd.
+	EtcdUser, EtcdPassword string
 }
 
 func TestMain(m *testing.M) {
@@ -41,16 +43,12 @@ func TestMain(m *testing.M) {
 		os.Exit(runHelperAgent(js))
 	}
 	goleak.VerifyTestMain(m,
-		// The embedded etcd members and their clients leave these
-		// behind for a moment after Close.
-		goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
-		goleak.IgnoreAnyFunction("google.golang.org/grpc/internal/grpcsync.(*CallbackSerializer).run"),
-		goleak.IgnoreAnyFunction("go.etcd.io/etcd/server/v3/embed.(*Etcd).serveClients.func1"),
-		goleak.IgnoreAnyFunction("internal/poll.runtime_pollWait"),
 		// The members' peer streams (rafthttp, HTTP between members in
 		// this process) end a moment after the cluster closed.
 		goleak.IgnoreAnyFunction("net/http.(*persistConn).writeLoop"),
+		goleak.IgnoreAnyFunction("net/http.(*persistConn).readLoop"),
 		goleak.IgnoreAnyFunction("net/http.(*connReader).abortPendingRead"),
+		goleak.IgnoreAnyFunction("net/http.(*connReader).backgroundRead"),
 	)
 }
 
@@ -80,7 +78,8 @@ func runHelperAgent(js string) int {
 		StartTimeout: 15 * time.Second, Probation: 300 * time.Millisecond, Version: "test", NoSteer: true,
 		Retention: hc.Retention,
 		Fleet: &fleet.Config{
-			Endpoints: hc.Endpoints, TLS: etcdTLS, Node: hc.Node, Labels: hc.Labels,
+			Endpoints: hc.Endpoints, TLS: etcdTLS, Username: hc.EtcdUser, Password: hc.EtcdPassword,
+			Node: hc.Node, Labels: hc.Labels,
 			Listen: "127.0.0.1:0", PeerTLS: peerTLS, Token: hc.Token,
 			LeaseTTL: 3, StatusInterval: 200 * time.Millisecond, Retry: 100 * time.Millisecond,
 		},

@@ -106,6 +106,8 @@ func TestCheckWave(t *testing.T) {
 		{"one unhealthy", []string{"a", "b"}, map[string]Status{"a": up, "b": {Version: 2, Healthy: 0, Instances: 1}}, WavePending},
 		{"one failed", []string{"a", "b"}, map[string]Status{"a": up, "b": {Version: 1, Failed: 2, Error: "check"}}, WaveFailed},
 		{"gone node skipped", []string{"a", "gone"}, map[string]Status{"a": up}, WaveUp},
+		{"scaled to none", []string{"a"}, map[string]Status{"a": {Version: 2}}, WaveUp},
+		{"old version", []string{"a"}, map[string]Status{"a": {Version: 1, Healthy: 1, Instances: 1}}, WavePending},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got, reason := CheckWave(tc.wave, 2, tc.statuses, live); got != tc.want {

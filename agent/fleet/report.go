@@ -74,9 +74,10 @@ func (f *Fleet) reportOnce(ctx context.Context, cli *clientv3.Client) {
 // status is the node's status for app now.
 func (f *Fleet) status(ctx context.Context, app string) Status {
 	st := Status{App: app, Node: f.cfg.Node}
-	v, healthy, total, err := f.node.AppStatus(ctx, app)
+	ls, err := f.node.AppStatus(ctx, app)
 	if err == nil {
-		st.Version, st.Healthy, st.Instances = v, healthy, total
+		st.Version, st.Healthy, st.Instances = ls.Version, ls.Healthy, ls.Instances
+		st.Failed, st.Error = ls.Failed, ls.Reason
 	}
 	// After AppStatus: a switch that began since is then seen as one.
 	f.mu.Lock()

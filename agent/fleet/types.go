@@ -119,9 +119,9 @@ type Status struct {
 }
 
 // Up reports whether the node runs version, past its probation, with
-// every instance up.
+// every instance up (an app scaled to no instance is up once switched).
 func (s Status) Up(version int) bool {
-	return s.Version == version && !s.Switching && s.Instances > 0 && s.Healthy == s.Instances
+	return s.Version == version && !s.Switching && s.Healthy == s.Instances
 }
 
 // keys builds the etcd keys under a prefix.

@@ -46,6 +46,7 @@ commands take the app with -a APP, else $BERTH_APP.
 	berth fleet rollback [vN]           roll out vN's build and config again (default: the
 	                                    fleet release before the current one)
 	berth fleet status                  the fleet release, its rollout, each node's state
+	berth fleet nodes                   the nodes registered in etcd
 	berth fleet placement [--labels k=v,...] [--count N]
 	                                    which nodes run the app (from its next rollout on)
 
@@ -94,6 +95,7 @@ are stable within API version v1:
 	                           fleet.Rollout (package agent/fleet): the rollout
 	                           started, or with --wait the one that ended
 	fleet status               fleet.AppStatus
+	fleet nodes                []fleet.NodeInfo
 
 Errors go to stderr as "berth: MESSAGE" in both modes.
 

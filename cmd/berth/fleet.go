@@ -55,7 +55,7 @@ agents drive them, so they go on after the command exits (--wait follows one to 
 	pf.StringVar(&ff.etcdUser, "etcd-user", "", "etcd user, password from $BERTH_ETCD_PASSWORD (default $BERTH_ETCD_USER)")
 	pf.StringVar(&ff.prefix, "etcd-prefix", "", "key prefix (default $BERTH_ETCD_PREFIX, else "+fleet.DefaultPrefix+")")
 	cmd.AddCommand(newFleetDeployCmd(ff), newFleetConfigCmd(ff), newFleetRollbackCmd(ff),
-		newFleetStatusCmd(ff), newFleetPlacementCmd(ff))
+		newFleetStatusCmd(ff), newFleetPlacementCmd(ff), newFleetNodesCmd(ff))
 	return cmd
 }
 
@@ -403,4 +403,42 @@ func printFleetStatus(out io.Writer, st fleet.AppStatus, now time.Time) error {
 		}
 	}
 	return t.flush()
+}
+
+func newFleetNodesCmd(ff *fleetFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "nodes",
+		Short: "List the nodes registered in etcd: name, build endpoint, labels, agent version, since",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := ff.client()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			nodes, err := c.Nodes(cmd.Context())
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			names := slices.Sorted(maps.Keys(nodes))
+			if ff.g.json {
+				list := make([]fleet.NodeInfo, 0, len(names))
+				for _, n := range names {
+					list = append(list, nodes[n])
+				}
+				return writeJSON(out, list)
+			}
+			t := newTable(out, "NODE", "BUILDS", "LABELS", "VERSION", "SINCE")
+			for _, name := range names {
+				n := nodes[name]
+				var labels []string
+				for _, k := range slices.Sorted(maps.Keys(n.Labels)) {
+					labels = append(labels, k+"="+n.Labels[k])
+				}
+				t.row(name, orDash(n.Address), orDash(strings.Join(labels, ",")), n.Version, ago(ff.g.env.now(), n.Since))
+			}
+			return t.flush()
+		},
+	}
 }

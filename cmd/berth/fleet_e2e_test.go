@@ -81,6 +81,9 @@ func TestE2E_Fleet(t *testing.T) {
 		json.Unmarshal([]byte(out), &st)
 		return len(st.Nodes) == 2, out
 	})
+	if out := n1.ok("fleet", "nodes"); !strings.Contains(out, "n1 ") || !strings.Contains(out, "n2 ") || !strings.Contains(out, "e2e") {
+		t.Errorf("fleet nodes: %q", out)
+	}
 	if _, _, code := n1.berth("fleet", "deploy", "-a", "web", "--wave-size", "1", "--max-unavailable", "1", tarball); code != exitUsage {
 		t.Errorf("--wave-size with --max-unavailable: exit %d, want %d", code, exitUsage)
 	}
