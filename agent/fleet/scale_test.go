@@ -120,8 +120,8 @@ func TestScale_HarnessConverges(t *testing.T) {
 		}
 	}
 	for _, sn := range h.nodes {
-		if v, healthy, instances, _ := sn.AppStatus(context.Background(), benchApp); v != 2 || healthy != 1 || instances != 1 {
-			t.Errorf("node %s runs v%d with %d/%d up, want v2 with 1/1", sn.name, v, healthy, instances)
+		if st, _ := sn.AppStatus(context.Background(), benchApp); st.Version != 2 || st.Healthy != 1 || st.Instances != 1 {
+			t.Errorf("node %s runs v%d with %d/%d up, want v2 with 1/1", sn.name, st.Version, st.Healthy, st.Instances)
 		}
 	}
 }
@@ -166,14 +166,14 @@ func (sn *simNode) Apply(ctx context.Context, r fleet.Release) error {
 	return nil
 }
 
-func (sn *simNode) AppStatus(_ context.Context, app string) (version, healthy, instances int, err error) {
+func (sn *simNode) AppStatus(_ context.Context, app string) (fleet.LocalStatus, error) {
 	sn.mu.Lock()
 	defer sn.mu.Unlock()
 	v, ok := sn.active[app]
 	if !ok {
-		return 0, 0, 0, nil
+		return fleet.LocalStatus{}, nil
 	}
-	return v, 1, 1, nil
+	return fleet.LocalStatus{Version: v, Healthy: 1, Instances: 1}, nil
 }
 
 func (sn *simNode) HasBuild(digest string) bool {
