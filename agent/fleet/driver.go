@@ -98,6 +98,17 @@ func (f *Fleet) driveApp(ctx context.Context, cli *clientv3.Client, s *concurren
 		defer cancel()
 		_ = m.Unlock(uctx)
 	}()
+	// Only the driver watches the app's statuses (watch.go).
+	sctx, stopStatuses := context.WithCancel(ctx)
+	var statuses sync.WaitGroup
+	statuses.Go(func() { f.watchStatuses(sctx, cli, app) })
+	defer func() {
+		stopStatuses()
+		statuses.Wait()
+		f.mu.Lock()
+		delete(f.view.statuses, app)
+		f.mu.Unlock()
+	}()
 	log := f.log.With("app", app)
 	log.Info("driving the rollout")
 	for {

@@ -137,6 +137,13 @@ func (k keys) node(name string) string        { return k.prefix + "nodes/" + nam
 func (k keys) status(app, node string) string { return k.prefix + "status/" + app + "/" + node }
 func (k keys) lock(app string) string         { return k.prefix + "locks/rollout/" + app }
 
+// desired is the range of keys every node watches: apps/, locks/ and
+// nodes/, which sort before status/.
+func (k keys) desired() (start, end string) { return k.prefix + "apps/", k.prefix + "status/" }
+
+// statuses is the prefix of app's status records.
+func (k keys) statuses(app string) string { return k.prefix + "status/" + app + "/" }
+
 // parse tells what a key under the prefix is: kind is "release",
 // "placement", "rollout", "node", "status" or "lock" (else ""), with
 // the app and node it names (for a lock, its holder's or waiter's key).

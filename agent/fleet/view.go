@@ -8,12 +8,11 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 )
 
-// view is this node's copy of the records under the prefix, as of rev:
-// the watcher alone writes it (under Fleet.mu), the converger and the
-// drivers read it. When etcd is unreachable it stays as it was: the
+// view is this node's copy of the desired state (and, on the driver of
+// a rollout, of its app's statuses): the watchers alone write it (under
+// Fleet.mu), the converger and the drivers read it. When etcd is unreachable it stays as it was: the
 // node keeps running what it runs.
 type view struct {
-	rev        int64
 	releases   map[string]Release
 	placements map[string]Placement
 	rollouts   map[string]Rollout
