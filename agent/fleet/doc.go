@@ -40,7 +40,9 @@
 // the same switch as a deploy: release phase, health checks, probation,
 // local rollback. Converging twice does nothing. A version that failed
 // on the node is reported (Status.Failed, Status.Error) and not retried
-// until the target changes. A node never removes an app on its own.
+// until the target changes, also after a restart (the failed local
+// release says so). A build no node can give yet is tried again, backing
+// off to a minute. A node never removes an app on its own.
 // The desired state wins: a local deploy, config change or rollback of an
 // app the fleet places on the node (through its socket) is replaced by
 // the fleet's release at the next change of the view; apps the fleet
