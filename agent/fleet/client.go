@@ -186,14 +186,18 @@ func (c *Client) start(ctx context.Context, app string, o RolloutOptions, change
 		next.Version = max(next.Version, st.Rollout.To.Version+1)
 	}
 	ro.To = next
-	val, err := encode(ro)
+	val, err := encodeRollout(ro)
+	if err != nil {
+		return Rollout{}, err
+	}
+	plan, err := encode(rolloutPlan{Version: next.Version, Waves: ro.Waves})
 	if err != nil {
 		return Rollout{}, err
 	}
 	resp, err := c.cli.Txn(ctx).If(
 		clientv3.Compare(clientv3.ModRevision(c.keys.rollout(app)), "=", st.rolloutRev),
 		clientv3.Compare(clientv3.ModRevision(c.keys.release(app)), "=", st.releaseRev),
-	).Then(clientv3.OpPut(c.keys.rollout(app), val)).Commit()
+	).Then(clientv3.OpPut(c.keys.plan(app), plan), clientv3.OpPut(c.keys.rollout(app), val)).Commit()
 	if err != nil {
 		return Rollout{}, fmt.Errorf("start rollout of %s: %w", app, err)
 	}
@@ -266,20 +270,24 @@ func (c *Client) SetPlacement(ctx context.Context, app string, p Placement) erro
 	return nil
 }
 
-// getRollout reads app's rollout and its mod revision.
+// getRollout reads app's rollout, with its plan, and the rollout
+// record's mod revision, at one revision.
 func getRollout(ctx context.Context, cli *clientv3.Client, k keys, app string) (Rollout, int64, error) {
-	resp, err := cli.Get(ctx, k.rollout(app))
+	resp, err := cli.Txn(ctx).Then(clientv3.OpGet(k.rollout(app)), clientv3.OpGet(k.plan(app))).Commit()
 	if err != nil {
 		return Rollout{}, 0, fmt.Errorf("read rollout of %s: %w", app, err)
 	}
-	if len(resp.Kvs) == 0 {
+	rkvs, pkvs := resp.Responses[0].GetResponseRange().Kvs, resp.Responses[1].GetResponseRange().Kvs
+	if len(rkvs) == 0 {
 		return Rollout{}, 0, fmt.Errorf("%w: rollout of %s", ErrNotFound, app)
 	}
 	var ro Rollout
-	if err := json.Unmarshal(resp.Kvs[0].Value, &ro); err != nil {
+	if err := json.Unmarshal(rkvs[0].Value, &ro); err != nil {
 		return Rollout{}, 0, fmt.Errorf("read rollout of %s: %w", app, err)
 	}
-	return ro, resp.Kvs[0].ModRevision, nil
+	var p rolloutPlan
+	ok := len(pkvs) > 0 && json.Unmarshal(pkvs[0].Value, &p) == nil
+	return withPlan(ro, p, ok), rkvs[0].ModRevision, nil
 }
 
 // Upload sends a tarball to a node's build endpoint (PUT), which keeps

@@ -201,7 +201,7 @@ func (f *Fleet) readRollout(ctx context.Context, cli *clientv3.Client, app strin
 // writeRollout writes ro, and ops, if the rollout record is still at
 // rev and this node still holds the lock.
 func (f *Fleet) writeRollout(ctx context.Context, cli *clientv3.Client, m *concurrency.Mutex, rev int64, ro Rollout, ops []clientv3.Op) error {
-	val, err := encode(ro)
+	val, err := encodeRollout(ro)
 	if err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package fleet
 import (
 	"fmt"
 	"reflect"
+	"strings"
 	"testing"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -124,6 +125,7 @@ func TestKeys_Parse(t *testing.T) {
 	for key, want := range map[string][3]string{
 		k.release("web"):          {"release", "web", ""},
 		k.rollout("web"):          {"rollout", "web", ""},
+		k.plan("web"):             {"plan", "web", ""},
 		k.placement("web"):        {"placement", "web", ""},
 		k.node("n1"):              {"node", "", "n1"},
 		k.status("web", "n1"):     {"status", "web", "n1"},
@@ -170,5 +172,47 @@ func BenchmarkPlanRollout(b *testing.B) {
 		for _, w := range waves {
 			CheckWave(w, 2, statuses, nodes)
 		}
+	}
+}
+
+// TestView_RolloutPlan ensures a rollout record, stored without its
+// waves, gets them from its plan whichever arrives first, and never from
+// the plan of another rollout.
+func TestView_RolloutPlan(t *testing.T) {
+	k := keys{prefix: "/berth/"}
+	ro := Rollout{App: "web", To: Release{App: "web", Version: 3}, State: RolloutRunning, Waves: [][]string{{"n1"}, {"n2"}}}
+	rec, err := encodeRollout(ro)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(rec, "n1") {
+		t.Fatalf("stored rollout record lists the nodes: %s", rec)
+	}
+	plan, _ := encode(rolloutPlan{Version: 3, Waves: ro.Waves})
+	stale, _ := encode(rolloutPlan{Version: 2, Waves: [][]string{{"old"}}})
+	put := func(v *view, key, value string) {
+		v.apply(k, &mvccpb.KeyValue{Key: []byte(key), Value: []byte(value)}, false)
+	}
+	for _, order := range [][2]string{{"rollout", "plan"}, {"plan", "rollout"}} {
+		v := newView()
+		for _, kind := range order {
+			if kind == "plan" {
+				put(v, k.plan("web"), plan)
+			} else {
+				put(v, k.rollout("web"), rec)
+			}
+		}
+		if got := v.rollouts["web"].Waves; !reflect.DeepEqual(got, ro.Waves) {
+			t.Errorf("%v: waves %v, want %v", order, got, ro.Waves)
+		}
+		if !v.rollouts["web"].Reached("n1") || v.rollouts["web"].Reached("n2") {
+			t.Errorf("%v: wave 1 reaches n1 only: %+v", order, v.rollouts["web"])
+		}
+	}
+	v := newView()
+	put(v, k.plan("web"), stale)
+	put(v, k.rollout("web"), rec)
+	if got := v.rollouts["web"].Waves; got != nil {
+		t.Errorf("rollout v3 took the waves of plan v2: %v", got)
 	}
 }

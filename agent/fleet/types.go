@@ -66,8 +66,8 @@ type Rollout struct {
 	App    string       `json:"app"`
 	To     Release      `json:"to"`
 	From   int          `json:"from,omitempty"` // the version it replaces, 0 on a first deploy
-	Waves  [][]string   `json:"waves"`
-	Wave   int          `json:"wave"` // index of the wave under way
+	Waves  [][]string   `json:"waves"`          // kept in the rollout's plan (rolloutPlan)
+	Wave   int          `json:"wave"`           // index of the wave under way
 	State  RolloutState `json:"state"`
 	Reason string       `json:"reason,omitempty"`
 	Driver string       `json:"driver,omitempty"` // the node driving it
@@ -86,6 +86,33 @@ func (r Rollout) Reached(node string) bool {
 		}
 	}
 	return false
+}
+
+// rolloutPlan is the part of a rollout that does not change once it is
+// planned: its waves, kept under a key of their own (keys.plan) and
+// written once, when the rollout starts. The rollout record, rewritten
+// at every step (driver claimed, next wave, end), then stays small
+// whatever the size of the fleet: were it to list the nodes, each step
+// would send O(N) bytes to each of the N watching nodes (SCALE.md).
+type rolloutPlan struct {
+	Version int        `json:"version"` // the rollout's To.Version
+	Waves   [][]string `json:"waves"`
+}
+
+// encodeRollout is a rollout record as stored: without its waves,
+// which are in its plan.
+func encodeRollout(ro Rollout) (string, error) {
+	ro.Waves = nil
+	return encode(ro)
+}
+
+// withPlan returns ro with the waves of p, if p is ro's plan. A record
+// that carries waves of its own keeps them.
+func withPlan(ro Rollout, p rolloutPlan, ok bool) Rollout {
+	if ok && len(ro.Waves) == 0 && p.Version == ro.To.Version {
+		ro.Waves = p.Waves
+	}
+	return ro
 }
 
 // NodeInfo is a node's presence record, kept under its lease.
@@ -136,6 +163,7 @@ func (k keys) history(app string, v int) string {
 func (k keys) node(name string) string        { return k.prefix + "nodes/" + name }
 func (k keys) status(app, node string) string { return k.prefix + "status/" + app + "/" + node }
 func (k keys) lock(app string) string         { return k.prefix + "locks/rollout/" + app }
+func (k keys) plan(app string) string         { return k.prefix + "apps/" + app + "/plan" }
 
 // desired is the range of keys every node watches: apps/, locks/ and
 // nodes/, which sort before status/.
@@ -145,7 +173,7 @@ func (k keys) desired() (start, end string) { return k.prefix + "apps/", k.prefi
 func (k keys) statuses(app string) string { return k.prefix + "status/" + app + "/" }
 
 // parse tells what a key under the prefix is: kind is "release",
-// "placement", "rollout", "node", "status" or "lock" (else ""), with
+// "placement", "rollout", "plan", "node", "status" or "lock" (else ""), with
 // the app and node it names (for a lock, its holder's or waiter's key).
 func (k keys) parse(key string) (kind, app, node string) {
 	rest, ok := strings.CutPrefix(key, k.prefix)
@@ -154,7 +182,7 @@ func (k keys) parse(key string) (kind, app, node string) {
 	}
 	parts := strings.Split(rest, "/")
 	switch {
-	case len(parts) == 3 && parts[0] == "apps" && (parts[2] == "release" || parts[2] == "placement" || parts[2] == "rollout"):
+	case len(parts) == 3 && parts[0] == "apps" && (parts[2] == "release" || parts[2] == "placement" || parts[2] == "rollout" || parts[2] == "plan"):
 		return parts[2], parts[1], ""
 	case len(parts) == 2 && parts[0] == "nodes":
 		return "node", "", parts[1]

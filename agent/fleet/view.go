@@ -15,7 +15,8 @@ import (
 type view struct {
 	releases   map[string]Release
 	placements map[string]Placement
-	rollouts   map[string]Rollout
+	rollouts   map[string]Rollout // with their plan's waves
+	plans      map[string]rolloutPlan
 	rolloutRev map[string]int64 // mod revision of each rollout record
 	nodes      map[string]NodeInfo
 	statuses   map[string]map[string]Status // app -> node -> status
@@ -23,7 +24,7 @@ type view struct {
 }
 
 func newView() *view {
-	return &view{releases: map[string]Release{}, placements: map[string]Placement{}, rollouts: map[string]Rollout{},
+	return &view{releases: map[string]Release{}, placements: map[string]Placement{}, rollouts: map[string]Rollout{}, plans: map[string]rolloutPlan{},
 		rolloutRev: map[string]int64{}, nodes: map[string]NodeInfo{}, statuses: map[string]map[string]Status{},
 		locks: map[string]map[string]bool{}}
 }
@@ -40,6 +41,16 @@ func (v *view) apply(k keys, kv *mvccpb.KeyValue, deleted bool) {
 	case "rollout":
 		setOrDelete(v.rollouts, app, kv.Value, deleted)
 		v.rolloutRev[app] = kv.ModRevision
+		if ro, ok := v.rollouts[app]; ok {
+			p, ok := v.plans[app]
+			v.rollouts[app] = withPlan(ro, p, ok)
+		}
+	case "plan":
+		setOrDelete(v.plans, app, kv.Value, deleted)
+		if ro, ok := v.rollouts[app]; ok {
+			p, ok := v.plans[app]
+			v.rollouts[app] = withPlan(ro, p, ok)
+		}
 	case "node":
 		setOrDelete(v.nodes, node, kv.Value, deleted)
 	case "status":
