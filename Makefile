@@ -12,13 +12,17 @@ FUZZTIME ?= 60s
 FUZZMINIMIZE ?= 3s
 
 .DEFAULT_GOAL := help
-.PHONY: help build example run test bench lint fuzz e2e e2e-systemd e2e-load clean
+.PHONY: help build dev-etcd example run test bench bench-fleet lint fuzz e2e e2e-systemd e2e-load clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 build: ## build bin/berth (version from git via -ldflags -X)
 	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/berth
+
+dev-etcd: ## run a single-member etcd for fleet mode on http://127.0.0.1:2379 (data in ./.etcd; development only)
+	CGO_ENABLED=0 $(GO) build -o bin/berth-etcd ./cmd/berth-etcd
+	bin/berth-etcd --data $(CURDIR)/.etcd
 
 example: ## pack examples/hello into bin/hello.tar.gz (a release tarball)
 	rm -rf bin/hello-build && mkdir -p bin/hello-build
@@ -43,6 +47,12 @@ bench: ## run the benchmarks once each and print their figures (BENCHTIME=1x)
 	# machine with another's (they compare berth with a floor in one run).
 	$(GO) test -p 1 -run '^$$' -bench . -benchtime $(BENCHTIME) -timeout 60m ./...
 
+bench-fleet: ## fleet scale benchmark (issue 15): 200 simulated agents, one embedded etcd; figures in agent/fleet/SCALE.md
+	# -v: the benchmark logs its figures as tables for SCALE.md, which
+	# go test cuts to a few lines without it. BERTH_SCALE_NODES=N changes
+	# the fleet's size.
+	$(GO) test ./agent/fleet -run '^$$' -bench FleetConverge200 -benchtime 1x -timeout 20m -v
+
 lint: ## gofmt and go vet
 	@fmt=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$fmt" ]; then echo "gofmt needed:"; echo "$$fmt"; exit 1; fi
 	$(GO) vet ./...
@@ -55,6 +65,7 @@ fuzz: ## fuzz each parser of untrusted input for FUZZTIME (default 60s)
 	$(GO) test ./agent/api -run '^$$' -fuzz '^FuzzDecodeKeys$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE)
 	$(GO) test ./agent/api -run '^$$' -fuzz '^FuzzDecodeRun$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE)
 	$(GO) test ./agent -run '^$$' -fuzz '^FuzzInboxTarget$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE)
+	$(GO) test ./agent/fleet -run '^$$' -fuzz '^FuzzViewApply$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE)
 	$(GO) test ./supervisor -run '^$$' -fuzz '^FuzzLogLines$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE)
 	$(GO) test ./supervisor -run '^$$' -fuzz '^FuzzReadLogs$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE)
 	$(GO) test ./agent/internal/procfs -run '^$$' -fuzz '^FuzzParseStat$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE)

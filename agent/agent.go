@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/berth-dev/berth/agent/api"
+	"github.com/berth-dev/berth/agent/fleet"
 	"github.com/berth-dev/berth/agent/internal/steer"
 	"github.com/berth-dev/berth/state"
 	"github.com/berth-dev/berth/state/build"
@@ -140,6 +141,10 @@ type Agent struct {
 	// remembers the limits said to be unenforced (limits.go).
 	met   metrics
 	notes limitNotes
+
+	// fleet is fleet mode (nil when Config.Fleet is nil), made by New
+	// and run by Run.
+	fleet *fleet.Fleet
 }
 
 // New checks cfg, fills its defaults and returns an agent. It starts
@@ -152,7 +157,7 @@ func New(cfg Config, log hclog.Logger) (*Agent, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	return &Agent{
+	a := &Agent{
 		log:          log.Named("agent"),
 		root:         log,
 		cfg:          cfg,
@@ -166,7 +171,15 @@ func New(cfg Config, log hclog.Logger) (*Agent, error) {
 		ping:         make(chan chan struct{}),
 		changesEnded: make(chan struct{}, 1),
 		settled:      make(chan struct{}, 1),
-	}, nil
+	}
+	if cfg.Fleet != nil {
+		f, err := fleet.New(*cfg.Fleet, fleetNode{a}, log.Named("fleet"))
+		if err != nil {
+			return nil, err
+		}
+		a.fleet = f
+	}
+	return a, nil
 }
 
 func (cfg Config) validate() error {
@@ -236,6 +249,8 @@ func (a *Agent) Reload(cfg Config) error {
 		"inbox_quiet":  cfg.InboxQuiet != old.InboxQuiet,
 	}
 	fixed["metrics_listen"] = cfg.MetricsListen != old.MetricsListen
+	fixed["fleet"] = (cfg.Fleet == nil) != (old.Fleet == nil) ||
+		(cfg.Fleet != nil && (cfg.Fleet.Node != old.Fleet.Node || !slices.Equal(cfg.Fleet.Endpoints, old.Fleet.Endpoints)))
 	for name, changed := range fixed {
 		if changed {
 			a.log.Warn("setting changes only when the agent restarts", "setting", name)
@@ -428,6 +443,16 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		}
 	})
 
+	// Fleet mode, like the inbox, stops with Run's context: the apps run
+	// on whatever becomes of etcd.
+	if a.fleet != nil {
+		sd.fleet = goOwned(ctx, func(ctx context.Context) {
+			if err := a.fleet.Run(ctx); err != nil {
+				a.log.Error("fleet mode stopped; the apps run on", "error", err)
+			}
+		})
+	}
+
 	if err := systemd.Ready(); err != nil {
 		a.log.Warn("notify systemd", "error", err)
 	}
@@ -471,7 +496,7 @@ func goOwned(parent context.Context, fn func(ctx context.Context)) func() {
 // shutdownSteps holds the stop functions of what Run started after the
 // store and the supervisor (nil for what it did not start).
 type shutdownSteps struct {
-	inbox, server, metrics, watchdog func()
+	fleet, inbox, server, metrics, watchdog func()
 }
 
 // mainLoop answers watchdog pings and updates the systemd status line
@@ -638,7 +663,8 @@ func (a *Agent) listen(cfg Config, lns []net.Listener) (net.Listener, int, error
 //     release stays active, see interrupt), a follow stream ends. Wait
 //     until every operation has returned, so that its client got the
 //     "the agent is shutting down" error over a socket still served.
-//  2. Stop the inbox, the control socket's server and the watchdog.
+//  2. Stop fleet mode, the inbox, the control socket's server and the
+//     watchdog.
 //  3. Stop every app process gracefully (its stop signal, SIGKILL after
 //     its stop timeout, all at once) and forget their records.
 func (a *Agent) shutdown(cancelOps context.CancelFunc, sd *shutdownSteps) {
@@ -653,7 +679,7 @@ func (a *Agent) shutdown(cancelOps context.CancelFunc, sd *shutdownSteps) {
 		// connecting meanwhile wait in its queue.
 		a.control = passListener(a.controlLn)
 	}
-	for _, stop := range []func(){sd.inbox, sd.server, sd.metrics, sd.watchdog} {
+	for _, stop := range []func(){sd.fleet, sd.inbox, sd.server, sd.metrics, sd.watchdog} {
 		if stop != nil {
 			stop()
 		}

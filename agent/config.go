@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/agent/api"
+	"github.com/berth-dev/berth/agent/fleet"
 	"github.com/berth-dev/berth/state"
 	"github.com/berth-dev/berth/supervisor"
 )
@@ -102,6 +103,11 @@ type Config struct {
 	// after the data dir under /sys/fs/bpf when that is a bpffs mount;
 	// "-" means never pinned.
 	SteerPin string
+	// Fleet turns fleet mode on (agent/fleet): the agent registers with
+	// etcd and follows the desired state kept there. Nil means off: the
+	// agent is a single-VM agent and talks to no etcd. Its Dir defaults
+	// to $DATA/fleet/builds and its Version to Version.
+	Fleet *fleet.Config
 }
 
 // Defaults applied by New.
@@ -152,6 +158,12 @@ func (cfg Config) withDefaults() Config {
 	setDefault(&cfg.ReleasePhaseTimeout, DefaultReleasePhaseTimeout)
 	setDefault(&cfg.InboxQuiet, DefaultInboxQuiet)
 	cfg.AllowEnv = slices.Clone(cfg.AllowEnv)
+	if cfg.Fleet != nil {
+		fc := *cfg.Fleet
+		setDefault(&fc.Dir, cfg.path("fleet", "builds"))
+		setDefault(&fc.Version, cfg.Version)
+		cfg.Fleet = &fc
+	}
 	return cfg
 }
 

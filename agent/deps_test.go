@@ -33,6 +33,9 @@ var leaves = []struct {
 	{pkg: "agent/internal/procfs"}, // parsing /proc and sock_diag only
 	{pkg: "agent/internal/promtext", forbid: []string{"github.com/prometheus/common/expfmt"}}, // the format only; Prometheus's parser in its tests alone
 	{pkg: "agent/internal/steer"}, // the sk_lookup program and its maps only
+	// Fleet mode talks to the agent through its Node interface only, and
+	// the agent binary never links etcd's server.
+	{pkg: "agent/fleet", forbid: []string{"go.etcd.io/etcd/server/v3/embed", "go.etcd.io/bbolt"}},
 }
 
 // TestDeps ensures berth's leaf packages stay leaves: none imports package

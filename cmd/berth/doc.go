@@ -39,6 +39,20 @@ commands take the app with -a APP, else $BERTH_APP.
 	                                    output streamed; exit with its exit code
 	berth systemd unit [flags]          print berth.service (and berth.socket with --socket-activation)
 	berth systemd install [flags]       write the units, create the socket group, enable and start berth
+	berth fleet deploy FILE [--via NODE] [--url URL]
+	                                    fleet mode (etcd from --etcd or $BERTH_ETCD): upload
+	                                    the tarball to one node and roll it out in waves
+	berth fleet config set|unset ...    a new fleet release with the config changed, in waves
+	berth fleet rollback [vN]           roll out vN's build and config again (default: the
+	                                    fleet release before the current one)
+	berth fleet status                  the fleet release, its rollout, each node's state
+	berth fleet nodes                   the nodes registered in etcd
+	berth fleet placement [--labels k=v,...] [--count N]
+	                                    which nodes run the app (from its next rollout on)
+
+The rollout commands take --wave-size N or --max-unavailable N (default: one
+wave) and --wait (follow the rollout, which the agents drive, to its end;
+exit 1 if it failed). A second rollout of an app while one runs is refused.
 
 # Exit codes
 
@@ -77,6 +91,11 @@ are stable within API version v1:
 	version                    {"cli": VERSION, "agent": AgentInfo, "error": MESSAGE}
 	run                        the command's output as it is, then
 	                           {"app": APP, "instance": "run.N", "exit": RunExit}
+	fleet deploy, config, rollback
+	                           fleet.Rollout (package agent/fleet): the rollout
+	                           started, or with --wait the one that ended
+	fleet status               fleet.AppStatus
+	fleet nodes                []fleet.NodeInfo
 
 Errors go to stderr as "berth: MESSAGE" in both modes.
 
@@ -88,7 +107,11 @@ BERTH_DEFAULT_USER, BERTH_BASE_PORT, BERTH_STOP_TIMEOUT, BERTH_RETENTION,
 BERTH_LOG_MAX_SIZE, BERTH_LOG_MAX_FILES, BERTH_ALLOW_ENV,
 BERTH_LOCK_TIMEOUT, BERTH_START_TIMEOUT, BERTH_SETTLE, BERTH_PROBATION, BERTH_RELEASE_TIMEOUT,
 BERTH_INBOX_QUIET, BERTH_METRICS_LISTEN, BERTH_JOURNAL, BERTH_LOG_LEVEL, BERTH_LOG_FORMAT,
-BERTH_ENV_FILE). A flag wins over the environment, which wins over the
+BERTH_ENV_FILE; fleet mode: BERTH_ETCD, BERTH_ETCD_CERT, BERTH_ETCD_KEY,
+BERTH_ETCD_CA, BERTH_ETCD_USER, BERTH_ETCD_PREFIX, BERTH_NODE, BERTH_LABELS,
+BERTH_FLEET_LISTEN, BERTH_FLEET_ADVERTISE, BERTH_FLEET_CERT, BERTH_FLEET_KEY,
+BERTH_FLEET_CA, and from the environment only BERTH_ETCD_PASSWORD and
+BERTH_FLEET_TOKEN). Without --etcd the agent uses no etcd. A flag wins over the environment, which wins over the
 --env-file, which wins over the default. SIGINT and SIGTERM stop every app
 gracefully and exit 0, except that under systemd a restart of the unit
 leaves the apps running for the next agent to adopt; SIGHUP re-reads the
