@@ -12,13 +12,17 @@ FUZZTIME ?= 60s
 FUZZMINIMIZE ?= 3s
 
 .DEFAULT_GOAL := help
-.PHONY: help build example run test bench lint fuzz e2e e2e-systemd e2e-load clean
+.PHONY: help build dev-etcd example run test bench lint fuzz e2e e2e-systemd e2e-load clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 build: ## build bin/berth (version from git via -ldflags -X)
 	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/berth
+
+dev-etcd: ## run a single-member etcd for fleet mode on http://127.0.0.1:2379 (data in ./.etcd; development only)
+	CGO_ENABLED=0 $(GO) build -o bin/berth-etcd ./cmd/berth-etcd
+	bin/berth-etcd --data $(CURDIR)/.etcd
 
 example: ## pack examples/hello into bin/hello.tar.gz (a release tarball)
 	rm -rf bin/hello-build && mkdir -p bin/hello-build
@@ -55,6 +59,7 @@ fuzz: ## fuzz each parser of untrusted input for FUZZTIME (default 60s)
 	$(GO) test ./agent/api -run '^$$' -fuzz '^FuzzDecodeKeys$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE)
 	$(GO) test ./agent/api -run '^$$' -fuzz '^FuzzDecodeRun$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE)
 	$(GO) test ./agent -run '^$$' -fuzz '^FuzzInboxTarget$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE)
+	$(GO) test ./agent/fleet -run '^$$' -fuzz '^FuzzViewApply$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE)
 	$(GO) test ./supervisor -run '^$$' -fuzz '^FuzzLogLines$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE)
 	$(GO) test ./supervisor -run '^$$' -fuzz '^FuzzReadLogs$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE)
 	$(GO) test ./agent/internal/procfs -run '^$$' -fuzz '^FuzzParseStat$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE)

@@ -249,6 +249,8 @@ func (a *Agent) Reload(cfg Config) error {
 		"inbox_quiet":  cfg.InboxQuiet != old.InboxQuiet,
 	}
 	fixed["metrics_listen"] = cfg.MetricsListen != old.MetricsListen
+	fixed["fleet"] = (cfg.Fleet == nil) != (old.Fleet == nil) ||
+		(cfg.Fleet != nil && (cfg.Fleet.Node != old.Fleet.Node || !slices.Equal(cfg.Fleet.Endpoints, old.Fleet.Endpoints)))
 	for name, changed := range fixed {
 		if changed {
 			a.log.Warn("setting changes only when the agent restarts", "setting", name)
@@ -661,7 +663,8 @@ func (a *Agent) listen(cfg Config, lns []net.Listener) (net.Listener, int, error
 //     release stays active, see interrupt), a follow stream ends. Wait
 //     until every operation has returned, so that its client got the
 //     "the agent is shutting down" error over a socket still served.
-//  2. Stop the inbox, the control socket's server and the watchdog.
+//  2. Stop fleet mode, the inbox, the control socket's server and the
+//     watchdog.
 //  3. Stop every app process gracefully (its stop signal, SIGKILL after
 //     its stop timeout, all at once) and forget their records.
 func (a *Agent) shutdown(cancelOps context.CancelFunc, sd *shutdownSteps) {

@@ -10,6 +10,8 @@
 // test); planning a rollout is a leaf of its own (agent/rollout), as are
 // health checks (agent/health), /proc parsing (agent/internal/procfs) and
 // the sk_lookup program that steers connections (agent/internal/steer).
+// Fleet mode (agent/fleet) sees the agent only through fleet.Node, which
+// fleetnode.go implements.
 //
 // # Files
 //
@@ -53,6 +55,9 @@
 //	               release, listed in ps while they run
 //	limits.go      resource limits of berth.json into specs; saying
 //	               when they are not enforced; OOM kills as events
+//	fleetnode.go   fleet.Node: a fleet release as a local release
+//	               ("Fleet vN: ..."), through the same activate as a
+//	               deploy; the fleet version and instances up of an app
 //
 // # Life cycle
 //
@@ -70,8 +75,10 @@
 // by an interrupted switch failed, starts every app on its active
 // release and formation (adopted instances of it are kept, steered ones
 // joined to their groups again; groups of types gone meanwhile are
-// dropped), serves the socket, tells systemd it is ready and watches the
-// inbox.
+// dropped), serves the socket, tells systemd it is ready, watches the
+// inbox and, with Config.Fleet, runs fleet mode (agent/fleet), which
+// talks to etcd only after all of that: the apps start from the store
+// whether or not etcd answers.
 //
 // When its context ends (SIGTERM), shutdown stops in order, what takes
 // work first:
@@ -82,7 +89,8 @@
 //     release active before it active again; a follow stream ends with
 //     the shutdown error. Once they have all returned (their clients got
 //     the error over a socket still served),
-//  2. the inbox, the control socket's server and the watchdog stop,
+//  2. fleet mode (giving its etcd lease up), the inbox, the control
+//     socket's server and the watchdog stop,
 //  3. every app process gets its stop signal, all at once (SIGKILL after
 //     its stop timeout), and Run returns nil. Unless the apps are left
 //     to the next agent: for an upgrade (Upgrade, SIGUSR2), and when

@@ -87,6 +87,17 @@ func startCluster(t *testing.T, n int) *cluster {
 	return c
 }
 
+// live returns the client URLs of the members not killed.
+func (c *cluster) live() []string {
+	var out []string
+	for i, m := range c.members {
+		if m != nil {
+			out = append(out, c.clients[i])
+		}
+	}
+	return out
+}
+
 // kill stops member i at once.
 func (c *cluster) kill(i int) {
 	if c.members[i] != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sync"
 	"time"
 
@@ -107,10 +108,15 @@ func (f *Fleet) step(ctx context.Context, cli *clientv3.Client, m *concurrency.M
 	if len(ro.Waves) == 0 {
 		return true, f.finish(ctx, cli, m, rev, ro)
 	}
+	if ro.Wave < 0 || ro.Wave >= len(ro.Waves) {
+		// Not a record berth wrote: end it rather than guess.
+		ro.State, ro.Reason, ro.Updated = RolloutFailed, fmt.Sprintf("bad rollout record: wave %d of %d", ro.Wave+1, len(ro.Waves)), time.Now().UTC()
+		return true, f.writeRollout(ctx, cli, m, rev, ro, nil)
+	}
 	f.mu.Lock()
-	statuses := f.view.statusesOf(app)
+	statuses, nodes := f.view.statusesOf(app), maps.Clone(f.view.nodes)
 	f.mu.Unlock()
-	res, reason := CheckWave(ro.Waves[ro.Wave], ro.To.Version, statuses)
+	res, reason := CheckWave(ro.Waves[ro.Wave], ro.To.Version, statuses, nodes)
 	if res == WavePending && time.Since(ro.Updated) > f.cfg.WaveTimeout {
 		res, reason = WaveFailed, fmt.Sprintf("wave %d of %d not healthy within %s", ro.Wave+1, len(ro.Waves), f.cfg.WaveTimeout)
 	}

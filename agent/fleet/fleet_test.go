@@ -1,8 +1,14 @@
 package fleet_test
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/berth-dev/berth/agent/fleet"
@@ -43,4 +49,262 @@ func TestFleet_DeployConvergesOnEveryNode(t *testing.T) {
 	if rels := f.nodes["n2"].releases(t, "web"); len(rels) != 1 {
 		t.Fatalf("restarted node n2: want still 1 local release, got %+v", rels)
 	}
+}
+
+// TestFleet_FailedWaveRollsBackFleetWide ensures a release that fails
+// its health check in the first wave is rolled back on that node, the
+// rollout fails with the node's reason, the app's release stays the
+// previous one, and the nodes of the later waves never see the release.
+func TestFleet_FailedWaveRollsBackFleetWide(t *testing.T) {
+	f := newTestFleet(t, 3)
+	for _, n := range []string{"n1", "n2", "n3"} {
+		f.startNode(n, nil, nil)
+	}
+	waitFor(t, 30e9, "3 nodes registered", func() bool { return len(f.status("web").Nodes) == 3 })
+	f.deploy("web", "n1", appBuild(t, "true", "good"), fleet.RolloutOptions{})
+	if ro := f.waitRollout("web", 1); ro.State != fleet.RolloutSucceeded {
+		t.Fatalf("v1: %s (%s)", ro.State, ro.Reason)
+	}
+	f.waitNodesUp("web", 1, "n1", "n2", "n3")
+
+	ro := f.deploy("web", "n1", appBuild(t, "exit 1", "bad"), fleet.RolloutOptions{WaveSize: 1})
+	if got := ro.Waves; len(got) != 3 || got[0][0] != "n1" {
+		t.Fatalf("waves: %v", got)
+	}
+	ro = f.waitRollout("web", 2)
+	if ro.State != fleet.RolloutFailed || !strings.Contains(ro.Reason, "node n1 failed v2") || ro.Wave != 0 {
+		t.Fatalf("rollout of the bad release: want failed in wave 1 because of n1, got %s in wave %d (%s)", ro.State, ro.Wave+1, ro.Reason)
+	}
+	st := f.status("web")
+	if st.Release == nil || st.Release.Version != 1 {
+		t.Fatalf("the app's release after a failed rollout: want v1, got %+v", st.Release)
+	}
+	f.waitNodesUp("web", 1, "n1", "n2", "n3")
+	if s := f.status("web").Statuses["n1"]; s.Failed != 2 || s.Error == "" {
+		t.Errorf("n1's status should say it failed v2 and why: %+v", s)
+	}
+	if got := f.nodes["n1"].fleetVersions(t, "web"); len(got) != 2 || got[0] != "Fleet v2/failed" || got[1] != "Fleet v1/active" {
+		t.Errorf("n1's local releases: want v2 failed and v1 active again, got %v", got)
+	}
+	for _, n := range []string{"n2", "n3"} {
+		if got := f.nodes[n].fleetVersions(t, "web"); len(got) != 1 || got[0] != "Fleet v1/active" {
+			t.Errorf("%s never had v2: want only v1 active, got %v", n, got)
+		}
+	}
+}
+
+// TestFleet_RolloutSurvivesEtcdMemberKill ensures that killing the etcd
+// leader while a rollout is in its first wave does not stop it: the
+// agents reach the other members and the rollout ends on every node.
+func TestFleet_RolloutSurvivesEtcdMemberKill(t *testing.T) {
+	f := newTestFleet(t, 3)
+	for _, n := range []string{"n1", "n2", "n3"} {
+		f.startNode(n, nil, nil)
+	}
+	waitFor(t, 30e9, "3 nodes registered", func() bool { return len(f.status("web").Nodes) == 3 })
+	gate := filepath.Join(dataDir(t), "gate")
+	f.deploy("web", "n1", gatedBuild(t, gate, "v1"), fleet.RolloutOptions{WaveSize: 1})
+	waitFor(t, 30e9, "n1 to be switching", func() bool { return f.status("web").Statuses["n1"].Switching })
+
+	leader := f.etcd.leader()
+	f.etcd.kill(leader)
+	t.Logf("killed etcd member %d, the leader, mid-rollout", leader)
+	if st := f.status("web"); st.Rollout == nil || st.Rollout.State != fleet.RolloutRunning || st.Rollout.Wave != 0 {
+		t.Fatalf("the rollout should still be in its first wave: %+v", st.Rollout)
+	}
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if ro := f.waitRollout("web", 1); ro.State != fleet.RolloutSucceeded {
+		t.Fatalf("rollout: %s (%s)", ro.State, ro.Reason)
+	}
+	f.waitNodesUp("web", 1, "n1", "n2", "n3")
+}
+
+// TestFleet_SecondRolloutRefused ensures a rollout of an app that has
+// one running is refused, and changes nothing.
+func TestFleet_SecondRolloutRefused(t *testing.T) {
+	f := newTestFleet(t, 1)
+	f.startNode("n1", nil, nil)
+	waitFor(t, 30e9, "node registered", func() bool { return len(f.status("web").Nodes) == 1 })
+	gate := filepath.Join(dataDir(t), "gate")
+	first := f.deploy("web", "n1", gatedBuild(t, gate, "v1"), fleet.RolloutOptions{})
+	digest := f.upload("n1", appBuild(t, "true", "other"))
+	_, err := f.client.Deploy(context.Background(), "web", digest, []string{"n1"}, "", fleet.RolloutOptions{})
+	if !errors.Is(err, fleet.ErrRolloutRunning) {
+		t.Fatalf("second rollout: want ErrRolloutRunning, got %v", err)
+	}
+	if _, err := f.client.SetConfig(context.Background(), "web", map[string]string{"A": "b"}, nil, fleet.RolloutOptions{}); err == nil {
+		t.Fatal("config change during a rollout: want an error")
+	}
+	if st := f.status("web"); st.Rollout == nil || st.Rollout.To.Build != first.To.Build || st.Rollout.State != fleet.RolloutRunning {
+		t.Fatalf("the running rollout changed: %+v", st.Rollout)
+	}
+	os.WriteFile(gate, nil, 0o644)
+	if ro := f.waitRollout("web", 1); ro.State != fleet.RolloutSucceeded {
+		t.Fatalf("rollout: %s (%s)", ro.State, ro.Reason)
+	}
+}
+
+// TestFleet_CutOffAgentKeepsServing ensures an agent that loses etcd
+// keeps its app running and restarts a crashed process, drops out of
+// the fleet's nodes (its lease ends) so a rollout goes on without it,
+// and converges onto the newer release once etcd is back.
+func TestFleet_CutOffAgentKeepsServing(t *testing.T) {
+	f := newTestFleet(t, 3)
+	link := startProxy(t, f.etcd.clients[0])
+	f.startNode("n1", nil, nil)
+	f.startNode("n2", nil, nil)
+	n3 := f.startNode("n3", []string{link.url()}, nil)
+	waitFor(t, 30e9, "3 nodes registered", func() bool { return len(f.status("web").Nodes) == 3 })
+	f.deploy("web", "n1", appBuild(t, "true", "v1"), fleet.RolloutOptions{})
+	f.waitRollout("web", 1)
+	f.waitNodesUp("web", 1, "n1", "n2", "n3")
+
+	link.setCut(true)
+	waitFor(t, 30e9, "n3's lease to end", func() bool { _, ok := f.status("web").Nodes["n3"]; return !ok })
+	pid := n3.webPID(t, "web")
+	if pid == 0 {
+		t.Fatal("n3 stopped its app when it lost etcd")
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30e9, "n3 to restart its crashed web.1 without etcd", func() bool {
+		p := n3.webPID(t, "web")
+		return p != 0 && p != pid
+	})
+
+	ro := f.deploy("web", "n1", appBuild(t, "true", "v2"), fleet.RolloutOptions{})
+	if len(ro.Waves) != 1 || slices.Contains(ro.Waves[0], "n3") {
+		t.Fatalf("a node without a lease is not in a rollout: %v", ro.Waves)
+	}
+	if ro := f.waitRollout("web", 2); ro.State != fleet.RolloutSucceeded {
+		t.Fatalf("rollout without n3: %s (%s)", ro.State, ro.Reason)
+	}
+	if got := n3.fleetVersions(t, "web"); len(got) != 1 || got[0] != "Fleet v1/active" || n3.webPID(t, "web") == 0 {
+		t.Fatalf("cut-off n3 should run v1 on: %v", got)
+	}
+
+	// What n3 missed is compacted away: its watch cannot resume from
+	// where it was, so it lists again.
+	f.compact()
+	link.setCut(false)
+	f.waitNodesUp("web", 2, "n3")
+	if b, _ := os.ReadFile(n3.log); !bytes.Contains(b, []byte("compacted")) {
+		t.Error("n3 should have listed again after its watch met the compaction")
+	}
+}
+
+// TestFleet_NewNodeRunsCurrentRelease ensures a node that joins runs
+// the app's current release when the placement includes it (it fetches
+// the build from a node that has it), and one the placement leaves out
+// runs nothing.
+func TestFleet_NewNodeRunsCurrentRelease(t *testing.T) {
+	f := newTestFleet(t, 3)
+	web := map[string]string{"role": "web"}
+	f.startNode("n1", nil, web)
+	f.startNode("n2", nil, web)
+	waitFor(t, 30e9, "2 nodes registered", func() bool { return len(f.status("web").Nodes) == 2 })
+	if err := f.client.SetPlacement(context.Background(), "web", fleet.Placement{Labels: web}); err != nil {
+		t.Fatal(err)
+	}
+	f.deploy("web", "n1", appBuild(t, "true", "v1"), fleet.RolloutOptions{})
+	f.waitRollout("web", 1)
+	if _, err := f.client.SetConfig(context.Background(), "web", map[string]string{"GREETING": "hi"}, nil, fleet.RolloutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if ro := f.waitRollout("web", 2); ro.State != fleet.RolloutSucceeded {
+		t.Fatalf("config rollout: %s (%s)", ro.State, ro.Reason)
+	}
+
+	n3 := f.startNode("n3", nil, web)
+	n4 := f.startNode("n4", nil, map[string]string{"role": "db"})
+	f.waitNodesUp("web", 2, "n1", "n2", "n3")
+	rels := n3.releases(t, "web")
+	if len(rels) != 1 || !strings.HasPrefix(rels[0].Description, "Fleet v2:") {
+		t.Fatalf("n3: want fleet v2 as its only release, got %+v", rels)
+	}
+	cfg, err := n3.api.Config(context.Background(), "web")
+	if err != nil || cfg["GREETING"] != "hi" {
+		t.Fatalf("n3's config: %v, %v", cfg, err)
+	}
+	if _, ok := f.status("web").Statuses["n4"]; ok || len(n4.releases(t, "web")) != 0 {
+		t.Fatal("n4 is not placed and must not run the app")
+	}
+}
+
+// TestFleet_BadInputChangesNothing ensures bad input is refused with a
+// clear error and leaves etcd and the nodes as they were.
+func TestFleet_BadInputChangesNothing(t *testing.T) {
+	f := newTestFleet(t, 1)
+	f.startNode("n1", nil, nil)
+	waitFor(t, 30e9, "node registered", func() bool { return len(f.status("web").Nodes) == 1 })
+	ctx := context.Background()
+	addr := f.status("web").Nodes["n1"].Address
+	peerTLS, _ := fleet.LoadTLS(f.cert, f.key, f.ca)
+	body := appBuild(t, "true", "v1")
+	wrong := strings.Repeat("0", 64)
+	if err := fleet.Upload(ctx, addr, peerTLS, f.token, bytes.NewReader(body), wrong); err == nil || !strings.Contains(err.Error(), "SHA-256") {
+		t.Errorf("upload with a wrong digest: want a SHA-256 mismatch, got %v", err)
+	}
+	if err := fleet.Upload(ctx, addr, peerTLS, "not-the-token", bytes.NewReader(body), wrong); err == nil || !strings.Contains(err.Error(), "401") {
+		t.Errorf("upload without the token: want 401, got %v", err)
+	}
+	if _, err := f.client.Deploy(ctx, "web", "not-a-digest", nil, "", fleet.RolloutOptions{}); !errors.Is(err, fleet.ErrInvalid) {
+		t.Errorf("deploy of a bad digest: want ErrInvalid, got %v", err)
+	}
+	if _, err := f.client.Deploy(ctx, "Bad_App", wrong, nil, "", fleet.RolloutOptions{}); !errors.Is(err, fleet.ErrInvalid) {
+		t.Errorf("deploy of a bad app name: want ErrInvalid, got %v", err)
+	}
+	if _, err := f.client.Deploy(ctx, "web", wrong, nil, "", fleet.RolloutOptions{WaveSize: -1}); !errors.Is(err, fleet.ErrInvalid) {
+		t.Errorf("deploy with a negative wave size: want ErrInvalid, got %v", err)
+	}
+	if _, err := f.client.Rollback(ctx, "web", 0, fleet.RolloutOptions{}); !errors.Is(err, fleet.ErrNotFound) {
+		t.Errorf("rollback of an app never deployed: want ErrNotFound, got %v", err)
+	}
+	if st := f.status("web"); st.Rollout != nil || st.Release != nil {
+		t.Errorf("bad input changed etcd: %+v", st)
+	}
+	if rels := f.nodes["n1"].releases(t, "web"); len(rels) != 0 {
+		t.Errorf("bad input changed the node: %+v", rels)
+	}
+}
+
+// TestFleet_DriverDiesAnotherTakesOver ensures a rollout survives the
+// agent driving it: when it is killed (kill -9) its lease ends, another
+// agent takes the app's rollout lock, records itself as the driver and
+// ends the rollout on the nodes left.
+func TestFleet_DriverDiesAnotherTakesOver(t *testing.T) {
+	f := newTestFleet(t, 3)
+	for _, n := range []string{"n1", "n2", "n3"} {
+		f.startNode(n, nil, nil)
+	}
+	waitFor(t, 30e9, "3 nodes registered", func() bool { return len(f.status("web").Nodes) == 3 })
+	gate := filepath.Join(dataDir(t), "gate")
+	f.deploy("web", "n1", gatedBuild(t, gate, "v1"), fleet.RolloutOptions{WaveSize: 1})
+	var driver string
+	waitFor(t, 30e9, "a driver", func() bool {
+		ro := f.status("web").Rollout
+		driver = ro.Driver
+		return driver != ""
+	})
+	dead := f.nodes[driver]
+	dead.cmd.Process.Kill()
+	<-dead.done
+	waitFor(t, 30e9, "another agent to drive the rollout", func() bool {
+		ro := f.status("web").Rollout
+		return ro.Driver != "" && ro.Driver != driver
+	})
+	os.WriteFile(gate, nil, 0o644)
+	if ro := f.waitRollout("web", 1); ro.State != fleet.RolloutSucceeded {
+		t.Fatalf("rollout after its driver died: %s (%s)", ro.State, ro.Reason)
+	}
+	var alive []string
+	for name := range f.nodes {
+		if name != driver {
+			alive = append(alive, name)
+		}
+	}
+	f.waitNodesUp("web", 1, alive...)
 }

@@ -16,6 +16,9 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
 	"github.com/berth-dev/berth/agent/api"
 	"github.com/berth-dev/berth/agent/fleet"
 )
@@ -264,4 +267,70 @@ func tarball(t *testing.T, files map[string]string) []byte {
 	tw.Close()
 	gz.Close()
 	return buf.Bytes()
+}
+
+// gatedBuild is appBuild with a release phase that waits until the file
+// gate exists: a rollout of it stays in its first wave until the test
+// opens the gate.
+func gatedBuild(t *testing.T, gate, marker string) []byte {
+	t.Helper()
+	return tarball(t, map[string]string{
+		"Procfile":   `web: echo "release=$BERTH_RELEASE"; exec sleep 1000` + "\n" + `release: while [ ! -e ` + gate + ` ]; do sleep 0.05; done` + "\n",
+		"berth.json": `{"processes":{"web":{"healthcheck":{"exec":"true","interval":"50ms","timeout":"2s","retries":2}}}}`,
+		"README":     marker,
+	})
+}
+
+// status returns the app's status in etcd.
+func (f *testFleet) status(app string) fleet.AppStatus {
+	f.t.Helper()
+	st, err := f.client.Status(context.Background(), app)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return st
+}
+
+// fleetVersions returns the fleet versions of the node's local releases
+// of app, newest first.
+func (n *testNode) fleetVersions(t *testing.T, app string) []string {
+	t.Helper()
+	var out []string
+	for _, r := range n.releases(t, app) {
+		v, _, _ := strings.Cut(r.Description, ":")
+		out = append(out, v+"/"+r.Status)
+	}
+	return out
+}
+
+// webPID returns the pid of the app's web.1 on the node (0: none running).
+func (n *testNode) webPID(t *testing.T, app string) int {
+	t.Helper()
+	ps, err := n.api.Processes(context.Background(), app)
+	if err != nil {
+		return 0
+	}
+	for _, p := range ps {
+		if p.Instance == "web.1" && p.State == "running" {
+			return p.PID
+		}
+	}
+	return 0
+}
+
+// compact compacts etcd's history up to the current revision.
+func (f *testFleet) compact() {
+	f.t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: f.etcd.live(), Logger: zap.NewNop()})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer cli.Close()
+	resp, err := cli.Get(context.Background(), "/")
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	if _, err := cli.Compact(context.Background(), resp.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
+		f.t.Fatal(err)
+	}
 }

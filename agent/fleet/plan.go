@@ -74,11 +74,16 @@ const (
 )
 
 // CheckWave tells whether the wave's nodes run version, and, on a
-// failure, the reason naming the node.
-func CheckWave(wave []string, version int, statuses map[string]Status) (WaveResult, string) {
+// failure, the reason naming the node. A node that left the fleet (no
+// record under nodes/: its lease ended) is not waited for: it runs the
+// app's release when it comes back.
+func CheckWave(wave []string, version int, statuses map[string]Status, nodes map[string]NodeInfo) (WaveResult, string) {
 	res := WaveUp
 	for _, node := range wave {
 		st, ok := statuses[node]
+		if _, live := nodes[node]; !live {
+			continue
+		}
 		switch {
 		case ok && st.Failed == version:
 			return WaveFailed, fmt.Sprintf("node %s failed v%d: %s", node, version, st.Error)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -32,6 +33,8 @@ type settings struct {
 	// ParseFlags and again on every reload (like systemd's
 	// EnvironmentFile=, but re-read on SIGHUP).
 	EnvFile string
+	// Fleet are the fleet-mode settings, turned into Config.Fleet.
+	Fleet fleetSettings
 }
 
 // Main is the agent program (`berth agent`): ParseFlags reads its
@@ -122,7 +125,7 @@ var agentSettings = []agentSetting{
 func (m *settings) flagSet() *pflag.FlagSet {
 	fs := pflag.NewFlagSet("berth agent", pflag.ContinueOnError)
 	fs.SortFlags = false
-	for _, s := range agentSettings {
+	for _, s := range slices.Concat(agentSettings, fleetAgentSettings) {
 		s.declare(fs, m, s.flag, s.usage+" [$"+s.env+"]")
 	}
 	return fs
@@ -176,7 +179,7 @@ func (m *Main) parse(args []string) (settings, error) {
 		return n, usagef("berth agent", "berth agent takes no arguments, got %q", fs.Arg(0))
 	}
 	fromEnv := func(getenv func(string) string, where string) error {
-		for _, s := range agentSettings {
+		for _, s := range slices.Concat(agentSettings, fleetAgentSettings) {
 			v := getenv(s.env)
 			if v == "" || fs.Changed(s.flag) {
 				continue
@@ -206,6 +209,11 @@ func (m *Main) parse(args []string) (settings, error) {
 		return n, usagef("berth agent", "bad log format %q: want text or json", n.LogFormat)
 	}
 	n.Config.Version = version
+	fc, err := n.Fleet.fleetConfig(m.Getenv)
+	if err != nil {
+		return n, usagef("berth agent", "%v", err)
+	}
+	n.Config.Fleet = fc
 	return n, nil
 }
 

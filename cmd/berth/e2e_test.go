@@ -95,6 +95,8 @@ type e2e struct {
 	sock  string
 	port  int
 	agent *agentProc
+	// env is added to the environment of the agent and the CLI.
+	env []string
 }
 
 type agentProc struct {
@@ -182,7 +184,7 @@ func (e *e2e) spawnAgent(extra ...string) *agentProc {
 		"--stop-timeout", "2s", "--lock-timeout", "300ms", "--inbox-quiet", "200ms", "--log-level", "debug",
 		"--settle", "300ms", "--probation", "300ms"}, extra...)
 	cmd := exec.Command(e.bin, args...)
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, e.env...)
 	log := &lockedBuffer{}
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
@@ -230,7 +232,7 @@ func (e *e2e) berth(args ...string) (string, string, int) {
 func (e *e2e) berthAs(cred *syscall.Credential, args ...string) (string, string, int) {
 	e.t.Helper()
 	cmd := exec.Command(e.bin, args...)
-	cmd.Env = []string{"BERTH_SOCKET=" + e.sock, "PATH=" + os.Getenv("PATH")}
+	cmd.Env = append([]string{"BERTH_SOCKET=" + e.sock, "PATH=" + os.Getenv("PATH")}, e.env...)
 	if cred != nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	}
@@ -261,7 +263,7 @@ type follower struct {
 func (e *e2e) follow(args ...string) *follower {
 	e.t.Helper()
 	cmd := exec.Command(e.bin, args...)
-	cmd.Env = []string{"BERTH_SOCKET=" + e.sock, "PATH=" + os.Getenv("PATH")}
+	cmd.Env = append([]string{"BERTH_SOCKET=" + e.sock, "PATH=" + os.Getenv("PATH")}, e.env...)
 	f := &follower{t: e.t, cmd: cmd, out: &lockedBuffer{}, done: make(chan error, 1)}
 	cmd.Stdout, cmd.Stderr = f.out, f.out
 	if err := cmd.Start(); err != nil {

@@ -95,6 +95,7 @@ machine-readable output (go doc github.com/berth-dev/berth/cmd/berth).`,
 		newEventsCmd(g),
 		newVersionCmd(g),
 		newSystemdCmd(),
+		newFleetCmd(g),
 	)
 	return root
 }
