@@ -72,13 +72,16 @@ fuzz: ## fuzz each parser of untrusted input for FUZZTIME (default 60s)
 	$(GO) test ./agent/internal/procfs -run '^$$' -fuzz '^FuzzParseNetTCP$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE)
 	$(GO) test ./agent/internal/procfs -run '^$$' -fuzz '^FuzzParseDiag$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE)
 
-e2e: e2e-systemd e2e-load ## all slow end-to-end suites
+e2e: e2e-systemd e2e-load e2e-fleet ## all slow end-to-end suites
 
 e2e-systemd: build example ## boot systemd in systemd-nspawn and test install, reboot, kill -9, watchdog, stop, power cut
 	$(GO) test -tags e2e_systemd -run . -v -count=1 -timeout 20m ./systemd/e2e/
 
 e2e-load: build example ## requests during 10 deploys + 10 config changes on six apps; 50 switches without SIGKILL; config set time
 	$(GO) test -tags e2e_load -run . -v -count=1 -timeout 20m ./agent/e2e/load/
+
+e2e-fleet: build example ## three agents in network namespaces follow one etcd: waves of one, a bad release rolled back, a 30 s etcd outage
+	$(GO) test -tags e2e_fleet -run . -v -count=1 -timeout 20m ./agent/fleet/e2e/
 
 clean: ## remove bin/ and the local state under .berth/
 	rm -rf bin .berth
