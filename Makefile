@@ -12,7 +12,7 @@ FUZZTIME ?= 60s
 FUZZMINIMIZE ?= 3s
 
 .DEFAULT_GOAL := help
-.PHONY: help build dev-etcd example run test bench bench-fleet lint fuzz e2e e2e-systemd e2e-load clean
+.PHONY: help build dev-etcd example run test bench bench-fleet lint fuzz e2e e2e-systemd e2e-load e2e-fleet clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
