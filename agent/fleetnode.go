@@ -7,6 +7,7 @@ import (
 	"io"
 	"maps"
 	"regexp"
+	"slices"
 	"strconv"
 	"time"
 
@@ -72,7 +73,7 @@ func checkFleetRelease(r fleet.Release) error {
 	return nil
 }
 
-func (a *Agent) applyFleet(ctx context.Context, r fleet.Release) error {
+func (a *Agent) applyFleet(ctx context.Context, r fleet.Release) (retErr error) {
 	a.gcMu.RLock()
 	unpin := a.pin(r.Build)
 	a.gcMu.RUnlock()
@@ -89,16 +90,44 @@ func (a *Agent) applyFleet(ctx context.Context, r fleet.Release) error {
 		return err
 	}
 	defer unlock()
-	if _, err := a.store.App(r.App); errors.Is(err, state.ErrAppNotFound) {
-		if _, err := a.store.CreateApp(r.App); err != nil && !errors.Is(err, state.ErrAppExists) {
+	app, err := a.store.App(r.App)
+	if errors.Is(err, state.ErrAppNotFound) {
+		if app, err = a.store.CreateApp(r.App); err != nil && !errors.Is(err, state.ErrAppExists) {
 			return fmt.Errorf("fleet: %w", err)
 		}
 		a.appendEvent(r.App, "create", "created app "+r.App+" for fleet v"+strconv.Itoa(r.Version))
 	} else if err != nil {
 		return err
 	}
-	if active, err := a.store.ActiveRelease(r.App); err == nil && fleetVersion(active) == r.Version &&
-		active.Build == r.Build && maps.Equal(active.Config, r.Config) {
+	active, activeErr := a.store.ActiveRelease(r.App)
+	converged := activeErr == nil && fleetVersion(active) == r.Version &&
+		active.Build == r.Build && maps.Equal(active.Config, r.Config)
+	if app.Stopped {
+		// The fleet places the app here again: the counts of the active
+		// release come back (those of r with a switch below).
+		var f map[string]int
+		if activeErr == nil {
+			f = active.Formation
+		}
+		if _, err := a.store.ResumeApp(r.App, f); err != nil {
+			return fmt.Errorf("fleet v%d: start %s again: %w", r.Version, r.App, err)
+		}
+		a.appendEvent(r.App, "scale", "placed on this node again by the fleet: the processes start")
+		defer func() {
+			if retErr != nil && !converged {
+				a.startActive(r.App) // after a switch that failed, what it kept runs
+			}
+		}()
+		if converged {
+			insts, err := a.converge(a.opCtx, r.App, active, b, false, true, newProgress(nil))
+			setLive(insts)
+			if err != nil {
+				return fmt.Errorf("fleet v%d: start %s again: %w", r.Version, r.App, err)
+			}
+			return nil
+		}
+	}
+	if converged {
 		return nil // converged already: nothing to do
 	}
 	formation, err := a.store.Formation(r.App)
@@ -141,6 +170,9 @@ func (n fleetNode) AppStatus(ctx context.Context, app string) (fleet.LocalStatus
 		return fleet.LocalStatus{}, err
 	}
 	ls := fleet.LocalStatus{Version: fleetVersion(active)}
+	if rec, err := a.store.App(app); err == nil {
+		ls.Stopped = rec.Stopped
+	}
 	for _, p := range a.processes(app) {
 		if p.Mode == "one-off" || p.Release != active.Version {
 			continue
@@ -166,6 +198,63 @@ func (n fleetNode) AppStatus(ctx context.Context, app string) (fleet.LocalStatus
 		}
 	}
 	return ls, nil
+}
+
+// Stop scales every process type of a fleet app to 0 and marks it
+// stopped in the store, so a restarted agent starts none of its
+// processes; its releases, builds, config and ports stay, and Apply
+// brings it back with the active release's formation. An app that does
+// not exist, has no active release or whose active release is not a
+// fleet release (the node's own) is left alone. Stopping again only
+// makes sure nothing runs.
+func (n fleetNode) Stop(ctx context.Context, app string) error {
+	a := n.a
+	return do0(a, ctx, opts{app: app, lock: true}, func(context.Context) error {
+		return a.stopFleet(app)
+	})
+}
+
+func (a *Agent) stopFleet(app string) error {
+	rel, b, err := a.activeBuild(app)
+	if errors.Is(err, state.ErrAppNotFound) || errors.Is(err, state.ErrNoActiveRelease) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	if fleetVersion(rel) == 0 {
+		return nil // not a fleet app: the node's own
+	}
+	rec, err := a.store.App(app)
+	if err != nil {
+		return err
+	}
+	if !rec.Stopped {
+		types := slices.DeleteFunc(b.Procfile.Types(), func(t string) bool { return t == "release" })
+		if _, err := a.store.StopApp(app, types); err != nil {
+			return fmt.Errorf("stop %s: %w", app, err)
+		}
+		a.appendEvent(app, "scale", "not placed on this node by the fleet any more: every process type scaled to 0")
+	}
+	insts, err := a.converge(a.opCtx, app, rel, b, false, true, newProgress(nil))
+	setLive(insts)
+	if err != nil {
+		return fmt.Errorf("stop %s: %w", app, err)
+	}
+	return nil
+}
+
+// startActive starts what the formation says of the app's active
+// release, if it has one; errors are logged: the caller already fails.
+func (a *Agent) startActive(app string) {
+	rel, b, err := a.activeBuild(app)
+	if err != nil {
+		return
+	}
+	insts, err := a.converge(a.opCtx, app, rel, b, false, false, newProgress(nil))
+	setLive(insts)
+	if err != nil {
+		a.log.Error("start the active release again", "app", app, "version", rel.Version, "error", err)
+	}
 }
 
 // HasBuild reports whether the build is imported.

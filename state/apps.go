@@ -3,6 +3,7 @@ package state
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"sort"
 	"time"
 
@@ -15,6 +16,9 @@ type App struct {
 	User          string // run-as user; empty means the agent's default
 	CreatedAt     time.Time
 	ActiveRelease int // the active version, 0 when none
+	// Stopped says the fleet stopped the app on this node (StopApp):
+	// every type is scaled to 0 until ResumeApp.
+	Stopped bool
 }
 
 // appRecord is an app as stored under apps/<name>.
@@ -24,10 +28,11 @@ type appRecord struct {
 	CreatedAt   time.Time `json:"created_at"`
 	LastVersion int       `json:"last_version"` // the newest version allocated; never decremented
 	Active      int       `json:"active"`       // the active version, 0 when none
+	Stopped     bool      `json:"stopped,omitempty"`
 }
 
 func (r appRecord) app() App {
-	return App{Name: r.Name, User: r.User, CreatedAt: r.CreatedAt, ActiveRelease: r.Active}
+	return App{Name: r.Name, User: r.User, CreatedAt: r.CreatedAt, ActiveRelease: r.Active, Stopped: r.Stopped}
 }
 
 // loadApp reads the app's record, failing with ErrAppNotFound (or a
@@ -165,6 +170,73 @@ func (s *Store) SetAppUser(name, user string) (App, error) {
 	})
 	if err != nil {
 		return App{}, fmt.Errorf("set user of app: %w", err)
+	}
+	return rec.app(), nil
+}
+
+// StopApp scales every type of types (and of the app's formation) to 0
+// and marks the app stopped, in one transaction, so an agent restarted
+// afterwards starts none of its processes. Its releases stay.
+func (s *Store) StopApp(name string, types []string) (App, error) {
+	var rec appRecord
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		var err error
+		if rec, err = loadApp(tx, name); err != nil {
+			return err
+		}
+		f, err := loadFormation(tx, name)
+		if err != nil {
+			return err
+		}
+		for t := range f {
+			f[t] = 0
+		}
+		for _, t := range types {
+			if err := ValidateProcessType(t); err != nil {
+				return err
+			}
+			f[t] = 0
+		}
+		if err := putJSON(tx.Bucket(bucketFormation), []byte(name), f); err != nil {
+			return err
+		}
+		rec.Stopped = true
+		return saveApp(tx, rec)
+	})
+	if err != nil {
+		return App{}, fmt.Errorf("stop app: %w", err)
+	}
+	return rec.app(), nil
+}
+
+// ResumeApp merges formation into the app's formation (as SetFormation)
+// and clears the mark StopApp set, in one transaction.
+func (s *Store) ResumeApp(name string, formation map[string]int) (App, error) {
+	if err := validateFormation(formation); err != nil {
+		return App{}, fmt.Errorf("resume app %s: %w", name, err)
+	}
+	var rec appRecord
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		var err error
+		if rec, err = loadApp(tx, name); err != nil {
+			return err
+		}
+		cur, err := loadFormation(tx, name)
+		if err != nil {
+			return err
+		}
+		maps.Copy(cur, formation)
+		if err := checkTotals(tx, name, cur); err != nil {
+			return err
+		}
+		if err := putJSON(tx.Bucket(bucketFormation), []byte(name), cur); err != nil {
+			return err
+		}
+		rec.Stopped = false
+		return saveApp(tx, rec)
+	})
+	if err != nil {
+		return App{}, fmt.Errorf("resume app: %w", err)
 	}
 	return rec.app(), nil
 }

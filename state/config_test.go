@@ -60,6 +60,51 @@ func TestStore_Formation(t *testing.T) {
 	}
 }
 
+// TestStore_StopApp ensures StopApp scales every type (the formation's
+// and the ones given) to 0 and marks the app stopped, that the mark
+// survives reopening the store, and that ResumeApp restores the counts
+// and clears it; bad input changes nothing.
+func TestStore_StopApp(t *testing.T) {
+	path := t.TempDir() + "/berth.db"
+	s := openAt(t, path, Config{})
+	mustApp(t, s, "web")
+	if _, err := s.SetFormation("web", map[string]int{"web": 2}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.StopApp("web", []string{"bad type!"}); err == nil {
+		t.Fatal("StopApp with a bad type name: no error")
+	}
+	if a, _ := s.App("web"); a.Stopped {
+		t.Fatal("a refused StopApp marked the app stopped")
+	}
+	a, err := s.StopApp("web", []string{"worker"})
+	if err != nil || !a.Stopped {
+		t.Fatalf("StopApp = %+v, %v", a, err)
+	}
+	if f, _ := s.Formation("web"); !maps.Equal(f, map[string]int{"web": 0, "worker": 0}) {
+		t.Fatalf("Formation after StopApp = %v", f)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openAt(t, path, Config{})
+	if a, err := s.App("web"); err != nil || !a.Stopped {
+		t.Fatalf("after reopening: App = %+v, %v; want stopped", a, err)
+	}
+	if _, err := s.ResumeApp("web", map[string]int{"web": -1}); err == nil {
+		t.Fatal("ResumeApp with a negative count: no error")
+	}
+	a, err = s.ResumeApp("web", map[string]int{"web": 2, "worker": 1})
+	if err != nil || a.Stopped {
+		t.Fatalf("ResumeApp = %+v, %v", a, err)
+	}
+	if f, _ := s.Formation("web"); !maps.Equal(f, map[string]int{"web": 2, "worker": 1}) {
+		t.Fatalf("Formation after ResumeApp = %v", f)
+	}
+	_, err = s.StopApp("nope", nil)
+	wantErr(t, err, ErrAppNotFound, `"nope"`)
+}
+
 // TestStore_Port ensures ports are allocated lowest-free from the base
 // across all apps, stored, and the same forever after, whatever base a
 // later call passes.

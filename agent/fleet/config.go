@@ -21,6 +21,13 @@ type Node interface {
 	// AppStatus says what the node runs of the app (the zero value when
 	// the app does not exist).
 	AppStatus(ctx context.Context, app string) (LocalStatus, error)
+	// Stop stops every instance of an app whose active release is a
+	// fleet release, as if every process type were scaled to 0, and
+	// records that the fleet stopped it, so a restarted agent does not
+	// start it; its releases and builds stay. It does nothing to an app
+	// that does not exist, has no active release or whose active
+	// release is not a fleet release. Apply starts the app again.
+	Stop(ctx context.Context, app string) error
 	// HasBuild reports whether the build is imported.
 	HasBuild(digest string) bool
 	// ImportBuild imports a tarball whose SHA-256 must be digest.
@@ -40,6 +47,9 @@ type LocalStatus struct {
 	// record, so a restarted agent does not try it again.
 	Failed int
 	Reason string
+	// Stopped says the fleet stopped the app here (Node.Stop) and
+	// nothing started it since.
+	Stopped bool
 }
 
 // Config is fleet mode's configuration. The zero value of each field

@@ -14,17 +14,55 @@ import (
 // active local release carries, and applies the target where they
 // differ, one app at a time per app, through the agent's own switch. A
 // version the node failed stays failed (reported, not retried) until the
-// target changes.
+// target changes. An app the node runs as a fleet app but is no longer
+// placed for is stopped (Node.Stop), only while the node's own record is
+// in the view: a node that dropped out of nodes/ (its lease ended, or the
+// view is not listed yet) stops nothing.
 
-// converge runs until ctx ends, waiting for the apply goroutines it
-// started.
+// action is what a node does of an app at a change of the view.
+type action int
+
+const (
+	actNone  action = iota
+	actApply        // switch to the target, or start it again after a stop
+	actStop         // stop every instance: the node is not placed
+)
+
+// decide is what a node does of an app: target and ok are what it
+// should run (Target), removable says the node may stop the app if ok is
+// false (the node is live and the app has a fleet release: it is only
+// not placed), and ls is what it runs. Pure, so it is tested alone.
+func decide(target Release, ok, removable bool, ls LocalStatus) action {
+	switch {
+	case ok && ls.Stopped:
+		return actApply
+	case ok && ls.Version != target.Version && ls.Failed != target.Version:
+		return actApply
+	case !ok && removable && ls.Version > 0 && !ls.Stopped:
+		return actStop
+	}
+	return actNone
+}
+
+// job is an app to converge: r to apply, or, with stop, to stop.
+type job struct {
+	app  string
+	r    Release
+	stop bool
+}
+
+// converge runs until ctx ends, waiting for the goroutines it started.
 func (f *Fleet) converge(ctx context.Context) {
 	var wg converging
 	defer wg.wait()
 	for {
 		changed := f.changed.wait()
-		for _, r := range f.due(ctx) {
-			wg.start(func() { f.apply(ctx, r) })
+		for _, j := range f.due(ctx) {
+			if j.stop {
+				wg.start(func() { f.stop(ctx, j.app) })
+			} else {
+				wg.start(func() { f.apply(ctx, j.r) })
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -34,31 +72,76 @@ func (f *Fleet) converge(ctx context.Context) {
 	}
 }
 
-// due returns the targets to apply now and marks their apps busy.
-func (f *Fleet) due(ctx context.Context) []Release {
+// due returns the apps to converge now and marks them busy.
+func (f *Fleet) due(ctx context.Context) []job {
+	type candidate struct {
+		app           string
+		r             Release
+		ok, removable bool
+	}
 	f.mu.Lock()
 	v := f.view
-	var targets []Release
+	_, live := v.nodes[f.cfg.Node]
+	var cands []candidate
 	for _, app := range v.apps() {
-		if r, ok := v.target(f.cfg.Node, app); ok && !f.busy[app] && f.failed[app].version != r.Version && !time.Now().Before(f.retryAt[app]) {
-			targets = append(targets, r)
+		if f.busy[app] || time.Now().Before(f.retryAt[app]) {
+			continue
+		}
+		r, ok := v.target(f.cfg.Node, app)
+		_, hasRelease := v.releases[app]
+		switch {
+		case ok && f.failed[app].version == r.Version:
+		case ok || (live && hasRelease):
+			cands = append(cands, candidate{app: app, r: r, ok: ok, removable: live && hasRelease})
 		}
 	}
 	f.mu.Unlock()
-	var out []Release
-	for _, r := range targets {
-		ls, err := f.node.AppStatus(ctx, r.App)
-		if err == nil && (ls.Version == r.Version || ls.Failed == r.Version) {
-			continue // converged, or failed here already (reported)
+	var out []job
+	for _, c := range cands {
+		ls, err := f.node.AppStatus(ctx, c.app)
+		if err != nil && !c.ok {
+			continue // not known to run: nothing to stop
+		}
+		act := decide(c.r, c.ok, c.removable, ls)
+		if act == actNone {
+			continue // converged, failed here already (reported), or stopped
 		}
 		f.mu.Lock()
-		if !f.busy[r.App] {
-			f.busy[r.App] = true
-			out = append(out, r)
+		if !f.busy[c.app] {
+			f.busy[c.app] = true
+			out = append(out, job{app: c.app, r: c.r, stop: act == actStop})
 		}
 		f.mu.Unlock()
 	}
 	return out
+}
+
+// stop stops the app the node is no longer placed for. Its status record
+// goes once the node reports it stopped (report.go). A stop that failed
+// is tried again after Retry.
+func (f *Fleet) stop(ctx context.Context, app string) {
+	log := f.log.With("app", app)
+	log.Info("not placed on this node; stopping the app")
+	err := f.node.Stop(ctx, app)
+	failed := err != nil && ctx.Err() == nil
+	f.mu.Lock()
+	delete(f.busy, app)
+	delete(f.failed, app)
+	delete(f.fetchErr, app)
+	delete(f.fetchTries, app)
+	delete(f.retryAt, app)
+	if failed {
+		f.retryAt[app] = time.Now().Add(f.cfg.Retry)
+	}
+	f.mu.Unlock()
+	f.changed.notify() // the status changed; and the target may have meanwhile
+	switch {
+	case failed:
+		log.Error("stopping the app failed; trying again", "error", err)
+		f.later(ctx, f.cfg.Retry)
+	case err == nil:
+		log.Info("stopped")
+	}
 }
 
 // apply fetches the build if need be and switches the app to r. A

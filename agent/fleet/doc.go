@@ -5,10 +5,10 @@
 // and drives the rollouts whose lock it holds. `berth fleet` (Client)
 // changes the desired state.
 //
-// It depends on the agent only through Node (Apply, AppStatus, HasBuild,
-// ImportBuild); it must not import package agent, bbolt or etcd's server
-// (agent/deps_test.go checks it). Without Config.Fleet nothing here runs
-// and the agent talks to no etcd.
+// It depends on the agent only through Node (Apply, AppStatus, Stop,
+// HasBuild, ImportBuild); it must not import package agent, bbolt or
+// etcd's server (agent/deps_test.go checks it). Without Config.Fleet
+// nothing here runs and the agent talks to no etcd.
 //
 // # Keys in etcd
 //
@@ -42,7 +42,18 @@
 // on the node is reported (Status.Failed, Status.Error) and not retried
 // until the target changes, also after a restart (the failed local
 // release says so). A build no node can give yet is tried again, backing
-// off to a minute. A node never removes an app on its own.
+// off to a minute.
+//
+// A node that the placement leaves out (no target) stops an app it runs
+// as a fleet app (its active local release is a fleet release) at once,
+// through Node.Stop: every process type scaled to 0, recorded in the
+// agent's store so a restart keeps it stopped; its local releases and
+// builds stay. It then deletes its status record for the app, so `fleet
+// status` and a rollout's waves no longer count it. Placed again, or
+// reached by a rollout, it converges as usual: Apply starts the app again
+// with its release's formation (switching first if the target is newer).
+// Only a node whose own record is in the view stops anything: a node cut
+// off from etcd, or not registered yet, keeps its view and what it runs.
 // The desired state wins: a local deploy, config change or rollback of an
 // app the fleet places on the node (through its socket) is replaced by
 // the fleet's release at the next change of the view; apps the fleet

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berth-dev/berth/agent/api"
 	"github.com/berth-dev/berth/agent/fleet"
 )
 
@@ -248,6 +249,74 @@ func TestFleet_NewNodeRunsCurrentRelease(t *testing.T) {
 	}
 	if _, ok := f.status("web").Statuses["n4"]; ok || len(n4.releases(t, "web")) != 0 {
 		t.Fatal("n4 is not placed and must not run the app")
+	}
+}
+
+// TestFleet_PlacementStopsUnplacedNodes ensures that a placement that
+// leaves nodes out stops the fleet app on them at once (no process runs,
+// their status records go, their local releases stay, also across an
+// agent restart) without touching a local-only app beside it, and that
+// placing them again starts the app on the release they kept, without a
+// new local release.
+func TestFleet_PlacementStopsUnplacedNodes(t *testing.T) {
+	ctx := context.Background()
+	f := newTestFleet(t, 1)
+	a := map[string]string{"zone": "a"}
+	b := map[string]string{"zone": "b"}
+	f.startNode("n1", nil, a)
+	f.startNode("n2", nil, b)
+	f.startNode("n3", nil, b)
+	waitFor(t, 30e9, "3 nodes registered", func() bool { return len(f.status("web").Nodes) == 3 })
+	f.deploy("web", "n1", appBuild(t, "true", "v1"), fleet.RolloutOptions{})
+	if ro := f.waitRollout("web", 1); ro.State != fleet.RolloutSucceeded {
+		t.Fatalf("rollout: %s (%s)", ro.State, ro.Reason)
+	}
+	f.waitNodesUp("web", 1, "n1", "n2", "n3")
+	// A local-only app on n2: the fleet does not know it.
+	n2 := f.nodes["n2"]
+	if _, err := n2.api.Deploy(ctx, api.DeployRequest{App: "local", Body: bytes.NewReader(appBuild(t, "true", "local"))}, nil); err != nil {
+		t.Fatalf("local deploy on n2: %v", err)
+	}
+
+	if err := f.client.SetPlacement(ctx, "web", fleet.Placement{Labels: a}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"n2", "n3"} {
+		n := f.nodes[name]
+		waitFor(t, 30e9, name+" to stop web and drop its status", func() bool {
+			_, reported := f.status("web").Statuses[name]
+			return !reported && n.running(t, "web") == 0
+		})
+		if rels := n.releases(t, "web"); len(rels) != 1 || rels[0].Status != "active" {
+			t.Fatalf("%s: want its local release of web kept, got %+v", name, rels)
+		}
+	}
+	if !f.status("web").Statuses["n1"].Up(1) || f.nodes["n1"].webPID(t, "web") == 0 {
+		t.Fatal("n1 is placed and must still run web")
+	}
+	if n2.webPID(t, "local") == 0 {
+		t.Fatal("n2's local-only app was touched")
+	}
+
+	// Stopped is recorded: a restarted agent starts nothing of web.
+	n2 = f.restartNode("n2")
+	waitFor(t, 30e9, "n2's local app to run again", func() bool { return n2.webPID(t, "local") != 0 })
+	if n := n2.running(t, "web"); n != 0 {
+		t.Fatalf("restarted n2 runs %d instances of web; want none", n)
+	}
+
+	if err := f.client.SetPlacement(ctx, "web", fleet.Placement{}); err != nil {
+		t.Fatal(err)
+	}
+	f.waitNodesUp("web", 1, "n1", "n2", "n3")
+	for _, name := range []string{"n2", "n3"} {
+		n := f.nodes[name]
+		if n.webPID(t, "web") == 0 {
+			t.Fatalf("%s: web does not run again", name)
+		}
+		if rels := n.releases(t, "web"); len(rels) != 1 {
+			t.Fatalf("%s: want no new local release, got %+v", name, rels)
+		}
 	}
 }
 

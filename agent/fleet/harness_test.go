@@ -347,6 +347,17 @@ func (n *testNode) webPID(t *testing.T, app string) int {
 	return 0
 }
 
+// running returns how many of the app's instances the node lists, as
+// `berth ps` shows them (0: none, or no such app).
+func (n *testNode) running(t *testing.T, app string) int {
+	t.Helper()
+	ps, err := n.api.Processes(context.Background(), app)
+	if err != nil {
+		return 0
+	}
+	return len(ps)
+}
+
 // compact compacts etcd's history up to the current revision.
 func (f *testFleet) compact() {
 	f.t.Helper()

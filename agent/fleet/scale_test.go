@@ -128,20 +128,21 @@ func TestScale_HarnessConverges(t *testing.T) {
 
 // simNode is the Node of a simulated agent, in memory: Apply records the
 // release as active after a delay (the switch), AppStatus reports the
-// active release with its one instance up, and builds are digests in a
-// map (ImportBuild verifies the SHA-256).
+// active release with its one instance up (none once Stop stopped it),
+// and builds are digests in a map (ImportBuild verifies the SHA-256).
 type simNode struct {
 	name    string
 	delay   time.Duration
 	applied func(node string, version int) // called after each Apply
 
-	mu     sync.Mutex // guards active and builds
-	active map[string]int
-	builds map[string]bool
+	mu      sync.Mutex // guards active, stopped and builds
+	active  map[string]int
+	stopped map[string]bool
+	builds  map[string]bool
 }
 
 func newSimNode(name string, delay time.Duration, builds []string, applied func(string, int)) *simNode {
-	sn := &simNode{name: name, delay: delay, applied: applied, active: map[string]int{}, builds: map[string]bool{}}
+	sn := &simNode{name: name, delay: delay, applied: applied, active: map[string]int{}, stopped: map[string]bool{}, builds: map[string]bool{}}
 	for _, d := range builds {
 		sn.builds[d] = true
 	}
@@ -161,6 +162,7 @@ func (sn *simNode) Apply(ctx context.Context, r fleet.Release) error {
 	}
 	sn.mu.Lock()
 	sn.active[r.App] = r.Version
+	delete(sn.stopped, r.App)
 	sn.mu.Unlock()
 	sn.applied(sn.name, r.Version)
 	return nil
@@ -173,7 +175,19 @@ func (sn *simNode) AppStatus(_ context.Context, app string) (fleet.LocalStatus, 
 	if !ok {
 		return fleet.LocalStatus{}, nil
 	}
+	if sn.stopped[app] {
+		return fleet.LocalStatus{Version: v, Stopped: true}, nil
+	}
 	return fleet.LocalStatus{Version: v, Healthy: 1, Instances: 1}, nil
+}
+
+func (sn *simNode) Stop(_ context.Context, app string) error {
+	sn.mu.Lock()
+	defer sn.mu.Unlock()
+	if sn.active[app] > 0 {
+		sn.stopped[app] = true
+	}
+	return nil
 }
 
 func (sn *simNode) HasBuild(digest string) bool {
