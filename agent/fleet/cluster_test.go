@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"math/big"
@@ -16,6 +17,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -51,8 +53,28 @@ func startCluster(t testing.TB, n int) *cluster {
 
 // startClusterTLS starts a cluster whose clients must connect over TLS
 // with a certificate tls's CA signed (tls nil: plain HTTP).
+//
+// The ports are probed free, then bound by etcd: in between, another
+// test's connection may take one (they come from the ephemeral range), so
+// a start that finds a port taken is tried again with fresh ports.
 func startClusterTLS(t testing.TB, n int, tls *transport.TLSInfo) *cluster {
 	t.Helper()
+	for attempt := 1; ; attempt++ {
+		c, err := tryStartCluster(t, n, tls)
+		if err == nil {
+			return c
+		}
+		inUse := errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use")
+		if !inUse || attempt == 5 {
+			t.Fatal(err)
+		}
+		t.Logf("etcd cluster start, attempt %d: %v; again with other ports", attempt, err)
+	}
+}
+
+// tryStartCluster starts the cluster once; on an error the members it
+// started are stopped.
+func tryStartCluster(t testing.TB, n int, tls *transport.TLSInfo) (*cluster, error) {
 	c := &cluster{}
 	var peers []string
 	cfgs := make([]*embed.Config, n)
@@ -84,20 +106,21 @@ func startClusterTLS(t testing.TB, n int, tls *transport.TLSInfo) *cluster {
 		wg.Go(func() { c.members[i], errs[i] = embed.StartEtcd(cfg) })
 	}
 	wg.Wait()
-	t.Cleanup(c.close)
 	for i, err := range errs {
 		if err != nil {
-			t.Fatalf("start etcd member %d: %v", i, err)
+			c.close()
+			return nil, fmt.Errorf("start etcd member %d: %w", i, err)
 		}
 	}
+	t.Cleanup(c.close)
 	for i, m := range c.members {
 		select {
 		case <-m.Server.ReadyNotify():
 		case <-time.After(30 * time.Second):
-			t.Fatalf("etcd member %d not ready after 30s", i)
+			return nil, fmt.Errorf("etcd member %d not ready after 30s", i)
 		}
 	}
-	return c
+	return c, nil
 }
 
 // live returns the client URLs of the members not killed.
