@@ -17,6 +17,7 @@ import (
 
 	"github.com/berth-dev/berth/agent/api"
 	"github.com/berth-dev/berth/agent/fleet"
+	"github.com/berth-dev/berth/agent/internal/notify"
 	"github.com/berth-dev/berth/agent/internal/steer"
 	"github.com/berth-dev/berth/state"
 	"github.com/berth-dev/berth/state/build"
@@ -114,14 +115,14 @@ type Agent struct {
 	healthWG sync.WaitGroup
 	// healthChanged wakes switches waiting for health after every change
 	// of an instance's health.
-	healthChanged notifier
+	healthChanged notify.Notifier
 
 	// unrec keeps the release failures the store could not record
 	// (failures.go).
 	unrec unrecorded
 
 	// events wakes event followers after every AppendEvent.
-	events notifier
+	events notify.Notifier
 	// changed wakes the main loop to update the systemd status line.
 	changed chan struct{}
 	// ping is how the watchdog asks the main loop whether it is alive.
@@ -811,29 +812,4 @@ func (a *Agent) pinned(digest string) bool {
 	a.opMu.Lock()
 	defer a.opMu.Unlock()
 	return a.pins[digest] > 0
-}
-
-// notifier wakes any number of waiters: wait returns a channel closed by
-// the next notify.
-type notifier struct {
-	mu sync.Mutex
-	ch chan struct{}
-}
-
-func (n *notifier) wait() <-chan struct{} {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.ch == nil {
-		n.ch = make(chan struct{})
-	}
-	return n.ch
-}
-
-func (n *notifier) notify() {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.ch != nil {
-		close(n.ch)
-		n.ch = nil // the next wait makes a fresh one
-	}
 }

@@ -147,7 +147,7 @@ func (a *Agent) appendEvent(app, kind, msg string) {
 		a.log.Error("record event", "app", app, "kind", kind, "error", err)
 		return
 	}
-	a.events.notify()
+	a.events.Notify()
 }
 
 // activeBuild returns the app's active release and its build.

@@ -35,7 +35,8 @@ var leaves = []struct {
 	{pkg: "agent/internal/steer"}, // the sk_lookup program and its maps only
 	// Fleet mode talks to the agent through its Node interface only, and
 	// the agent binary never links etcd's server.
-	{pkg: "agent/fleet", forbid: []string{"go.etcd.io/etcd/server/v3/embed", "go.etcd.io/bbolt"}},
+	{pkg: "agent/fleet", allow: []string{"agent/internal/notify"}, forbid: []string{"go.etcd.io/etcd/server/v3/embed", "go.etcd.io/bbolt"}},
+	{pkg: "agent/internal/notify"}, // a wake-up for any number of waiters
 }
 
 // TestDeps ensures berth's leaf packages stay leaves: none imports package

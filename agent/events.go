@@ -41,7 +41,7 @@ func (a *Agent) followEvents(ctx context.Context, app string, since uint64, send
 	for {
 		// Take the wake-up channel before reading, so an append between
 		// the read and the wait is not missed.
-		woken := a.events.wait()
+		woken := a.events.Wait()
 		evs, err := a.store.Events(app, since, 1000)
 		if err != nil {
 			return err

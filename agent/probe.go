@@ -143,7 +143,7 @@ func (pr *prober) run(ctx context.Context) {
 			pr.mu.Lock()
 			pr.pid, pr.mon = pid, mon
 			pr.mu.Unlock()
-			pr.a.healthChanged.notify()
+			pr.a.healthChanged.Notify()
 		}
 		select {
 		case <-ctx.Done():
@@ -159,7 +159,7 @@ func (pr *prober) run(ctx context.Context) {
 
 // changed is the monitor's callback for process pid.
 func (pr *prober) changed(pid int, s health.Status) {
-	pr.a.healthChanged.notify()
+	pr.a.healthChanged.Notify()
 	pr.a.markChanged()
 	if s == health.Unhealthy && pr.live.Load() && !pr.held.Load() {
 		pr.flagUnhealthy(pid)

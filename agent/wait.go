@@ -40,7 +40,7 @@ func (a *Agent) waitUp(ctx context.Context, cfg Config, insts []*instance, w *wa
 	for {
 		// Take the wake-up channel before reading states, so a change in
 		// between is not missed.
-		woken := a.healthChanged.wait()
+		woken := a.healthChanged.Wait()
 		if !w.drain() {
 			return fmt.Errorf("wait for instances: %w", supervisor.ErrClosed)
 		}
@@ -196,7 +196,7 @@ func (a *Agent) probation(ctx context.Context, cfg Config, insts []*instance, w 
 	timer := time.NewTimer(cfg.Probation)
 	defer timer.Stop()
 	for {
-		woken := a.healthChanged.wait()
+		woken := a.healthChanged.Wait()
 		if !w.drain() {
 			return fmt.Errorf("probation: %w", supervisor.ErrClosed)
 		}

@@ -56,7 +56,7 @@ func (f *Fleet) converge(ctx context.Context) {
 	var wg converging
 	defer wg.wait()
 	for {
-		changed := f.changed.wait()
+		changed := f.changed.Wait()
 		for _, j := range f.due(ctx) {
 			if j.stop {
 				wg.start(func() { f.stop(ctx, j.app) })
@@ -134,7 +134,7 @@ func (f *Fleet) stop(ctx context.Context, app string) {
 		f.retryAt[app] = time.Now().Add(f.cfg.Retry)
 	}
 	f.mu.Unlock()
-	f.changed.notify() // the status changed; and the target may have meanwhile
+	f.changed.Notify() // the status changed; and the target may have meanwhile
 	switch {
 	case failed:
 		log.Error("stopping the app failed; trying again", "error", err)
@@ -162,7 +162,7 @@ func (f *Fleet) apply(ctx context.Context, r Release) {
 		f.fetchTries[r.App]++
 		f.retryAt[r.App] = time.Now().Add(wait)
 		f.mu.Unlock()
-		f.changed.notify() // the status says so
+		f.changed.Notify() // the status says so
 		f.later(ctx, wait)
 		return
 	}
@@ -185,7 +185,7 @@ func (f *Fleet) apply(ctx context.Context, r Release) {
 		log.Info("converged")
 		f.pruneTarballs()
 	}
-	f.changed.notify() // the status changed; and the target may have meanwhile
+	f.changed.Notify() // the status changed; and the target may have meanwhile
 }
 
 // later wakes the converger after d (or when ctx ends, not at all).
@@ -195,7 +195,7 @@ func (f *Fleet) later(ctx context.Context, d time.Duration) {
 	select {
 	case <-ctx.Done():
 	case <-t.C:
-		f.changed.notify()
+		f.changed.Notify()
 	}
 }
 

@@ -32,7 +32,7 @@ func (f *Fleet) drive(ctx context.Context, cli *clientv3.Client) {
 	defer t.Stop()
 	unlocked := map[string]time.Time{} // app -> since when it has run without a lock
 	for {
-		changed := f.changed.wait()
+		changed := f.changed.Wait()
 		s, apps := f.toDrive(unlocked)
 		for _, app := range apps {
 			wg.Go(func() {
@@ -112,7 +112,7 @@ func (f *Fleet) driveApp(ctx context.Context, cli *clientv3.Client, s *concurren
 	log := f.log.With("app", app)
 	log.Info("driving the rollout")
 	for {
-		changed := f.changed.wait()
+		changed := f.changed.Wait()
 		done, err := f.step(ctx, cli, m, app)
 		if err != nil && ctx.Err() == nil {
 			log.Warn("rollout step", "error", err)

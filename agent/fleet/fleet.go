@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/berth-dev/berth/agent/internal/notify"
 	"github.com/hashicorp/go-hclog"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
@@ -43,7 +44,7 @@ type Fleet struct {
 	written    map[string]string    // status key -> value written under the session
 	addr       string               // the build endpoint's advertised address
 
-	changed notifier // notified at every change of the view or the session
+	changed notify.Notifier // notified at every change of the view or the session
 }
 
 type failure struct {
@@ -190,7 +191,7 @@ func (f *Fleet) setSession(s *concurrency.Session) {
 	f.session = s
 	f.written = map[string]string{} // a new lease holds none of them
 	f.mu.Unlock()
-	f.changed.notify()
+	f.changed.Notify()
 }
 
 func (f *Fleet) currentSession() *concurrency.Session {

@@ -19,7 +19,7 @@ func (f *Fleet) report(ctx context.Context, cli *clientv3.Client) {
 	t := time.NewTicker(f.cfg.StatusInterval)
 	defer t.Stop()
 	for {
-		changed := f.changed.wait()
+		changed := f.changed.Wait()
 		f.reportOnce(ctx, cli)
 		select {
 		case <-ctx.Done():

@@ -82,7 +82,7 @@ func (f *Fleet) list(ctx context.Context, cli *clientv3.Client, start, end strin
 		return 0, fmt.Errorf("list %s: %w", start, err)
 	}
 	install(resp.Kvs)
-	f.changed.notify()
+	f.changed.Notify()
 	return resp.Header.Revision, nil
 }
 
@@ -106,7 +106,7 @@ func (f *Fleet) follow(ctx context.Context, cli *clientv3.Client, start, end str
 			f.view.apply(f.keys, ev.Kv, ev.Type == clientv3.EventTypeDelete)
 		}
 		f.mu.Unlock()
-		f.changed.notify()
+		f.changed.Notify()
 	}
 	return ctx.Err()
 }
