@@ -19,14 +19,21 @@
 //	apps/<app>/release            Release: the fleet version, build digest,
 //	                              config, formation every placed node runs
 //	apps/<app>/placement          Placement: labels, count (none: all nodes)
-//	apps/<app>/rollout            Rollout: the last rollout, its waves, state,
-//	                              driver and, when it failed, why
+//	apps/<app>/rollout            Rollout: the last rollout, its wave under
+//	                              way, state, driver and, when it failed, why
+//	apps/<app>/plan               the rollout's waves, written once when it
+//	                              starts (the record above, rewritten at
+//	                              every step, stays small)
 //	apps/<app>/releases/<v>       Release: the history, for rollback
 //	nodes/<node>                  NodeInfo under the node's lease: address of
 //	                              its build endpoint, labels, version
 //	status/<app>/<node>           Status under the node's lease: active fleet
 //	                              version, instances up, switching, last failure
 //	locks/rollout/<app>/<lease>   the app's rollout lock (etcd mutex)
+//
+// Every node watches apps/, locks/ and nodes/; the statuses of an app are
+// watched only by the node driving its rollout, while it drives it. So a
+// rollout costs etcd O(N) events, not N² (SCALE.md has the figures).
 //
 // # What a node runs
 //
