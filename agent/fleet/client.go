@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -219,18 +220,29 @@ type AppStatus struct {
 	rolloutRev, releaseRev int64
 }
 
-// Status reads the app's records and the nodes at one revision.
+// Status reads the app's records, its statuses and the nodes at one
+// revision: not the other apps' records (at 10,000 nodes each app's
+// statuses are about 1.4 MB).
 func (c *Client) Status(ctx context.Context, app string) (AppStatus, error) {
 	if err := ValidateApp(app); err != nil {
 		return AppStatus{}, err
 	}
-	resp, err := c.cli.Get(ctx, c.keys.prefix, clientv3.WithPrefix())
+	resp, err := c.cli.Txn(ctx).Then(
+		clientv3.OpGet(c.keys.release(app)), clientv3.OpGet(c.keys.placement(app)),
+		clientv3.OpGet(c.keys.rollout(app)), clientv3.OpGet(c.keys.plan(app)),
+		clientv3.OpGet(c.keys.node(""), clientv3.WithPrefix()),
+		clientv3.OpGet(c.keys.statuses(app), clientv3.WithPrefix()),
+	).Commit()
 	if err != nil {
 		return AppStatus{}, fmt.Errorf("read the fleet's state: %w", err)
 	}
+	var kvs []*mvccpb.KeyValue
+	for _, r := range resp.Responses {
+		kvs = append(kvs, r.GetResponseRange().Kvs...)
+	}
 	v := newView()
 	st := AppStatus{App: app}
-	for _, kv := range resp.Kvs {
+	for _, kv := range kvs {
 		v.apply(c.keys, kv, false)
 		switch string(kv.Key) {
 		case c.keys.rollout(app):
