@@ -41,16 +41,10 @@ func (v *view) apply(k keys, kv *mvccpb.KeyValue, deleted bool) {
 	case "rollout":
 		setOrDelete(v.rollouts, app, kv.Value, deleted)
 		v.rolloutRev[app] = kv.ModRevision
-		if ro, ok := v.rollouts[app]; ok {
-			p, ok := v.plans[app]
-			v.rollouts[app] = withPlan(ro, p, ok)
-		}
+		v.joinPlan(app)
 	case "plan":
 		setOrDelete(v.plans, app, kv.Value, deleted)
-		if ro, ok := v.rollouts[app]; ok {
-			p, ok := v.plans[app]
-			v.rollouts[app] = withPlan(ro, p, ok)
-		}
+		v.joinPlan(app)
 	case "node":
 		setOrDelete(v.nodes, node, kv.Value, deleted)
 	case "status":
@@ -67,6 +61,15 @@ func (v *view) apply(k keys, kv *mvccpb.KeyValue, deleted bool) {
 		} else {
 			v.locks[app][node] = true
 		}
+	}
+}
+
+// joinPlan gives app's rollout the waves of its plan, whichever of the
+// two records came last.
+func (v *view) joinPlan(app string) {
+	if ro, ok := v.rollouts[app]; ok {
+		p, ok := v.plans[app]
+		v.rollouts[app] = withPlan(ro, p, ok)
 	}
 }
 
