@@ -66,6 +66,9 @@ type Agent struct {
 	probMu     sync.Mutex
 	probations map[string]*probationRun
 
+	// trimMu lets one trimImage run at a time.
+	trimMu sync.Mutex
+
 	// gcMu keeps garbage collection out while a deploy is between its
 	// upload and the pin of its build (read-locked by deploys).
 	gcMu sync.RWMutex
@@ -465,6 +468,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	})
 
 	close(a.up)
+	a.trimImage("start-up")
 	if err := a.mainLoop(ctx, supDone); err != nil {
 		return err
 	}

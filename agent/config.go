@@ -103,6 +103,12 @@ type Config struct {
 	// after the data dir under /sys/fs/bpf when that is a bpffs mount;
 	// "-" means never pinned.
 	SteerPin string
+	// KeepImageMapped turns the executable trim off (trim.go): the pages
+	// of the agent's own binary that its start-up and its switches
+	// faulted in stay mapped, and count in its RSS and PSS, until the
+	// kernel reclaims them. False means the agent gives them back after
+	// start-up and after each switch.
+	KeepImageMapped bool
 	// Fleet turns fleet mode on (agent/fleet): the agent registers with
 	// etcd and follows the desired state kept there. Nil means off: the
 	// agent is a single-VM agent and talks to no etcd. Its Dir defaults

@@ -146,13 +146,16 @@ func p50(d []time.Duration) time.Duration {
 
 // BenchmarkAgentIdle100 runs the whole agent (`berth agent`, the binary
 // operators run: API server, store, inbox, watchdog, supervisor) with 100
-// idle instances and reports its PSS and the CPU it uses over a few
-// seconds of idle, then its PSS with 1,000 and the cost of each extra
-// instance. The supervisor's own BenchmarkIdle measures a bare
-// supervising process; this one catches what the rest of the agent adds
-// (timers that fire while nothing happens, garbage kept after a change),
-// as the peer harness (../shared/bench) does. BERTH_BENCH_IDLE sets the
-// idle time (default 5s).
+// idle instances and reports its PSS (and the part of it that is the
+// agent's own executable) and the CPU it uses over a few seconds of
+// idle, then its PSS with 1,000 and the cost of each extra instance. The
+// supervisor's own BenchmarkIdle measures a bare supervising process;
+// this one catches what the rest of the agent adds (timers that fire
+// while nothing happens, garbage kept after a change, pages of the
+// binary left mapped), as the peer harness (../shared/bench) does. A
+// second agent with --keep-image-mapped runs the same steps after it, so
+// the run also gives what the executable trim (agent/trim.go) saves.
+// BERTH_BENCH_IDLE sets the idle time (default 5s).
 func BenchmarkAgentIdle100(b *testing.B) {
 	idle := 5 * time.Second
 	if v := os.Getenv("BERTH_BENCH_IDLE"); v != "" {
@@ -162,6 +165,39 @@ func BenchmarkAgentIdle100(b *testing.B) {
 		}
 		idle = d
 	}
+	b.ResetTimer()
+	for range b.N {
+		trimmed := agentIdle(b, idle)
+		kept := agentIdle(b, idle, "--keep-image-mapped")
+		b.ReportMetric(float64(trimmed.pss100)/1024, "pss100-MB")
+		b.ReportMetric(float64(trimmed.file100)/1024, "pss100-file-MB")
+		b.ReportMetric(float64(trimmed.pss1000)/1024, "pss1000-MB")
+		b.ReportMetric(trimmed.perInstance(), "KB/instance")
+		b.ReportMetric(float64(trimmed.cpu)/float64(time.Millisecond), "idle-cpu-ms")
+		b.ReportMetric(float64(kept.pss100)/1024, "kept-pss100-MB")
+		b.ReportMetric(float64(kept.file100)/1024, "kept-pss100-file-MB")
+		for _, r := range []struct {
+			name string
+			m    idleFigures
+		}{{"whole agent", trimmed}, {"with --keep-image-mapped", kept}} {
+			b.Logf("%s PSS: 100 idle instances %.1f MB (%.1f MB of it file pages, mostly the executable), 1000 %.1f MB (%.1f KB per extra instance); CPU over %v idle with 100: %.2f ms",
+				r.name, float64(r.m.pss100)/1024, float64(r.m.file100)/1024, float64(r.m.pss1000)/1024, r.m.perInstance(), idle, float64(r.m.cpu)/float64(time.Millisecond))
+		}
+	}
+	b.StopTimer()
+}
+
+// idleFigures are what agentIdle measures; sizes in KB.
+type idleFigures struct {
+	pss100, file100, pss1000 int
+	cpu                      time.Duration
+}
+
+func (f idleFigures) perInstance() float64 { return float64(f.pss1000-f.pss100) / 900 }
+
+// agentIdle starts an agent with the extra flags, runs 100 then 1,000
+// idle instances under it, and measures it.
+func agentIdle(b *testing.B, idle time.Duration, extra ...string) idleFigures {
 	// 50 types of 2 instances, then of 20: 100 and 1,000 instances.
 	const types = 50
 	var procfile strings.Builder
@@ -170,7 +206,7 @@ func BenchmarkAgentIdle100(b *testing.B) {
 	}
 	e := newE2E(b)
 	writeFile(b, e.dir, "app.tar.gz", appTarball(b, map[string]string{"Procfile": procfile.String()}))
-	e.startAgent("--log-level", "info")
+	e.startAgent(append([]string{"--log-level", "info"}, extra...)...)
 	e.ok("deploy", "-a", e2eApp, e.dir+"/app.tar.gz")
 	c := api.NewClient(e.sock)
 	defer c.Close()
@@ -191,26 +227,17 @@ func BenchmarkAgentIdle100(b *testing.B) {
 		}
 		time.Sleep(2 * time.Second) // as the harness: let start-up settle before measuring
 	}
-	b.ResetTimer()
-	for range b.N {
-		scale(2)
-		pss100 := procPSS(b, pid)
-		cpu0 := procCPU(b, pid)
-		time.Sleep(idle)
-		cpu := procCPU(b, pid) - cpu0
-		scale(20)
-		pss1000 := procPSS(b, pid)
-		per := float64(pss1000-pss100) / 900
-		b.ReportMetric(float64(pss100)/1024, "pss100-MB")
-		b.ReportMetric(float64(pss1000)/1024, "pss1000-MB")
-		b.ReportMetric(per, "KB/instance")
-		b.ReportMetric(float64(cpu)/float64(time.Millisecond), "idle-cpu-ms")
-		b.Logf("whole agent PSS: 100 idle instances %.1f MB, 1000 %.1f MB (%.1f KB per extra instance); CPU over %v idle with 100: %.2f ms",
-			float64(pss100)/1024, float64(pss1000)/1024, per, idle, float64(cpu)/float64(time.Millisecond))
-		scale(0)
-	}
-	b.StopTimer()
+	var f idleFigures
+	scale(2)
+	f.pss100, f.file100 = procPSS(b, pid)
+	cpu0 := procCPU(b, pid)
+	time.Sleep(idle)
+	f.cpu = procCPU(b, pid) - cpu0
+	scale(20)
+	f.pss1000, _ = procPSS(b, pid)
+	scale(0)
 	e.stopAgent()
+	return f
 }
 
 // allUp reports whether exactly n instances run, of any release.
@@ -228,23 +255,34 @@ func allUp(b *testing.B, c *api.Client, n int) bool {
 	return count == n && len(procs) == n
 }
 
-// procPSS returns the proportional set size of pid in KB.
-func procPSS(b *testing.B, pid int) int {
+// procPSS returns the proportional set size of pid and its file-backed
+// part, in KB.
+func procPSS(b *testing.B, pid int) (pss, file int) {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
 	if err != nil {
 		b.Fatal(err)
 	}
+	found := 0
 	for line := range strings.SplitSeq(string(data), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "Pss:" {
-			kb, err := strconv.Atoi(f[1])
-			if err != nil {
-				b.Fatal(err)
-			}
-			return kb
+		f := strings.Fields(line)
+		if len(f) < 2 || (f[0] != "Pss:" && f[0] != "Pss_File:") {
+			continue
 		}
+		kb, err := strconv.Atoi(f[1])
+		if err != nil {
+			b.Fatal(err)
+		}
+		if f[0] == "Pss:" {
+			pss = kb
+		} else {
+			file = kb
+		}
+		found++
 	}
-	b.Fatal("no Pss in smaps_rollup")
-	return 0
+	if found != 2 {
+		b.Fatal("no Pss or Pss_File in smaps_rollup")
+	}
+	return pss, file
 }
 
 // procCPU sums the CPU time of every thread of pid (schedstat, in ns).
