@@ -162,6 +162,18 @@ func (s *Supervisor) RunAttached(ctx context.Context, spec Spec, stdout, stderr 
 		close(readersDone)
 	}()
 
+	runErr := s.awaitCommand(ctx, &sp, p, readersDone, func() { closeAll(outR, errR) })
+	return p.exit, runErr
+}
+
+// awaitCommand waits for the command p to exit, or for ctx or the
+// supervisor's shutdown to cut it short (their error is returned), then
+// deals with its process group (stopCommand). The output the command
+// wrote before its exit is read to its end: it waits for done (its
+// output readers) for up to DrainTimeout, since a process that left the
+// group may hold the pipes open, then closes them with closePipes and
+// waits for the readers to return.
+func (s *Supervisor) awaitCommand(ctx context.Context, sp *Spec, p *proc, done <-chan struct{}, closePipes func()) error {
 	var runErr error
 	select {
 	case <-p.exited:
@@ -170,20 +182,18 @@ func (s *Supervisor) RunAttached(ctx context.Context, spec Spec, stdout, stderr 
 	case <-s.shutdown:
 		runErr = ErrClosed
 	}
-	if err := s.stopCommand(&sp, p, runErr != nil); err != nil {
+	if err := s.stopCommand(sp, p, runErr != nil); err != nil {
 		runErr = errors.Join(runErr, err)
 	}
-	// The output the command wrote before its exit is read to its end;
-	// a process that left the group may hold the pipes open.
 	t := time.NewTimer(s.cfg.DrainTimeout)
 	defer t.Stop()
 	select {
-	case <-readersDone:
+	case <-done:
 	case <-t.C:
 	}
-	closeAll(outR, errR)
-	<-readersDone
-	return p.exit, runErr
+	closePipes()
+	<-done
+	return runErr
 }
 
 // stopCommand deals with the process group of a one-off command (and

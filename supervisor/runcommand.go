@@ -60,27 +60,9 @@ func (s *Supervisor) RunCommand(ctx context.Context, spec Spec) (Exit, []byte, e
 		out.readFrom(r)
 	}()
 
-	var runErr error
-	select {
-	case <-p.exited:
-	case <-ctx.Done():
-		runErr = ctx.Err()
-	case <-s.shutdown:
-		runErr = ErrClosed
-	}
 	// The stop signal to the group if the command is cut short, else
-	// SIGKILL to what it left (stopCommand, shared with one-offs).
-	if err := s.stopCommand(&sp, p, runErr != nil); err != nil {
-		runErr = errors.Join(runErr, err)
-	}
-	t := time.NewTimer(s.cfg.DrainTimeout)
-	defer t.Stop()
-	select {
-	case <-done:
-	case <-t.C: // a process that left the group holds the pipe
-	}
-	r.Close()
-	<-done
+	// SIGKILL to what it left.
+	runErr := s.awaitCommand(ctx, &sp, p, done, func() { r.Close() })
 	return p.exit, out.bytes(), runErr
 }
 

@@ -10,9 +10,7 @@ package e2e
 // binary in client mode.
 
 import (
-	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -30,6 +28,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/berth-dev/berth/agent/e2e/e2eutil"
 	"github.com/berth-dev/berth/supervisor"
 )
 
@@ -154,7 +153,7 @@ func (c *loadClient) served() int {
 // waitServed waits until n requests were answered.
 func (c *loadClient) waitServed(n int) {
 	c.t.Helper()
-	waitFor(c.t, fmt.Sprintf("the client to be answered %d times", n), 2*time.Minute, func() (bool, string) {
+	e2eutil.WaitFor(c.t, fmt.Sprintf("the client to be answered %d times", n), 2*time.Minute, func() (bool, string) {
 		if c.cmd.ProcessState != nil {
 			c.t.Fatalf("client exited: %s", c.out.String())
 		}
@@ -230,7 +229,7 @@ func (b berthEnv) checkTicks(app string) (last, runs int) {
 		next++
 	}
 	if len(shown) == 0 {
-		b.t.Fatalf("berth logs shows no tick:\n%s", tail(out, 20))
+		b.t.Fatalf("berth logs shows no tick:\n%s", e2eutil.Tail(out, 20))
 	}
 	// berth logs reads the same files: its ticks are a run of theirs, in
 	// order, across the processes that wrote them.
@@ -239,7 +238,7 @@ func (b berthEnv) checkTicks(app string) (last, runs int) {
 		found = slices.Equal(shown, ticks[i:i+len(shown)])
 	}
 	if !found {
-		b.t.Fatalf("berth logs shows %d ticks that are not a run of the %d in the files:\n%s", len(shown), len(ticks), tail(out, 20))
+		b.t.Fatalf("berth logs shows %d ticks that are not a run of the %d in the files:\n%s", len(shown), len(ticks), e2eutil.Tail(out, 20))
 	}
 	return next - 1, runs
 }
@@ -262,7 +261,7 @@ func (b berthEnv) adoptionTime(since string) string {
 	logs := b.m.MustExec("journalctl", "-u", "berth", "--since", since, "--no-pager", "-o", "cat")
 	ms := adoptionLine.FindAllStringSubmatch(logs, -1)
 	if len(ms) == 0 {
-		b.t.Errorf("the agent logged no adoption since %s:\n%s", since, tail(logs, 30))
+		b.t.Errorf("the agent logged no adoption since %s:\n%s", since, e2eutil.Tail(logs, 30))
 		return "?"
 	}
 	m := ms[len(ms)-1]
@@ -270,54 +269,6 @@ func (b berthEnv) adoptionTime(since string) string {
 		b.t.Errorf("adopted %s of %s recorded processes", m[1], m[2])
 	}
 	return m[3]
-}
-
-// withProcfile returns the tarball at path with its Procfile replaced.
-func withProcfile(t *testing.T, path, procfile string) []byte {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr := tar.NewReader(zr)
-	var buf bytes.Buffer
-	zw := gzip.NewWriter(&buf)
-	tw := tar.NewWriter(zw)
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, err := io.ReadAll(tr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if filepath.Clean(h.Name) == "Procfile" {
-			body = []byte(procfile)
-			h.Size = int64(len(body))
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tw.Write(body); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := zw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
 }
 
 // upgradeVersion is the version of the binary the upgrade case installs.
@@ -328,7 +279,7 @@ func buildUpgrade(t *testing.T) string {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "berth")
 	cmd := exec.Command("go", "build", "-ldflags", "-X main.version="+upgradeVersion, "-o", out, "./cmd/berth")
-	cmd.Dir = repoRoot(t)
+	cmd.Dir = e2eutil.RepoRoot(t)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("build the upgrade: %v\n%s", err, b)
@@ -338,7 +289,7 @@ func buildUpgrade(t *testing.T) string {
 
 // TestAdopt runs the cases of issue 14 in order on one container.
 func TestAdopt(t *testing.T) {
-	root := repoRoot(t)
+	root := e2eutil.RepoRoot(t)
 	bin := filepath.Join(root, "bin", "berth")
 	if b := os.Getenv("BERTH_E2E_BINARY"); b != "" {
 		bin = b
@@ -356,7 +307,12 @@ func TestAdopt(t *testing.T) {
 	m.CopyIn(os.Args[0], "/root/e2e-client", 0o755)
 	// A simple-enough command for socket activation: the shell sets the
 	// variable and execs hello, which keeps LISTEN_PID's pid.
-	m.WriteFile("/root/ticker.tar.gz", withProcfile(t, tarball, "web: HELLO_TICK=10ms exec ./hello\n"), 0o644)
+	m.WriteFile("/root/ticker.tar.gz", e2eutil.RewriteTarball(t, tarball, "Procfile", func(name string, body []byte) []byte {
+		if name == "Procfile" {
+			return []byte("web: HELLO_TICK=10ms exec ./hello\n")
+		}
+		return body
+	}), 0o644)
 	t.Logf("boot: %s", m.Boot().Round(time.Millisecond))
 	b := berthEnv{t: t, m: m}
 	const app = "ticker"
@@ -380,7 +336,7 @@ func TestAdopt(t *testing.T) {
 			b.waitAgentRunning("")
 			b.mustBerth("deploy", "-a", app, "/root/ticker.tar.gz")
 			port = b.webPort(app)
-			waitFor(t, "ticker serves", time.Minute, func() (bool, string) {
+			e2eutil.WaitFor(t, "ticker serves", time.Minute, func() (bool, string) {
 				out, err := b.m.Exec("curl", "-sS", "--max-time", "5", "http://127.0.0.1:"+strconv.Itoa(port)+"/")
 				return err == nil && strings.HasPrefix(out, "hello from ticker v1"), out
 			})
@@ -425,7 +381,7 @@ func TestAdopt(t *testing.T) {
 			reload := time.Now()
 			t.Logf("systemctl reload berth at %s", reload.UTC().Format("15:04:05.000"))
 			b.m.MustExec("systemctl", "reload", "berth")
-			waitFor(t, "the upgraded agent answers", time.Minute, func() (bool, string) {
+			e2eutil.WaitFor(t, "the upgraded agent answers", time.Minute, func() (bool, string) {
 				out, err := b.berth("version")
 				return err == nil && strings.Contains(out, "berth agent:  "+upgradeVersion), out
 			})
@@ -466,7 +422,7 @@ func TestAdopt(t *testing.T) {
 			start := time.Now()
 			b.waitAgentRunning(before["MainPID"])
 			var now int
-			waitFor(t, "web.1 restarted by the next agent", time.Minute, func() (bool, string) {
+			e2eutil.WaitFor(t, "web.1 restarted by the next agent", time.Minute, func() (bool, string) {
 				pids := b.m.Procs("BERTH_APP="+app, "BERTH_PROCESS=web.1")
 				if len(pids) == 1 && pids[0] != pid {
 					now = pids[0]
@@ -475,7 +431,7 @@ func TestAdopt(t *testing.T) {
 				return false, fmt.Sprint(pids)
 			})
 			b.webPort(app)
-			waitFor(t, "ticker serves again", time.Minute, func() (bool, string) {
+			e2eutil.WaitFor(t, "ticker serves again", time.Minute, func() (bool, string) {
 				out, err := b.m.Exec("curl", "-sS", "--max-time", "5", "http://127.0.0.1:"+strconv.Itoa(port)+"/")
 				return err == nil && strings.HasPrefix(out, "hello from ticker"), out
 			})
@@ -495,7 +451,7 @@ func TestAdopt(t *testing.T) {
 		})
 		b.t, m.t = t, t
 		if !ok {
-			t.Logf("agent journal:\n%s", tail(must(m.Exec("journalctl", "-u", "berth", "--no-pager", "-n", "80")), 80))
+			t.Logf("agent journal:\n%s", e2eutil.Tail(must(m.Exec("journalctl", "-u", "berth", "--no-pager", "-n", "80")), 80))
 			if !m.running() || !b.isActive() || port == 0 {
 				t.FailNow()
 			}

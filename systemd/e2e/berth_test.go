@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/agent/api"
+	"github.com/berth-dev/berth/agent/e2e/e2eutil"
 	"github.com/berth-dev/berth/supervisor"
 	"golang.org/x/sys/unix"
 )
@@ -83,7 +84,7 @@ func (b berthEnv) releases(app string) []api.Release {
 func (b berthEnv) webPort(app string) int {
 	b.t.Helper()
 	var port int
-	waitFor(b.t, app+" web.1 has a port", time.Minute, func() (bool, string) {
+	e2eutil.WaitFor(b.t, app+" web.1 has a port", time.Minute, func() (bool, string) {
 		ps, err := b.ps(app)
 		if err != nil {
 			return false, err.Error()
@@ -104,7 +105,7 @@ func (b berthEnv) webPort(app string) int {
 func (b berthEnv) waitServing(port int, release int) time.Time {
 	b.t.Helper()
 	want := fmt.Sprintf("hello from hello v%d ", release)
-	waitFor(b.t, fmt.Sprintf("hello v%d serves on port %d", release, port), 2*time.Minute, func() (bool, string) {
+	e2eutil.WaitFor(b.t, fmt.Sprintf("hello v%d serves on port %d", release, port), 2*time.Minute, func() (bool, string) {
 		out, err := b.m.Exec("curl", "-sS", "--max-time", "5", "http://127.0.0.1:"+strconv.Itoa(port)+"/")
 		return err == nil && strings.HasPrefix(out, want), fmt.Sprintf("%v %q", err, out)
 	})
@@ -128,7 +129,7 @@ func (b berthEnv) agentProps() map[string]string {
 func (b berthEnv) waitAgentRunning(old string) map[string]string {
 	b.t.Helper()
 	var props map[string]string
-	waitFor(b.t, "berth.service active (running) with a new main pid", 2*time.Minute, func() (bool, string) {
+	e2eutil.WaitFor(b.t, "berth.service active (running) with a new main pid", 2*time.Minute, func() (bool, string) {
 		props = b.agentProps()
 		return props["ActiveState"] == "active" && props["SubState"] == "running" &&
 			props["MainPID"] != "0" && props["MainPID"] != old, fmt.Sprint(props)
@@ -166,7 +167,7 @@ func (b berthEnv) checkOneSet(release int) {
 // TestBerth runs the cases of issue 6 in order on one container: each
 // needs the state the one before left.
 func TestBerth(t *testing.T) {
-	root := repoRoot(t)
+	root := e2eutil.RepoRoot(t)
 	bin := filepath.Join(root, "bin", "berth")
 	if b := os.Getenv("BERTH_E2E_BINARY"); b != "" {
 		bin = b // a berth binary built elsewhere
@@ -204,7 +205,7 @@ func TestBerth(t *testing.T) {
 			// in place, it does not die of it.
 			pid := b.agentProps()["MainPID"]
 			b.m.MustExec("systemctl", "reload", "berth")
-			waitFor(t, "berth.service back to active (running) after reload", 30*time.Second, func() (bool, string) {
+			e2eutil.WaitFor(t, "berth.service back to active (running) after reload", 30*time.Second, func() (bool, string) {
 				p := b.agentProps()
 				return p["SubState"] == "running", fmt.Sprint(p)
 			})
@@ -220,16 +221,16 @@ func TestBerth(t *testing.T) {
 			// Under journald the agent's lines carry no timestamp of their own.
 			logs := b.m.MustExec("journalctl", "-u", "berth", "-o", "cat", "--no-pager")
 			if regexp.MustCompile(`(?m)^\d{4}-\d\d-\d\dT\d\d:\d\d`).MatchString(logs) {
-				t.Errorf("agent log lines under journald carry timestamps:\n%s", tail(logs, 10))
+				t.Errorf("agent log lines under journald carry timestamps:\n%s", e2eutil.Tail(logs, 10))
 			}
 		}},
 		{"2_deploy", func(t *testing.T) {
 			out := b.mustBerth("deploy", "-a", "hello", "/root/hello.tar.gz")
-			t.Logf("deploy:\n%s", tail(out, 5))
+			t.Logf("deploy:\n%s", e2eutil.Tail(out, 5))
 			port = b.webPort("hello")
 			b.waitServing(port, 1)
 			b.checkOneSet(1)
-			waitFor(t, "app output in the journal with BERTH_APP", 30*time.Second, func() (bool, string) {
+			e2eutil.WaitFor(t, "app output in the journal with BERTH_APP", 30*time.Second, func() (bool, string) {
 				out, _ := b.m.Exec("journalctl", "BERTH_APP=hello", "BERTH_PROCESS=web.1", "BERTH_RELEASE=v1", "-o", "cat", "--no-pager")
 				return strings.Contains(out, "hello: release v1 of hello"), out
 			})
@@ -285,7 +286,7 @@ func TestBerth(t *testing.T) {
 			if err := unix.Kill(pids[0], unix.SIGKILL); err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, "hello web.1 restarted", time.Minute, func() (bool, string) {
+			e2eutil.WaitFor(t, "hello web.1 restarted", time.Minute, func() (bool, string) {
 				now := b.m.Procs("BERTH_APP=hello", "BERTH_PROCESS=web.1")
 				return len(now) == 1 && now[0] != pids[0], fmt.Sprint(now)
 			})
@@ -302,7 +303,7 @@ func TestBerth(t *testing.T) {
 			// agent's event loop. A process the agent had no time to
 			// record cannot be adopted (it is killed and started again, by
 			// design), so the agent is frozen once web.1 has run a while.
-			waitFor(t, "web.1 running for 1s", time.Minute, func() (bool, string) {
+			e2eutil.WaitFor(t, "web.1 running for 1s", time.Minute, func() (bool, string) {
 				ps, err := b.ps("hello")
 				if err != nil || len(ps) != 1 {
 					return false, fmt.Sprint(ps, err)
@@ -321,7 +322,7 @@ func TestBerth(t *testing.T) {
 			}
 			logs := b.m.MustExec("journalctl", "-u", "berth", "--no-pager", "-o", "cat")
 			if !strings.Contains(logs, "Watchdog timeout") {
-				t.Errorf("journal has no watchdog timeout of berth.service:\n%s", tail(logs, 20))
+				t.Errorf("journal has no watchdog timeout of berth.service:\n%s", e2eutil.Tail(logs, 20))
 			}
 			b.waitServing(port, 1)
 			b.checkOneSet(1)
@@ -333,7 +334,7 @@ func TestBerth(t *testing.T) {
 		{"6_stop", func(t *testing.T) {
 			b.mustBerth("deploy", "-a", "forker", "/root/forker.tar.gz")
 			var escapee int
-			waitFor(t, "forker's setsid daemon runs", time.Minute, func() (bool, string) {
+			e2eutil.WaitFor(t, "forker's setsid daemon runs", time.Minute, func() (bool, string) {
 				pids := b.appProcs("forker")
 				for _, pid := range pids {
 					if sid := sessionOf(pid); sid == pid {
@@ -366,7 +367,7 @@ func TestBerth(t *testing.T) {
 				t.Errorf("systemd had to SIGKILL leftovers of the agent:\n%s", logs)
 			}
 			if !strings.Contains(logs, "why=stop") {
-				t.Errorf("the agent did not tell a stop of the unit:\n%s", tail(logs, 20))
+				t.Errorf("the agent did not tell a stop of the unit:\n%s", e2eutil.Tail(logs, 20))
 			}
 			if st := strings.TrimSpace(b.m.Props("berth.service", "ActiveState")["ActiveState"]); st != "inactive" {
 				t.Errorf("berth.service %s after stop", st)
@@ -390,7 +391,7 @@ func TestBerth(t *testing.T) {
 			if err := deploy.Start(); err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, fmt.Sprintf("release phase of v%d runs", next), time.Minute, func() (bool, string) {
+			e2eutil.WaitFor(t, fmt.Sprintf("release phase of v%d runs", next), time.Minute, func() (bool, string) {
 				for _, pid := range b.m.Procs("BERTH_APP=hello", "BERTH_RELEASE=v"+strconv.Itoa(next)) {
 					if comm(pid) == "sleep" {
 						return true, ""
@@ -400,7 +401,7 @@ func TestBerth(t *testing.T) {
 			})
 			b.m.PowerCut()
 			err := deploy.Wait()
-			t.Logf("deploy cut off: %v\n%s", err, tail(out.String(), 5))
+			t.Logf("deploy cut off: %v\n%s", err, e2eutil.Tail(out.String(), 5))
 
 			start := time.Now()
 			boot := b.m.Boot()
@@ -439,7 +440,7 @@ func TestBerth(t *testing.T) {
 			}
 			logs := b.m.MustExec("journalctl", "-u", "berth", "--since", since, "--no-pager", "-o", "cat")
 			if !strings.Contains(logs, "socket passed by systemd") {
-				t.Errorf("the agent did not take the socket from systemd:\n%s", tail(logs, 20))
+				t.Errorf("the agent did not take the socket from systemd:\n%s", e2eutil.Tail(logs, 20))
 			}
 			// systemd holds the socket while the agent restarts: a client
 			// that connects right after a kill -9 waits and is answered.
@@ -459,7 +460,7 @@ func TestBerth(t *testing.T) {
 		})
 		b.t, m.t = t, t
 		if !ok {
-			t.Logf("agent journal:\n%s", tail(must(m.Exec("journalctl", "-u", "berth", "--no-pager", "-n", "60")), 60))
+			t.Logf("agent journal:\n%s", e2eutil.Tail(must(m.Exec("journalctl", "-u", "berth", "--no-pager", "-n", "60")), 60))
 			if !m.running() || !b.isActive() || (i >= 1 && port == 0) {
 				t.FailNow() // the later cases need an installed agent and the app deployed
 			}
@@ -547,54 +548,12 @@ func makeTarball(t *testing.T, files map[string]string) []byte {
 // a few seconds added to its Procfile, so a power cut can land in it.
 func slowRelease(t *testing.T, path string) []byte {
 	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr := tar.NewReader(zr)
-	var buf bytes.Buffer
-	zw := gzip.NewWriter(&buf)
-	tw := tar.NewWriter(zw)
-	found := false
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
+	return e2eutil.RewriteTarball(t, path, "Procfile", func(name string, body []byte) []byte {
+		if name == "Procfile" {
+			return append(body, "release: sleep 8\n"...)
 		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, err := io.ReadAll(tr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if filepath.Clean(h.Name) == "Procfile" {
-			body = append(body, "release: sleep 8\n"...)
-			h.Size = int64(len(body))
-			found = true
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tw.Write(body); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if !found {
-		t.Fatalf("%s has no Procfile", path)
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := zw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+		return body
+	})
 }
 
 // grepLines returns the lines of text that contain any of words, the last

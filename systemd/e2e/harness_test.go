@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/berth-dev/berth/agent/e2e/e2eutil"
 )
 
 // rootPackages are installed into the cached Debian root besides the
@@ -34,19 +36,6 @@ const (
 
 // containerPath is PATH for commands run in the container.
 const containerPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-// repoRoot returns the repository's top dir (the test runs in systemd/e2e).
-func repoRoot(t testing.TB) string {
-	t.Helper()
-	dir, err := filepath.Abs("../..")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(filepath.Join(dir, "go.mod")); err != nil {
-		t.Fatalf("repository root not found from %s: %v", dir, err)
-	}
-	return dir
-}
 
 // aptMirror returns the Debian mirror apt uses on this machine (the first
 // source that serves bookworm), so debootstrap fetches from the same
@@ -110,7 +99,7 @@ func aptMirror() string {
 // interrupted build never looks complete.
 func debianRoot(t testing.TB) string {
 	t.Helper()
-	cache := filepath.Join(repoRoot(t), ".cache")
+	cache := filepath.Join(e2eutil.RepoRoot(t), ".cache")
 	if err := os.MkdirAll(cache, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +137,7 @@ func debianRoot(t testing.TB) string {
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
 		os.RemoveAll(tmp)
-		t.Fatalf("debootstrap: %v\n%s", err, tail(out.String(), 40))
+		t.Fatalf("debootstrap: %v\n%s", err, e2eutil.Tail(out.String(), 40))
 	}
 	if err := os.WriteFile(filepath.Join(tmp, rootStampName), []byte(stamp), 0o644); err != nil {
 		t.Fatal(err)
@@ -161,14 +150,6 @@ func debianRoot(t testing.TB) string {
 	}
 	t.Logf("Debian root built in %s", time.Since(start).Round(time.Second))
 	return root
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 // Machine is a Debian system booted with systemd-nspawn from its own copy
@@ -429,7 +410,7 @@ func (m *Machine) kill() {
 // Console returns the tail of the current boot's console output.
 func (m *Machine) Console() string {
 	data, _ := os.ReadFile(filepath.Join(m.logDir, fmt.Sprintf("console-%d.log", m.boots)))
-	return tail(string(data), 60)
+	return e2eutil.Tail(string(data), 60)
 }
 
 // Procs returns the host PIDs of the processes in the container whose
@@ -485,23 +466,6 @@ func CgroupOf(pid int) string {
 		}
 	}
 	return ""
-}
-
-// waitFor polls cond (bounded) until it returns true; it fails the test
-// with what cond last said.
-func waitFor(t testing.TB, what string, timeout time.Duration, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, last := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not reached within %s; last: %s", what, timeout, last)
-		}
-		time.Sleep(100 * time.Millisecond) // bounded poll of state in another system
-	}
 }
 
 var showProp = regexp.MustCompile(`(?m)^(\w+)=(.*)$`)

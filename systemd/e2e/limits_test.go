@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/berth-dev/berth/agent/e2e/e2eutil"
 )
 
 // The app of TestLimits: after a few seconds (so its deploy is over) its
@@ -31,7 +33,7 @@ const (
 // enforced, and the OOM kill cannot happen: that part is skipped,
 // saying why.
 func TestLimits(t *testing.T) {
-	root := repoRoot(t)
+	root := e2eutil.RepoRoot(t)
 	bin := filepath.Join(root, "bin", "berth")
 	if b := os.Getenv("BERTH_E2E_BINARY"); b != "" {
 		bin = b
@@ -48,7 +50,7 @@ func TestLimits(t *testing.T) {
 	b.waitAgentRunning("")
 
 	out := b.mustBerth("deploy", "-a", "oom", "/root/oom.tar.gz")
-	t.Logf("deploy:\n%s", tail(out, 3))
+	t.Logf("deploy:\n%s", e2eutil.Tail(out, 3))
 	ps, err := b.ps("oom")
 	if err != nil || len(ps) != 1 {
 		t.Fatalf("ps: %+v, %v", ps, err)
@@ -84,11 +86,11 @@ func TestLimits(t *testing.T) {
 		t.Errorf("memory.max of oom/web.1: %q, want 67108864", max)
 	}
 
-	waitFor(t, "an oom event for web.1", 2*time.Minute, func() (bool, string) {
+	e2eutil.WaitFor(t, "an oom event for web.1", 2*time.Minute, func() (bool, string) {
 		out, _ := b.berth("events", "-a", "oom")
-		return strings.Contains(out, "web.1 "+oomLimit), tail(out, 5)
+		return strings.Contains(out, "web.1 "+oomLimit), e2eutil.Tail(out, 5)
 	})
-	waitFor(t, "web.1 restarted after its OOM kill", time.Minute, func() (bool, string) {
+	e2eutil.WaitFor(t, "web.1 restarted after its OOM kill", time.Minute, func() (bool, string) {
 		ps, err := b.ps("oom")
 		if err != nil || len(ps) != 1 {
 			return false, fmt.Sprint(ps, err)

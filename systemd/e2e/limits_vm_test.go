@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/berth-dev/berth/agent/api"
+	"github.com/berth-dev/berth/agent/e2e/e2eutil"
 )
 
 // A container shares its host's kernel: where the host's memory
@@ -84,7 +85,7 @@ func TestLimitsVM(t *testing.T) {
 	if memoryInContainers(t) {
 		t.Skip("containers get the cgroup v2 memory controller here: TestLimits runs the OOM case itself")
 	}
-	root := repoRoot(t)
+	root := e2eutil.RepoRoot(t)
 	bin := filepath.Join(root, "bin", "berth")
 	if b := os.Getenv("BERTH_E2E_BINARY"); b != "" {
 		bin = b
@@ -152,7 +153,7 @@ func TestLimitsVM(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	data, _ := os.ReadFile(console)
 	if err != nil {
-		t.Fatalf("qemu: %v\n%s\nconsole:\n%s", err, out, tail(string(data), 60))
+		t.Fatalf("qemu: %v\n%s\nconsole:\n%s", err, out, e2eutil.Tail(string(data), 60))
 	}
 	t.Logf("VM booted, ran the check and powered off in %s", time.Since(start).Round(time.Second))
 	res := vmResult(t, string(data))
@@ -199,7 +200,7 @@ func vmResult(t *testing.T, console string) map[string]string {
 	i := strings.Index(console, "=== VMCHECK start\n")
 	j := strings.Index(console, "=== VMCHECK end")
 	if i < 0 || j < i {
-		t.Fatalf("no check result on the VM's console:\n%s", tail(console, 80))
+		t.Fatalf("no check result on the VM's console:\n%s", e2eutil.Tail(console, 80))
 	}
 	res := map[string]string{}
 	key := ""
@@ -296,7 +297,7 @@ func vmRoot(t *testing.T) string {
 	}
 	if err != nil {
 		os.RemoveAll(tmp)
-		t.Fatalf("install a kernel into the VM root: %v\n%s", err, tail(string(out), 30))
+		t.Fatalf("install a kernel into the VM root: %v\n%s", err, e2eutil.Tail(string(out), 30))
 	}
 	if err := os.WriteFile(filepath.Join(tmp, rootStampName), []byte(stamp), 0o644); err != nil {
 		t.Fatal(err)

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/agent/api"
+	"github.com/berth-dev/berth/agent/e2e/e2eutil"
 )
 
 // harness is a real agent (bin/berth agent) on a temp data dir and socket.
@@ -33,25 +34,6 @@ type harness struct {
 	pids    map[int]bool  // app pids seen in ps, killed at cleanup if still alive
 }
 
-// repoRoot finds the module root from the test's working directory.
-func repoRoot(t *testing.T) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the test's directory")
-		}
-		dir = parent
-	}
-}
-
 // binaries returns bin/berth and bin/hello.tar.gz, which `make e2e-load`
 // builds first.
 func binaries(t *testing.T) (berth, hello string) {
@@ -62,7 +44,7 @@ func binaries(t *testing.T) (berth, hello string) {
 // artifact returns bin/<name>, failing the test when it was not built.
 func artifact(t *testing.T, name string) string {
 	t.Helper()
-	f := filepath.Join(repoRoot(t), "bin", name)
+	f := filepath.Join(e2eutil.RepoRoot(t), "bin", name)
 	if _, err := os.Stat(f); err != nil {
 		t.Fatalf("%v: run `make e2e-load`, which builds bin/berth and bin/hello.tar.gz first", err)
 	}
@@ -129,7 +111,7 @@ func startAgent(t *testing.T, berth string, flags ...string) *harness {
 	port := basePort(t)
 	args := append([]string{"agent", "--data-dir", filepath.Join(dir, "data"), "--socket", h.socket, "--base-port", strconv.Itoa(port)}, flags...)
 	h.cmd = exec.Command(berth, args...)
-	h.cmd.Env = cleanEnv()
+	h.cmd.Env = e2eutil.CleanEnv()
 	h.cmd.Stdout, h.cmd.Stderr = logf, logf
 	h.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := h.cmd.Start(); err != nil {
@@ -162,23 +144,11 @@ func startAgent(t *testing.T, berth string, flags ...string) *harness {
 	}
 }
 
-// cleanEnv is the test's environment without BERTH_* settings that would
-// point the agent or CLI elsewhere.
-func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "BERTH_") {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
-
 // cli runs bin/berth against the harness's socket and returns its stdout;
 // the error carries stderr.
 func (h *harness) cli(ctx context.Context, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, h.berth, args...)
-	cmd.Env = append(cleanEnv(), "BERTH_SOCKET="+h.socket)
+	cmd.Env = append(e2eutil.CleanEnv(), "BERTH_SOCKET="+h.socket)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {

@@ -3,13 +3,10 @@
 package e2e
 
 import (
-	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +15,7 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/agent/api"
+	"github.com/berth-dev/berth/agent/e2e/e2eutil"
 	"github.com/berth-dev/berth/agent/fleet"
 )
 
@@ -29,45 +27,15 @@ const fleetToken = "e2e-fleet-token"
 // network namespace, so they may share it).
 const appPort = 5000
 
-// repoRoot is the directory holding go.mod, above the test's.
-func repoRoot(t *testing.T) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the test")
-		}
-		dir = parent
-	}
-}
-
 // artifact returns bin/NAME of the repository, made by `make build
 // example` (make e2e-fleet does).
 func artifact(t *testing.T, name string) string {
 	t.Helper()
-	p := filepath.Join(repoRoot(t), "bin", name)
+	p := filepath.Join(e2eutil.RepoRoot(t), "bin", name)
 	if _, err := os.Stat(p); err != nil {
 		t.Fatalf("%s is missing: run `make e2e-fleet` (it builds bin/berth and bin/hello.tar.gz)", p)
 	}
 	return p
-}
-
-// cleanEnv is the environment without BERTH_* settings.
-func cleanEnv(extra ...string) []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "BERTH_") {
-			env = append(env, kv)
-		}
-	}
-	return append(env, extra...)
 }
 
 // agent is one `berth agent --etcd` in a node's namespace.
@@ -106,7 +74,7 @@ func startAgent(t *testing.T, bin string, ns netns, name, ip string) *agent {
 		"--base-port", fmt.Sprint(appPort),
 		"--etcd", etcdURL, "--node", name, "--labels", "zone="+name,
 		"--fleet-listen", ip+":7070")
-	a.cmd.Env = cleanEnv("BERTH_FLEET_TOKEN=" + fleetToken)
+	a.cmd.Env = e2eutil.CleanEnv("BERTH_FLEET_TOKEN=" + fleetToken)
 	a.cmd.Stdout, a.cmd.Stderr = logf, logf
 	if err := a.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -115,7 +83,7 @@ func startAgent(t *testing.T, bin string, ns netns, name, ip string) *agent {
 	t.Cleanup(func() {
 		a.stop()
 		if t.Failed() {
-			t.Logf("%s agent log (last 30 lines):\n%s", name, tail(a.log(), 30))
+			t.Logf("%s agent log (last 30 lines):\n%s", name, e2eutil.Tail(a.log(), 30))
 		}
 		os.RemoveAll(dir)
 	})
@@ -126,11 +94,11 @@ func startAgent(t *testing.T, bin string, ns netns, name, ip string) *agent {
 		}
 		select {
 		case <-a.exited:
-			t.Fatalf("%s agent exited at start:\n%s", name, tail(a.log(), 30))
+			t.Fatalf("%s agent exited at start:\n%s", name, e2eutil.Tail(a.log(), 30))
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s agent does not answer on %s after 30s:\n%s", name, a.socket, tail(a.log(), 30))
+			t.Fatalf("%s agent does not answer on %s after 30s:\n%s", name, a.socket, e2eutil.Tail(a.log(), 30))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -164,7 +132,7 @@ func (a *agent) cli(args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, a.bin, append([]string{"--socket", a.socket}, args...)...)
-	cmd.Env = cleanEnv()
+	cmd.Env = e2eutil.CleanEnv()
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
@@ -196,7 +164,7 @@ func fleetCLI(top *topology, bin string, timeout time.Duration, args ...string) 
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := top.hub.command(ctx, bin, append([]string{"fleet", "--etcd", etcdURL}, args...)...)
-	cmd.Env = cleanEnv("BERTH_FLEET_TOKEN=" + fleetToken)
+	cmd.Env = e2eutil.CleanEnv("BERTH_FLEET_TOKEN=" + fleetToken)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
@@ -222,70 +190,20 @@ func fleetStatus(t *testing.T, top *topology, bin, app string) fleet.AppStatus {
 // retarball rewrites a gzip tarball, replacing the files in repl.
 func retarball(t *testing.T, src, dst string, repl map[string]string) {
 	t.Helper()
-	in, err := os.Open(src)
-	if err != nil {
+	seen := map[string]bool{}
+	body := e2eutil.RewriteTarball(t, src, "", func(name string, body []byte) []byte {
+		if r, ok := repl[name]; ok {
+			seen[name] = true
+			return []byte(r)
+		}
+		return body
+	})
+	for name := range repl {
+		if !seen[name] {
+			t.Fatalf("%s has no %s", src, name)
+		}
+	}
+	if err := os.WriteFile(dst, body, 0o644); err != nil {
 		t.Fatal(err)
-	}
-	defer in.Close()
-	zr, err := gzip.NewReader(in)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var buf bytes.Buffer
-	zw := gzip.NewWriter(&buf)
-	tw := tar.NewWriter(zw)
-	tr := tar.NewReader(zr)
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, err := io.ReadAll(tr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if r, ok := repl[strings.TrimPrefix(h.Name, "./")]; ok {
-			body = []byte(r)
-			h.Size = int64(len(body))
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tw.Write(body); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := zw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(dst, buf.Bytes(), 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
-}
-
-// waitFor polls cond every 100 ms until it holds or timeout passes.
-func waitFor(t *testing.T, what string, timeout time.Duration, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, last := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not reached within %s; last: %s", what, timeout, last)
-		}
-		time.Sleep(100 * time.Millisecond)
 	}
 }

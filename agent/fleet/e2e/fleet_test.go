@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/agent/api"
+	"github.com/berth-dev/berth/agent/e2e/e2eutil"
 )
 
 // fleetRelease returns the node's local release that carries fleet
@@ -55,7 +56,7 @@ func TestFleet(t *testing.T) {
 	for i, ns := range top.nodes {
 		agents = append(agents, startAgent(t, bin, ns, fmt.Sprintf("n%d", i+1), top.ips[i]))
 	}
-	waitFor(t, "three nodes registered", 30*time.Second, func() (bool, string) {
+	e2eutil.WaitFor(t, "three nodes registered", 30*time.Second, func() (bool, string) {
 		out, err := fleetCLI(top, bin, 30*time.Second, "status", "-a", "hello")
 		return err == nil && strings.Count(out, "\nn") == 3, out + fmt.Sprint(err)
 	})
@@ -156,7 +157,7 @@ func TestFleet(t *testing.T) {
 		pids := agents[1].webPIDs(t)
 		agents[1].killApp(t)
 		n2 = startLoad(top.hub, urls[1:2])
-		waitFor(t, "n2 restarts its crashed app with etcd down", 30*time.Second, func() (bool, string) {
+		e2eutil.WaitFor(t, "n2 restarts its crashed app with etcd down", 30*time.Second, func() (bool, string) {
 			now := agents[1].webPIDs(t)
 			return len(now) == 1 && now[0] != pids[0], fmt.Sprint(now)
 		})
