@@ -24,7 +24,8 @@ const switchesPerOp = 7
 // release, from the command's start and from its return. It reports the
 // medians. The agent runs with --settle 300ms --probation 300ms (see
 // spawnAgent): the CLI's time includes those waits, the time to "all
-// running" does not depend on them.
+// running" does not depend on them. BERTH_BENCH_AGENT_FLAGS adds agent
+// flags, for what-if runs (e.g. --keep-image-mapped).
 func BenchmarkConfigSet20(b *testing.B) {
 	benchSwitch(b, func(e *e2e, i int) []string {
 		return []string{"config", "set", "-a", e2eApp, "--json", fmt.Sprintf("FOO=%d", i)}
@@ -43,7 +44,7 @@ func benchSwitch(b *testing.B, args func(e *e2e, i int) []string) {
 	const instances = 20
 	e := newE2E(b)
 	writeFile(b, e.dir, "app.tar.gz", appTarball(b, map[string]string{"Procfile": "web: " + webCmd + "\n"}))
-	e.startAgent()
+	e.startAgent(strings.Fields(os.Getenv("BERTH_BENCH_AGENT_FLAGS"))...)
 	e.ok("deploy", "-a", e2eApp, e.dir+"/app.tar.gz")
 	e.ok("scale", "-a", e2eApp, fmt.Sprintf("web=%d", instances))
 	e.running(e2eApp, instances, 1)
