@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/berth-dev/berth/agent/api"
 	"github.com/berth-dev/berth/agent/rollout"
@@ -86,7 +87,8 @@ func (a *Agent) logInstances(app string) []string {
 // wrote before a crash, a restart or a switch is there.
 func (a *Agent) Logs(ctx context.Context, app string, q api.LogQuery) ([]api.LogLine, error) {
 	return do(a, ctx, opts{app: app, exists: true, check: func() error { return checkLogQuery(q) }}, func(context.Context) ([]api.LogLine, error) {
-		return a.logs(app, q)
+		out, _, err := a.logs(app, q)
+		return out, err
 	})
 }
 
@@ -103,11 +105,13 @@ func checkLogQuery(q api.LogQuery) error {
 	return nil
 }
 
-func (a *Agent) logs(app string, q api.LogQuery) ([]api.LogLine, error) {
+// logs reads the lines of Logs. read holds, by instance, the lines read
+// of each (up to q.N of each, before the merge keeps the app's last q.N).
+func (a *Agent) logs(app string, q api.LogQuery) (out []api.LogLine, read map[string][]api.LogLine, err error) {
 	insts := a.logInstances(app)
 	if q.Instance != "" {
 		if !slices.Contains(insts, q.Instance) {
-			return nil, fmt.Errorf("%w: logs: app %s has no instance %s (it has %s)", api.ErrNotFound, app, q.Instance, strings.Join(insts, ", "))
+			return nil, nil, fmt.Errorf("%w: logs: app %s has no instance %s (it has %s)", api.ErrNotFound, app, q.Instance, strings.Join(insts, ", "))
 		}
 		insts = []string{q.Instance}
 	}
@@ -115,7 +119,7 @@ func (a *Agent) logs(app string, q api.LogQuery) ([]api.LogLine, error) {
 	if q.Release > 0 {
 		sq.Tag = logTag(q.Release)
 	}
-	var out []api.LogLine
+	read = map[string][]api.LogLine{}
 	for _, inst := range insts {
 		lines, err := supervisor.ReadLogs(a.appDir(app, "logs", inst+".log"), sq)
 		if errors.Is(err, os.ErrNotExist) {
@@ -124,10 +128,12 @@ func (a *Agent) logs(app string, q api.LogQuery) ([]api.LogLine, error) {
 			lines, err = a.memoryLines(app, inst, sq)
 		}
 		if err != nil {
-			return nil, fmt.Errorf("logs of %s/%s: %w", app, inst, err)
+			return nil, nil, fmt.Errorf("logs of %s/%s: %w", app, inst, err)
 		}
 		for _, l := range lines {
-			out = append(out, toAPILine(app, inst, l))
+			al := toAPILine(app, inst, l)
+			out = append(out, al)
+			read[inst] = append(read[inst], al)
 		}
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Time.Before(out[j].Time) })
@@ -137,7 +143,7 @@ func (a *Agent) logs(app string, q api.LogQuery) ([]api.LogLine, error) {
 	if out == nil {
 		out = []api.LogLine{}
 	}
-	return out, nil
+	return out, read, nil
 }
 
 // memoryLines returns the lines kept in memory by the instances of a
@@ -164,10 +170,14 @@ func (a *Agent) memoryLines(app, inst string, q supervisor.LogQuery) ([]supervis
 	return out, nil
 }
 
-// FollowLogs sends the app's new output lines (of q.Instance and
-// q.Release, or all) as they come, including those of instances started
-// meanwhile (a switch, a restart, a scale), until ctx ends or send fails.
-// A line after some the follower lost carries their count in Missed.
+// FollowLogs sends the stored lines q asks for (its last q.N, or
+// those since q.Since; none when both are zero), then the app's new
+// output lines (of q.Instance and q.Release, or all) as they come,
+// including those of instances started meanwhile (a switch, a restart, a
+// scale), until ctx ends or send fails. No line written between the two
+// is lost or sent twice: the subscription starts before the store is
+// read. A line after some the follower lost carries their count in
+// Missed.
 func (a *Agent) FollowLogs(ctx context.Context, app string, q api.LogQuery, send func(api.LogLine) error) error {
 	return do0(a, ctx, opts{app: app, exists: true, check: func() error { return checkLogQuery(q) }}, func(ctx context.Context) error {
 		return a.followLogs(ctx, app, q, send)
@@ -176,18 +186,66 @@ func (a *Agent) FollowLogs(ctx context.Context, app string, q api.LogQuery, send
 
 func (a *Agent) followLogs(ctx context.Context, app string, q api.LogQuery, send func(api.LogLine) error) error {
 	prefix := app + "/"
-	lines, cancel := a.sup.FollowLogs(func(name string) bool {
+	match := func(name string) bool {
 		if q.Instance != "" {
 			return name == prefix+q.Instance || strings.HasPrefix(name, prefix+q.Instance+"@")
 		}
 		return strings.HasPrefix(name, prefix)
-	}, 256)
+	}
+	lines, cancel := a.sup.FollowLogs(match, 256)
 	defer cancel()
 	tag := ""
 	if q.Release > 0 {
 		tag = logTag(q.Release)
 	}
 	missed := 0 // lost lines not told yet: they were before a line filtered out
+	// relay sends a line of the subscription unless filtered out.
+	relay := func(l supervisor.LogLine) error {
+		missed += l.Missed
+		if tag != "" && l.Tag != tag {
+			return nil
+		}
+		l.Missed, missed = missed, 0
+		_, inst := splitName(l.Name)
+		return send(toAPILine(app, inst, l))
+	}
+	if q.N > 0 || !q.Since.IsZero() {
+		// What the app wrote before the subscription is in the files
+		// before they are read.
+		a.sup.SettleLogs(match, settleLogsTimeout)
+		hist, read, err := a.logs(app, q)
+		if err != nil {
+			return err
+		}
+		api.FollowStarted(ctx)
+		for _, l := range hist {
+			if err := send(l); err != nil {
+				return err
+			}
+		}
+		// What the subscription brought while the store was read: each
+		// instance's lines that the store had already are dropped.
+		var pending []supervisor.LogLine
+		for drained := false; !drained; {
+			select {
+			case l, ok := <-lines:
+				if !ok {
+					drained = true
+					break
+				}
+				pending = append(pending, l)
+			default:
+				drained = true
+			}
+		}
+		for _, l := range dropStored(pending, read, tag) {
+			if err := relay(l); err != nil {
+				return err
+			}
+		}
+	} else {
+		api.FollowStarted(ctx)
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -196,15 +254,67 @@ func (a *Agent) followLogs(ctx context.Context, app string, q api.LogQuery, send
 			if !ok {
 				return nil
 			}
-			missed += l.Missed
-			if tag != "" && l.Tag != tag {
-				continue
-			}
-			l.Missed, missed = missed, 0
-			_, inst := splitName(l.Name)
-			if err := send(toAPILine(app, inst, l)); err != nil {
+			if err := relay(l); err != nil {
 				return err
 			}
 		}
 	}
+}
+
+// settleLogsTimeout bounds how long a follow with stored lines waits
+// for output on its way to the files (a stalled disk): past it, lines
+// written meanwhile may be missing between the stored and the new ones.
+const settleLogsTimeout = 2 * time.Second
+
+// dropStored returns pending, the lines a follower received while the
+// store was read, without those the store gave (read, by instance). A
+// line reaches followers just before the file, and the supervisor's
+// SettleLogs makes sure none is in neither. The lines of one stream of
+// one instance reach both in the order they were read from the pipe,
+// and the lines of one read share a time. So of an instance's stream,
+// with T the time of the last line read and c the number of lines read
+// at T (the store may hold part of that read), the follower's lines
+// before T and its first c lines at T are those the store gave. Lines
+// filtered out by tag are not looked at; the Missed counts of dropped
+// lines move to the next line kept.
+func dropStored(pending []supervisor.LogLine, read map[string][]api.LogLine, tag string) []supervisor.LogLine {
+	type key struct{ inst, stream string }
+	type mark struct {
+		last time.Time
+		n    int // lines read at last
+	}
+	marks := map[key]*mark{}
+	for inst, lines := range read {
+		for _, l := range lines {
+			k := key{inst, l.Stream}
+			t := l.Time.Truncate(time.Microsecond)
+			switch m := marks[k]; {
+			case m == nil || t.After(m.last):
+				marks[k] = &mark{last: t, n: 1}
+			case t.Equal(m.last):
+				m.n++
+			}
+		}
+	}
+	out := pending[:0:0]
+	missed := 0
+	for _, l := range pending {
+		if tag == "" || l.Tag == tag {
+			_, inst := splitName(l.Name)
+			if m := marks[key{inst, l.Stream}]; m != nil {
+				t := l.Time.Truncate(time.Microsecond)
+				if t.Before(m.last) || t.Equal(m.last) && m.n > 0 {
+					if t.Equal(m.last) {
+						m.n--
+					}
+					missed += l.Missed
+					continue
+				}
+			}
+		}
+		l.Missed += missed
+		missed = 0
+		out = append(out, l)
+	}
+	return out
 }

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/agent/api"
+	"github.com/berth-dev/berth/supervisor"
 )
 
 // logTexts returns "vN text" for each line, for messages.
@@ -318,5 +320,122 @@ func TestAgent_ReleasePhaseOutputKept(t *testing.T) {
 		!strings.HasSuffix(rest, "line 29999\nend") {
 		t.Fatalf("v2's output: %d bytes, starting %q, ending %q; want the cut counted exactly (%d bytes written)",
 			len(got.Output), head, rest[max(0, len(rest)-16):], total)
+	}
+}
+
+// TestAgent_TailFollowLosesNothing runs `logs -n N -f` (TailLogs over
+// the real socket) many times on an app that writes a numbered line
+// every millisecond: the stored lines and the new ones join with no line
+// missing and none twice, although lines are written while the store is
+// read.
+func TestAgent_TailFollowLosesNothing(t *testing.T) {
+	cfg := testConfig(dataDir(t))
+	cfg.NoSocket = false
+	ta := startAgent(t, cfg)
+	c := api.NewClient(cfg.SocketPath)
+	defer c.Close()
+	ta.mustDeploy(t, "ticker", tarball(t, map[string]string{
+		"Procfile": `tick: i=0; while :; do echo "n $i"; i=$((i+1)); sleep 0.001; done` + "\n",
+	}))
+	ctx := context.Background()
+	waitFor(t, 30*time.Second, "lines stored", func() bool {
+		lines, err := ta.Logs(ctx, "ticker", api.LogQuery{N: 50})
+		return err == nil && len(lines) == 50
+	})
+	for round := range 30 {
+		fctx, cancel := context.WithCancel(ctx)
+		var got []int
+		done := make(chan error, 1)
+		go func() {
+			done <- c.TailLogs(fctx, "ticker", api.LogQuery{N: 5 + round}, func(l api.LogLine) error {
+				var n int
+				if _, err := fmt.Sscanf(l.Text, "n %d", &n); err != nil {
+					return fmt.Errorf("line %q: %v", l.Text, err)
+				}
+				if got = append(got, n); len(got) == 60+round {
+					cancel()
+				}
+				return nil
+			})
+		}()
+		select {
+		case err := <-done:
+			if err != nil && !errors.Is(err, context.Canceled) {
+				t.Fatalf("round %d: %v", round, err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("round %d: only %d lines in 30s", round, len(got))
+		}
+		cancel()
+		for i := 1; i < len(got); i++ {
+			if got[i] != got[i-1]+1 {
+				t.Fatalf("round %d (-n %d): line %d follows line %d: %v", round, 5+round, got[i], got[i-1], got)
+			}
+		}
+	}
+}
+
+// TestDropStored covers the join of stored and followed lines: the
+// lines of each instance that the store gave are dropped from the front
+// of what the follower got, however many the store gave of them, and
+// lines the tag filters out neither match nor lose their Missed count.
+func TestDropStored(t *testing.T) {
+	t0 := time.Date(2026, 12, 3, 8, 0, 0, 123456789, time.UTC)
+	live := func(inst, tag, text string, at time.Duration, missed int) supervisor.LogLine {
+		return supervisor.LogLine{Name: "app/" + inst + "@" + tag, Tag: tag, Time: t0.Add(at * time.Millisecond), Stream: "stdout", Text: text, Missed: missed}
+	}
+	stored := func(inst, text string, at time.Duration) api.LogLine {
+		// The store keeps microseconds.
+		return api.LogLine{Instance: inst, Time: t0.Add(at * time.Millisecond).Truncate(time.Microsecond), Stream: "stdout", Text: text}
+	}
+	texts := func(ls []supervisor.LogLine) string {
+		var out []string
+		for _, l := range ls {
+			out = append(out, fmt.Sprintf("%s:%s+%d", l.Name, l.Text, l.Missed))
+		}
+		return strings.Join(out, " ")
+	}
+	for _, c := range []struct {
+		name    string
+		pending []supervisor.LogLine
+		read    map[string][]api.LogLine
+		tag     string
+		want    string
+	}{{
+		name:    "overlap of two",
+		pending: []supervisor.LogLine{live("web.1", "v1", "b", 2, 0), live("web.1", "v1", "c", 3, 0), live("web.1", "v1", "d", 4, 0)},
+		read:    map[string][]api.LogLine{"web.1": {stored("web.1", "a", 1), stored("web.1", "b", 2), stored("web.1", "c", 3)}},
+		want:    "app/web.1@v1:d+0",
+	}, {
+		name:    "the store gave fewer than the overlap (-n 1)",
+		pending: []supervisor.LogLine{live("web.1", "v1", "b", 2, 0), live("web.1", "v1", "c", 3, 0), live("web.1", "v1", "d", 4, 0)},
+		read:    map[string][]api.LogLine{"web.1": {stored("web.1", "c", 3)}},
+		want:    "app/web.1@v1:d+0",
+	}, {
+		name:    "no overlap; another instance's lines stay",
+		pending: []supervisor.LogLine{live("web.2", "v1", "c", 3, 0), live("web.1", "v1", "d", 4, 0)},
+		read:    map[string][]api.LogLine{"web.1": {stored("web.1", "c", 3)}},
+		want:    "app/web.2@v1:c+0 app/web.1@v1:d+0",
+	}, {
+		name: "identical lines of one batch, the store had two of three",
+		pending: []supervisor.LogLine{live("web.1", "v1", "x", 5, 0), live("web.1", "v1", "x", 5, 0), live("web.1", "v1", "x", 5, 0),
+			live("web.1", "v1", "y", 6, 0)},
+		read: map[string][]api.LogLine{"web.1": {stored("web.1", "x", 5), stored("web.1", "x", 5)}},
+		want: "app/web.1@v1:x+0 app/web.1@v1:y+0",
+	}, {
+		name:    "same text at another time is a new line",
+		pending: []supervisor.LogLine{live("web.1", "v1", "tick", 7, 0)},
+		read:    map[string][]api.LogLine{"web.1": {stored("web.1", "tick", 6)}},
+		want:    "app/web.1@v1:tick+0",
+	}, {
+		name:    "a dropped line's Missed count moves on; other tags are kept for relay",
+		pending: []supervisor.LogLine{live("web.1", "v2", "c", 3, 4), live("web.1", "v1", "old", 3, 0), live("web.1", "v2", "d", 4, 0)},
+		read:    map[string][]api.LogLine{"web.1": {stored("web.1", "c", 3)}},
+		tag:     "v2",
+		want:    "app/web.1@v1:old+4 app/web.1@v2:d+0",
+	}} {
+		if got := texts(dropStored(c.pending, c.read, c.tag)); got != c.want {
+			t.Errorf("%s: got %q, want %q", c.name, got, c.want)
+		}
 	}
 }

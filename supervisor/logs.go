@@ -419,6 +419,11 @@ type logSink struct {
 	ringLines int
 	spare     []byte // the buffer of the last segment dropped, for the next one
 	closed    bool
+	// settled counts the batches store has finished with: written to the
+	// file, or not to be (no file, closed). entered counts those store
+	// was given; it is read without mu (Supervisor.SettleLogs).
+	settled uint64
+	entered atomic.Uint64
 }
 
 func newLogSink(s *Supervisor, name string, cfg LogConfig) *logSink {
@@ -438,6 +443,10 @@ func (ls *logSink) store(b *batch) {
 		ls.s.pools.releaseBatch(b)
 		return
 	}
+	// Counted before the followers are looked at: a follower that
+	// subscribes after this either gets the batch or finds it counted
+	// and waits for it to settle (SettleLogs).
+	ls.entered.Add(1)
 	if ls.s.nfollow.Load() > 0 || ls.s.cfg.Sink != nil {
 		ls.s.deliverLines(ls, b)
 	}
@@ -445,6 +454,7 @@ func (ls *logSink) store(b *batch) {
 	defer ls.mu.Unlock()
 	if ls.closed {
 		ls.s.pools.releaseBatch(b)
+		ls.settle(1)
 		return
 	}
 	if m := ls.cfg.Memory; m > 0 {
@@ -452,6 +462,7 @@ func (ls *logSink) store(b *batch) {
 	}
 	if ls.cfg.Path == "" {
 		ls.s.pools.releaseBatch(b)
+		ls.settle(1)
 		return
 	}
 	ls.queue = append(ls.queue, b)
@@ -488,9 +499,16 @@ func (ls *logSink) drain() {
 		}
 		ls.mu.Lock()
 		ls.queued -= n
-		ls.cond.Broadcast()
+		ls.settle(len(q))
 	}
 	ls.writing = false
+	ls.cond.Broadcast()
+}
+
+// settle counts n batches done with and wakes the waiters. Called with
+// mu held.
+func (ls *logSink) settle(n int) {
+	ls.settled += uint64(n)
 	ls.cond.Broadcast()
 }
 

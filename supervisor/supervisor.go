@@ -545,6 +545,44 @@ func (s *Supervisor) FollowLogs(match func(name string) bool, buf int) (<-chan L
 	}
 }
 
+// SettleLogs waits, for at most timeout, until every batch of output
+// that the instances whose name match accepts had begun to store is in
+// their files (or is not to be: no file, closed). Between a follow's
+// start (FollowLogs) and a read of the files after SettleLogs, no line
+// falls through: a batch either reaches the follower or was counted and
+// settled before the read. Lines can be in both; the reader drops those.
+func (s *Supervisor) SettleLogs(match func(name string) bool, timeout time.Duration) {
+	s.mu.Lock()
+	var sinks []*logSink
+	for name, in := range s.instances {
+		if match == nil || match(name) {
+			sinks = append(sinks, in.logs)
+		}
+	}
+	s.mu.Unlock()
+	targets := make([]uint64, len(sinks))
+	for i, ls := range sinks {
+		targets[i] = ls.entered.Load()
+	}
+	var expired atomic.Bool
+	t := time.AfterFunc(timeout, func() {
+		expired.Store(true)
+		for _, ls := range sinks {
+			ls.mu.Lock()
+			ls.cond.Broadcast()
+			ls.mu.Unlock()
+		}
+	})
+	defer t.Stop()
+	for i, ls := range sinks {
+		ls.mu.Lock()
+		for ls.settled < targets[i] && !ls.closed && !expired.Load() {
+			ls.cond.Wait()
+		}
+		ls.mu.Unlock()
+	}
+}
+
 // deliverLines hands a batch to the followers that want it and the sink.
 func (s *Supervisor) deliverLines(ls *logSink, b *batch) {
 	var fs []*follower

@@ -311,6 +311,19 @@ func (f *fakeBackend) Logs(_ context.Context, app string, q LogQuery) ([]LogLine
 }
 
 func (f *fakeBackend) FollowLogs(ctx context.Context, app string, q LogQuery, send func(LogLine) error) error {
+	var stored []LogLine
+	if q.N > 0 || !q.Since.IsZero() {
+		var err error
+		if stored, err = f.Logs(ctx, app, q); err != nil {
+			return err
+		}
+	}
+	FollowStarted(ctx)
+	for _, l := range stored {
+		if err := send(l); err != nil {
+			return err
+		}
+	}
 	f.following <- struct{}{}
 	for {
 		select {

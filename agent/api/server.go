@@ -426,26 +426,47 @@ func (s *Server) handleLogs(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	app, ctx := r.PathValue("app"), r.Context()
-	var lines []LogLine
-	if !follow || n > 0 || !q.Since.IsZero() {
-		if lines, err = s.cfg.Backend.Logs(ctx, app, q); err != nil {
+	st := s.newStream(w)
+	defer st.close()
+	if follow {
+		// The backend sends the stored lines and the new ones, and says
+		// when it has accepted the request (FollowStarted): an error
+		// before that is the response.
+		err := s.cfg.Backend.FollowLogs(context.WithValue(ctx, followStartedKey{}, st.start), app, q,
+			func(l LogLine) error { return st.send(l) })
+		if err != nil && !st.started() {
 			s.writeError(w, r, err)
 			return
 		}
+		s.endFollow(r, st, err)
+		return
 	}
-	st := s.newStream(w)
-	defer st.close()
+	lines, err := s.cfg.Backend.Logs(ctx, app, q)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	st.start()
 	for _, l := range lines {
 		if st.send(l) != nil {
 			return
 		}
 	}
-	if !follow {
-		return
+}
+
+// followStartedKey holds, in the context of a FollowLogs call, the
+// function that starts the response stream.
+type followStartedKey struct{}
+
+// FollowStarted tells the server that a FollowLogs call has accepted its
+// request (the app exists, the query is valid, what it follows is set
+// up): it starts the response, so the client knows it is connected. A
+// backend calls it once, before it sends the first line; outside a
+// server's call it does nothing.
+func FollowStarted(ctx context.Context) {
+	if start, ok := ctx.Value(followStartedKey{}).(func()); ok {
+		start()
 	}
-	err = s.cfg.Backend.FollowLogs(ctx, app, q, func(l LogLine) error { return st.send(l) })
-	s.endFollow(r, st, err)
 }
 
 func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {

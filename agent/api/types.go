@@ -94,8 +94,8 @@ type LogLine struct {
 // (GET /v1/apps/{app}/logs?instance=&n=&since=&release=&follow=).
 type LogQuery struct {
 	Instance string    // one instance ("web.1"); "" for all of the app's
-	N        int       // the last N lines (0: all); Logs only
-	Since    time.Time // lines from this time on; zero for no limit; Logs only
+	N        int       // the last N lines (0: all; for FollowLogs, none stored)
+	Since    time.Time // lines from this time on; zero for no limit
 	Release  int       // lines of this release only; 0 for all
 }
 
@@ -186,9 +186,13 @@ type Backend interface {
 	// Logs returns the stored lines that q asks for, oldest first, across
 	// restarts and releases, whether the instances run or not.
 	Logs(ctx context.Context, app string, q LogQuery) ([]LogLine, error)
-	// FollowLogs sends new lines (of q.Instance and q.Release, or all)
-	// as they come, those of instances started meanwhile too, until ctx
-	// ends or send fails.
+	// FollowLogs sends the stored lines q asks for (q.N, q.Since; none
+	// when both are zero), then new lines (of q.Instance and q.Release,
+	// or all) as they come, those of instances started meanwhile too,
+	// until ctx ends or send fails, with no line lost or sent twice
+	// between the two. It calls FollowStarted(ctx) once it accepted the
+	// request: an error before that is the response, one after it ends
+	// the stream.
 	FollowLogs(ctx context.Context, app string, q LogQuery, send func(LogLine) error) error
 
 	// Events returns events with Seq > since (app "" for all apps), oldest
