@@ -105,9 +105,10 @@ func checkLogQuery(q api.LogQuery) error {
 	return nil
 }
 
-// logs reads the lines of Logs. read holds, by instance, the lines read
-// of each (up to q.N of each, before the merge keeps the app's last q.N).
-func (a *Agent) logs(app string, q api.LogQuery) (out []api.LogLine, read map[string][]api.LogLine, err error) {
+// logs reads the lines of Logs. marks says, of each stream of each
+// instance, where what it read ended (up to q.N lines of each were read,
+// before the merge kept the app's last q.N): dropStored needs no more.
+func (a *Agent) logs(app string, q api.LogQuery) (out []api.LogLine, marks logMarks, err error) {
 	insts := a.logInstances(app)
 	if q.Instance != "" {
 		if !slices.Contains(insts, q.Instance) {
@@ -119,7 +120,7 @@ func (a *Agent) logs(app string, q api.LogQuery) (out []api.LogLine, read map[st
 	if q.Release > 0 {
 		sq.Tag = logTag(q.Release)
 	}
-	read = map[string][]api.LogLine{}
+	marks = logMarks{}
 	for _, inst := range insts {
 		lines, err := supervisor.ReadLogs(a.appDir(app, "logs", inst+".log"), sq)
 		if errors.Is(err, os.ErrNotExist) {
@@ -131,9 +132,8 @@ func (a *Agent) logs(app string, q api.LogQuery) (out []api.LogLine, read map[st
 			return nil, nil, fmt.Errorf("logs of %s/%s: %w", app, inst, err)
 		}
 		for _, l := range lines {
-			al := toAPILine(app, inst, l)
-			out = append(out, al)
-			read[inst] = append(read[inst], al)
+			out = append(out, toAPILine(app, inst, l))
+			marks.add(inst, l.Stream, l.Time)
 		}
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Time.Before(out[j].Time) })
@@ -143,7 +143,7 @@ func (a *Agent) logs(app string, q api.LogQuery) (out []api.LogLine, read map[st
 	if out == nil {
 		out = []api.LogLine{}
 	}
-	return out, read, nil
+	return out, marks, nil
 }
 
 // memoryLines returns the lines kept in memory by the instances of a
@@ -213,7 +213,7 @@ func (a *Agent) followLogs(ctx context.Context, app string, q api.LogQuery, send
 		// What the app wrote before the subscription is in the files
 		// before they are read.
 		a.sup.SettleLogs(match, settleLogsTimeout)
-		hist, read, err := a.logs(app, q)
+		hist, marks, err := a.logs(app, q)
 		if err != nil {
 			return err
 		}
@@ -238,7 +238,7 @@ func (a *Agent) followLogs(ctx context.Context, app string, q api.LogQuery, send
 				drained = true
 			}
 		}
-		for _, l := range dropStored(pending, read, tag) {
+		for _, l := range dropStored(pending, marks, tag) {
 			if err := relay(l); err != nil {
 				return err
 			}
@@ -266,42 +266,47 @@ func (a *Agent) followLogs(ctx context.Context, app string, q api.LogQuery, send
 // written meanwhile may be missing between the stored and the new ones.
 const settleLogsTimeout = 2 * time.Second
 
+// logMarks says, of each stream of each instance, the time (to the
+// microsecond, as the store keeps it) of the last line read and how many
+// lines were read at that time.
+type logMarks map[logStream]*logMark
+
+type logStream struct{ inst, stream string }
+
+type logMark struct {
+	last time.Time
+	n    int
+}
+
+// add counts a line read, in the order of its stream.
+func (m logMarks) add(inst, stream string, at time.Time) {
+	k, t := logStream{inst, stream}, at.Truncate(time.Microsecond)
+	switch mk := m[k]; {
+	case mk == nil || t.After(mk.last):
+		m[k] = &logMark{last: t, n: 1}
+	case t.Equal(mk.last):
+		mk.n++
+	}
+}
+
 // dropStored returns pending, the lines a follower received while the
-// store was read, without those the store gave (read, by instance). A
-// line reaches followers just before the file, and the supervisor's
-// SettleLogs makes sure none is in neither. The lines of one stream of
-// one instance reach both in the order they were read from the pipe,
-// and the lines of one read share a time. So of an instance's stream,
-// with T the time of the last line read and c the number of lines read
-// at T (the store may hold part of that read), the follower's lines
-// before T and its first c lines at T are those the store gave. Lines
-// filtered out by tag are not looked at; the Missed counts of dropped
-// lines move to the next line kept.
-func dropStored(pending []supervisor.LogLine, read map[string][]api.LogLine, tag string) []supervisor.LogLine {
-	type key struct{ inst, stream string }
-	type mark struct {
-		last time.Time
-		n    int // lines read at last
-	}
-	marks := map[key]*mark{}
-	for inst, lines := range read {
-		for _, l := range lines {
-			k := key{inst, l.Stream}
-			t := l.Time.Truncate(time.Microsecond)
-			switch m := marks[k]; {
-			case m == nil || t.After(m.last):
-				marks[k] = &mark{last: t, n: 1}
-			case t.Equal(m.last):
-				m.n++
-			}
-		}
-	}
+// store was read, without those the store gave (marks: where the read
+// ended). A line reaches followers just before the file, and the
+// supervisor's SettleLogs makes sure none is in neither. The lines of
+// one stream of one instance reach both in the order they were read from
+// the pipe, and the lines of one read share a time. So of an instance's
+// stream, with T the time of the last line read and c the number of
+// lines read at T (the store may hold part of that read), the follower's
+// lines before T and its first c lines at T are those the store gave.
+// Lines filtered out by tag are not looked at; the Missed counts of
+// dropped lines move to the next line kept. It uses up marks.
+func dropStored(pending []supervisor.LogLine, marks logMarks, tag string) []supervisor.LogLine {
 	out := pending[:0:0]
 	missed := 0
 	for _, l := range pending {
 		if tag == "" || l.Tag == tag {
 			_, inst := splitName(l.Name)
-			if m := marks[key{inst, l.Stream}]; m != nil {
+			if m := marks[logStream{inst, l.Stream}]; m != nil {
 				t := l.Time.Truncate(time.Microsecond)
 				if t.Before(m.last) || t.Equal(m.last) && m.n > 0 {
 					if t.Equal(m.last) {

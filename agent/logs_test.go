@@ -434,7 +434,13 @@ func TestDropStored(t *testing.T) {
 		tag:     "v2",
 		want:    "app/web.1@v1:old+4 app/web.1@v2:d+0",
 	}} {
-		if got := texts(dropStored(c.pending, c.read, c.tag)); got != c.want {
+		marks := logMarks{}
+		for inst, lines := range c.read {
+			for _, l := range lines {
+				marks.add(inst, l.Stream, l.Time)
+			}
+		}
+		if got := texts(dropStored(c.pending, marks, c.tag)); got != c.want {
 			t.Errorf("%s: got %q, want %q", c.name, got, c.want)
 		}
 	}
