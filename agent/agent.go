@@ -66,8 +66,9 @@ type Agent struct {
 	probMu     sync.Mutex
 	probations map[string]*probationRun
 
-	// trimMu lets one trimImage run at a time.
-	trimMu sync.Mutex
+	// trimmer gives back the executable's pages once the agent has gone
+	// quiet (trim.go); poked after work.
+	trimmer *imageTrimmer
 
 	// gcMu keeps garbage collection out while a deploy is between its
 	// upload and the pin of its build (read-locked by deploys).
@@ -176,6 +177,7 @@ func New(cfg Config, log hclog.Logger) (*Agent, error) {
 		changesEnded: make(chan struct{}, 1),
 		settled:      make(chan struct{}, 1),
 	}
+	a.trimmer = &imageTrimmer{trim: a.trimImage}
 	if cfg.Fleet != nil {
 		f, err := fleet.New(*cfg.Fleet, fleetNode{a}, log.Named("fleet"))
 		if err != nil {
@@ -421,7 +423,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 			return err
 		}
 		a.controlLn = ln
-		srv := api.NewServer(api.ServerConfig{Backend: a, GID: gid, Version: cfg.Version}, a.root.Named("api"))
+		srv := api.NewServer(api.ServerConfig{Backend: a, GID: gid, Version: cfg.Version, AfterRequest: a.trimmer.poke}, a.root.Named("api"))
 		sd.server = goOwned(context.Background(), func(ctx context.Context) {
 			if err := srv.Serve(ctx, ln); err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, net.ErrClosed) {
 				a.log.Error("control socket server stopped", "error", err)
@@ -468,7 +470,9 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	})
 
 	close(a.up)
-	a.trimImage("start-up")
+	a.trimmer.poke()
+	a.trimmer.pokeAfterGC()
+	defer a.trimmer.stop()
 	if err := a.mainLoop(ctx, supDone); err != nil {
 		return err
 	}

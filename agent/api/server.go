@@ -37,6 +37,9 @@ type ServerConfig struct {
 	// WriteTimeout bounds each write of a streamed response, so a stuck
 	// client cannot hold up the operation it follows; 0 means 30 s.
 	WriteTimeout time.Duration
+	// AfterRequest, if set, is called after each request has been
+	// answered (the agent's image trim waits for quiet; see agent/trim.go).
+	AfterRequest func()
 }
 
 // Server serves the Backend over HTTP on the agent's unix socket.
@@ -104,6 +107,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 
 // ServeHTTP checks the peer's credentials and routes the request.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.AfterRequest != nil {
+		defer s.cfg.AfterRequest()
+	}
 	p, ok := peerFrom(r.Context())
 	if !ok || !p.Allowed {
 		s.log.Warn("refused socket peer", "uid", p.UID, "gid", p.GID, "pid", p.PID, "method", r.Method, "path", r.URL.Path, "error", p.Err)
