@@ -177,7 +177,7 @@ func New(cfg Config, log hclog.Logger) (*Agent, error) {
 		changesEnded: make(chan struct{}, 1),
 		settled:      make(chan struct{}, 1),
 	}
-	a.trimmer = &imageTrimmer{trim: a.trimImage}
+	a.trimmer = &imageTrimmer{trim: a.trimImage, quiet: quietDelay, every: minTrimInterval}
 	if cfg.Fleet != nil {
 		f, err := fleet.New(*cfg.Fleet, fleetNode{a}, log.Named("fleet"))
 		if err != nil {
@@ -470,7 +470,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	})
 
 	close(a.up)
-	a.trimmer.poke()
+	a.trimmer.hold()()
 	a.trimmer.pokeAfterGC()
 	defer a.trimmer.stop()
 	if err := a.mainLoop(ctx, supDone); err != nil {
@@ -567,12 +567,17 @@ func (a *Agent) mainLoop(ctx context.Context, supDone <-chan error) error {
 func releaseMemory() { debug.FreeOSMemory() }
 
 // beginChange counts a change in flight; changeDone ends it.
-func (a *Agent) beginChange() { a.changing.Add(1) }
+// Both also hold the executable trim off (trim.go).
+func (a *Agent) beginChange() {
+	a.changing.Add(1)
+	a.trimmer.begin()
+}
 
 // changeDone ends a change; when it was the last one in flight, it asks
 // the event watcher to have the memory the changes left released
 // (releaseIfSettled).
 func (a *Agent) changeDone() {
+	defer a.trimmer.end()
 	if a.changing.Add(-1) == 0 {
 		a.releaseDue.Store(true)
 		select {

@@ -50,9 +50,11 @@ func (a *Agent) watchProbation(app string, rel, prev state.Release, insts []*ins
 	// The switch that calls this is counted in a.ops, so the count is
 	// not zero here and shutdown's Wait sees this one too.
 	a.ops.Add(1)
+	release := a.trimmer.hold()
 	go func() {
 		defer a.ops.Done()
 		defer cancel()
+		defer release()
 		err := a.probation(ctx, a.config(), insts, w, newProgress(nil))
 		unsubscribe()
 		switch {

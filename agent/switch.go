@@ -71,7 +71,6 @@ func (a *Agent) runReleasePhase(ctx context.Context, app string, rel state.Relea
 // event ("deploy", "config", "rollback").
 func (a *Agent) activate(app string, rel state.Release, b *build.Build, kind string, wait bool, p *progress) (_ state.Release, _ string, err error) {
 	defer a.observeSwitch(app, kind, time.Now(), &err)
-	defer a.trimmer.poke()
 	// Once the release is recorded the switch goes on even if the client
 	// goes away (a Ctrl-C of `berth deploy` must not leave a release
 	// phase half run); only shutdown cuts it short.
