@@ -104,10 +104,11 @@ type Config struct {
 	// "-" means never pinned.
 	SteerPin string
 	// KeepImageMapped turns the executable trim off (trim.go): the pages
-	// of the agent's own binary that its start-up and its switches
+	// of the agent's own binary that its start-up and its changes
 	// faulted in stay mapped, and count in its RSS and PSS, until the
-	// kernel reclaims them. False means the agent gives them back after
-	// start-up and after each switch.
+	// kernel reclaims them. False means the agent gives them back once
+	// it has gone quiet after its start-up, a change or a burst of
+	// requests.
 	KeepImageMapped bool
 	// Fleet turns fleet mode on (agent/fleet): the agent registers with
 	// etcd and follows the desired state kept there. Nil means off: the

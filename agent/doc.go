@@ -58,6 +58,8 @@
 //	fleetnode.go   fleet.Node: a fleet release as a local release
 //	               ("Fleet vN: ..."), through the same activate as a
 //	               deploy; the fleet version and instances up of an app
+//	trim.go        giving back the pages of the agent's own executable
+//	               once it has gone quiet after a change or requests
 //
 // # Life cycle
 //

@@ -112,7 +112,7 @@ var agentSettings = []agentSetting{
 	{"steer-pin", "BERTH_STEER_PIN", func(fs *pflag.FlagSet, m *settings, n, u string) { fs.StringVar(&m.Config.SteerPin, n, "", u) },
 		"bpffs directory to pin the steering program in, so steering goes on while no agent runs (default /sys/fs/bpf/berth-<hash of the data dir> when /sys/fs/bpf is a bpffs; - never pins)"},
 	{"keep-image-mapped", "BERTH_KEEP_IMAGE_MAPPED", func(fs *pflag.FlagSet, m *settings, n, u string) { fs.BoolVar(&m.Config.KeepImageMapped, n, false, u) },
-		"do not give back the agent's mappings of its own executable after start-up and switches (for comparison: the pages stay in the page cache either way)"},
+		"do not give back the agent's mappings of its own executable once it goes quiet after start-up, changes and requests (for comparison: the pages stay in the page cache either way)"},
 	{"journal", "BERTH_JOURNAL", func(fs *pflag.FlagSet, m *settings, n, u string) { fs.BoolVar(&m.Config.Journal, n, false, u) },
 		"also send app output to journald"},
 	{"log-level", "BERTH_LOG_LEVEL", func(fs *pflag.FlagSet, m *settings, n, u string) { fs.StringVar(&m.LogLevel, n, "info", u) },
