@@ -3,6 +3,7 @@ package systemd
 import (
 	"fmt"
 	"regexp"
+	"sync"
 
 	"github.com/coreos/go-systemd/v22/journal"
 )
@@ -17,7 +18,7 @@ import (
 func SendJournal(text string, stderr bool, fields map[string]string) error {
 	vars := make(map[string]string, len(fields)+2)
 	for k, v := range fields {
-		if !journalFieldRE.MatchString(k) {
+		if !journalFieldRE().MatchString(k) {
 			return fmt.Errorf("send to journal: field name %q: %w", k, ErrInvalidField)
 		}
 		vars[k] = v
@@ -44,4 +45,4 @@ func UnderJournal() bool {
 }
 
 // journalFieldRE is what journald accepts as a field name sent by a client.
-var journalFieldRE = regexp.MustCompile(`^[A-Z0-9][A-Z0-9_]{0,63}$`)
+var journalFieldRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Z0-9][A-Z0-9_]{0,63}$`) })

@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -69,8 +70,8 @@ type UnitConfig struct {
 }
 
 var (
-	groupNameRE = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,30}[$]?$`)
-	envNameRE   = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	groupNameRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,30}[$]?$`) })
+	envNameRE   = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`) })
 )
 
 // withDefaults returns c with its zero fields set to the defaults.
@@ -117,7 +118,7 @@ func (c UnitConfig) Validate() error {
 	if len(c.SocketPath) >= 108 {
 		return bad("SocketPath", c.SocketPath, "is longer than a unix socket path may be (107 bytes)")
 	}
-	if !groupNameRE.MatchString(c.SocketGroup) {
+	if !groupNameRE().MatchString(c.SocketGroup) {
 		return bad("SocketGroup", c.SocketGroup, "is not a valid group name (lower case letters, digits, _ and -, at most 32)")
 	}
 	if c.StopTimeout < 0 {
@@ -131,7 +132,7 @@ func (c UnitConfig) Validate() error {
 		case EnvDataDir, EnvSocket, EnvSocketGroup, EnvStopTimeout:
 			return bad("Env["+k+"]", "", "is set by its own field (DataDir, SocketPath, SocketGroup, StopTimeout)")
 		}
-		if !envNameRE.MatchString(k) {
+		if !envNameRE().MatchString(k) {
 			return bad("Env", k, "is not a valid environment variable name")
 		}
 		if strings.ContainsAny(c.Env[k], "\n\r\x00") {

@@ -12,8 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
 	"os/user"
+
+	"github.com/hashicorp/go-hclog"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -29,11 +30,11 @@ import (
 // store unpacks at most 4 GiB either.
 const MaxTarball = 4 << 30
 
-var digestRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
+var digestRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[0-9a-f]{64}$`) })
 
 // ValidateDigest refuses anything but a lower-case SHA-256 hex digest.
 func ValidateDigest(d string) error {
-	if !digestRE.MatchString(d) {
+	if !digestRE().MatchString(d) {
 		return fmt.Errorf("%w: build digest %q: want 64 lower-case hex digits (SHA-256)", ErrInvalid, d)
 	}
 	return nil

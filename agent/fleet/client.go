@@ -9,6 +9,7 @@ import (
 	"maps"
 	"net/http"
 	"regexp"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -70,11 +71,11 @@ func (o RolloutOptions) size() (int, error) {
 	return o.MaxUnavailable, nil
 }
 
-var appRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,62}$`)
+var appRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z][a-z0-9-]{0,62}$`) })
 
 // ValidateApp refuses a bad app name (the agent's rules).
 func ValidateApp(app string) error {
-	if !appRE.MatchString(app) {
+	if !appRE().MatchString(app) {
 		return fmt.Errorf("%w: app name %q: want a lower-case letter, then letters, digits or '-' (at most 63)", ErrInvalid, app)
 	}
 	return nil

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"regexp"
+	"sync"
 	"time"
 )
 
@@ -113,7 +114,7 @@ const (
 	DefaultRetry       = time.Second
 )
 
-var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+var nameRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`) })
 
 func (c Config) withDefaults() Config {
 	c.Prefix = normPrefix(c.Prefix)
@@ -136,7 +137,7 @@ func (c Config) validate() error {
 	switch {
 	case len(c.Endpoints) == 0:
 		return fmt.Errorf("%w: fleet: no etcd endpoints", ErrInvalid)
-	case !nameRE.MatchString(c.Node):
+	case !nameRE().MatchString(c.Node):
 		return fmt.Errorf("%w: fleet: node name %q: want lower-case letters, digits, '.', '_' or '-' (at most 63)", ErrInvalid, c.Node)
 	case c.Dir == "":
 		return fmt.Errorf("%w: fleet: no directory for builds", ErrInvalid)
@@ -144,7 +145,7 @@ func (c Config) validate() error {
 		return fmt.Errorf("%w: fleet: the build endpoint needs a token", ErrInvalid)
 	}
 	for k := range c.Labels {
-		if !nameRE.MatchString(k) {
+		if !nameRE().MatchString(k) {
 			return fmt.Errorf("%w: fleet: label %q: want lower-case letters, digits, '.', '_' or '-'", ErrInvalid, k)
 		}
 	}
