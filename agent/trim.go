@@ -13,11 +13,12 @@ import (
 // after the last burst of work that maps many of them. A change to an
 // app (a deploy, config change, rollback, scale or restart, under the
 // app's lock) and the probation after a switch hold the trim off while
-// they run and ask for one when they end, as the start-up does. An API request or a GC cycle
-// asks for one too, but at most every minTrimInterval, so that a steady
-// trickle of requests costs a trim (1 to 2 ms) every few seconds at
-// most. A busy agent keeps its pages; what it runs after a trim comes
-// back as minor faults from the page cache.
+// they run and ask for one when they end, as the start-up does. An API
+// request or a GC cycle asks for one too, but at most every
+// minTrimInterval, so that a steady trickle of requests costs a trim
+// (1 to 2 ms) every few seconds at most. A busy agent keeps its pages;
+// what it runs after a trim comes back as minor faults from the page
+// cache.
 //
 // Trimming at the end of the work itself is too early: every page fault
 // maps 64 KiB of file around it (the kernel's fault-around), so the
