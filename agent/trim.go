@@ -163,8 +163,8 @@ func (t *imageTrimmer) pokeAfterGC() {
 		if stopped {
 			return
 		}
+		t.pokeAfterGC() // the next cycle's sentinel, before this cycle's trim
 		t.poke()
-		t.pokeAfterGC()
 	})
 }
 
