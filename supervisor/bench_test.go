@@ -211,7 +211,11 @@ func BenchmarkCrashLoopCPU(b *testing.B) {
 // BenchmarkStartStop100 measures starting 100 instances concurrently
 // (until each has exec'd) and stopping them with StopMany (they exit
 // promptly on SIGTERM), beside bash starting 100 in the background and
-// kill + wait.
+// kill + wait. The instances are started and stopped twice: without
+// Markers, and with them as the agent sets them, so that each stop's
+// search for escaped processes walks from the supervisor's process (its
+// other instances' processes included) instead of from the instance's
+// own process.
 func BenchmarkStartStop100(b *testing.B) {
 	const n = 100
 	quiesce()
@@ -227,30 +231,41 @@ func BenchmarkStartStop100(b *testing.B) {
 
 	s, stop := runSup(b)
 	defer stop()
-	names := make([]string, n)
-	t0 := time.Now()
-	var wg sync.WaitGroup
-	for i := range names {
-		names[i] = fmt.Sprintf("app/web.%d", i)
-		wg.Go(func() {
-			if err := s.Start(Spec{Name: names[i], Command: "sleep 1000", Env: env}); err != nil {
-				b.Error(err)
+	startStop := func(markers bool) (started, stopped time.Duration) {
+		names := make([]string, n)
+		t0 := time.Now()
+		var wg sync.WaitGroup
+		for i := range names {
+			names[i] = fmt.Sprintf("app/web.%d", i)
+			spec := Spec{Name: names[i], Command: "sleep 1000", Env: env}
+			if markers {
+				spec.Env = append(slices.Clone(env), "BENCH_INSTANCE="+names[i])
+				spec.Markers = []string{"BENCH_INSTANCE"}
 			}
-		})
+			wg.Go(func() {
+				if err := s.Start(spec); err != nil {
+					b.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		started = time.Since(t0)
+		quiesce()
+		t1 := time.Now()
+		if err := s.StopMany(context.Background(), names); err != nil {
+			b.Fatal(err)
+		}
+		return started, time.Since(t1)
 	}
-	wg.Wait()
-	started := time.Since(t0)
-	t1 := time.Now()
-	if err := s.StopMany(context.Background(), names); err != nil {
-		b.Fatal(err)
-	}
-	stopped := time.Since(t1)
+	started, stopped := startStop(false)
+	_, stoppedMarked := startStop(true)
 	b.ReportMetric(ms(started), "start100-ms")
 	b.ReportMetric(ms(stopped), "stop100-ms")
+	b.ReportMetric(ms(stoppedMarked), "stop100-markers-ms")
 	b.ReportMetric(float64(floorStart)/1e6, "floor-start100-ms")
 	b.ReportMetric(float64(floorStop)/1e6, "floor-stop100-ms")
-	summary("start 100 instances: berth %.1f ms (each exec'd, with pipes) vs bash `sleep &` x100 %.1f ms; stop 100 (SIGTERM, group gone): berth %.1f ms vs bash kill+wait %.1f ms",
-		ms(started), float64(floorStart)/1e6, ms(stopped), float64(floorStop)/1e6)
+	summary("start 100 instances: berth %.1f ms (each exec'd, with pipes) vs bash `sleep &` x100 %.1f ms; stop 100 (SIGTERM, group gone): berth %.1f ms, %.1f ms with markers (as the agent) vs bash kill+wait %.1f ms",
+		ms(started), float64(floorStart)/1e6, ms(stopped), ms(stoppedMarked), float64(floorStop)/1e6)
 }
 
 // restartProg is the program BenchmarkRestartAll20 restarts: a settled

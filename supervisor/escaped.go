@@ -112,12 +112,13 @@ func environHas(pid int, want []string) bool {
 
 // descendants returns the stat of every descendant of root, found by
 // walking down the /proc/<pid>/task/<tid>/children lists, without
-// entering the subtree of a process skip names (it is listed itself).
+// entering the subtree of a process skip names (it is listed itself)
+// and without reading a process passed names at all (it is not listed).
 // Only this process's descendants are read, not every process of the
 // host. ok is false when the kernel has no children lists. The kernel
 // may miss a child forked or reparented during the read: Stop looks
 // again once the group is gone (stopEscaped).
-func descendants(root int, skip func(pid int, st pstat) bool) (map[int]pstat, bool) {
+func descendants(root int, pass func(pid int) bool, skip func(pid int, st pstat) bool) (map[int]pstat, bool) {
 	stats := map[int]pstat{}
 	queue, ok := children(root)
 	if !ok {
@@ -126,7 +127,7 @@ func descendants(root int, skip func(pid int, st pstat) bool) (map[int]pstat, bo
 	for len(queue) > 0 {
 		pid := queue[len(queue)-1]
 		queue = queue[:len(queue)-1]
-		if _, seen := stats[pid]; seen {
+		if _, seen := stats[pid]; seen || (pass != nil && pass(pid)) {
 			continue
 		}
 		st, ok := readStat(pid)
@@ -218,6 +219,15 @@ func findEscaped(leader int, leaderExited <-chan struct{}, markers []string, sta
 	other := func(pid int, st pstat) bool {
 		return pid != leader && st.pgid != leader && started != nil && started(st.pgid)
 	}
+	// Another instance's running process itself (a child of this process
+	// the supervisor started) is not even read: walking from this
+	// process, a stop would otherwise read the stat of every instance's
+	// process, and a restart of all n instances n times n of them. It
+	// would not be a candidate either: it leads its own group, or
+	// left it, and either way what it is and starts is its instance's.
+	otherLeader := func(pid int) bool {
+		return pid != leader && started != nil && started(pid)
+	}
 	// Without markers only the leader's subtree can hold its escapees
 	// (an orphan is known by its markers alone): the agent's other
 	// children are not looked at.
@@ -225,7 +235,7 @@ func findEscaped(leader int, leaderExited <-chan struct{}, markers []string, sta
 	if len(markers) == 0 {
 		root = leader
 	}
-	stats, ok := descendants(root, other)
+	stats, ok := descendants(root, otherLeader, other)
 	if ok && root == leader {
 		if st, found := readStat(leader); found {
 			stats[leader] = st
