@@ -8,8 +8,10 @@
 // # Processes
 //
 // Each instance runs as /bin/sh -c Command (a command of plain words is
-// exec'd directly, as sh itself would) in its own process group, with
-// exactly Spec.Env as its environment and stdin from /dev/null. Stop
+// exec'd directly, as sh itself would, also after sh's or env's variable
+// assignments: `env A=1 prog` execs prog with A=1) in its own process
+// group, with exactly Spec.Env (and those assignments) as its
+// environment and stdin from /dev/null. Stop
 // sends the stop signal (and SIGCONT) to the whole group, SIGKILL after
 // the stop timeout, and returns once the leader is reaped and no member
 // of the group is left. When a process exits unexpectedly, whatever is

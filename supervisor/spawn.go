@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -186,12 +187,98 @@ func command(sp *Spec) (path string, argv, env []string) {
 		// part is `exec app` gives app the shell's pid (Procfile style).
 		return "/bin/sh", []string{"/bin/sh", "-c", script + sp.Command}, env
 	}
+	if words, assigns := prefixedWords(sp.Command); words != nil {
+		withAssigns := assign(env, assigns)
+		if p := lookPath(words[0], withAssigns, sp.Dir); p != "" {
+			return p, words, withAssigns
+		}
+	}
 	if words := simpleWords(sp.Command); words != nil {
 		if p := lookPath(words[0], env, sp.Dir); p != "" {
 			return p, words, env
 		}
 	}
 	return "/bin/sh", []string{"/bin/sh", "-c", sp.Command}, env
+}
+
+// prefixedWords splits a command of plain words (see simpleWords) that
+// sets variables for the program it runs, in either of the two usual
+// ways: sh's assignments before the command (`RACK_ENV=production puma
+// -p 5000`) or env(1)'s (`env RACK_ENV=production puma -p 5000`, also
+// after sh's assignments, or `env puma` alone). It returns the
+// program's words and the assignments in order, or nil words when the
+// command has no such prefix, or env is given an option or no program
+// (those stay env's to run). The program is exec'd directly with the
+// variables set, as sh and env would exec it, saving the exec of sh or
+// env; a program that is not found is left to them, so their error
+// message stays.
+func prefixedWords(cmd string) (words, assigns []string) {
+	if !plainWords(cmd) {
+		return nil, nil
+	}
+	words = strings.Fields(cmd)
+	n := assignments(words)
+	assigns = words[:n:n]
+	viaEnv := n < len(words) && words[n] == "env"
+	if viaEnv {
+		k := assignments(words[n+1:])
+		assigns = append(assigns, words[n+1:n+1+k]...)
+		n += 1 + k
+	}
+	if n == 0 || n == len(words) {
+		return nil, nil
+	}
+	// sh runs a keyword or builtin itself; env runs a program of that
+	// name from PATH, which lookPath finds the same way, but an option
+	// to env is env's.
+	if (!viaEnv && shellWords[words[n]]) || strings.HasPrefix(words[n], "-") {
+		return nil, nil
+	}
+	return words[n:], assigns
+}
+
+// assignments counts the leading words of the form NAME=value, NAME a
+// shell variable name.
+func assignments(words []string) int {
+	for i, w := range words {
+		name, _, ok := strings.Cut(w, "=")
+		if !ok || !isName(name) {
+			return i
+		}
+	}
+	return len(words)
+}
+
+// isName reports whether s is a shell variable name: a letter or _,
+// then letters, digits and _.
+func isName(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || i > 0 && c >= '0' && c <= '9') {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// assign returns env with the NAME=value assignments applied in order,
+// each replacing an earlier value of its name in place (as setenv
+// does) or appended; env itself is not changed.
+func assign(env, assigns []string) []string {
+	out := slices.Clone(env)
+	for _, a := range assigns {
+		name := a[:strings.IndexByte(a, '=')+1]
+		i := slices.IndexFunc(out, func(kv string) bool { return strings.HasPrefix(kv, name) })
+		if i < 0 {
+			out = append(out, a)
+			continue
+		}
+		out[i] = a
+		// A name set twice in env (a malformed environment) keeps
+		// only the assignment, as setenv leaves one.
+		out = append(out[:i+1], slices.DeleteFunc(out[i+1:], func(kv string) bool { return strings.HasPrefix(kv, name) })...)
+	}
+	return out
 }
 
 // shellWords are words sh treats itself (keywords and builtins): a
@@ -212,20 +299,29 @@ var shellWords = map[string]bool{
 // is no assignment and no shell keyword or builtin. It returns nil for
 // anything sh would interpret.
 func simpleWords(cmd string) []string {
-	for i := 0; i < len(cmd); i++ {
-		c := cmd[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
-		case strings.IndexByte("_-./:,+%@= \t", c) >= 0:
-		default:
-			return nil
-		}
+	if !plainWords(cmd) {
+		return nil
 	}
 	words := strings.Fields(cmd)
 	if len(words) == 0 || strings.IndexByte(words[0], '=') >= 0 || shellWords[words[0]] {
 		return nil
 	}
 	return words
+}
+
+// plainWords reports whether cmd has only letters, digits, blanks and
+// _ - . / : , + % @ =, which sh takes as they are.
+func plainWords(cmd string) bool {
+	for i := 0; i < len(cmd); i++ {
+		c := cmd[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case strings.IndexByte("_-./:,+%@= \t", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // lookPath finds name as sh would, in the PATH of env (sh's default

@@ -164,7 +164,11 @@ type Spec struct {
 	Name string
 	// Command is run as /bin/sh -c Command. A command made only of
 	// plain words (no quotes, variables, redirections or other shell
-	// syntax) is exec'd directly, as sh would, saving one exec.
+	// syntax) is exec'd directly, as sh would, saving one exec; so is
+	// one that sets variables for its program first, as sh's
+	// assignments (`A=1 prog`) or env(1) without options (`env A=1
+	// prog`), with the variables added to Env, saving the exec of sh or
+	// env. A program not found is left to sh or env to report.
 	Command string
 	// Env is exactly the environment of the process; nothing of the
 	// supervisor's own environment is inherited (not even PATH).
