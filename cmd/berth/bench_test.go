@@ -1,13 +1,18 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -305,4 +310,124 @@ func procCPU(b *testing.B, pid int) time.Duration {
 		total += time.Duration(ns)
 	}
 	return total
+}
+
+// restartWorker is the program of BenchmarkRestartAll20, as the peer
+// harness's worker: it reports "start PID SECONDS.MICROS" to the fifo
+// $1, then becomes a sleep that dies at once on SIGTERM.
+const restartWorker = `#!/bin/bash
+echo "start $$ $EPOCHREALTIME" > "$1"
+exec sleep 3600
+`
+
+// BenchmarkRestartAll20 measures what the peer harness's restart-all
+// row measures, which the supervisor's own BenchmarkRestartAll20 does
+// not: the whole path an operator runs, from the start of a `berth
+// restart -a APP` process (the CLI's own start-up included) through
+// the agent to 20 new processes, one per type, each run as the
+// harness's adapter writes them (`env BENCH_TOKEN=... worker.sh`).
+// The time ends when the last new process reports. The floor is what
+// the harness's baseline does: bash TERMs the 20 programs, waits for
+// them and starts 20 new ones. It also reports the CLI's start-up alone
+// (`berth version` against the agent). Berth and the floor alternate
+// for 7 rounds and the medians are compared.
+func BenchmarkRestartAll20(b *testing.B) {
+	const n, rounds = 20, 7
+	e := newE2E(b)
+	fifo := filepath.Join(e.dir, "ready")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.Chmod(fifo, 0o666); err != nil { // apps run as their own uid
+		b.Fatal(err)
+	}
+	ready, err := os.OpenFile(fifo, os.O_RDWR, 0) // read-write: no EOF between writers
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ready.Close()
+	lines := bufio.NewReader(ready)
+	// wait reads n start lines and returns the latest start.
+	wait := func() time.Time {
+		var last time.Time
+		for range n {
+			ready.SetReadDeadline(time.Now().Add(time.Minute))
+			line, err := lines.ReadString('\n')
+			if err != nil {
+				b.Fatalf("ready fifo: %v", err)
+			}
+			var pid int
+			var sec, usec int64
+			if _, err := fmt.Sscanf(strings.Replace(line, ".", " ", 1), "start %d %d %d", &pid, &sec, &usec); err != nil {
+				b.Fatalf("bad ready line %q: %v", line, err)
+			}
+			if at := time.Unix(sec, usec*1000); at.After(last) {
+				last = at
+			}
+		}
+		return last
+	}
+	var procfile strings.Builder
+	for i := range n {
+		fmt.Fprintf(&procfile, "w%02d: env BENCH_TOKEN=tok-w%02d ./worker.sh %s\n", i, i, fifo)
+	}
+	writeFile(b, e.dir, "app.tar.gz", appTarball(b, map[string]string{"Procfile": procfile.String(), "worker.sh": restartWorker}))
+	writeFile(b, e.dir, "worker.sh", []byte(restartWorker))
+	if err := os.Chmod(filepath.Join(e.dir, "worker.sh"), 0o755); err != nil {
+		b.Fatal(err)
+	}
+	e.startAgent("--log-level", "info")
+	e.ok("deploy", "-a", e2eApp, e.dir+"/app.tar.gz")
+	wait()
+
+	floorScript := `pids=(); for i in $(seq -w 0 19); do env BENCH_TOKEN=tok-w$i ` + e.dir + `/worker.sh ` + fifo + ` & pids+=($!); done; read x; ` +
+		`kill -TERM ${pids[@]}; wait ${pids[@]}; for i in $(seq -w 0 19); do env BENCH_TOKEN=tok-w$i ` + e.dir + `/worker.sh ` + fifo + ` & done; read x; kill -TERM $(jobs -p); wait`
+	var berths, floors, cliStarts []time.Duration
+	b.ResetTimer()
+	for range b.N * rounds {
+		time.Sleep(1500 * time.Millisecond) // as the harness: settled before each round
+
+		t0 := time.Now()
+		cli := exec.Command(e.bin, "restart", "-a", e2eApp)
+		cli.Env = []string{"BERTH_SOCKET=" + e.sock, "PATH=" + os.Getenv("PATH")}
+		if err := cli.Start(); err != nil {
+			b.Fatal(err)
+		}
+		berths = append(berths, wait().Sub(t0))
+		if err := cli.Wait(); err != nil {
+			b.Fatalf("berth restart: %v\nagent log:\n%s", err, e.agentLog())
+		}
+
+		t0 = time.Now()
+		e.ok("version")
+		cliStarts = append(cliStarts, time.Since(t0))
+
+		floor := exec.Command("bash", "-c", floorScript)
+		floor.Env = []string{"PATH=/usr/bin:/bin"}
+		stdin, err := floor.StdinPipe()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := floor.Start(); err != nil {
+			b.Fatal(err)
+		}
+		wait()
+		time.Sleep(500 * time.Millisecond)
+		t0 = time.Now()
+		io.WriteString(stdin, "go\n")
+		floors = append(floors, wait().Sub(t0))
+		io.WriteString(stdin, "done\n")
+		if err := floor.Wait(); err != nil {
+			b.Fatalf("floor: %v", err)
+		}
+	}
+	b.StopTimer()
+	ms := func(d []time.Duration) float64 { return float64(p50(d)) / float64(time.Millisecond) }
+	b.ReportMetric(ms(berths), "restart20-ms")
+	b.ReportMetric(ms(floors), "floor-restart20-ms")
+	b.ReportMetric(ms(berths)/ms(floors), "ratio")
+	b.ReportMetric(ms(cliStarts), "ms-cli-version")
+	b.Logf("restart all 20 (env-prefixed bash programs, one type each) from the start of `berth restart` until the last new one reports, median of %d: berth %.1f ms vs bash's TERM-all, wait, start-all %.1f ms: ratio %.2f; `berth version` against the agent %.1f ms",
+		len(berths), ms(berths), ms(floors), ms(berths)/ms(floors), ms(cliStarts))
+	e.stopAgent()
 }
