@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -290,4 +291,34 @@ func TestSteer_ListeningIsUp(t *testing.T) {
 	if body, err := get(newClient(), fmt.Sprintf("http://127.0.0.1:%d/", p.Port)); err != nil || !strings.Contains(body, "v2 (web.1) GREETING=up") {
 		t.Fatalf("GET on the public port = %q, %v", body, err)
 	}
+}
+
+// TestSteer_RestartedSlowStarterRejoins ensures a steered web process
+// that binds $PORT itself a while after it starts (a framework booting)
+// is on the public port once it listens, after a deploy that was up
+// before it listened and after a crash: the agent
+// keeps looking for its socket, less often the longer it takes, and
+// puts it back in its group when it shows up.
+func TestSteer_RestartedSlowStarterRejoins(t *testing.T) {
+	ta := startAgent(t, steerConfig(t))
+	ta.mustDeploy(t, "hello", helloTarFiles(t, "web: export HELLO_START_DELAY=1500ms; exec ./hello\n", "", "one"))
+	old := ta.procs(t, "hello")["web.1"]
+	url := fmt.Sprintf("http://127.0.0.1:%d/", old.Port)
+	client := newClient()
+	answers := func() bool {
+		body, err := get(client, url)
+		return err == nil && strings.Contains(body, "(web.1)")
+	}
+	// The deploy is up after the settle time, before web.1 listens.
+	waitFor(t, 10*time.Second, "web.1 answers on the public port after the deploy", answers)
+	if err := syscall.Kill(old.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "web.1 restarted", func() bool {
+		p := ta.procs(t, "hello")["web.1"]
+		return p.PID != 0 && p.PID != old.PID && p.State == "running"
+	})
+	restarted := time.Now()
+	waitFor(t, 10*time.Second, "the restarted web.1 answers on the public port", answers)
+	t.Logf("answered %s after the restart was seen (it listens 1.5 s after its start)", time.Since(restarted).Round(10*time.Millisecond))
 }
