@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -17,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Benchmarks measure whole-process figures and print them beside a floor
@@ -464,7 +467,7 @@ func BenchmarkLogCapture(b *testing.B) {
 	const mb = float64(lines*size) / 1e6
 	dir := b.TempDir()
 	spew := []string{"spew", strconv.Itoa(lines), strconv.Itoa(size)}
-	var floors, berths, cpus, floorCPUs []time.Duration
+	var floors, berths, cpus, floorCPUs, copies, prefixCopies []time.Duration
 	for r := 0; r < rounds; r++ {
 		f, err := os.Create(filepath.Join(dir, "floor.out"))
 		if err != nil {
@@ -510,23 +513,92 @@ func BenchmarkLogCapture(b *testing.B) {
 		if err != nil || len(got) != 1 || !strings.HasPrefix(got[0].Text, strconv.Itoa(lines-1)+" ") {
 			b.Fatalf("last stored line %v, %v", got, err)
 		}
+		// What the file holds per line beyond the line itself: the
+		// record's prefix (time, release, stream).
+		first, err := os.ReadFile(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		prefix := bytes.IndexByte(first, '\n') + 1 - size
 		// Remove the round's files, so later rounds do not write them back.
 		files, _ := filepath.Glob(path + "*")
 		for _, f := range files {
 			os.Remove(f)
 		}
+
+		copies = append(copies, copyFloor(b, spew, filepath.Join(dir, "copy.out"), size, 0))
+		prefixCopies = append(prefixCopies, copyFloor(b, spew, filepath.Join(dir, "copy.out"), size, prefix))
 	}
-	for _, d := range [][]time.Duration{floors, berths, cpus, floorCPUs} {
+	for _, d := range [][]time.Duration{floors, berths, cpus, floorCPUs, copies, prefixCopies} {
 		slices.Sort(d)
 	}
 	berth, floor, cpu, floorCPU := berths[rounds/2], floors[rounds/2], cpus[rounds/2], floorCPUs[rounds/2]
 	rate, floorRate := mb/berth.Seconds(), mb/floor.Seconds()
+	copyRate, prefixCopyRate := mb/copies[rounds/2].Seconds(), mb/prefixCopies[rounds/2].Seconds()
 	b.ReportMetric(rate, "MB/s")
 	b.ReportMetric(floorRate, "floor-MB/s")
 	b.ReportMetric(rate/floorRate, "ratio")
 	b.ReportMetric(ms(cpu), "supervisor-cpu-ms")
+	b.ReportMetric(copyRate/floorRate, "bare-copy-ratio")
+	b.ReportMetric(prefixCopyRate/floorRate, "prefixed-copy-ratio")
 	summary("log capture of 200 MB in 100-byte lines (median of %d alternating rounds): berth %.0f MB/s (files rotated 10 MiB x 5) vs straight to a file %.0f MB/s: ratio %.2f; supervisor CPU %.0f ms (the floor program's own CPU: %.0f ms)",
 		rounds, rate, floorRate, rate/floorRate, ms(cpu), ms(floorCPU))
+	summary("the least a capture in another process can do here (copyFloor: read the pipe in 1 MiB chunks, write them to one file): %.0f MB/s, ratio %.2f to the floor; writing as many bytes as berth's records (each line's prefix too): %.0f MB/s, ratio %.2f; berth reaches %.2f of that",
+		copyRate, copyRate/floorRate, prefixCopyRate, prefixCopyRate/floorRate, rate/prefixCopyRate)
+}
+
+// copyFloor runs the spew helper with its output on a pipe as large as
+// the supervisor's, which this process copies to a fresh file at path
+// in 1 MiB reads, with pad bytes more per line of size bytes, and
+// returns the time from the start until the last byte is written. It is
+// the least any capture in a process other than the writer does (one
+// copy out of the pipe, one into the file, nothing parsed or
+// formatted): pad 0 is a bare copy, pad the length of a stored record's
+// prefix writes as many bytes as the supervisor's format.
+func copyFloor(b *testing.B, spew []string, path string, size, pad int) time.Duration {
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer os.Remove(path)
+	defer f.Close()
+	r, w, err := os.Pipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer r.Close()
+	if _, err := unix.FcntlInt(r.Fd(), unix.F_SETPIPE_SZ, pipeSize); err != nil {
+		unix.FcntlInt(r.Fd(), unix.F_SETPIPE_SZ, pipeSizeUser)
+	}
+	cmd := exec.Command(os.Args[0], spew...)
+	cmd.Env = helperEnv()
+	cmd.Stdout = w
+	buf := make([]byte, 1<<20)
+	out := make([]byte, 0, len(buf)+len(buf)/size*pad)
+	padding := bytes.Repeat([]byte{'p'}, len(buf)/size*pad)
+	quiesce()
+	t0 := time.Now()
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	w.Close()
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			out = append(append(out[:0], buf[:n]...), padding[:n/size*pad]...)
+			if _, werr := f.Write(out); werr != nil {
+				b.Fatal(werr)
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	took := time.Since(t0)
+	if err := cmd.Wait(); err != nil {
+		b.Fatal(err)
+	}
+	return took
 }
 
 // BenchmarkIdle measures a separate supervising process (internal/benchsup):
