@@ -63,8 +63,8 @@ const DefaultDrainTimeout = 5 * time.Second
 const drainPoll = 20 * time.Millisecond
 
 // listenPollMax is the longest waitListening waits between two looks
-// for a restarted instance's listening socket (it starts at drainPoll
-// and doubles): a slow server rejoins its group at most this late.
+// for a steered instance's listening socket (it starts at drainPoll and
+// doubles): a slow server joins its group at most this late.
 const listenPollMax = 250 * time.Millisecond
 
 // steerInst is what steering adds to an instance.
