@@ -177,7 +177,10 @@ func New(cfg Config, log hclog.Logger) (*Agent, error) {
 		changesEnded: make(chan struct{}, 1),
 		settled:      make(chan struct{}, 1),
 	}
-	a.trimmer = &imageTrimmer{trim: a.trimImage, quiet: quietDelay, every: minTrimInterval}
+	a.trimmer = &imageTrimmer{quiet: quietDelay, every: minTrimInterval}
+	if !cfg.KeepImageMapped { // fixed for the agent's life: Reload keeps it
+		a.trimmer.trim = a.trimImage
+	}
 	if cfg.Fleet != nil {
 		f, err := fleet.New(*cfg.Fleet, fleetNode{a}, log.Named("fleet"))
 		if err != nil {

@@ -168,12 +168,9 @@ func (t *imageTrimmer) pokeAfterGC() {
 	})
 }
 
-// trimImage releases the executable's pages now, unless the config
-// says to keep them (--keep-image-mapped).
+// trimImage releases the executable's pages now. With
+// --keep-image-mapped the trimmer has no trim and never calls it.
 func (a *Agent) trimImage() {
-	if a.config().KeepImageMapped {
-		return
-	}
 	start := time.Now()
 	released, _, err := imagetrim.Trim()
 	if err != nil {
